@@ -1,0 +1,60 @@
+"""What every tool's CLI shares: error formatting, JSON output, common options."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+
+import click
+
+from .errors import EXIT_USAGE, UploadError
+
+DEBUG_ENV = "UPLOAD_DRIVER_DEBUG"
+
+
+def debug_enabled() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0", "false", "no")
+
+
+def report_errors(func):
+    """Known errors become one line on stderr and their exit code; unknown ones keep the traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except UploadError as exc:
+            if debug_enabled():
+                raise
+            click.echo(f"error: {exc.message}", err=True)
+            click.echo(f"(set {DEBUG_ENV}=1 to see the traceback)", err=True)
+            sys.exit(exc.exit_code)
+        except click.UsageError:
+            raise
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def emit(result, as_json: bool) -> None:
+    """Results go to stdout: JSON with --json, else a short human form."""
+    if as_json or not isinstance(result, (str, os.PathLike)):
+        click.echo(json.dumps(result, indent=2, ensure_ascii=False, default=str))
+    else:
+        click.echo(str(result))
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the step manifest as JSON on stdout.")
+overwrite_option = click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+
+
+def log(message: str) -> None:
+    """Progress and decisions go to stderr."""
+    click.echo(message, err=True)
+
+
+__all__ = ["report_errors", "emit", "json_option", "overwrite_option", "log", "EXIT_USAGE"]

@@ -1,0 +1,193 @@
+"""The step contract shared by every tool (documented in docs/contract.md).
+
+A step writes into ``<out>.partial/``, writes ``manifest.json`` last, then renames the folder to
+``<out>``: a folder without a manifest is not an output. On a known failure the partial folder is
+emptied and keeps only ``error.json``. The manifest records what went in (with hashes), the
+parameters, what came out (size, sha256), library versions, timings, warnings and decisions; its
+``fingerprint`` (tool + version + inputs + parameters) is what a driver compares to skip a step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from . import __version__
+from .errors import OutputExists, UploadError
+
+SCHEMA = "upload-driver/step-manifest"
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+ERROR_FILE = "error.json"
+PARTIAL_SUFFIX = ".partial"
+_CHUNK = 8 << 20
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def canonical_sha256(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def folder_fingerprint(path: Path) -> str:
+    """Cheap identity of a folder that has no manifest: names, sizes and mtimes of its files."""
+    path = Path(path)
+    rows = []
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            st = p.stat()
+            rows.append([p.relative_to(path).as_posix(), st.st_size, st.st_mtime_ns])
+    return canonical_sha256(rows)
+
+
+def describe_input(path: Path, **extra) -> dict:
+    """An input entry: a step output is named by its manifest's hash, a file by its sha256,
+    any other folder by its fingerprint."""
+    path = Path(path)
+    entry = {"path": str(path), **extra}
+    if (path / MANIFEST).is_file():
+        entry["manifest_sha256"] = sha256_file(path / MANIFEST)
+    elif path.is_file():
+        entry["sha256"] = sha256_file(path)
+    elif path.is_dir():
+        entry["fingerprint"] = folder_fingerprint(path)
+    return entry
+
+
+def library_versions(*names: str) -> dict:
+    found = {"python": platform.python_version(), "upload-driver": __version__}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def step_fingerprint(tool: str, tool_version: str, inputs: dict, parameters: dict) -> str:
+    def identity(entry):
+        return {k: v for k, v in entry.items() if k != "path"} if isinstance(entry, dict) else entry
+
+    return canonical_sha256(
+        {"tool": tool, "version": tool_version, "parameters": parameters,
+         "inputs": {k: identity(v) for k, v in inputs.items()}}
+    )
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def new_manifest(tool: str, *, inputs: dict, parameters: dict) -> dict:
+    return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "tool": {"name": tool, "version": __version__},
+        "fingerprint": step_fingerprint(tool, __version__, inputs, parameters),
+        "inputs": inputs,
+        "parameters": parameters,
+        "outputs": [],
+        "versions": {},
+        "timings": {"started": now_iso(), "seconds": {}},
+        "warnings": [],
+        "decisions": {},
+    }
+
+
+def collect_outputs(folder: Path, known: dict[str, str] | None = None) -> list[dict]:
+    """Every file under ``folder`` with size and sha256; ``known`` holds hashes computed while
+    writing, so large files are not read twice."""
+    known = known or {}
+    out = []
+    for p in sorted(Path(folder).rglob("*")):
+        if p.is_file() and p.name not in (MANIFEST, ERROR_FILE):
+            rel = p.relative_to(folder).as_posix()
+            out.append({"path": rel, "size": p.stat().st_size, "sha256": known.get(rel) or sha256_file(p)})
+    return out
+
+
+def write_json_atomic(path: Path, data) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def finish_manifest(manifest: dict, folder: Path, known_hashes: dict | None = None, t0: float | None = None) -> dict:
+    manifest["outputs"] = collect_outputs(folder, known_hashes)
+    manifest["timings"]["finished"] = now_iso()
+    if t0 is not None:
+        manifest["timings"]["seconds"]["total"] = round(time.monotonic() - t0, 3)
+    write_json_atomic(Path(folder) / MANIFEST, manifest)
+    return manifest
+
+
+def read_manifest(folder: Path) -> dict | None:
+    p = Path(folder) / MANIFEST
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def partial_path(out: Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.name + PARTIAL_SUFFIX)
+
+
+def check_output_free(out: Path, overwrite: bool) -> None:
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise OutputExists(f"output {out} already exists: pass --overwrite to replace it, or choose another --out",
+                           path=str(out))
+
+
+@contextlib.contextmanager
+def atomic_output(out: Path, *, overwrite: bool = False):
+    """Yield a fresh partial folder; on success it replaces ``out`` (the caller wrote the manifest
+    into it). On failure the partial folder keeps only error.json (for known errors)."""
+    out = Path(out).absolute()
+    check_output_free(out, overwrite)
+    partial = partial_path(out)
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    try:
+        yield partial
+    except BaseException as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        if isinstance(exc, UploadError):
+            partial.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(partial / ERROR_FILE, {"error": exc.to_dict(), "time": now_iso()})
+        raise
+    if not (partial / MANIFEST).is_file():  # pragma: no cover - programming error in a tool
+        raise RuntimeError(f"step finished without writing {MANIFEST}")
+    if out.exists():
+        old = out.with_name(out.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(out, old)
+        os.replace(partial, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(partial, out)
