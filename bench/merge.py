@@ -1,0 +1,331 @@
+#!/usr/bin/env python
+"""Benchmark: merge-tool vs peft merging a LoRA adapter into a synthetic Llama-shaped bf16 base model.
+
+    python bench/merge.py [--work DIR] [--size-gb 2.0] [--keep] [--skip-peft] [--json]
+
+Generates (or reuses) a base model + r=16 LoRA adapter in --work, measures the disk's write/read speed,
+runs each tool cold in its own process, and prints wall time, peak RSS, bytes moved, the I/O floor and
+PASS/MISS against the targets. Progress goes to stderr, the table to stdout. Always exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+GB = 1e9
+SHARD_BYTES = 1 << 30
+DIMS = dict(hidden=2048, intermediate=5632, heads=32, kv_heads=8, vocab=32000)
+RANK, ALPHA = 16, 32
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+STAMP, STAMP_VERSION = ".bench-stamp.json", 1
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def linear_shapes(layer: int) -> dict[str, tuple[int, int]]:
+    """module path -> (out, in) for the 7 linear layers of one decoder layer."""
+    h, i = DIMS["hidden"], DIMS["intermediate"]
+    kv = DIMS["kv_heads"] * (h // DIMS["heads"])
+    p = f"model.layers.{layer}"
+    return {f"{p}.self_attn.q_proj": (h, h), f"{p}.self_attn.k_proj": (kv, h), f"{p}.self_attn.v_proj": (kv, h),
+            f"{p}.self_attn.o_proj": (h, h), f"{p}.mlp.gate_proj": (i, h), f"{p}.mlp.up_proj": (i, h),
+            f"{p}.mlp.down_proj": (h, i)}
+
+
+def model_plan(layers: int) -> list[tuple[str, tuple[int, ...]]]:
+    h, v = DIMS["hidden"], DIMS["vocab"]
+    plan = [("model.embed_tokens.weight", (v, h))]
+    for n in range(layers):
+        plan.append((f"model.layers.{n}.input_layernorm.weight", (h,)))
+        plan += [(f"{m}.weight", shape) for m, shape in linear_shapes(n).items()]
+        plan.append((f"model.layers.{n}.post_attention_layernorm.weight", (h,)))
+    return plan + [("model.norm.weight", (h,)), ("lm_head.weight", (v, h))]
+
+
+def plan_bytes(plan) -> int:
+    return sum(2 * math.prod(shape) for _, shape in plan)
+
+
+def layers_for(size_gb: float) -> int:
+    per_layer = plan_bytes(model_plan(1)) - plan_bytes(model_plan(0))
+    return max(1, math.ceil((size_gb * GB - plan_bytes(model_plan(0))) / per_layer))
+
+
+def ensure(folder: Path, params: dict, build) -> None:
+    """Build `folder` unless it holds a stamp with the same params."""
+    stamp = folder / STAMP
+    if stamp.is_file() and json.loads(stamp.read_text()) == params:
+        log(f"reusing {folder}")
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    t = time.perf_counter()
+    build(folder)
+    stamp.write_text(json.dumps(params))
+    log(f"built {folder} in {time.perf_counter() - t:.1f}s")
+
+
+def build_base(folder: Path, layers: int) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    h = DIMS["hidden"]
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "dtype": "bfloat16",
+              "hidden_size": h, "intermediate_size": DIMS["intermediate"], "num_hidden_layers": layers,
+              "num_attention_heads": DIMS["heads"], "num_key_value_heads": DIMS["kv_heads"],
+              "head_dim": h // DIMS["heads"], "vocab_size": DIMS["vocab"], "hidden_act": "silu",
+              "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+              "rope_scaling": None, "attention_bias": False, "attention_dropout": 0.0, "mlp_bias": False,
+              "initializer_range": 0.02, "tie_word_embeddings": False, "use_cache": True,
+              "bos_token_id": 1, "eos_token_id": 2, "pretraining_tp": 1}
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    plan = model_plan(layers)
+    shards = [[]]  # split into ~1 GB shards up front: file names need the shard count
+    for item in plan:
+        if shards[-1] and plan_bytes(shards[-1] + [item]) > SHARD_BYTES:
+            shards.append([])
+        shards[-1].append(item)
+    gen = torch.Generator().manual_seed(0)
+    weight_map = {}
+    for k, shard in enumerate(shards, 1):
+        fname = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
+        tensors = {}
+        for name, shape in shard:  # one tensor at a time; at most one shard in memory (norms: ones)
+            tensors[name] = (torch.ones(shape) if len(shape) == 1 else torch.randn(shape, generator=gen) * 0.02
+                             ).to(torch.bfloat16)
+            weight_map[name] = fname
+        save_file(tensors, str(folder / fname), metadata={"format": "pt"})
+        log(f"  wrote {fname}")
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": plan_bytes(plan)}, "weight_map": weight_map}, indent=2))
+
+
+def build_adapter(folder: Path, base: Path, layers: int) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(1)
+    tensors = {}
+    for n in range(layers):
+        for module, (out_f, in_f) in linear_shapes(n).items():
+            key = f"base_model.model.{module}"
+            tensors[f"{key}.lora_A.weight"] = torch.randn((RANK, in_f), generator=gen) * 0.02
+            tensors[f"{key}.lora_B.weight"] = torch.randn((out_f, RANK), generator=gen) * 0.02
+    save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": str(base),
+              "r": RANK, "lora_alpha": ALPHA, "lora_dropout": 0.0, "target_modules": list(TARGETS),
+              "fan_in_fan_out": False, "bias": "none", "use_rslora": False, "use_dora": False,
+              "modules_to_save": None, "rank_pattern": {}, "alpha_pattern": {}, "inference_mode": True,
+              "init_lora_weights": True, "layers_to_transform": None, "layers_pattern": None}
+    (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
+
+
+def evict(paths) -> None:
+    """Flush and drop these files from the page cache so the next read is cold."""
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def disk_speed(work: Path, nbytes: int = 1 << 30) -> tuple[float, float]:
+    """(write GB/s incl. fsync, cold read GB/s) for one 1 GB file in `work`."""
+    path, chunk = work / "disk-test.bin", os.urandom(64 << 20)
+    try:
+        t = time.perf_counter()
+        with open(path, "wb", buffering=0) as f:
+            for _ in range(nbytes // len(chunk)):
+                f.write(chunk)
+            os.fsync(f.fileno())
+        write = nbytes / (time.perf_counter() - t) / GB
+        evict([path])
+        buf = bytearray(len(chunk))
+        t = time.perf_counter()
+        with open(path, "rb", buffering=0) as f:
+            while f.readinto(buf):
+                pass
+        read = nbytes / (time.perf_counter() - t) / GB
+    finally:
+        path.unlink(missing_ok=True)
+    return write, read
+
+
+def files_in(folder: Path) -> list[Path]:
+    return [p for p in sorted(folder.rglob("*")) if p.is_file()]
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in files_in(folder)) if folder.is_dir() else 0
+
+
+def run_measured(cmd: list[str], env: dict | None = None) -> dict:
+    """Run cmd in its own process (output to our stderr): wall seconds, that child's peak RSS, exit code."""
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=sys.stderr, stderr=sys.stderr)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t
+    proc.returncode = os.waitstatus_to_exitcode(status)  # keep Popen from waiting again
+    return {"wall_s": wall, "peak_rss_gb": usage.ru_maxrss * 1024 / GB, "exit_code": proc.returncode}
+
+
+def peft_merge(base: str, adapter: str, out: str) -> None:
+    """The reference path (run in a child process via the hidden --_peft flag)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16)
+    model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    model.save_pretrained(out)
+
+
+def tensor_from(folder: Path, name: str):
+    from safetensors import safe_open
+
+    index = folder / "model.safetensors.index.json"
+    fname = json.loads(index.read_text())["weight_map"][name] if index.is_file() else "model.safetensors"
+    with safe_open(str(folder / fname), framework="pt") as f:
+        return f.get_tensor(name)
+
+
+def compare(base: Path, out1: Path, out2: Path, layers: int) -> list[dict]:
+    """Max abs / bf16-ulp difference between the two outputs on 3 merged tensors (and vs the base)."""
+    import torch
+
+    def ordered(t):  # bf16 bits -> integers whose difference counts ulps
+        i = t.contiguous().view(torch.int16).to(torch.int32)
+        return torch.where(i < 0, -(i & 0x7FFF), i)
+
+    names = ["model.layers.0.self_attn.q_proj.weight", f"model.layers.{layers // 2}.self_attn.v_proj.weight",
+             f"model.layers.{layers - 1}.mlp.down_proj.weight"]
+    rows = []
+    for name in names:
+        a, b, w = tensor_from(out1, name), tensor_from(out2, name), tensor_from(base, name)
+        both_bf16 = a.dtype == b.dtype == torch.bfloat16
+        rows.append({"tensor": name, "dtypes": f"{a.dtype}/{b.dtype}".replace("torch.", ""),
+                     "max_abs_diff": (a.float() - b.float()).abs().max().item(),
+                     "max_ulp_diff": (ordered(a) - ordered(b)).abs().max().item() if both_bf16 else None,
+                     "frac_differ": (a != b).float().mean().item(),
+                     "max_abs_vs_base": (a.float() - w.float()).abs().max().item()})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=Path("bench-work/merge"), help="work folder (default: %(default)s)")
+    ap.add_argument("--size-gb", type=float, default=2.0, help="base model size in GB (default: %(default)s)")
+    ap.add_argument("--keep", action="store_true", help="keep the two output folders")
+    ap.add_argument("--skip-peft", action="store_true", help="run merge-tool only")
+    ap.add_argument("--json", action="store_true", help="also print the figures as JSON")
+    ap.add_argument("--_peft", nargs=3, metavar=("BASE", "ADAPTER", "OUT"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args._peft:
+        return peft_merge(*args._peft)
+
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    layers = layers_for(args.size_gb)
+    params = {"v": STAMP_VERSION, "layers": layers, **DIMS, "rank": RANK}
+    base, adapter = work / "base", work / "adapter"
+    out1, out2 = work / "out-merge-tool", work / "out-peft"
+    log(f"base model: {layers} layers, {plan_bytes(model_plan(layers)) / GB:.2f} GB bf16")
+    ensure(base, params, lambda d: build_base(d, layers))
+    ensure(adapter, {**params, "base": str(base)}, lambda d: build_adapter(d, base, layers))
+
+    log("measuring disk (1 GB, fsync, cold read)")
+    write_gbs, read_gbs = disk_speed(work)
+    inputs = [p for p in files_in(base) if p.suffix == ".safetensors"] + [adapter / "adapter_model.safetensors"]
+    bytes_read = sum(p.stat().st_size for p in inputs)
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tools"), str(REPO / "driver")] + (
+        [env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    tools = {"merge-tool": ([sys.executable, "-m", "merge_tool.cli", "--adapter", str(adapter), "--base", str(base),
+                             "--out", str(out1), "--method", "merged_16bit", "--overwrite"], env, out1)}
+    if not args.skip_peft:
+        tools["peft"] = ([sys.executable, str(Path(__file__).resolve()), "--_peft", str(base), str(adapter), str(out2)],
+                         None, out2)
+    results, status = {}, {}
+    for name, (cmd, cmd_env, out) in tools.items():
+        if name == "merge-tool" and not (REPO / "tools/merge_tool/cli.py").is_file():
+            status[name] = "not run: tools/merge_tool/cli.py not found"
+            log(f"merge-tool {status[name]}")
+            continue
+        shutil.rmtree(out, ignore_errors=True)
+        os.sync()
+        evict(inputs)
+        log(f"running {name} (cold cache)")
+        r = run_measured(cmd, cmd_env)
+        if r["exit_code"]:
+            status[name] = f"FAILED with exit code {r['exit_code']} after {r['wall_s']:.1f}s"
+            log(f"{name} {status[name]} (its output is above); no figures for it")
+            continue
+        r.update(bytes_read=bytes_read, bytes_written=folder_bytes(out))
+        r["io_floor_s"] = bytes_read / (read_gbs * GB) + r["bytes_written"] / (write_gbs * GB)
+        results[name] = r
+        log(f"{name}: {r['wall_s']:.1f}s, peak RSS {r['peak_rss_gb']:.2f} GB")
+
+    m, p = results.get("merge-tool"), results.get("peft")
+    ratios = {  # label -> (ratio, target, strict)
+        "merge-tool peak RSS <= 25% of peft's": (m["peak_rss_gb"] / p["peak_rss_gb"], 0.25, False) if m and p else None,
+        "merge-tool wall <= 1.5x its I/O floor": (m["wall_s"] / m["io_floor_s"], 1.5, False) if m else None,
+        "merge-tool wall < peft's wall": (m["wall_s"] / p["wall_s"], 1.0, True) if m and p else None,
+    }
+    checks = {k: None if c is None else {"ratio": c[0], "target": c[1],
+                                         "pass": c[0] < c[1] if c[2] else c[0] <= c[1]} for k, c in ratios.items()}
+    agree = []
+    if m and p:
+        try:
+            agree = compare(base, out1, out2, layers)
+        except Exception as e:  # e.g. a tensor missing from one output
+            agree = [{"error": f"{type(e).__name__}: {e}"}]
+
+    print(f"\nbase {plan_bytes(model_plan(layers)) / GB:.2f} GB ({layers} layers), adapter r={RANK} on all linears; "
+          f"disk: write {write_gbs:.2f} GB/s (fsync), cold read {read_gbs:.2f} GB/s")
+    print(f"{'tool':<11} {'wall s':>8} {'peak RSS GB':>12} {'read GB':>8} {'written GB':>11} {'I/O floor s':>12} "
+          f"{'wall/floor':>11}")
+    for name in tools:
+        r = results.get(name)
+        if not r:
+            print(f"{name:<11} {status[name]}")
+            continue
+        print(f"{name:<11} {r['wall_s']:>8.1f} {r['peak_rss_gb']:>12.2f} {r['bytes_read'] / GB:>8.2f} "
+              f"{r['bytes_written'] / GB:>11.2f} {r['io_floor_s']:>12.1f} {r['wall_s'] / r['io_floor_s']:>11.2f}")
+    print("\ntargets:")
+    for label, c in checks.items():
+        verdict = "n/a " if c is None else ("PASS" if c["pass"] else "MISS")
+        print(f"  {verdict}  {label}" + ("" if c is None else f"  (ratio {c['ratio']:.2f}, target {c['target']:g})"))
+    if agree:
+        print("\noutputs agree? (merge-tool vs peft, 3 merged tensors)")
+        for a in agree:
+            if "error" in a:
+                print(f"  could not compare: {a['error']}")
+                continue
+            ulp = "" if a["max_ulp_diff"] is None else f", max {a['max_ulp_diff']} ulp"
+            print(f"  {a['tensor']:<42} {a['dtypes']}: max |diff| {a['max_abs_diff']:.3g}{ulp}, "
+                  f"{a['frac_differ']:.2%} differ (merge changed base by up to {a['max_abs_vs_base']:.3g})")
+    if args.json:
+        print(json.dumps({"size_gb": plan_bytes(model_plan(layers)) / GB, "layers": layers, "write_gbs": write_gbs,
+                          "read_gbs": read_gbs, "results": results, "not_run_or_failed": status,
+                          "agree": agree, "targets": checks}, indent=2))
+    if not args.keep:
+        for out in (out1, out2):
+            shutil.rmtree(out, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

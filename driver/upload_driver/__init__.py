@@ -1,0 +1,1 @@
+"""upload-driver: plans and runs the tools on a trainer's output folder."""

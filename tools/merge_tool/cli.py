@@ -1,0 +1,59 @@
+"""merge-tool's command line: parse, call core, print."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from upload_common.cli import emit, json_option, log, overwrite_option, report_errors
+
+from .formats import FORMATS
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--adapter", "adapter", type=click.Path(), help="Adapter folder or a whole trainer output folder.")
+@click.option("--out", "out", type=click.Path(), help="Output folder (model files at its top level).")
+@click.option("--base", default=None, help="Base model: local folder or Hub id (default: from adapter_config.json).")
+@click.option("--method", default="merged_16bit", show_default=True,
+              help="Output format: " + ", ".join(f"{k} ({v['summary']})" for k, v in FORMATS.items()))
+@click.option("--dtype", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True)
+@click.option("--max-shard-size", default="5GB", show_default=True)
+@click.option("--checkpoint", type=int, default=None, help="Use checkpoint-N instead of the default choice.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--allow-pickle", is_flag=True, help="Convert an adapter_model.bin (torch.load weights_only=True).")
+@overwrite_option
+@json_option
+@click.pass_context
+@report_errors
+def main(ctx, adapter, out, base, method, dtype, max_shard_size, checkpoint, device, allow_pickle, overwrite, as_json):
+    """Export a LoRA adapter as-is or merged into its base model.
+
+    \b
+    merge-tool --adapter ./sft_output --out ./merged --method merged_16bit
+    merge-tool inspect ./sft_output
+    """
+    if ctx.invoked_subcommand:
+        return
+    if not adapter or not out:
+        raise click.UsageError("--adapter and --out are required (or use: merge-tool inspect PATH)")
+    from .core import run
+
+    manifest = run(adapter, out, base=base, method=method, dtype=dtype, max_shard_size=max_shard_size,
+                   checkpoint=checkpoint, device=device, overwrite=overwrite, allow_pickle=allow_pickle, log=log)
+    emit(manifest if as_json else str(click.format_filename(out)), as_json)
+
+
+@main.command()
+@click.argument("path", type=click.Path())
+@click.option("--checkpoint", type=int, default=None)
+@report_errors
+def inspect(path, checkpoint):
+    """Print what a trainer output folder holds (JSON): adapter chosen and why, tokenizer, trainer kind."""
+    from upload_common.trainer_output import inspect_trainer_output
+
+    click.echo(json.dumps(inspect_trainer_output(path, checkpoint=checkpoint), indent=2, default=str))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,116 @@
+"""merge-tool's step: trainer output (or adapter folder) in, one format's folder out."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from upload_common.contract import (atomic_output, check_output_free, describe_input, finish_manifest,
+                                    library_versions, new_manifest)
+from upload_common.errors import InvalidInput, NotEnoughSpace, UsageError
+from upload_common.progress import byte_progress
+from upload_common.trainer_output import inspect_trainer_output
+
+from .adapter import pickle_to_safetensors, read_adapter
+from .base import resolve_base
+from .formats import get_format
+
+TOOL = "merge-tool"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
+                   "added_tokens.json", "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt")
+SIZE_MARGIN = 64 << 20
+
+
+def _copy_tokenizer(found: dict, base: dict | None, folder: Path, warnings: list) -> dict:
+    """The trainer's tokenizer (else the base's), always with a sentencepiece model when the base has
+    one: without it llama.cpp falls back to tokenizer.json and tokenizes differently."""
+    tok = found["tokenizer"]
+    src = Path(tok["dir"]) if tok.get("dir") else None
+    if src is None and base:
+        src = base["path"]
+        warnings.append("no tokenizer in the trainer output: using the base model's")
+    copied = {}
+    for name in TOKENIZER_FILES:
+        if src and (src / name).is_file():
+            shutil.copyfile(src / name, folder / name)
+            copied[name] = str(src)
+    if base and "tokenizer.model" not in copied and (base["path"] / "tokenizer.model").is_file():
+        shutil.copyfile(base["path"] / "tokenizer.model", folder / "tokenizer.model")
+        copied["tokenizer.model"] = str(base["path"])
+    if base:
+        gen = base["path"] / "generation_config.json"
+        if gen.is_file():
+            shutil.copyfile(gen, folder / "generation_config.json")
+    return copied
+
+
+def _check_space(folder: Path, need: int) -> dict:
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < need + SIZE_MARGIN:
+        raise NotEnoughSpace(f"{need / 1e9:.2f} GB needed in {probe} but only {free / 1e9:.2f} GB free: "
+                             "free some space or choose another --out", need=need, free=free)
+    return {"needed_bytes": need, "free_bytes": free}
+
+
+def run(adapter_path, out, *, base: str | None = None, method: str = "merged_16bit", dtype: str = "auto",
+        max_shard_size: str = "5GB", checkpoint: int | None = None, device: str = "auto",
+        overwrite: bool = False, allow_pickle: bool = False, log=lambda m: None) -> dict:
+    """Export or merge; returns the step manifest written beside the output files."""
+    t0 = time.monotonic()
+    fmt = get_format(method)
+    out = Path(out)
+    if dtype not in ("auto", "bf16", "fp16", "fp32"):
+        raise UsageError(f"unknown dtype {dtype!r}: choose auto, bf16, fp16 or fp32")
+    check_output_free(out, overwrite)
+    found = inspect_trainer_output(adapter_path, checkpoint=checkpoint)
+    log(f"adapter: {found['adapter']['path']} ({found['adapter']['reason']})")
+    adapter_dir = Path(found["adapter"]["path"])
+    params = {"method": method, "dtype": dtype, "max_shard_size": max_shard_size, "device": device,
+              "checkpoint": checkpoint, "base": base}
+    with tempfile.TemporaryDirectory(prefix="merge-tool-") as tmp:
+        if (adapter_dir / "adapter_model.bin").is_file() and not (adapter_dir / "adapter_model.safetensors").is_file():
+            adapter = _read_pickled(adapter_dir, Path(tmp), allow_pickle)
+        else:
+            adapter = read_adapter(adapter_dir)
+        resolved = resolve_base(base, adapter["config"], log=log) if fmt.NEEDS_BASE else None
+        job = {"adapter": adapter, "base": resolved, "params": params, "found": found}
+        plan = fmt.plan(job)
+        inputs = {"adapter": describe_input(adapter["weights"], folder=str(adapter_dir))}
+        if resolved:
+            inputs["base"] = describe_input(resolved["path"], repo_id=resolved.get("repo_id"),
+                                            revision=resolved.get("revision"))
+        manifest = new_manifest(TOOL, inputs=inputs, parameters=params)
+        manifest["decisions"] = {"adapter": found["adapter"] | {"config": None}, **plan["decisions"]}
+        if resolved:
+            manifest["decisions"]["base"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in resolved.items()
+                                             if k != "config"}
+        manifest["decisions"]["disk"] = _check_space(out.absolute().parent, plan["estimated_bytes"])
+        manifest["warnings"] = plan["warnings"]
+        manifest["training"] = {"trainer": found["trainer"], "summary": found["training"]}
+        with atomic_output(out, overwrite=overwrite) as partial:
+            t1 = time.monotonic()
+            with byte_progress(f"{method} -> {out.name}", plan["estimated_bytes"]) as advance:
+                hashes = fmt.write(plan, partial, advance)
+            manifest["decisions"]["tokenizer"] = _copy_tokenizer(found, resolved, partial, manifest["warnings"])
+            manifest["timings"]["seconds"]["write"] = round(time.monotonic() - t1, 3)
+            manifest["versions"] = library_versions("torch", "safetensors", "huggingface_hub", "bitsandbytes")
+            finish_manifest(manifest, partial, hashes, t0)
+    for w in manifest["warnings"]:
+        log(f"WARNING: {w}")
+    return manifest
+
+
+def _read_pickled(adapter_dir: Path, tmp: Path, allow_pickle: bool) -> dict:
+    if not allow_pickle:
+        raise InvalidInput(f"{adapter_dir} holds only a pickle adapter (adapter_model.bin): pass --allow-pickle to "
+                           "convert it safely (torch.load with weights_only=True)", path=str(adapter_dir))
+    shutil.copyfile(adapter_dir / "adapter_config.json", tmp / "adapter_config.json")
+    pickle_to_safetensors(adapter_dir / "adapter_model.bin", tmp / "adapter_model.safetensors")
+    adapter = read_adapter(tmp)
+    adapter["converted_from"] = str(adapter_dir / "adapter_model.bin")
+    return adapter

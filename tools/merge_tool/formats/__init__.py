@@ -1,0 +1,29 @@
+"""The registry of output formats. Adding one = one module in this package plus one row here
+(docs/adding-a-format.md). Modules are imported only when their format is used.
+
+A format module defines:
+- ``NEEDS_BASE``: whether the base model must be resolved first;
+- ``plan(job) -> dict``: every check that can fail, before anything is written; returns at least
+  ``estimated_bytes``, ``decisions`` and ``warnings``;
+- ``write(plan, folder, progress) -> dict``: writes the model files into ``folder`` and returns
+  ``{relative path: sha256}`` for what it hashed while writing.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from upload_common.errors import UsageError
+
+FORMATS = {
+    "lora": {"module": "merge_tool.formats.lora", "summary": "the adapter as-is (safetensors), with tokenizer"},
+    "merged_16bit": {"module": "merge_tool.formats.merged_16bit",
+                     "summary": "the adapter merged into the base, 16-bit safetensors, streamed"},
+}
+
+
+def get_format(name: str):
+    key = (name or "").strip().lower()
+    if key not in FORMATS:
+        raise UsageError(f"unknown format {name!r}: choose one of {', '.join(sorted(FORMATS))}", format=name)
+    return importlib.import_module(FORMATS[key]["module"])

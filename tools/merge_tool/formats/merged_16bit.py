@@ -1,0 +1,210 @@
+"""``merged_16bit``: the adapter merged into the base, streamed tensor by tensor.
+
+Each output tensor is computed from one base tensor (memory-mapped, read on its own) and its LoRA
+matrices, in fp32, then cast once to the output dtype and appended to the shard being written.
+Peak memory is a few copies of the largest tensor, whatever the model size."""
+
+from __future__ import annotations
+
+import json
+
+from upload_common.errors import InvalidInput, Unsupported
+from upload_common.st_io import CODES, load_tensor, model_specs, nbytes, plan_shards, write_index, write_stream
+
+from .. import bnb
+from ..adapter import check_mergeable, module_scale
+from ..device import pick_device
+
+NEEDS_BASE = True
+HEAD = "lm_head.weight"
+EMBEDDINGS = ("model.embed_tokens.weight", "transformer.wte.weight", "model.decoder.embed_tokens.weight",
+              "gpt_neox.embed_in.weight", "transformer.word_embeddings.weight", "model.embed_in.weight")
+DTYPE_CODES = {"bf16": "BF16", "fp16": "F16", "fp32": "F32"}
+_FLOATS = {"BF16", "F16", "F32", "F64"}
+
+
+def _base_name(name: str, specs: dict) -> str | None:
+    if name in specs:
+        return name
+    head, _, rest = name.partition(".")
+    for cand in (rest, f"model.{name}", f"transformer.{name}"):
+        if cand in specs:
+            return cand
+    return None
+
+
+def _output_dtype(requested: str, base: dict, specs: dict) -> tuple[str, str]:
+    if requested != "auto":
+        return DTYPE_CODES[requested], f"--dtype {requested}"
+    cfg = base["config"]
+    q = cfg.get("quantization_config") or {}
+    named = str(q.get("bnb_4bit_compute_dtype") or cfg.get("dtype") or cfg.get("torch_dtype") or "")
+    code = {"bfloat16": "BF16", "float16": "F16"}.get(named.removeprefix("torch."))
+    if code:
+        return code, f"the base's 16-bit dtype ({named})"
+    floats = [s["dtype"] for s in specs.values() if s["dtype"] in ("BF16", "F16")]
+    if floats:
+        return max(set(floats), key=floats.count), "the base tensors' 16-bit dtype"
+    return "BF16", "bf16, since the base is stored in 32-bit"
+
+
+def _check_lora_shapes(module: str, roles: dict, aspecs: dict, wshape: list, fan_in_fan_out: bool) -> int:
+    shape = {role: aspecs[key]["shape"] for role, key in roles.items() if role != "kind"}
+    if roles["kind"] == "embedding":
+        r = shape["emb_A"][0]
+        expect = {"emb_A": [r, wshape[0]], "emb_B": [wshape[1], r]}
+    else:
+        out_f, in_f = (wshape[1], wshape[0]) if fan_in_fan_out else (wshape[0], wshape[1])
+        r = shape["A"][0]
+        expect = {"A": [r, in_f], "B": [out_f, r], "magnitude": [out_f], "B_bias": [out_f]}
+    for role, got in shape.items():
+        if got != expect[role]:
+            raise InvalidInput(f"adapter tensor {roles[role]} has shape {got} but the base weight of {module} "
+                               f"has shape {wshape} (expected {expect[role]}): this adapter was trained for a "
+                               "different base; pass the right one with --base", tensor=roles[role], shapes=[got, wshape])
+    return r
+
+
+def plan(job: dict) -> dict:
+    adapter, base = job["adapter"], job["base"]
+    config = adapter["config"]
+    check_mergeable(config)
+    specs = model_specs(base["path"])
+    if base.get("quantized"):
+        specs = bnb.logical_specs(specs)
+    aspecs, fan = adapter["specs"], bool(config.get("fan_in_fan_out"))
+    warnings: list[str] = []
+    recipes = {name: {"src": name} for name in specs}
+    embed = next((n for n in EMBEDDINGS if n in specs), None)
+    tied = embed is not None and (HEAD not in specs or base["config"].get("tie_word_embeddings") is True)
+    touched = set()
+
+    def target(name: str, what: str) -> str:
+        if tied and name == HEAD:
+            recipes.setdefault(HEAD, {})["src"] = embed
+            return HEAD
+        found = _base_name(name, specs)
+        if not found:
+            raise InvalidInput(f"adapter {what} targets {name}, which the base model does not have: this adapter "
+                               "was trained for a different base; pass the right one with --base", tensor=name)
+        return found
+
+    for module, roles in sorted(adapter["modules"].items()):
+        wname = target(module + ".weight", f"module {module}")
+        src_shape = specs[recipes[wname]["src"]]["shape"]
+        rank = _check_lora_shapes(module, roles, aspecs, src_shape, fan)
+        scale = module_scale(config, module, rank)
+        recipes[wname].update(lora=roles, scale=scale)
+        touched.add(wname)
+        if "B_bias" in roles:
+            bname = _base_name(module + ".bias", specs)
+            if not bname:
+                raise Unsupported(f"adapter trains a bias for {module} (lora_bias) but the base layer has none")
+            recipes[bname].update(bias_add=roles["B_bias"], scale=scale)
+    for name, key in sorted(adapter["replacements"].items()):
+        tname = target(name, f"tensor {key}")
+        recipes[tname]["replace"] = key
+        touched.add(tname)
+        old, new = specs.get(recipes[tname]["src"], {}).get("shape"), aspecs[key]["shape"]
+        if old != new and tname not in (embed, HEAD):
+            raise InvalidInput(f"adapter tensor {key} has shape {new} but the base's {tname} has shape {old}: "
+                               "this adapter was trained for a different base; pass the right one with --base",
+                               tensor=key, shapes=[new, old])
+
+    untie = tied and bool(touched & {embed, HEAD})
+    if untie:  # peft applies an embedding update to the input side only: keep the output side apart
+        recipes.setdefault(HEAD, {"src": embed})
+        warnings.append("the base ties its input and output embeddings and the adapter changes one of them: "
+                        "the merged model stores both (tie_word_embeddings=false), as the adapter computed them")
+    out_dtype, dtype_reason = _output_dtype(job["params"]["dtype"], base, specs)
+    out_specs = {}
+    for name, rec in recipes.items():
+        src = aspecs[rec["replace"]] if "replace" in rec else specs[rec["src"]]
+        dtype = out_dtype if src["dtype"] in _FLOATS else src["dtype"]
+        out_specs[name] = {"dtype": dtype, "shape": list(src["shape"])}
+    model_config = {k: v for k, v in base["config"].items() if k not in ("quantization_config", "_pre_quantization_dtype")}
+    if untie:
+        model_config["tie_word_embeddings"] = False
+    if embed:
+        vocab = out_specs[embed]["shape"][0]
+        head_rows = out_specs.get(HEAD, out_specs[embed])["shape"][0]
+        if head_rows != vocab:
+            raise InvalidInput(f"the adapter resized the vocabulary to {vocab} in {embed} but the output layer has "
+                               f"{head_rows} rows: save lm_head too (modules_to_save) when resizing", vocab=vocab)
+        if vocab != specs[embed]["shape"][0]:
+            model_config["vocab_size"] = vocab
+            warnings.append(f"vocabulary resized during training: {specs[embed]['shape'][0]} -> {vocab}")
+    dtype_name = CODES[out_dtype]
+    model_config["dtype"] = dtype_name
+    if "torch_dtype" in model_config:
+        model_config["torch_dtype"] = dtype_name
+    if base.get("quantized"):
+        warnings.append(f"merged into the DEQUANTIZED {base['quantized']} base {base['requested']}: quality is that "
+                        "of the quantized model; pass the 16-bit original with --base for a better merge")
+    largest = max(nbytes({"dtype": "F32", "shape": s["shape"]}) for s in out_specs.values())
+    device, device_info = pick_device(job["params"]["device"], largest)
+    shards = plan_shards(out_specs, job["params"]["max_shard_size"])
+    return {
+        "job": job, "recipes": recipes, "specs": specs, "out_specs": out_specs, "shards": shards,
+        "model_config": model_config, "out_dtype": out_dtype, "device": device,
+        "estimated_bytes": sum(nbytes(s) for s in out_specs.values()) + (4 << 20),
+        "warnings": warnings,
+        "decisions": {"dtype": {"value": dtype_name, "why": dtype_reason}, "device": device_info,
+                      "lora_modules": len(adapter["modules"]), "replaced_tensors": len(adapter["replacements"]),
+                      "tied_embeddings": tied, "shards": len(shards)},
+    }
+
+
+def _delta(roles: dict, load, fan: bool, scale: float):
+    if roles["kind"] == "embedding":
+        return (load(roles["emb_B"]) @ load(roles["emb_A"])).T * scale
+    delta = load(roles["B"]) @ load(roles["A"])
+    return (delta.T if fan else delta) * scale
+
+
+def merge_tensor(rec: dict, base_w, load, fan: bool):
+    """The merged fp32 tensor: base (or its replacement) plus the scaled LoRA update (DoRA: rescaled
+    per output row to the learnt magnitude, with the norm taken over the updated weight, as peft)."""
+    w = load(rec["replace"]) if "replace" in rec else base_w()
+    roles = rec.get("lora")
+    if roles:
+        delta = _delta(roles, load, fan, rec["scale"])
+        w = w + delta
+        if "magnitude" in roles:
+            oriented = w.T if fan else w
+            factor = load(roles["magnitude"]) / oriented.norm(p=2, dim=1)
+            w = (factor[:, None] * oriented).T if fan else factor[:, None] * oriented
+    if "bias_add" in rec:
+        w = w + load(rec["bias_add"]) * rec["scale"]
+    return w
+
+
+def write(plan: dict, folder, progress) -> dict:
+    import torch
+
+    job = plan["job"]
+    adapter_file = job["adapter"]["weights"]
+    specs, out_specs, device = plan["specs"], plan["out_specs"], plan["device"]
+    fan = bool(job["adapter"]["config"].get("fan_in_fan_out"))
+
+    def load_adapter(key):
+        return load_tensor(adapter_file, key).to(device=device, dtype=torch.float32)
+
+    def load_base(name):
+        spec = specs[name]
+        t = bnb.dequantize(name, spec) if "bnb" in spec else load_tensor(spec["file"], name)
+        return t.to(device=device, dtype=torch.float32) if t.is_floating_point() else t
+
+    def produce(name):
+        rec = plan["recipes"][name]
+        want = getattr(torch, CODES[out_specs[name]["dtype"]])
+        w = merge_tensor(rec, lambda: load_base(rec["src"]), load_adapter, fan)
+        return w.to(dtype=want).cpu() if w.is_floating_point() else w.cpu()
+
+    hashes = {}
+    shards = plan["shards"]
+    for fname, names in shards.items():
+        hashes[fname] = write_stream(folder / fname, names, out_specs, produce, on_bytes=progress)
+    write_index(folder, shards, out_specs)
+    (folder / "config.json").write_text(json.dumps(plan["model_config"], indent=2) + "\n")
+    return hashes

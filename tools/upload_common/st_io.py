@@ -1,0 +1,158 @@
+"""Safetensors reading and writing in bounded memory.
+
+Reading opens the file per tensor: safetensors memory-maps the whole file, and pages of a mapping
+that stays open count in the process's resident memory, so closing after each tensor keeps the
+footprint at one tensor. Writing streams: the header is computed from the planned shapes, then each
+tensor's bytes are appended and hashed as they are written. The safetensors library has no
+incremental writer, so the (small, documented) file layout is written here by hand; every file is
+read back with the library in the tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from pathlib import Path
+
+from .errors import InputNotFound, InvalidInput
+
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+
+DTYPES = {  # torch dtype name -> safetensors dtype code
+    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
+    "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
+    "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
+}
+CODES = {v: k for k, v in DTYPES.items()}
+ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+            "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def read_header(file: Path) -> dict:
+    """The JSON header of a safetensors file, checked against the file size."""
+    file = Path(file)
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > size - 8 or n > 100 << 20:
+                raise ValueError("header length beyond end of file")
+            header = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
+        raise InvalidInput(f"{file} is not a readable safetensors file ({exc}): re-copy or re-save it",
+                           path=str(file)) from None
+    if 8 + n + end > size:
+        raise InvalidInput(f"{file} is truncated ({size} bytes, header promises {8 + n + end}): re-copy it",
+                           path=str(file))
+    return header
+
+
+def model_tensor_files(model_dir: Path) -> dict[str, Path]:
+    """Tensor name -> file, from ``model.safetensors`` or its sharded index."""
+    model_dir = Path(model_dir)
+    index = model_dir / INDEX_NAME
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (ValueError, KeyError) as exc:
+            raise InvalidInput(f"{index} is not a valid shard index ({exc})", path=str(index)) from None
+        return {name: model_dir / fname for name, fname in weight_map.items()}
+    single = model_dir / SINGLE_NAME
+    if single.is_file():
+        return {name: single for name in read_header(single) if name != "__metadata__"}
+    if any(model_dir.glob("*.bin")) or any(model_dir.glob("*.pt")):
+        raise InvalidInput(f"{model_dir} holds only pickle weights (.bin): re-save the base with "
+                           "safe_serialization=True, or pass a safetensors base with --base", path=str(model_dir))
+    raise InputNotFound(f"no {SINGLE_NAME} or {INDEX_NAME} in {model_dir}: pass a model folder", path=str(model_dir))
+
+
+def model_specs(model_dir: Path) -> dict[str, dict]:
+    """Tensor name -> {"file", "dtype" (safetensors code), "shape"}, read from headers only."""
+    files = model_tensor_files(model_dir)
+    headers = {f: read_header(f) for f in set(files.values())}
+    specs = {}
+    for name, f in files.items():
+        h = headers[f].get(name)
+        if h is None:
+            raise InvalidInput(f"{f.name} lacks tensor {name} listed in its index: the model folder is incomplete",
+                               path=str(f))
+        specs[name] = {"file": f, "dtype": h["dtype"], "shape": list(h["shape"])}
+    return specs
+
+
+def file_specs(file: Path) -> dict[str, dict]:
+    return {k: {"file": Path(file), "dtype": v["dtype"], "shape": list(v["shape"])}
+            for k, v in read_header(file).items() if k != "__metadata__"}
+
+
+def load_tensor(file: Path, name: str):
+    """One tensor, with the file mapped only while it is read."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return f.get_tensor(name)
+    except (SafetensorError, OSError) as exc:
+        raise InvalidInput(f"cannot read tensor {name} from {file} ({exc}): the file is corrupt", path=str(file)) from None
+
+
+def nbytes(spec: dict) -> int:
+    n = ITEMSIZE[spec["dtype"]]
+    for d in spec["shape"]:
+        n *= d
+    return n
+
+
+def plan_shards(specs: dict[str, dict], max_shard_size) -> dict[str, list[str]]:
+    """File name -> tensor names, using huggingface_hub's splitting rules and names."""
+    from huggingface_hub import split_state_dict_into_shards_factory
+
+    split = split_state_dict_into_shards_factory(
+        specs, get_storage_size=nbytes, filename_pattern="model{suffix}.safetensors",
+        max_shard_size=max_shard_size, get_storage_id=lambda s: None,
+    )
+    return split.filename_to_tensors
+
+
+def write_index(folder: Path, shards: dict[str, list[str]], specs: dict[str, dict]) -> None:
+    if len(shards) < 2:
+        return
+    weight_map = {name: fname for fname, names in shards.items() for name in names}
+    index = {"metadata": {"total_size": sum(nbytes(s) for s in specs.values())},
+             "weight_map": dict(sorted(weight_map.items()))}
+    (Path(folder) / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+
+
+def write_stream(path: Path, names: list[str], specs: dict[str, dict], produce, on_bytes=None,
+                 metadata: dict | None = None) -> str:
+    """Write a safetensors file tensor by tensor; ``produce(name)`` returns each tensor in turn.
+    Returns the file's sha256."""
+    import torch
+
+    header, offset = {"__metadata__": metadata or {"format": "pt"}}, 0
+    for name in names:
+        size = nbytes(specs[name])
+        header[name] = {"dtype": specs[name]["dtype"], "shape": specs[name]["shape"],
+                        "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    h = hashlib.sha256()
+    with open(path, "wb") as f:
+        for chunk in (struct.pack("<Q", len(raw)), raw):
+            f.write(chunk)
+            h.update(chunk)
+        for name in names:
+            t = produce(name)
+            want = specs[name]
+            if DTYPES.get(str(t.dtype).removeprefix("torch.")) != want["dtype"] or list(t.shape) != want["shape"]:
+                raise RuntimeError(f"{name}: produced {t.dtype}{list(t.shape)}, planned {want}")
+            data = t.contiguous().reshape(-1).view(torch.uint8).numpy()
+            f.write(data)
+            h.update(data)
+            if on_bytes:
+                on_bytes(data.nbytes)
+    return h.hexdigest()

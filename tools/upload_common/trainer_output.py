@@ -1,0 +1,302 @@
+"""Find the adapter in a trainer's output folder and say what kind of run produced it.
+
+Read-only: nothing is ever written, and ``training_args.bin`` (a pickle) is never opened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from .errors import InputNotFound, InvalidInput
+
+ADAPTER_CONFIG = "adapter_config.json"
+WEIGHTS = (("adapter_model.safetensors", "safetensors"), ("adapter_model.bin", "pickle"))
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
+                   "added_tokens.json", "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt")
+_TOKENIZER_CORE = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+FINAL_NAMES = ("final_model", "final", "adapter", "lora_model", "lora_adapter")
+ARGS_FILES = ("training_args.json", "trainer_config.json", "args.json")
+KINDS = ("sft", "kto", "dpo", "orpo", "cpo", "grpo", "ppo", "reward")
+_README_TAGS = {k: k for k in KINDS if k != "reward"} | {"reward-trainer": "reward"}
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+_TRAINED_WITH = re.compile(r"\btrained with (SFT|KTO|DPO|ORPO|CPO|GRPO|PPO|Reward)\b", re.IGNORECASE)
+# Keys any Trainer logs whatever the objective: a log with only these is plain language modelling.
+_GENERIC_KEYS = {"step", "epoch", "loss", "learning_rate", "grad_norm", "total_flos", "train_loss", "train_runtime",
+                 "train_samples_per_second", "train_steps_per_second", "eval_loss", "eval_runtime",
+                 "eval_samples_per_second", "eval_steps_per_second", "num_tokens", "num_input_tokens_seen"}
+
+
+def _read_json(path: Path, what: str, notes: list | None = None):
+    """Parsed JSON; on a bad file raise InvalidInput, or (given ``notes``) note it and return None."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        msg = f"{what} {path} is not valid JSON ({' '.join(str(exc).split())})"
+        if notes is None:
+            raise InvalidInput(f"{msg}: fix or replace the file", path=str(path)) from None
+        notes.append(f"{msg}: ignored")
+        return None
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    try:
+        return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:
+        return []
+
+
+def _find_adapters(root: Path) -> list[dict]:
+    found = []
+    if (root / ADAPTER_CONFIG).is_file():
+        m = _CHECKPOINT.match(root.name)
+        found.append({"path": str(root), "source": "root", "step": int(m.group(1)) if m else None})
+    for sub in _subdirs(root):
+        if (sub / ADAPTER_CONFIG).is_file():
+            m = _CHECKPOINT.match(sub.name)
+            found.append({"path": str(sub), "source": "checkpoint" if m else "subfolder",
+                          "step": int(m.group(1)) if m else None})
+    return found
+
+
+def _no_adapter_message(root: Path) -> str:
+    deeper = [p.parent.relative_to(root).as_posix() for sub in _subdirs(root) for p in sub.glob(f"*/{ADAPTER_CONFIG}")
+              if not p.parent.name.startswith(".")]
+    hint = f"; adapters found deeper: {', '.join(sorted(deeper)[:5])}: pass one of those folders" if deeper else ""
+    return (f"no adapter found in {root}: looked for {ADAPTER_CONFIG} at the root, in its subfolders and in "
+            f"checkpoint-N folders{hint or '; pass the folder that holds adapter_config.json and adapter_model.safetensors'}")
+
+
+def _last_component(value: str) -> str:
+    return re.split(r"[\\/]+", value.rstrip("\\/"))[-1]
+
+
+def _choose(root: Path, candidates: list[dict], checkpoint: int | None, best: str | None, notes: list) -> dict:
+    ckpts = {c["step"]: c for c in candidates if c["source"] == "checkpoint"}
+    listing = ", ".join(str(s) for s in sorted(ckpts)) or "none"
+    if checkpoint is not None:
+        if checkpoint not in ckpts:
+            raise InputNotFound(f"checkpoint-{checkpoint} not found in {root} (checkpoints with an adapter: "
+                                f"{listing}): pass one of those or leave the checkpoint out",
+                                path=str(root), checkpoint=checkpoint, available=sorted(ckpts))
+        return ckpts[checkpoint] | {"reason": f"checkpoint-{checkpoint} chosen explicitly"}
+    if best:
+        name = _last_component(best)
+        m = _CHECKPOINT.match(name)
+        if m and int(m.group(1)) in ckpts:
+            return ckpts[int(m.group(1))] | {
+                "reason": f"{name} is the best checkpoint named in trainer_state.json (best_model_checkpoint)"}
+        notes.append(f"best_model_checkpoint {best!r} has no adapter here: ignored")
+    others = f" (checkpoints also present: {listing}; pass checkpoint=N to pick one)" if ckpts else ""
+    for c in candidates:
+        if c["source"] == "root":
+            return c | {"reason": f"the final adapter at the root of the folder{others}"}
+    subs = [c for c in candidates if c["source"] == "subfolder"]
+    if subs:
+        rank = {n: i for i, n in enumerate(FINAL_NAMES)}
+        subs.sort(key=lambda c: (rank.get(Path(c["path"]).name, len(rank)), Path(c["path"]).name))
+        names = [Path(c["path"]).name + "/" for c in subs]
+        several = f"; other adapter subfolders: {', '.join(names[1:])}" if len(subs) > 1 else ""
+        return subs[0] | {"reason": f"no adapter at the root: the final adapter in subfolder {names[0]}{several}{others}"}
+    top = max(ckpts)
+    return ckpts[top] | {"reason": f"no final adapter: using the latest checkpoint, checkpoint-{top}"
+                                   f"{f' (of {listing})' if len(ckpts) > 1 else ''}"}
+
+
+def _check_weights(folder: Path) -> tuple[str, str]:
+    for name, fmt in WEIGHTS:
+        if (folder / name).is_file():
+            if fmt == "safetensors":
+                _check_safetensors_header(folder / name)
+            return name, fmt
+    raise InvalidInput(f"config without weights: {folder} has {ADAPTER_CONFIG} but neither adapter_model.safetensors "
+                       "nor adapter_model.bin: the save was probably interrupted; pick another checkpoint or re-save",
+                       path=str(folder))
+
+
+def _check_safetensors_header(path: Path) -> None:
+    """Catch an empty or truncated file early, reading only its header (stdlib, no tensors loaded)."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if size < 8 or n > size - 8:
+                raise ValueError("header length beyond end of file")
+            json.loads(f.read(n))
+    except (OSError, ValueError) as exc:
+        raise InvalidInput(f"{path} is not a readable safetensors file ({size} bytes; {exc}): re-save the adapter",
+                           path=str(path)) from None
+
+
+def _template_of(value):
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        for entry in value:
+            if isinstance(entry, dict) and entry.get("name") == "default":
+                return entry.get("template")
+    return None
+
+
+def _tokenizer(adapter_dir: Path, root: Path, notes: list) -> dict:
+    folder = next((d for d in (adapter_dir, root) if any((d / f).is_file() for f in _TOKENIZER_CORE)), None)
+    if folder is None:
+        return {"dir": None, "files": [], "chat_template": None}
+    files = [f for f in TOKENIZER_FILES if (folder / f).is_file()]
+    template = None
+    if "chat_template.jinja" in files:
+        template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    for name in ("chat_template.json", "tokenizer_config.json"):
+        if template is None and name in files:
+            data = _read_json(folder / name, name, notes)
+            template = _template_of(data.get("chat_template")) if isinstance(data, dict) else None
+    return {"dir": str(folder), "files": files, "chat_template": template}
+
+
+def _summary(state: dict, source: Path) -> dict:
+    log = [e for e in state.get("log_history") or [] if isinstance(e, dict)]
+    losses = [[e.get("step"), e["loss"]] for e in log if isinstance(e.get("loss"), (int, float))]
+    evals = [[e.get("step"), e["eval_loss"]] for e in log if isinstance(e.get("eval_loss"), (int, float))]
+    runtime = [e["train_runtime"] for e in log if "train_runtime" in e]
+    lrs = [e["learning_rate"] for e in log if "learning_rate" in e]
+    keys = ("global_step", "max_steps", "epoch", "num_train_epochs", "train_batch_size", "best_metric",
+            "best_model_checkpoint")
+    return {"source": str(source), **{k: state.get(k) for k in keys}, "loss_history": losses,
+            "eval_loss_history": evals, "final_loss": losses[-1][1] if losses else None,
+            "train_runtime": runtime[-1] if runtime else None, "learning_rate_final": lrs[-1] if lrs else None}
+
+
+def _kind_from_readme(folders) -> dict | None:
+    for folder in folders:
+        readme = folder / "README.md"
+        if not readme.is_file():
+            continue
+        text = readme.read_text(encoding="utf-8", errors="replace")
+        front = re.match(r"\A---\s*\n(.*?)\n---\s*(\n|\Z)", text, re.DOTALL)
+        if front:
+            tags = re.search(r"^tags:[ \t]*(\[.*?\]|\n(?:[ \t]*-.*\n?)+)", front.group(1), re.MULTILINE)
+            items = re.findall(r"[\w./-]+", tags.group(1)) if tags else []
+            kinds = [_README_TAGS[t.lower()] for t in items if t.lower() in _README_TAGS]
+            if kinds:
+                pick = next((k for k in kinds if k != "sft"), kinds[0])  # sft is the common default tag
+                return {"kind": pick, "evidence": f"{readme.name} in {folder.name}/ is tagged {', '.join(kinds)}"}
+        m = _TRAINED_WITH.search(text)
+        if m:
+            return {"kind": m.group(1).lower(), "evidence": f"{readme.name} in {folder.name}/ says "
+                                                              f"'trained with {m.group(1)}'"}
+    return None
+
+
+def _kind_from_args(root: Path, notes: list) -> dict | None:
+    for name in ARGS_FILES:
+        if not (root / name).is_file():
+            continue
+        args = _read_json(root / name, name, notes)
+        if not isinstance(args, dict):
+            continue
+        named = args.get("trainer") or args.get("trainer_type")
+        if isinstance(named, str):
+            key = re.sub(r"[_\s-]*trainer$", "", named.strip().lower())
+            if key in KINDS:
+                return {"kind": key, "evidence": f"{name} names the trainer {named!r}"}
+        rules = ((("desirable_weight", "undesirable_weight"), "kto"), (("num_generations",), "grpo"),
+                 (("cpo_alpha", "simpo_gamma"), "cpo"), (("num_ppo_epochs", "cliprange"), "ppo"),
+                 (("center_rewards_coefficient",), "reward"))
+        for keys, kind in rules:
+            hit = [k for k in keys if k in args]
+            if hit:
+                return {"kind": kind, "evidence": f"{name} has {', '.join(hit)}"}
+        if "beta" in args and "loss_type" in args:
+            return {"kind": "dpo", "evidence": f"{name} has beta and loss_type"}
+        if "dataset_text_field" in args or "packing" in args:
+            return {"kind": "sft", "evidence": f"{name} has SFT options (dataset_text_field/packing)"}
+    return None
+
+
+def _kind_from_log(state: dict | None) -> dict | None:
+    log = (state or {}).get("log_history") or []
+    keys = {k.removeprefix("eval_") for e in log if isinstance(e, dict) for k in e}
+    if not keys:
+        return None
+    rewards = any(k.startswith("rewards/") for k in keys)
+    rules = (
+        ({"reward", "reward_std"} & keys or any(k.startswith("completions/") for k in keys), "grpo",
+         "GRPO metrics logged (reward, completions/*)"),
+        (any(k.startswith(("objective/", "policy/")) for k in keys), "ppo", "PPO metrics logged (objective/*)"),
+        (rewards and "kl" in keys, "kto", "rewards/* and kl logged"),
+        ({"log_odds_ratio", "log_odds_chosen"} & keys, "orpo", "log_odds_ratio logged"),
+        ("nll_loss" in keys, "cpo", "nll_loss without log odds logged (a DPO run with rpo_alpha logs the same)"),
+        ("rewards/margins" in keys, "dpo", "rewards/margins logged"),
+        ("mean_token_accuracy" in keys, "sft", "mean_token_accuracy logged"),
+        ("loss" in keys and keys <= _GENERIC_KEYS, "sft", "only language-modelling loss logged"),
+    )
+    for hit, kind, evidence in rules:
+        if hit:
+            return {"kind": kind, "evidence": f"trainer_state.json: {evidence}"}
+    return None
+
+
+def inspect_trainer_output(path, checkpoint: int | None = None) -> dict:
+    """Describe an adapter folder or a whole trainer output folder (see the module docstring)."""
+    root = Path(os.path.abspath(path))
+    if not root.exists():
+        raise InputNotFound(f"{root} does not exist: pass the trainer output folder or the adapter folder",
+                            path=str(root))
+    if not root.is_dir():
+        raise InvalidInput(f"{root} is a file: pass the folder that holds {ADAPTER_CONFIG}", path=str(root))
+    notes: list[str] = []
+    candidates = _find_adapters(root)
+    if not candidates:
+        raise InputNotFound(_no_adapter_message(root), path=str(root))
+    steps = sorted(c["step"] for c in candidates if c["source"] == "checkpoint")
+
+    def load_state(folder: Path):
+        f = folder / "trainer_state.json"
+        data = _read_json(f, "trainer_state.json", notes) if f.is_file() else None
+        return (data, f) if isinstance(data, dict) else None
+
+    states: dict[Path, tuple | None] = {}
+
+    def state_of(folder: Path):
+        if folder not in states:
+            states[folder] = load_state(folder)
+        return states[folder]
+
+    latest = root / f"checkpoint-{steps[-1]}" if steps else None
+    best_from = state_of(root) or (state_of(latest) if latest else None)
+    chosen = _choose(root, candidates, checkpoint, best_from[0].get("best_model_checkpoint") if best_from else None,
+                     notes)
+    adapter_dir = Path(chosen["path"])
+    found = state_of(root) or state_of(adapter_dir) or (state_of(latest) if latest else None)
+    if found and found[1].parent != root:
+        notes.append(f"trainer_state.json taken from {found[1].parent.name}/ (none at the root)")
+    state, state_file = found if found else (None, None)
+    config = _read_json(adapter_dir / ADAPTER_CONFIG, ADAPTER_CONFIG)
+    if not isinstance(config, dict):
+        raise InvalidInput(f"{adapter_dir / ADAPTER_CONFIG} holds a {type(config).__name__}, not an object: "
+                           "fix or replace the file", path=str(adapter_dir))
+    weights, fmt = _check_weights(adapter_dir)
+    if fmt == "pickle":
+        notes.append(f"the adapter weights are a pickle ({weights}): not read here")
+    for c in candidates:
+        if c["path"] != chosen["path"] and not any((Path(c["path"]) / n).is_file() for n, _ in WEIGHTS):
+            notes.append(f"{Path(c['path']).name}/ has {ADAPTER_CONFIG} but no weights")
+    for folder in dict.fromkeys((root, adapter_dir)):
+        if (folder / "training_args.bin").is_file():
+            notes.append(f"training_args.bin present in {folder.name}/: not read (pickle)")
+    trainer = (_kind_from_readme(dict.fromkeys((root, adapter_dir))) or _kind_from_args(root, notes)
+               or _kind_from_log(state) or {"kind": "unknown", "evidence": "no README tags, args file or "
+                                                                          "recognisable log_history keys"})
+    return {
+        "root": str(root),
+        "adapter": {**chosen, "weights": weights, "weights_format": fmt, "config": config},
+        "candidates": candidates,
+        "checkpoints": steps,
+        "base_model": config.get("base_model_name_or_path"),
+        "tokenizer": _tokenizer(adapter_dir, root, notes),
+        "trainer": trainer,
+        "training": _summary(state, state_file) if state is not None else None,
+        "notes": notes,
+    }
