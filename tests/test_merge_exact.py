@@ -50,7 +50,11 @@ def bases(tmp_path_factory, tokenizer_dir):
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_merge_matches_peft(case, bases, tmp_path):
+def test_merge_matches_peft(case, bases, tmp_path, monkeypatch):
+    """Merged in row blocks of a few rows, so the blockwise maths is what is checked here."""
+    from merge_tool.formats import merged_16bit
+
+    monkeypatch.setattr(merged_16bit, "CHUNK_ELEMENTS", 200)
     family, base_cfg, lora = CASES[case]
     base = bases(family, base_cfg)
     adapter = make_peft_adapter(base, tmp_path / "adapter", **lora)

@@ -162,6 +162,15 @@ def check_output_free(out: Path, overwrite: bool) -> None:
                            path=str(out))
 
 
+def _fsync_tree(folder: Path) -> None:
+    for p in [*Path(folder).rglob("*"), Path(folder)]:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_output(out: Path, *, overwrite: bool = False):
     """Yield a fresh partial folder; on success it replaces ``out`` (the caller wrote the manifest
@@ -182,6 +191,7 @@ def atomic_output(out: Path, *, overwrite: bool = False):
         raise
     if not (partial / MANIFEST).is_file():  # pragma: no cover - programming error in a tool
         raise RuntimeError(f"step finished without writing {MANIFEST}")
+    _fsync_tree(partial)  # the data is on disk before the folder takes its final name
     if out.exists():
         old = out.with_name(out.name + ".old")
         if old.exists():

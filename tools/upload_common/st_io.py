@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -88,13 +89,15 @@ def file_specs(file: Path) -> dict[str, dict]:
             for k, v in read_header(file).items() if k != "__metadata__"}
 
 
-def load_tensor(file: Path, name: str):
-    """One tensor, with the file mapped only while it is read."""
+def load_tensor(file: Path, name: str, rows: tuple[int, int] | None = None):
+    """One tensor (or rows ``[a, b)`` of it), with the file mapped only while it is read."""
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(file), framework="pt") as f:
-            return f.get_tensor(name)
+            if rows is None:
+                return f.get_tensor(name)
+            return f.get_slice(name)[rows[0]:rows[1]]
     except (SafetensorError, OSError) as exc:
         raise InvalidInput(f"cannot read tensor {name} from {file} ({exc}): the file is corrupt", path=str(file)) from None
 
@@ -126,10 +129,27 @@ def write_index(folder: Path, shards: dict[str, list[str]], specs: dict[str, dic
     (Path(folder) / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
 
 
+WRITEBACK_BYTES = 64 << 20
+
+
+def _start_writeback(f, start: int) -> int:
+    """Start writing the range to disk now (asynchronously) and let its pages go from the cache, so
+    the disk works while the next tensors are computed instead of all at the final fsync."""
+    f.flush()
+    end = f.tell()
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(f.fileno(), start, end - start, os.POSIX_FADV_DONTNEED)
+    return end
+
+
 def write_stream(path: Path, names: list[str], specs: dict[str, dict], produce, on_bytes=None,
                  metadata: dict | None = None) -> str:
-    """Write a safetensors file tensor by tensor; ``produce(name)`` returns each tensor in turn.
-    Returns the file's sha256."""
+    """Write a safetensors file tensor by tensor. ``produce(name)`` returns the tensor, or an iterable
+    of row blocks of it, in order. Writing and hashing run in a second thread, so computing the next
+    block overlaps with the disk. Returns the file's sha256."""
+    import queue
+    import threading
+
     import torch
 
     header, offset = {"__metadata__": metadata or {"format": "pt"}}, 0
@@ -141,18 +161,48 @@ def write_stream(path: Path, names: list[str], specs: dict[str, dict], produce, 
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
     h = hashlib.sha256()
+    pending: queue.Queue = queue.Queue(maxsize=2)
+    failed: list[BaseException] = []
+
+    def writer(f):
+        kicked = 0
+        while (data := pending.get()) is not None:
+            if failed:
+                continue
+            try:
+                f.write(data)
+                h.update(data)
+                if on_bytes:
+                    on_bytes(data.nbytes)
+                if f.tell() - kicked >= WRITEBACK_BYTES:
+                    kicked = _start_writeback(f, kicked)
+            except BaseException as exc:  # reported by the producing thread
+                failed.append(exc)
+
     with open(path, "wb") as f:
         for chunk in (struct.pack("<Q", len(raw)), raw):
             f.write(chunk)
             h.update(chunk)
-        for name in names:
-            t = produce(name)
-            want = specs[name]
-            if DTYPES.get(str(t.dtype).removeprefix("torch.")) != want["dtype"] or list(t.shape) != want["shape"]:
-                raise RuntimeError(f"{name}: produced {t.dtype}{list(t.shape)}, planned {want}")
-            data = t.contiguous().reshape(-1).view(torch.uint8).numpy()
-            f.write(data)
-            h.update(data)
-            if on_bytes:
-                on_bytes(data.nbytes)
+        thread = threading.Thread(target=writer, args=(f,), daemon=True)
+        thread.start()
+        try:
+            for name in names:
+                want, done = specs[name], 0
+                produced = produce(name)
+                for block in [produced] if isinstance(produced, torch.Tensor) else produced:
+                    if DTYPES.get(str(block.dtype).removeprefix("torch.")) != want["dtype"] or \
+                            list(block.shape[1:]) != want["shape"][1:]:
+                        raise RuntimeError(f"{name}: produced {block.dtype}{list(block.shape)}, planned {want}")
+                    data = block.contiguous().reshape(-1).view(torch.uint8).numpy()
+                    done += data.nbytes
+                    pending.put(data)
+                    if failed:
+                        raise failed[0]
+                if done != nbytes(want):
+                    raise RuntimeError(f"{name}: produced {done} bytes, planned {nbytes(want)}")
+        finally:
+            pending.put(None)
+            thread.join()
+    if failed:
+        raise failed[0]
     return h.hexdigest()

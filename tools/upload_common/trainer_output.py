@@ -42,10 +42,7 @@ def _read_json(path: Path, what: str, notes: list | None = None):
 
 
 def _subdirs(folder: Path) -> list[Path]:
-    try:
-        return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    except OSError:
-        return []
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def _find_adapters(root: Path) -> list[dict]:
@@ -64,9 +61,10 @@ def _find_adapters(root: Path) -> list[dict]:
 def _no_adapter_message(root: Path) -> str:
     deeper = [p.parent.relative_to(root).as_posix() for sub in _subdirs(root) for p in sub.glob(f"*/{ADAPTER_CONFIG}")
               if not p.parent.name.startswith(".")]
-    hint = f"; adapters found deeper: {', '.join(sorted(deeper)[:5])}: pass one of those folders" if deeper else ""
+    todo = (f"adapters found deeper: {', '.join(sorted(deeper)[:5])}: pass one of those folders" if deeper
+            else f"pass the folder that holds {ADAPTER_CONFIG} and adapter_model.safetensors")
     return (f"no adapter found in {root}: looked for {ADAPTER_CONFIG} at the root, in its subfolders and in "
-            f"checkpoint-N folders{hint or '; pass the folder that holds adapter_config.json and adapter_model.safetensors'}")
+            f"checkpoint-N folders; {todo}")
 
 
 def _last_component(value: str) -> str:
@@ -99,7 +97,8 @@ def _choose(root: Path, candidates: list[dict], checkpoint: int | None, best: st
         subs.sort(key=lambda c: (rank.get(Path(c["path"]).name, len(rank)), Path(c["path"]).name))
         names = [Path(c["path"]).name + "/" for c in subs]
         several = f"; other adapter subfolders: {', '.join(names[1:])}" if len(subs) > 1 else ""
-        return subs[0] | {"reason": f"no adapter at the root: the final adapter in subfolder {names[0]}{several}{others}"}
+        reason = f"no adapter at the root: the final adapter in subfolder {names[0]}{several}{others}"
+        return subs[0] | {"reason": reason}
     top = max(ckpts)
     return ckpts[top] | {"reason": f"no final adapter: using the latest checkpoint, checkpoint-{top}"
                                    f"{f' (of {listing})' if len(ckpts) > 1 else ''}"}
@@ -217,9 +216,10 @@ def _kind_from_args(root: Path, notes: list) -> dict | None:
 
 def _kind_from_log(state: dict | None) -> dict | None:
     log = (state or {}).get("log_history") or []
-    keys = {k.removeprefix("eval_") for e in log if isinstance(e, dict) for k in e}
-    if not keys:
+    raw = {k for e in log if isinstance(e, dict) for k in e}
+    if not raw:
         return None
+    keys = raw | {k.removeprefix("eval_") for k in raw}
     rewards = any(k.startswith("rewards/") for k in keys)
     rules = (
         ({"reward", "reward_std"} & keys or any(k.startswith("completions/") for k in keys), "grpo",
@@ -230,7 +230,7 @@ def _kind_from_log(state: dict | None) -> dict | None:
         ("nll_loss" in keys, "cpo", "nll_loss without log odds logged (a DPO run with rpo_alpha logs the same)"),
         ("rewards/margins" in keys, "dpo", "rewards/margins logged"),
         ("mean_token_accuracy" in keys, "sft", "mean_token_accuracy logged"),
-        ("loss" in keys and keys <= _GENERIC_KEYS, "sft", "only language-modelling loss logged"),
+        ("loss" in raw and raw <= _GENERIC_KEYS, "sft", "only language-modelling loss logged"),
     )
     for hit, kind, evidence in rules:
         if hit:

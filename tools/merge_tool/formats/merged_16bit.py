@@ -155,27 +155,41 @@ def plan(job: dict) -> dict:
     }
 
 
-def _delta(roles: dict, load, fan: bool, scale: float):
-    if roles["kind"] == "embedding":
-        return (load(roles["emb_B"]) @ load(roles["emb_A"])).T * scale
-    delta = load(roles["B"]) @ load(roles["A"])
-    return (delta.T if fan else delta) * scale
+CHUNK_ELEMENTS = 8 << 20  # rows are merged in blocks of about 32 MB of fp32
 
 
-def merge_tensor(rec: dict, base_w, load, fan: bool):
-    """The merged fp32 tensor: base (or its replacement) plus the scaled LoRA update (DoRA: rescaled
-    per output row to the learnt magnitude, with the norm taken over the updated weight, as peft)."""
-    w = load(rec["replace"]) if "replace" in rec else base_w()
+def row_blocks(shape: list, whole: bool) -> list:
+    """Row ranges to compute one at a time; ``[None]`` means the whole tensor at once."""
+    if whole or len(shape) < 2:
+        return [None]
+    cols = 1
+    for d in shape[1:]:
+        cols *= d
+    step = max(1, CHUNK_ELEMENTS // max(cols, 1))
+    return [(a, min(a + step, shape[0])) for a in range(0, shape[0], step)]
+
+
+def merge_rows(rec: dict, load_base, load, fan: bool, rows):
+    """Rows ``rows`` (all when None) of the merged fp32 tensor: the base (or its replacement) plus
+    the scaled LoRA update, in peft's order of operations; DoRA rescales each output row to the
+    learnt magnitude, with the norm taken over the updated weight."""
+    sl = slice(*rows) if rows else slice(None)
+    w = load(rec["replace"], sl) if "replace" in rec else load_base(sl)
     roles = rec.get("lora")
     if roles:
-        delta = _delta(roles, load, fan, rec["scale"])
-        w = w + delta
+        if roles["kind"] == "embedding":
+            delta = (load(roles["emb_B"]) @ load(roles["emb_A"])[:, sl]).T
+        elif fan:
+            delta = (load(roles["B"]) @ load(roles["A"])[:, sl]).T
+        else:
+            delta = load(roles["B"], sl) @ load(roles["A"])
+        w.add_(delta.mul_(rec["scale"]))
         if "magnitude" in roles:
             oriented = w.T if fan else w
-            factor = load(roles["magnitude"]) / oriented.norm(p=2, dim=1)
-            w = (factor[:, None] * oriented).T if fan else factor[:, None] * oriented
+            factor = load(roles["magnitude"], slice(None) if fan else sl) / oriented.norm(p=2, dim=1)
+            oriented.mul_(factor[:, None])
     if "bias_add" in rec:
-        w = w + load(rec["bias_add"]) * rec["scale"]
+        w.add_(load(rec["bias_add"]) * rec["scale"])
     return w
 
 
@@ -186,20 +200,37 @@ def write(plan: dict, folder, progress) -> dict:
     adapter_file = job["adapter"]["weights"]
     specs, out_specs, device = plan["specs"], plan["out_specs"], plan["device"]
     fan = bool(job["adapter"]["config"].get("fan_in_fan_out"))
+    f32 = torch.float32
 
-    def load_adapter(key):
-        return load_tensor(adapter_file, key).to(device=device, dtype=torch.float32)
-
-    def load_base(name):
-        spec = specs[name]
-        t = bnb.dequantize(name, spec) if "bnb" in spec else load_tensor(spec["file"], name)
-        return t.to(device=device, dtype=torch.float32) if t.is_floating_point() else t
+    def fp32(t):  # always a private copy: the merge updates it in place
+        return t.to(device=device, dtype=f32, copy=True) if t.is_floating_point() else t
 
     def produce(name):
-        rec = plan["recipes"][name]
-        want = getattr(torch, CODES[out_specs[name]["dtype"]])
-        w = merge_tensor(rec, lambda: load_base(rec["src"]), load_adapter, fan)
-        return w.to(dtype=want).cpu() if w.is_floating_point() else w.cpu()
+        rec, want = plan["recipes"][name], getattr(torch, CODES[out_specs[name]["dtype"]])
+        src = specs[rec["src"]]
+        cache = {}
+
+        def load(key, sl=slice(None)):
+            if sl != slice(None):
+                return fp32(load_tensor(adapter_file, key, rows=(sl.start, sl.stop)))
+            if key not in cache:
+                cache[key] = fp32(load_tensor(adapter_file, key))
+            return cache[key]
+
+        if "bnb" in src:
+            whole = fp32(bnb.dequantize(rec["src"], src))
+            load_base = whole.__getitem__
+        else:
+            def load_base(sl):
+                raw = load_tensor(src["file"], rec["src"], rows=None if sl == slice(None) else (sl.start, sl.stop))
+                return raw if pure_copy else fp32(raw)
+
+        pure_copy = set(rec) == {"src"} and src["dtype"] == out_specs[name]["dtype"] and "bnb" not in src
+        whole_only = "bnb" in src or (fan and "magnitude" in rec.get("lora", {}))
+        for rows in row_blocks(out_specs[name]["shape"], whole_only):
+            w = load_base(slice(*rows) if rows else slice(None)) if pure_copy else \
+                merge_rows(rec, load_base, load, fan, rows)
+            yield (w.to(dtype=want) if w.is_floating_point() else w).cpu()
 
     hashes = {}
     shards = plan["shards"]
