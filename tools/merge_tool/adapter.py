@@ -4,12 +4,12 @@ Only the headers are read here; tensors are loaded one module at a time during t
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
 
-from upload_common.errors import InputNotFound, InvalidInput, Unsupported
+from upload_common.contract import read_json_object
+from upload_common.errors import InvalidInput, Unsupported
 from upload_common.st_io import file_specs
 
 PREFIX = "base_model.model."
@@ -29,17 +29,8 @@ _REFUSED_FIELDS = {
 
 
 def read_config(adapter_dir: Path) -> dict:
-    path = Path(adapter_dir) / "adapter_config.json"
-    if not path.is_file():
-        raise InputNotFound(f"no adapter_config.json in {adapter_dir}: pass an adapter or trainer output folder",
-                            path=str(adapter_dir))
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise InvalidInput(f"{path} is not valid JSON ({exc})", path=str(path)) from None
-    if not isinstance(config, dict):
-        raise InvalidInput(f"{path} does not hold a JSON object", path=str(path))
-    return config
+    return read_json_object(Path(adapter_dir) / "adapter_config.json", "adapter config",
+                            "pass an adapter or trainer output folder")
 
 
 def check_mergeable(config: dict) -> None:

@@ -7,12 +7,12 @@ weights instead and says so loudly."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 
-from upload_common.errors import BaseModelUnavailable, InvalidInput
+from upload_common.contract import read_json_object
+from upload_common.errors import BaseModelUnavailable, InputNotFound, InvalidInput
 
 MODEL_FILES = ["*.json", "*.safetensors", "tokenizer.model", "*.txt", "*.jinja", "*.tiktoken"]
 _QUANT_SUFFIX = re.compile(r"(-unsloth)?-bnb-(4|8)bit$", re.IGNORECASE)
@@ -57,14 +57,8 @@ def locate(name: str) -> dict:
 
 
 def read_model_config(path: Path) -> dict:
-    cfg = Path(path) / "config.json"
-    if not cfg.is_file():
-        raise InvalidInput(f"base model folder {path} has no config.json: pass a Hugging Face model folder with --base",
-                           path=str(path))
-    try:
-        return json.loads(cfg.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise InvalidInput(f"{cfg} is not valid JSON ({exc})", path=str(cfg)) from None
+    return read_json_object(Path(path) / "config.json", "model config",
+                            "pass a Hugging Face model folder with --base")
 
 
 def bnb_kind(config: dict) -> str | None:
@@ -95,7 +89,7 @@ def resolve_base(base_arg: str | None, adapter_config: dict, log=lambda m: None)
         try:
             alt = locate(candidate)
             alt["config"] = read_model_config(alt["path"])
-        except (BaseModelUnavailable, InvalidInput) as exc:
+        except (BaseModelUnavailable, InvalidInput, InputNotFound) as exc:
             tried.append(f"{candidate} ({exc.message.split(':')[0]})")
             continue
         if not bnb_kind(alt["config"]):

@@ -140,6 +140,23 @@ def finish_manifest(manifest: dict, folder: Path, known_hashes: dict | None = No
     return manifest
 
 
+def read_json_object(path: Path, what: str, missing_hint: str) -> dict:
+    """A JSON file that must hold an object; a known error saying what to do otherwise."""
+    from .errors import InputNotFound, InvalidInput
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputNotFound(f"no {path.name} in {path.parent}: {missing_hint}", path=str(path.parent))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InvalidInput(f"{what} {path} is not valid JSON ({' '.join(str(exc).split())}): fix or replace it",
+                           path=str(path)) from None
+    if not isinstance(data, dict):
+        raise InvalidInput(f"{what} {path} does not hold a JSON object: fix or replace it", path=str(path))
+    return data
+
+
 def read_manifest(folder: Path) -> dict | None:
     p = Path(folder) / MANIFEST
     if not p.is_file():

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 from .errors import InputNotFound, InvalidInput
+from .st_io import read_header
 
 ADAPTER_CONFIG = "adapter_config.json"
 WEIGHTS = (("adapter_model.safetensors", "safetensors"), ("adapter_model.bin", "pickle"))
@@ -108,25 +109,11 @@ def _check_weights(folder: Path) -> tuple[str, str]:
     for name, fmt in WEIGHTS:
         if (folder / name).is_file():
             if fmt == "safetensors":
-                _check_safetensors_header(folder / name)
+                read_header(folder / name)  # an empty or truncated file fails here
             return name, fmt
     raise InvalidInput(f"config without weights: {folder} has {ADAPTER_CONFIG} but neither adapter_model.safetensors "
                        "nor adapter_model.bin: the save was probably interrupted; pick another checkpoint or re-save",
                        path=str(folder))
-
-
-def _check_safetensors_header(path: Path) -> None:
-    """Catch an empty or truncated file early, reading only its header (stdlib, no tensors loaded)."""
-    size = path.stat().st_size
-    try:
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            if size < 8 or n > size - 8:
-                raise ValueError("header length beyond end of file")
-            json.loads(f.read(n))
-    except (OSError, ValueError) as exc:
-        raise InvalidInput(f"{path} is not a readable safetensors file ({size} bytes; {exc}): re-save the adapter",
-                           path=str(path)) from None
 
 
 def _template_of(value):
