@@ -190,3 +190,11 @@ def test_failure_leaves_error_json(adapter_copy, llama_base, tmp_path, monkeypat
     partial = tmp_path / "out.partial"
     assert [p.name for p in partial.iterdir()] == ["error.json"]
     assert json.loads((partial / "error.json").read_text())["error"]["message"] == "injected failure while writing"
+
+
+def test_unsloth_engine_refused_without_unsloth_or_gpu(adapter_copy, llama_base, tmp_path):
+    run_bad(adapter_copy, tmp_path / "out", "--base", llama_base, "--engine", "unsloth", needles=["unsloth", "streaming"])
+
+
+def test_device_cuda_refused_without_gpu(adapter_copy, llama_base, tmp_path):
+    run_bad(adapter_copy, tmp_path / "out", "--base", llama_base, "--device", "cuda", needles=["--device cpu"])

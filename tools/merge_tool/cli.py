@@ -21,12 +21,15 @@ from .formats import FORMATS
 @click.option("--max-shard-size", default="5GB", show_default=True)
 @click.option("--checkpoint", type=int, default=None, help="Use checkpoint-N instead of the default choice.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--engine", type=click.Choice(["streaming", "unsloth"]), default="streaming", show_default=True,
+              help="unsloth: merge with Unsloth (needs a CUDA GPU and the unsloth package).")
 @click.option("--allow-pickle", is_flag=True, help="Convert an adapter_model.bin (torch.load weights_only=True).")
 @overwrite_option
 @json_option
 @click.pass_context
 @report_errors
-def main(ctx, adapter, out, base, method, dtype, max_shard_size, checkpoint, device, allow_pickle, overwrite, as_json):
+def main(ctx, adapter, out, base, method, dtype, max_shard_size, checkpoint, device, engine, allow_pickle, overwrite,
+         as_json):
     """Export a LoRA adapter as-is or merged into its base model.
 
     \b
@@ -40,7 +43,7 @@ def main(ctx, adapter, out, base, method, dtype, max_shard_size, checkpoint, dev
     from .core import run
 
     manifest = run(adapter, out, base=base, method=method, dtype=dtype, max_shard_size=max_shard_size,
-                   checkpoint=checkpoint, device=device, overwrite=overwrite, allow_pickle=allow_pickle, log=log)
+                   checkpoint=checkpoint, device=device, engine=engine, overwrite=overwrite, allow_pickle=allow_pickle, log=log)
     emit(manifest if as_json else str(click.format_filename(out)), as_json)
 
 

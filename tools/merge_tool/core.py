@@ -58,7 +58,7 @@ def _check_space(folder: Path, need: int) -> dict:
 
 
 def run(adapter_path, out, *, base: str | None = None, method: str = "merged_16bit", dtype: str = "auto",
-        max_shard_size: str = "5GB", checkpoint: int | None = None, device: str = "auto",
+        max_shard_size: str = "5GB", checkpoint: int | None = None, device: str = "auto", engine: str = "streaming",
         overwrite: bool = False, allow_pickle: bool = False, log=lambda m: None) -> dict:
     """Export or merge; returns the step manifest written beside the output files."""
     t0 = time.monotonic()
@@ -71,7 +71,7 @@ def run(adapter_path, out, *, base: str | None = None, method: str = "merged_16b
     log(f"adapter: {found['adapter']['path']} ({found['adapter']['reason']})")
     adapter_dir = Path(found["adapter"]["path"])
     params = {"method": method, "dtype": dtype, "max_shard_size": max_shard_size, "device": device,
-              "checkpoint": checkpoint, "base": base}
+              "engine": engine, "checkpoint": checkpoint, "base": base}
     with tempfile.TemporaryDirectory(prefix="merge-tool-") as tmp:
         if (adapter_dir / "adapter_model.bin").is_file() and not (adapter_dir / "adapter_model.safetensors").is_file():
             adapter = _read_pickled(adapter_dir, Path(tmp), allow_pickle)

@@ -141,6 +141,10 @@ def plan(job: dict) -> dict:
     if base.get("quantized"):
         warnings.append(f"merged into the DEQUANTIZED {base['quantized']} base {base['requested']}: quality is that "
                         "of the quantized model; pass the 16-bit original with --base for a better merge")
+    if job["params"].get("engine") == "unsloth":
+        from ..unsloth_engine import check_available
+
+        warnings.append(f"merged by unsloth {check_available()} instead of the streaming merge")
     largest = max(nbytes({"dtype": "F32", "shape": s["shape"]}) for s in out_specs.values())
     device, device_info = pick_device(job["params"]["device"], largest)
     shards = plan_shards(out_specs, job["params"]["max_shard_size"])
@@ -197,6 +201,11 @@ def write(plan: dict, folder, progress) -> dict:
     import torch
 
     job = plan["job"]
+    if job["params"].get("engine") == "unsloth":  # pragma: no cover - needs a GPU
+        from ..unsloth_engine import write as unsloth_write
+
+        unsloth_write(job["adapter"]["dir"], folder, plan["out_dtype"])
+        return {}
     adapter_file = job["adapter"]["weights"]
     specs, out_specs, device = plan["specs"], plan["out_specs"], plan["device"]
     fan = bool(job["adapter"]["config"].get("fan_in_fan_out"))
