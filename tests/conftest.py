@@ -48,3 +48,13 @@ def tree_hash(folder: Path) -> str:
 def no_finished_output(out: Path) -> bool:
     """Nothing at ``out`` and no manifest anywhere beside it."""
     return not Path(out).exists() and not list(Path(out).parent.glob("**/manifest.json"))
+
+
+@pytest.fixture(scope="session")
+def trained_llama(tmp_path_factory, tokenizer_dir) -> Path:
+    """Hidden 256 / intermediate 512 (so k-quants are real), briefly trained so top-1 means something."""
+    from upload_common.sample import make_base, train_briefly
+
+    folder = make_base(tmp_path_factory.mktemp("trained") / "tiny-llama", "llama", hidden=256, intermediate=512,
+                       heads=4, kv_heads=2, tokenizer_dir=tokenizer_dir)
+    return train_briefly(folder, steps=300)

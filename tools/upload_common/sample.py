@@ -172,3 +172,34 @@ def make_trainer_output(folder: Path, base_dir: Path, *, kind: str = "sft", step
             if f.is_file() and f.name != "config.json":
                 shutil.copy2(f, folder / f.name)
     return folder
+
+
+def train_briefly(model_dir: Path, steps: int = 200, seed: int = 0, lr: float = 3e-3) -> Path:
+    """A few hundred steps of next-token training on the sample text, saved in place: a random model
+    has nearly tied logits, which makes top-1 comparisons meaningless."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    with torch.no_grad():  # back to a sane init scale before training
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.02)
+            else:
+                p.fill_(1.0)
+    ids = torch.tensor(tok("\n".join(sample_text(2000, seed=seed + 1))).input_ids)
+    seq, batch = 64, 16
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        starts = torch.randint(0, len(ids) - seq - 1, (batch,))
+        x = torch.stack([ids[s: s + seq] for s in starts])
+        loss = model(input_ids=x, labels=x).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    model.save_pretrained(model_dir)
+    return Path(model_dir)

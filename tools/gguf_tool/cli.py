@@ -1,0 +1,80 @@
+"""gguf-tool's command line: parse, call core, print."""
+
+from __future__ import annotations
+
+import click
+
+from upload_common.cli import emit, json_option, log, overwrite_option, report_errors
+
+from .quants import QUANTS
+
+
+def _thresholds(values) -> dict:
+    out = {}
+    for v in values:
+        q, sep, x = v.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{v!r}: use QUANT=VALUE, e.g. Q4_K_M=0.9", param_hint="--min-top1")
+        out[q.strip().upper()] = float(x)
+    return out
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--model", "model", type=click.Path(), help="Hugging Face model folder (e.g. merge-tool's output).")
+@click.option("--out", "out", type=click.Path(), help="Output folder for the GGUF files and manifest.json.")
+@click.option("--quant", "quants", multiple=True, metavar="TYPE",
+              help=f"Quantization, repeatable ({', '.join(QUANTS)}); case-insensitive.")
+@click.option("--outtype", type=click.Choice(["auto", "f16", "bf16", "f32"]), default="auto", show_default=True,
+              help="Type of the intermediate conversion when no float type is asked for.")
+@click.option("--imatrix", type=click.Path(), default=None, help="Importance matrix file (needed by IQ1/IQ2 types).")
+@click.option("--calibration", type=click.Path(), default=None, help="Text file to compute an importance matrix from.")
+@click.option("--split-max-size", default=None, help="Split files above this size, e.g. 48G.")
+@click.option("--validate-tokens", type=int, default=128, show_default=True, help="Token budget of the validation.")
+@click.option("--no-validate", is_flag=True, help="Skip the comparison with the Hugging Face model.")
+@click.option("--min-top1", multiple=True, metavar="QUANT=VALUE",
+              help="Top-1 agreement a file needs to pass (defaults: F16/BF16 0.99, Q8_0 0.97).")
+@click.option("--name", default=None, help="Model name for file names and metadata (default: the folder's name).")
+@overwrite_option
+@json_option
+@click.pass_context
+@report_errors
+def main(ctx, model, out, quants, outtype, imatrix, calibration, split_max_size, validate_tokens, no_validate,
+         min_top1, name, overwrite, as_json):
+    """Convert a model to GGUF with llama.cpp, quantize it, and validate every file.
+
+    \b
+    gguf-tool --model ./merged --out ./gguf --quant Q4_K_M --quant Q8_0
+    gguf-tool setup            # once: llama.cpp's converter from the pinned sdist
+    """
+    if ctx.invoked_subcommand:
+        return
+    if not model or not out:
+        raise click.UsageError("--model and --out are required (or: gguf-tool setup)")
+    from .core import run
+
+    manifest = run(model, out, quants=quants or ("Q8_0", "Q4_K_M"), outtype=outtype, imatrix=imatrix,
+                   calibration=calibration, split_max_size=split_max_size, validate_tokens=validate_tokens,
+                   validate=not no_validate, name=name, min_top1=_thresholds(min_top1), overwrite=overwrite, log=log)
+    if as_json:
+        emit(manifest, True)
+    else:
+        for q, info in manifest["files"].items():
+            v = info.get("validation") or {}
+            figures = f"  top-1 {v['top1_agreement']:.3f}  KL {v['mean_kl']:.5f}" if v else ""
+            for f in info["files"]:
+                click.echo(f"{out}/{f}{figures}")
+
+
+@main.command()
+@click.option("--sdist", type=click.Path(exists=True), default=None,
+              help="A llama-cpp-python sdist of the installed version (default: pip downloads it).")
+@report_errors
+def setup(sdist):
+    """Extract llama.cpp's converter from the sdist of the installed llama-cpp-python."""
+    from .llama_tree import setup as do_setup
+
+    click.echo(str(do_setup(sdist)))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,208 @@
+"""gguf-tool's step: a Hugging Face model folder in; GGUF files, each validated, out."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from upload_common.contract import (atomic_output, check_output_free, describe_input, finish_manifest,
+                                    library_versions, new_manifest, read_json_object, read_manifest)
+from upload_common.errors import InvalidInput, NotEnoughSpace, Unsupported, UsageError
+from upload_common.st_io import model_specs, nbytes
+
+from . import validate as val
+from .convert import convert_model
+from .quants import FLOAT_OUTTYPES, get_quant
+from .quantize import fallbacks, quantize, tensor_types
+
+TOOL = "gguf-tool"
+DEFAULT_MIN_TOP1 = {"F32": 0.99, "F16": 0.99, "BF16": 0.99, "Q8_0": 0.97}
+BITS = {"F32": 32, "F16": 16, "BF16": 16, "Q8_0": 8.5, "Q6_K": 6.6, "Q5_1": 6, "Q5_0": 5.5, "Q4_1": 5, "Q4_0": 4.5}
+
+
+def _name(model_dir: Path, name: str | None) -> str:
+    raw = name or Path(model_dir).absolute().name
+    return re.sub(r"[^\w.-]+", "-", raw).strip("-") or "model"
+
+
+def _metadata(model_dir: Path, name: str) -> dict:
+    """GGUF general.* metadata a user and the Hub expect; the base model from merge-tool's manifest."""
+    meta = {"general.name": name, "general.basename": name, "general.tags": ["upload-driver"]}
+    manifest = read_manifest(model_dir) or {}
+    base = (manifest.get("decisions") or {}).get("base") or {}
+    repo = base.get("repo_id") or base.get("requested")
+    if repo and "/" in repo and not Path(repo).exists():
+        org, _, model = repo.partition("/")
+        meta["general.base_models"] = [{"name": model, "organization": org, "repo_url": f"https://huggingface.co/{repo}"}]
+    kind = ((manifest.get("training") or {}).get("trainer") or {}).get("kind")
+    if kind and kind != "unknown":
+        meta["general.finetune"] = kind
+        meta["general.tags"].append(kind)
+    return meta
+
+
+def _params_count(specs: dict) -> int:
+    return sum(math.prod(s["shape"]) for s in specs.values())
+
+
+def _check_space(folder: Path, need: int) -> None:
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < need:
+        raise NotEnoughSpace(f"{need / 1e9:.2f} GB needed in {probe} for the GGUF files but only {free / 1e9:.2f} GB "
+                             "free: free some space, or ask for fewer quantizations", need=need, free=free)
+
+
+def run(model_dir, out, *, quants=("Q8_0", "Q4_K_M"), outtype: str = "auto", imatrix=None, calibration=None,
+        split_max_size: str | None = None, validate_tokens: int = 128, validate: bool = True, name: str | None = None,
+        min_top1: dict | None = None, overwrite: bool = False, log=lambda m: None) -> dict:
+    t0 = time.monotonic()
+    model_dir, out = Path(model_dir).absolute(), Path(out)
+    wanted = list(dict.fromkeys(get_quant(q)["name"] for q in quants))
+    if not wanted:
+        raise UsageError("no --quant given: name at least one, e.g. --quant Q4_K_M")
+    needy = [q for q in wanted if get_quant(q)["needs_imatrix"]]
+    if needy and not (imatrix or calibration):
+        raise UsageError(f"{', '.join(needy)} need an importance matrix: pass --imatrix FILE or --calibration TEXTFILE")
+    if calibration:
+        raise Unsupported("computing an importance matrix needs llama.cpp's llama-imatrix tool, which the gguf-tool "
+                          "image has and a pip install does not: run this step in the image, or pass --imatrix FILE")
+    if imatrix and not Path(imatrix).is_file():
+        raise UsageError(f"--imatrix {imatrix} does not exist")
+    check_output_free(out, overwrite)
+    config = read_json_object(model_dir / "config.json", "model config", "pass a Hugging Face model folder")
+    specs = model_specs(model_dir)
+    thresholds = {**DEFAULT_MIN_TOP1, **(min_top1 or {})}
+    name = _name(model_dir, name)
+    floats = [q for q in wanted if q in FLOAT_OUTTYPES]
+    inter_type = floats[0] if floats else {"auto": None, **{v: k for k, v in FLOAT_OUTTYPES.items()}}.get(outtype)
+    if inter_type is None:
+        inter_type = "BF16" if str(config.get("dtype") or config.get("torch_dtype")) == "bfloat16" else "F16"
+    n_params = _params_count(specs)
+    need = n_params * 2 + sum(int(n_params * BITS.get(q, 5) / 8) for q in wanted) + (64 << 20)
+    _check_space(out.absolute().parent, need)
+
+    params = {"quants": wanted, "intermediate": inter_type, "imatrix": bool(imatrix), "split_max_size": split_max_size,
+              "validate": validate, "validate_tokens": validate_tokens, "min_top1": thresholds, "name": name}
+    inputs = {"model": describe_input(model_dir)}
+    if imatrix:
+        inputs["imatrix"] = describe_input(Path(imatrix))
+    manifest = new_manifest(TOOL, inputs=inputs, parameters=params)
+    warnings, files = manifest["warnings"], {}
+    manifest["files"] = files
+    with atomic_output(out, overwrite=overwrite) as partial:
+        meta_path = partial / "_metadata.json"
+        meta_path.write_text(json.dumps(_metadata(model_dir, name)))
+        t = time.monotonic()
+        log("preflight: vocab-only conversion")
+        vocab = partial / "_vocab.gguf"
+        convert_model(model_dir, vocab, "f16", vocab_only=True, metadata=meta_path, log=_debug_log(log))
+        template = _chat_template(vocab)
+        vocab.unlink()
+        if not template:
+            warnings.append("the tokenizer has no chat template: chat front-ends will not format prompts correctly")
+        manifest["decisions"]["chat_template"] = bool(template)
+        manifest["timings"]["seconds"]["preflight"] = round(time.monotonic() - t, 3)
+
+        t = time.monotonic()
+        inter = partial / f"{name}-{inter_type}.gguf"
+        log(f"converting to {inter_type} with llama.cpp's converter")
+        convert_model(model_dir, inter, FLOAT_OUTTYPES[inter_type].lower(), name=name, metadata=meta_path,
+                      split_max_size=split_max_size, log=_debug_log(log))
+        meta_path.unlink()
+        inter_first = _first_split(partial, name, inter_type)
+        manifest["timings"]["seconds"]["convert"] = round(time.monotonic() - t, 3)
+
+        t = time.monotonic()
+        todo = [q for q in wanted if q != inter_type]
+        workers = max(1, min(len(todo), (os.cpu_count() or 1) // 4))
+        nthread = max(1, (os.cpu_count() or 1) // workers)
+
+        def one(q: str) -> Path:
+            # with keep_split llama.cpp appends -0000i-of-0000N.gguf to the name it is given
+            dst = partial / (f"{name}-{q}" if split_max_size else f"{name}-{q}.gguf")
+            log(f"quantizing to {q}")
+            quantize(inter_first, dst, get_quant(q), nthread=nthread,
+                     imatrix=Path(imatrix) if imatrix else None, keep_split=bool(split_max_size))
+            return dst
+
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(one, todo))
+        manifest["timings"]["seconds"]["quantize"] = round(time.monotonic() - t, 3)
+        if inter_type not in wanted:
+            for f in partial.glob(f"{name}-{inter_type}*.gguf"):
+                f.unlink()
+
+        for q in wanted:
+            first = _first_split(partial, name, q)
+            info = {"quant": q, "files": sorted(p.name for p in partial.glob(f"{name}-{q}*.gguf"))}
+            fb = fallbacks(first, get_quant(q))
+            if fb:
+                info["fallbacks"] = fb
+                warnings.append(f"{q}: {len(fb)} tensors have rows not a multiple of 256 and were stored as "
+                                f"{', '.join(sorted({f['type'] for f in fb}))} instead")
+            files[q] = info
+
+        if validate:
+            t = time.monotonic()
+            log(f"validating against the Hugging Face model ({validate_tokens} tokens)")
+            ids, ref = val.reference(model_dir, val.VALIDATION_TEXT, validate_tokens)
+            for q in wanted:
+                figures = val.validate(_first_split(partial, name, q), ids, ref, val.VALIDATION_TEXT)
+                files[q]["validation"] = figures
+                log(f"  {q}: top-1 {figures['top1_agreement']:.3f}, mean KL {figures['mean_kl']:.5f}")
+            manifest["timings"]["seconds"]["validate"] = round(time.monotonic() - t, 3)
+            _judge(files, thresholds)
+        manifest["versions"] = library_versions("llama-cpp-python", "torch", "transformers", "gguf")
+        finish_manifest(manifest, partial, None, t0)
+    for w in warnings:
+        log(f"WARNING: {w}")
+    return manifest
+
+
+def _judge(files: dict, thresholds: dict) -> None:
+    bad = []
+    for q, info in files.items():
+        v = info["validation"]
+        if not v["tokenization_matches"]:
+            bad.append(f"{q} tokenizes the validation text differently from the HF tokenizer (is tokenizer.model "
+                       "missing from the model folder?)")
+        elif q in thresholds and v["top1_agreement"] < thresholds[q]:
+            bad.append(f"{q} agrees with the HF model on {v['top1_agreement']:.3f} of next tokens "
+                       f"(needs {thresholds[q]}; mean KL {v['mean_kl']:.4f})")
+    if bad:
+        raise InvalidInput("validation failed: " + "; ".join(bad), validation=files)
+
+
+def _first_split(folder: Path, name: str, q: str) -> Path:
+    single = folder / f"{name}-{q}.gguf"
+    if single.is_file():
+        return single
+    splits = sorted(folder.glob(f"{name}-{q}-00001-of-*.gguf"))
+    if not splits:
+        raise InvalidInput(f"llama.cpp wrote no {name}-{q} file")
+    return splits[0]
+
+
+def _chat_template(path: Path) -> str | None:
+    from gguf import GGUFReader
+
+    field = GGUFReader(str(path)).fields.get("tokenizer.chat_template")
+    return bytes(field.parts[field.data[0]]).decode() if field else None
+
+
+def _debug_log(log):
+    from upload_common.cli import debug_enabled
+
+    return log if debug_enabled() else (lambda line: None)
+
+
+__all__ = ["run", "tensor_types"]

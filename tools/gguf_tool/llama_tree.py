@@ -1,0 +1,76 @@
+"""llama.cpp's converter, taken from the very sdist the installed llama-cpp-python was built from,
+so the converter, gguf-py and the quantizer are one llama.cpp commit.
+
+``gguf-tool setup`` extracts ``convert_hf_to_gguf.py``, ``convert_lora_to_gguf.py``, ``conversion/``,
+``gguf-py/`` and ``include/llama.h`` from that sdist (downloaded once by pip at set-up time, or
+given with ``--sdist``) into a folder beside the installation. Nothing is fetched at run time."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+from upload_common.errors import InputNotFound, Unsupported
+
+ENV = "UPLOAD_DRIVER_LLAMA_CPP_DIR"
+WANTED = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion/", "gguf-py/", "include/llama.h")
+
+
+def llama_cpp_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("llama-cpp-python")
+    except Exception:
+        raise Unsupported("llama-cpp-python is not installed: pip install 'upload-driver[gguf]'") from None
+
+
+def tree_dir() -> Path:
+    if os.environ.get(ENV):
+        return Path(os.environ[ENV])
+    return Path(sys.prefix) / "share" / "upload-driver" / f"llama.cpp-{llama_cpp_version()}"
+
+
+def converter() -> Path:
+    """The folder holding convert_hf_to_gguf.py, or an error saying how to set it up."""
+    folder = tree_dir()
+    if not (folder / "convert_hf_to_gguf.py").is_file():
+        raise InputNotFound(f"llama.cpp's converter is not set up in {folder}: run `gguf-tool setup` once "
+                            f"(or set {ENV} to a llama.cpp tree of the same version)", path=str(folder))
+    return folder
+
+
+def extract(sdist: Path, dest: Path) -> Path:
+    """Copy the converter files out of a llama-cpp-python sdist into ``dest`` (atomically)."""
+    tmp = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with tarfile.open(sdist) as tar:
+        members = []
+        for m in tar.getmembers():
+            parts = m.name.split("/vendor/llama.cpp/", 1)
+            if len(parts) == 2 and (m.isfile() and any(parts[1] == w or parts[1].startswith(w) for w in WANTED)):
+                m.name = parts[1]
+                members.append(m)
+        if not any(m.name == "convert_hf_to_gguf.py" for m in members):
+            raise InputNotFound(f"{sdist} holds no vendor/llama.cpp/convert_hf_to_gguf.py: pass a llama-cpp-python sdist")
+        tar.extractall(tmp, members=members, filter="data")
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp.rename(dest)
+    return dest
+
+
+def setup(sdist: Path | None = None) -> Path:
+    version = llama_cpp_version()
+    dest = tree_dir()
+    with tempfile.TemporaryDirectory() as tmp:
+        if sdist is None:
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                            f"llama-cpp-python=={version}", "-d", tmp, "-q"], check=True)
+            sdist = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
+        return extract(Path(sdist), dest)

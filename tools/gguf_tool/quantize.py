@@ -1,0 +1,50 @@
+"""Quantization by llama.cpp itself, through the C API of the installed llama-cpp-python, and the
+report of k-quant fallbacks (tensors whose rows are not a multiple of the 256-wide blocks)."""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+from upload_common.errors import InvalidInput, Unsupported
+
+from .quants import ftype_value
+
+BLOCK = 256
+
+
+def quantize(src: Path, dst: Path, quant: dict, *, nthread: int, imatrix: Path | None = None,
+             keep_split: bool = False) -> None:
+    import llama_cpp
+
+    if imatrix is not None:
+        raise Unsupported("applying an importance matrix needs llama.cpp's llama-quantize tool, which the gguf-tool "
+                          "image has and a pip install does not: run this quantization in the image")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype_value(quant)
+    params.nthread = nthread
+    params.keep_split = keep_split
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    if rc != 0:
+        raise InvalidInput(f"llama.cpp could not quantize to {quant['name']} (code {rc}): see its log above",
+                           quant=quant["name"])
+
+
+def tensor_types(path: Path) -> dict[str, tuple[str, list[int]]]:
+    """Tensor name -> (GGML type name, shape as llama.cpp sees it: ne0 first)."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    return {t.name: (t.tensor_type.name, [int(d) for d in t.shape]) for t in reader.tensors}
+
+
+def fallbacks(quantized: Path, quant: dict) -> list[dict]:
+    """Weight matrices that a block-256 quantization could not use and what llama.cpp chose instead;
+    llama.cpp only logs these, and the file's metadata still names the requested type."""
+    if quant["family"] not in ("k", "iq"):
+        return []
+    found = []
+    for name, (ttype, shape) in tensor_types(quantized).items():
+        if len(shape) >= 2 and shape[0] % BLOCK and not ttype.startswith(("F", "BF")):
+            found.append({"tensor": name, "row": shape[0], "type": ttype})
+    return found
