@@ -102,10 +102,13 @@ COPY driver/ /tmp/build/src/driver/
 RUN set -eu; . /tmp/build/env; \
     pip install --find-links /tmp/build/wheels -c /tmp/build/src/constraints.txt -c /tmp/build/pins.txt \
         "/tmp/build/src[gguf]"; \
+    pip freeze > /opt/venv/pip-freeze.txt
+
+# llama.cpp's converter files (convert_hf_to_gguf.py, conversion/, gguf-py/...) from the same sdist.
+RUN set -eu; \
     UPLOAD_DRIVER_LLAMA_CPP_DIR=/opt/llama.cpp \
         gguf-tool setup --sdist /tmp/build/sdist/llama_cpp_python-${LLAMA_CPP_PYTHON_VERSION}.tar.gz; \
     python -m compileall -q /opt/llama.cpp; \
-    pip freeze > /opt/venv/pip-freeze.txt; \
     gguf-tool --help > /dev/null
 
 # ---------------------------------------------------------------------------------------------------
@@ -115,9 +118,6 @@ ARG PYTHON_VERSION=3.11
 ARG LLAMA_CPP_PYTHON_VERSION=0.3.36
 ARG TORCH_VERSION=2.13.0
 ARG GGML_CUDA=on
-ARG VERSION=0.0.0
-ARG REVISION=unknown
-ARG SOURCE=upload-driver
 
 # The venv's interpreter, OpenMP for llama.cpp's CPU backend, tini as PID 1. Nothing else.
 COPY --from=build /tmp/build/apt-ensure /usr/local/sbin/apt-ensure
@@ -141,6 +141,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
 
+# Last, so that a new revision only rebuilds the metadata layers.
+ARG VERSION=0.0.0
+ARG REVISION=unknown
+ARG SOURCE=upload-driver
 LABEL org.opencontainers.image.title="gguf-tool" \
       org.opencontainers.image.description="upload-driver step: convert a Hugging Face model folder to GGUF with llama.cpp, quantize and validate every file" \
       org.opencontainers.image.version="${VERSION}" \

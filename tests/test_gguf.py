@@ -28,7 +28,10 @@ def read_field(path, key):
     if field is None:
         return None
     value = field.parts[field.data[0]]
-    return bytes(value).decode() if field.types and field.types[0].name == "STRING" else value.tolist()
+    if field.types and field.types[0].name == "STRING":
+        return bytes(value).decode()
+    value = value.tolist()
+    return value[0] if isinstance(value, list) and len(value) == 1 else value
 
 
 def test_every_quant_exists_in_llama_cpp():
@@ -192,3 +195,36 @@ def test_setup_extracts_converter_from_sdist(tmp_path, monkeypatch):
         pass
     with pytest.raises(InputNotFound, match="convert_hf_to_gguf.py"):
         llama_tree.extract(empty, tmp_path / "t2")
+
+
+def test_lora_gguf_over_base_matches_merged_model(trained_llama, tmp_path):
+    """The adapter GGUF loaded over the base GGUF in llama.cpp computes what the merged model does;
+    for rsLoRA only because the converted copy carries alpha * sqrt(r)."""
+    from peft_helpers import make_peft_adapter
+
+    from merge_tool.core import run as merge
+
+    adapter = make_peft_adapter(trained_llama, tmp_path / "adapter", r=16, lora_alpha=16, use_rslora=True,
+                                target_modules=["q_proj", "v_proj", "down_proj"])
+    merged = tmp_path / "merged"
+    merge(adapter, merged, base=str(trained_llama), dtype="fp32", device="cpu")
+    before = tree_hash(adapter)
+    manifest = run(merged, tmp_path / "out", quants=["Q8_0"], lora=adapter, base=trained_llama, name="m")
+    assert tree_hash(adapter) == before
+    info = manifest["files"]["LoRA"]
+    assert info["files"] == ["m-LoRA-F16.gguf"] and (tmp_path / "out" / "m-LoRA-F16.gguf").is_file()
+    assert info["validation"]["top1_agreement"] >= 0.99 and info["validation"]["mean_kl"] < 1e-3
+    alpha = read_field(tmp_path / "out" / "m-LoRA-F16.gguf", "adapter.lora.alpha")
+    assert alpha == pytest.approx(16 * 4) and info["config_change"]["use_rslora"] is False
+    assert not (tmp_path / "out" / "_work").exists()
+
+
+def test_lora_refusals(trained_llama, tmp_path):
+    from upload_common.sample import make_lora_adapter
+
+    adapter = make_lora_adapter(trained_llama, tmp_path / "a")
+    run_bad(trained_llama, tmp_path / "o", "--lora", adapter, code=2, needles=["--base"])
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**cfg, "alpha_pattern": {"q_proj": 4}}))
+    run_bad(trained_llama, tmp_path / "o", "--lora", adapter, "--base", trained_llama, "--quant", "Q8_0",
+            needles=["patterns"])

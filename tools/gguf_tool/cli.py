@@ -29,6 +29,8 @@ def _thresholds(values) -> dict:
 @click.option("--imatrix", type=click.Path(), default=None, help="Importance matrix file (needed by IQ1/IQ2 types).")
 @click.option("--calibration", type=click.Path(), default=None, help="Text file to compute an importance matrix from.")
 @click.option("--split-max-size", default=None, help="Split files above this size, e.g. 48G.")
+@click.option("--lora", type=click.Path(), default=None, help="Also make a LoRA adapter GGUF from this adapter folder.")
+@click.option("--base", type=click.Path(), default=None, help="With --lora: the base model folder of the adapter.")
 @click.option("--validate-tokens", type=int, default=128, show_default=True, help="Token budget of the validation.")
 @click.option("--no-validate", is_flag=True, help="Skip the comparison with the Hugging Face model.")
 @click.option("--min-top1", multiple=True, metavar="QUANT=VALUE",
@@ -38,7 +40,7 @@ def _thresholds(values) -> dict:
 @json_option
 @click.pass_context
 @report_errors
-def main(ctx, model, out, quants, outtype, imatrix, calibration, split_max_size, validate_tokens, no_validate,
+def main(ctx, model, out, quants, outtype, imatrix, calibration, split_max_size, lora, base, validate_tokens, no_validate,
          min_top1, name, overwrite, as_json):
     """Convert a model to GGUF with llama.cpp, quantize it, and validate every file.
 
@@ -53,7 +55,8 @@ def main(ctx, model, out, quants, outtype, imatrix, calibration, split_max_size,
     from .core import run
 
     manifest = run(model, out, quants=quants or ("Q8_0", "Q4_K_M"), outtype=outtype, imatrix=imatrix,
-                   calibration=calibration, split_max_size=split_max_size, validate_tokens=validate_tokens,
+                   calibration=calibration, split_max_size=split_max_size, lora=lora, base=base,
+                   validate_tokens=validate_tokens,
                    validate=not no_validate, name=name, min_top1=_thresholds(min_top1), overwrite=overwrite, log=log)
     if as_json:
         emit(manifest, True)

@@ -18,11 +18,12 @@ from upload_common.st_io import model_specs, nbytes
 
 from . import validate as val
 from .convert import convert_model
+from .lora import base_gguf, make_lora_gguf
 from .quants import FLOAT_OUTTYPES, get_quant
 from .quantize import fallbacks, quantize, tensor_types
 
 TOOL = "gguf-tool"
-DEFAULT_MIN_TOP1 = {"F32": 0.99, "F16": 0.99, "BF16": 0.99, "Q8_0": 0.97}
+DEFAULT_MIN_TOP1 = {"F32": 0.99, "F16": 0.99, "BF16": 0.99, "Q8_0": 0.97, "LoRA": 0.99}
 BITS = {"F32": 32, "F16": 16, "BF16": 16, "Q8_0": 8.5, "Q6_K": 6.6, "Q5_1": 6, "Q5_0": 5.5, "Q4_1": 5, "Q4_0": 4.5}
 
 
@@ -62,7 +63,7 @@ def _check_space(folder: Path, need: int) -> None:
 
 
 def run(model_dir, out, *, quants=("Q8_0", "Q4_K_M"), outtype: str = "auto", imatrix=None, calibration=None,
-        split_max_size: str | None = None, validate_tokens: int = 128, validate: bool = True, name: str | None = None,
+        split_max_size: str | None = None, lora=None, base=None, validate_tokens: int = 128, validate: bool = True, name: str | None = None,
         min_top1: dict | None = None, overwrite: bool = False, log=lambda m: None) -> dict:
     t0 = time.monotonic()
     model_dir, out = Path(model_dir).absolute(), Path(out)
@@ -77,6 +78,8 @@ def run(model_dir, out, *, quants=("Q8_0", "Q4_K_M"), outtype: str = "auto", ima
                           "image has and a pip install does not: run this step in the image, or pass --imatrix FILE")
     if imatrix and not Path(imatrix).is_file():
         raise UsageError(f"--imatrix {imatrix} does not exist")
+    if lora and not base:
+        raise UsageError("--lora needs --base DIR: the base model folder the adapter was trained on")
     check_output_free(out, overwrite)
     config = read_json_object(model_dir / "config.json", "model config", "pass a Hugging Face model folder")
     specs = model_specs(model_dir)
@@ -95,6 +98,8 @@ def run(model_dir, out, *, quants=("Q8_0", "Q4_K_M"), outtype: str = "auto", ima
     inputs = {"model": describe_input(model_dir)}
     if imatrix:
         inputs["imatrix"] = describe_input(Path(imatrix))
+    if lora:
+        inputs.update(lora=describe_input(Path(lora)), lora_base=describe_input(Path(base)))
     manifest = new_manifest(TOOL, inputs=inputs, parameters=params)
     warnings, files = manifest["warnings"], {}
     manifest["files"] = files
@@ -151,16 +156,25 @@ def run(model_dir, out, *, quants=("Q8_0", "Q4_K_M"), outtype: str = "auto", ima
                                 f"{', '.join(sorted({f['type'] for f in fb}))} instead")
             files[q] = info
 
+        work = partial / "_work"
+        if lora:
+            files["LoRA"] = make_lora_gguf(Path(lora), Path(base), partial / f"{name}-LoRA-F16.gguf", work,
+                                           _debug_log(log))
+            files["LoRA"]["files"] = [files["LoRA"].pop("file")]
         if validate:
             t = time.monotonic()
             log(f"validating against the Hugging Face model ({validate_tokens} tokens)")
             ids, ref = val.reference(model_dir, val.VALIDATION_TEXT, validate_tokens)
-            for q in wanted:
-                figures = val.validate(_first_split(partial, name, q), ids, ref, val.VALIDATION_TEXT)
+            checks = [(q, _first_split(partial, name, q), None) for q in wanted]
+            if lora:  # the adapter over the base must compute what the merged model computes
+                checks.append(("LoRA", base_gguf(Path(base), work, _debug_log(log)), partial / files["LoRA"]["files"][0]))
+            for q, path, adapter in checks:
+                figures = val.validate(path, ids, ref, val.VALIDATION_TEXT, lora=adapter)
                 files[q]["validation"] = figures
                 log(f"  {q}: top-1 {figures['top1_agreement']:.3f}, mean KL {figures['mean_kl']:.5f}")
             manifest["timings"]["seconds"]["validate"] = round(time.monotonic() - t, 3)
             _judge(files, thresholds)
+        shutil.rmtree(work, ignore_errors=True)
         manifest["versions"] = library_versions("llama-cpp-python", "torch", "transformers", "gguf")
         finish_manifest(manifest, partial, None, t0)
     for w in warnings:

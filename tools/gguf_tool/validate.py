@@ -28,13 +28,13 @@ def reference(model_dir: Path, text: str, max_tokens: int):
     return ids, torch.log_softmax(logits, -1).numpy()
 
 
-def gguf_run(path: Path, ids: list[int], text: str):
+def gguf_run(path: Path, ids: list[int], text: str, lora: Path | None = None):
     """(llama.cpp's own tokenization of ``text``, log-probabilities for ``ids``) on CPU."""
     import numpy as np
     from llama_cpp import Llama
 
     llm = Llama(model_path=str(path), n_ctx=max(64, len(ids) + 8), logits_all=True, verbose=False,
-                n_threads=os.cpu_count() or 1, n_gpu_layers=0)
+                n_threads=os.cpu_count() or 1, n_gpu_layers=0, lora_path=str(lora) if lora else None)
     try:
         tokens = llm.tokenize(text.encode(), add_bos=bool(ids) and ids[0] == llm.token_bos(), special=False)
         llm.eval(ids)
@@ -54,6 +54,6 @@ def compare(ref, got) -> dict:
             "mean_kl": round(float(kl.mean()), 6), "max_kl": round(float(kl.max()), 6)}
 
 
-def validate(path: Path, ref_ids: list[int], ref_logprobs, text: str) -> dict:
-    tokens, got = gguf_run(path, ref_ids, text)
+def validate(path: Path, ref_ids: list[int], ref_logprobs, text: str, lora: Path | None = None) -> dict:
+    tokens, got = gguf_run(path, ref_ids, text, lora)
     return {**compare(ref_logprobs, got), "tokenization_matches": list(tokens[: len(ref_ids)]) == list(ref_ids)}
