@@ -81,7 +81,13 @@ def test_k_quant_fallbacks_are_reported(tmp_path, tokenizer_dir):
     from upload_common.sample import make_base
 
     small = make_base(tmp_path / "small", "llama", hidden=64, intermediate=128, tokenizer_dir=tokenizer_dir)
+    cfg = json.loads((small / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (small / "tokenizer_config.json").write_text(json.dumps(cfg))
+    (small / "chat_template.jinja").unlink(missing_ok=True)
     manifest = run(small, tmp_path / "out", quants=["Q4_K_M"], validate=False)
+    assert any("no chat template" in w for w in manifest["warnings"])
+    assert manifest["decisions"]["chat_template"] is False
     fb = manifest["files"]["Q4_K_M"]["fallbacks"]
     assert fb and all(f["row"] % 256 for f in fb) and not any(f["type"].startswith("Q4_K") for f in fb)
     assert any("not a multiple of 256" in w for w in manifest["warnings"])

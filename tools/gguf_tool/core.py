@@ -107,23 +107,18 @@ def run(model_dir, out, *, quants=("Q8_0", "Q4_K_M"), outtype: str = "auto", ima
         meta_path = partial / "_metadata.json"
         meta_path.write_text(json.dumps(_metadata(model_dir, name)))
         t = time.monotonic()
-        log("preflight: vocab-only conversion")
-        vocab = partial / "_vocab.gguf"
-        convert_model(model_dir, vocab, "f16", vocab_only=True, metadata=meta_path, log=_debug_log(log))
-        template = _chat_template(vocab)
-        vocab.unlink()
-        if not template:
-            warnings.append("the tokenizer has no chat template: chat front-ends will not format prompts correctly")
-        manifest["decisions"]["chat_template"] = bool(template)
-        manifest["timings"]["seconds"]["preflight"] = round(time.monotonic() - t, 3)
-
-        t = time.monotonic()
         inter = partial / f"{name}-{inter_type}.gguf"
+        # the converter checks the architecture and the tokenizer (pre-tokenizer included) before it
+        # computes any tensor data, so those failures come within seconds, before the long part
         log(f"converting to {inter_type} with llama.cpp's converter")
         convert_model(model_dir, inter, FLOAT_OUTTYPES[inter_type].lower(), name=name, metadata=meta_path,
                       split_max_size=split_max_size, log=_debug_log(log))
         meta_path.unlink()
         inter_first = _first_split(partial, name, inter_type)
+        template = _chat_template(inter_first)
+        if not template:
+            warnings.append("the tokenizer has no chat template: chat front-ends will not format prompts correctly")
+        manifest["decisions"]["chat_template"] = bool(template)
         manifest["timings"]["seconds"]["convert"] = round(time.monotonic() - t, 3)
 
         t = time.monotonic()
