@@ -130,7 +130,10 @@ for tool in "${tools[@]}"; do
     cp "$dockerfile" "$here/.build/$tool/Dockerfile"
 
     args=()
-    for key in "${version_keys[@]}"; do args+=(--build-arg "$key=${!key}"); done
+    for key in "${version_keys[@]}"; do
+        # only the ARGs this Dockerfile declares (the base keys reach it as BUILD_BASE/RUNTIME_BASE)
+        if grep -Eq "^ARG $key(=|\s|$)" "$dockerfile"; then args+=(--build-arg "$key=${!key}"); fi
+    done
     args+=(--build-arg "BUILD_BASE=$build_base" --build-arg "RUNTIME_BASE=$runtime_base"
            --build-arg "GGML_CUDA=$ggml_cuda"
            --build-arg "VERSION=$project_version" --build-arg "REVISION=$revision"

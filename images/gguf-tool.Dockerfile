@@ -51,7 +51,8 @@ RUN set -eu; \
         '[ -z "$missing" ] && exit 0' \
         'apt-get update' \
         'apt-get install -y --no-install-recommends $missing' \
-        'rm -rf /var/lib/apt/lists/*' > /tmp/build/apt-ensure; \
+        'apt-get clean' \
+        'rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin' > /tmp/build/apt-ensure; \
     chmod +x /tmp/build/apt-ensure
 
 # Python, and the compilers only when llama.cpp is compiled here (CUDA, or no CPU wheel in wheels/).

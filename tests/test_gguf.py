@@ -117,7 +117,9 @@ def test_bad_quant_names_and_imatrix(trained_llama, tmp_path):
     run_bad(trained_llama, tmp_path / "o", "--quant", "IQ2_XS", code=2, needles=["importance matrix", "--imatrix"])
     (tmp_path / "cal.txt").write_text("some text")
     run_bad(trained_llama, tmp_path / "o", "--quant", "IQ2_XS", "--calibration", tmp_path / "cal.txt",
-            needles=["llama-imatrix", "image"])
+            needles=["llama-imatrix", "--imatrix FILE"])
+    run_bad(trained_llama, tmp_path / "o", "--quant", "IQ2_XS", "--imatrix", tmp_path / "cal.txt",
+            needles=["llama-quantize"])
 
 
 def test_validation_failure_fails_the_step(trained_llama, tmp_path):

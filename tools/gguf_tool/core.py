@@ -74,10 +74,15 @@ def run(model_dir, out, *, quants=("Q8_0", "Q4_K_M"), outtype: str = "auto", ima
     if needy and not (imatrix or calibration):
         raise UsageError(f"{', '.join(needy)} need an importance matrix: pass --imatrix FILE or --calibration TEXTFILE")
     if calibration:
-        raise Unsupported("computing an importance matrix needs llama.cpp's llama-imatrix tool, which the gguf-tool "
-                          "image has and a pip install does not: run this step in the image, or pass --imatrix FILE")
+        raise Unsupported("computing an importance matrix needs llama.cpp's llama-imatrix tool, which this "
+                          "installation does not include (llama-cpp-python ships the library only): compute it "
+                          "with llama.cpp's llama-imatrix and pass --imatrix FILE")
     if imatrix and not Path(imatrix).is_file():
         raise UsageError(f"--imatrix {imatrix} does not exist")
+    if imatrix:
+        raise Unsupported("applying an importance matrix needs llama.cpp's llama-quantize tool, which this "
+                          "installation does not include (the library's C API cannot take one): quantize to this "
+                          "type with llama-quantize, or choose a type that needs no importance matrix")
     if lora and not base:
         raise UsageError("--lora needs --base DIR: the base model folder the adapter was trained on")
     check_output_free(out, overwrite)
@@ -130,8 +135,7 @@ def run(model_dir, out, *, quants=("Q8_0", "Q4_K_M"), outtype: str = "auto", ima
             # with keep_split llama.cpp appends -0000i-of-0000N.gguf to the name it is given
             dst = partial / (f"{name}-{q}" if split_max_size else f"{name}-{q}.gguf")
             log(f"quantizing to {q}")
-            quantize(inter_first, dst, get_quant(q), nthread=nthread,
-                     imatrix=Path(imatrix) if imatrix else None, keep_split=bool(split_max_size))
+            quantize(inter_first, dst, get_quant(q), nthread=nthread, keep_split=bool(split_max_size))
             return dst
 
         with ThreadPoolExecutor(workers) as pool:

@@ -58,7 +58,8 @@ def extract(sdist: Path, dest: Path) -> Path:
                 members.append(m)
         if not any(m.name == "convert_hf_to_gguf.py" for m in members):
             raise InputNotFound(f"{sdist} holds no vendor/llama.cpp/convert_hf_to_gguf.py: pass a llama-cpp-python sdist")
-        tar.extractall(tmp, members=members, filter="data")
+        safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python < 3.11.4 lacks filters
+        tar.extractall(tmp, members=members, **safe)
     shutil.rmtree(dest, ignore_errors=True)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp.rename(dest)

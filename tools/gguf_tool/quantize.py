@@ -6,20 +6,16 @@ from __future__ import annotations
 import ctypes
 from pathlib import Path
 
-from upload_common.errors import InvalidInput, Unsupported
+from upload_common.errors import InvalidInput
 
 from .quants import ftype_value
 
 BLOCK = 256
 
 
-def quantize(src: Path, dst: Path, quant: dict, *, nthread: int, imatrix: Path | None = None,
-             keep_split: bool = False) -> None:
+def quantize(src: Path, dst: Path, quant: dict, *, nthread: int, keep_split: bool = False) -> None:
     import llama_cpp
 
-    if imatrix is not None:
-        raise Unsupported("applying an importance matrix needs llama.cpp's llama-quantize tool, which the gguf-tool "
-                          "image has and a pip install does not: run this quantization in the image")
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype_value(quant)
     params.nthread = nthread
