@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt torch
 	CMAKE_ARGS="$${CMAKE_ARGS:--DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF}" \
 		$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
-	$(BIN)/gguf-tool setup
+	$(BIN)/gguf-tool setup --with-tools
 	touch $(STAMP)
 
 demo: $(STAMP)

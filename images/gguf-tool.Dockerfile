@@ -57,9 +57,10 @@ RUN set -eu; \
 
 # Python, and the compilers only when llama.cpp is compiled here (CUDA, or no CPU wheel in wheels/).
 RUN set -eu; \
-    pkgs="ca-certificates python${PYTHON_VERSION} python${PYTHON_VERSION}-venv"; \
+    # build-essential and cmake always: llama-quantize and llama-imatrix are compiled below
+    pkgs="ca-certificates python${PYTHON_VERSION} python${PYTHON_VERSION}-venv build-essential cmake"; \
     if [ "$GGML_CUDA" != "off" ] || ! ls /tmp/build/wheels/llama_cpp_python-${LLAMA_CPP_PYTHON_VERSION}-*.whl >/dev/null 2>&1; then \
-        pkgs="$pkgs python${PYTHON_VERSION}-dev build-essential cmake git"; \
+        pkgs="$pkgs python${PYTHON_VERSION}-dev git"; \
     fi; \
     /tmp/build/apt-ensure $pkgs; \
     python${PYTHON_VERSION} -m venv /opt/venv
@@ -105,10 +106,13 @@ RUN set -eu; . /tmp/build/env; \
         "/tmp/build/src[gguf]"; \
     pip freeze > /opt/venv/pip-freeze.txt
 
-# llama.cpp's converter files (convert_hf_to_gguf.py, conversion/, gguf-py/...) from the same sdist.
+# llama.cpp's converter files (convert_hf_to_gguf.py, conversion/, gguf-py/...) from the same sdist,
+# and llama-quantize / llama-imatrix built from it (static; CUDA like the library).
 RUN set -eu; \
+    CMAKE_ARGS="-DGGML_CUDA=${GGML_CUDA}${CUDA_ARCHITECTURES:+ -DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCHITECTURES}" \
     UPLOAD_DRIVER_LLAMA_CPP_DIR=/opt/llama.cpp \
-        gguf-tool setup --sdist /tmp/build/sdist/llama_cpp_python-${LLAMA_CPP_PYTHON_VERSION}.tar.gz; \
+        gguf-tool setup --with-tools --sdist /tmp/build/sdist/llama_cpp_python-${LLAMA_CPP_PYTHON_VERSION}.tar.gz; \
+    /opt/llama.cpp/bin/llama-quantize --help > /dev/null 2>&1 || test $? -le 1; \
     python -m compileall -q /opt/llama.cpp; \
     gguf-tool --help > /dev/null
 

@@ -13,6 +13,7 @@ from conftest import no_finished_output, tree_hash
 from gguf_tool.cli import main
 from gguf_tool.core import run
 from gguf_tool.llama_tree import converter
+from gguf_tool.quantize import tensor_types
 from gguf_tool.quants import QUANTS, get_quant
 from upload_common.errors import UsageError
 
@@ -112,14 +113,33 @@ def run_bad(model, out, *args, code=1, needles=()):
     return result
 
 
-def test_bad_quant_names_and_imatrix(trained_llama, tmp_path):
+def test_bad_quant_names_and_imatrix(trained_llama, tmp_path, monkeypatch):
     run_bad(trained_llama, tmp_path / "o", "--quant", "Q9_X", code=2, needles=["Q4_K_M", "IQ2_XS"])
     run_bad(trained_llama, tmp_path / "o", "--quant", "IQ2_XS", code=2, needles=["importance matrix", "--imatrix"])
+    run_bad(trained_llama, tmp_path / "o", "--quant", "IQ2_XS", "--imatrix", tmp_path / "none", code=2,
+            needles=["does not exist"])
     (tmp_path / "cal.txt").write_text("some text")
+    from gguf_tool import llama_tree
+
+    monkeypatch.setattr(llama_tree, "tool", lambda name: None)
     run_bad(trained_llama, tmp_path / "o", "--quant", "IQ2_XS", "--calibration", tmp_path / "cal.txt",
-            needles=["llama-imatrix", "--imatrix FILE"])
-    run_bad(trained_llama, tmp_path / "o", "--quant", "IQ2_XS", "--imatrix", tmp_path / "cal.txt",
-            needles=["llama-quantize"])
+            needles=["llama-imatrix", "--with-tools"])
+
+
+def test_importance_matrix_from_calibration_text(trained_llama, tmp_path):
+    """IQ2_XS needs an importance matrix: computed by llama-imatrix from a text, then reused."""
+    from upload_common.sample import sample_text
+
+    cal = tmp_path / "calibration.txt"
+    cal.write_text("\n".join(sample_text(600, seed=5)))
+    manifest = run(trained_llama, tmp_path / "o", quants=["IQ2_XS"], calibration=cal, validate_tokens=64, name="t")
+    out = tmp_path / "o"
+    assert (out / "t.imatrix.gguf").is_file() and manifest["timings"]["seconds"]["imatrix"] > 0
+    types = {t for t, _ in tensor_types(out / "t-IQ2_XS.gguf").values()}
+    assert "IQ2_XS" in types
+    assert 0 < manifest["files"]["IQ2_XS"]["validation"]["top1_agreement"] <= 1
+    again = run(trained_llama, tmp_path / "o2", quants=["Q4_K_M"], imatrix=out / "t.imatrix.gguf", validate=False)
+    assert again["inputs"]["imatrix"]["sha256"]
 
 
 def test_validation_failure_fails_the_step(trained_llama, tmp_path):

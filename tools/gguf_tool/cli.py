@@ -71,12 +71,14 @@ def main(ctx, model, out, quants, outtype, imatrix, calibration, split_max_size,
 @main.command()
 @click.option("--sdist", type=click.Path(exists=True), default=None,
               help="A llama-cpp-python sdist of the installed version (default: pip downloads it).")
+@click.option("--with-tools", is_flag=True, help="Also build llama-quantize and llama-imatrix (needs cmake and a "
+              "C++ compiler; for --imatrix / --calibration).")
 @report_errors
-def setup(sdist):
+def setup(sdist, with_tools):
     """Extract llama.cpp's converter from the sdist of the installed llama-cpp-python."""
     from .llama_tree import setup as do_setup
 
-    click.echo(str(do_setup(sdist)))
+    click.echo(str(do_setup(sdist, with_tools=with_tools, log=log)))
 
 
 if __name__ == "__main__":  # pragma: no cover

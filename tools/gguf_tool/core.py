@@ -16,11 +16,12 @@ from upload_common.contract import (atomic_output, check_output_free, describe_i
 from upload_common.errors import InvalidInput, NotEnoughSpace, Unsupported, UsageError
 from upload_common.st_io import model_specs, nbytes
 
+from . import llama_tree
 from . import validate as val
 from .convert import convert_model
 from .lora import base_gguf, make_lora_gguf
 from .quants import FLOAT_OUTTYPES, get_quant
-from .quantize import fallbacks, quantize, tensor_types
+from .quantize import compute_imatrix, fallbacks, quantize, quantize_with_imatrix, tensor_types
 
 TOOL = "gguf-tool"
 DEFAULT_MIN_TOP1 = {"F32": 0.99, "F16": 0.99, "BF16": 0.99, "Q8_0": 0.97, "LoRA": 0.99}
@@ -73,16 +74,14 @@ def run(model_dir, out, *, quants=("Q8_0", "Q4_K_M"), outtype: str = "auto", ima
     needy = [q for q in wanted if get_quant(q)["needs_imatrix"]]
     if needy and not (imatrix or calibration):
         raise UsageError(f"{', '.join(needy)} need an importance matrix: pass --imatrix FILE or --calibration TEXTFILE")
-    if calibration:
-        raise Unsupported("computing an importance matrix needs llama.cpp's llama-imatrix tool, which this "
-                          "installation does not include (llama-cpp-python ships the library only): compute it "
-                          "with llama.cpp's llama-imatrix and pass --imatrix FILE")
-    if imatrix and not Path(imatrix).is_file():
-        raise UsageError(f"--imatrix {imatrix} does not exist")
-    if imatrix:
-        raise Unsupported("applying an importance matrix needs llama.cpp's llama-quantize tool, which this "
-                          "installation does not include (the library's C API cannot take one): quantize to this "
-                          "type with llama-quantize, or choose a type that needs no importance matrix")
+    for flag, given in (("--imatrix", imatrix), ("--calibration", calibration)):
+        if given and not Path(given).is_file():
+            raise UsageError(f"{flag} {given} does not exist")
+    tools = {"quantize": llama_tree.tool("llama-quantize"), "imatrix": llama_tree.tool("llama-imatrix")}
+    if (imatrix or calibration) and not (tools["quantize"] and (tools["imatrix"] or not calibration)):
+        raise Unsupported("an importance matrix needs llama.cpp's llama-quantize and llama-imatrix programs, which "
+                          "the library does not include: run `gguf-tool setup --with-tools` once (needs cmake and a "
+                          "C++ compiler), or use the gguf-tool image")
     if lora and not base:
         raise UsageError("--lora needs --base DIR: the base model folder the adapter was trained on")
     check_output_free(out, overwrite)
@@ -98,11 +97,13 @@ def run(model_dir, out, *, quants=("Q8_0", "Q4_K_M"), outtype: str = "auto", ima
     need = n_params * 2 + sum(int(n_params * BITS.get(q, 5) / 8) for q in wanted) + (64 << 20)
     _check_space(out.absolute().parent, need)
 
-    params = {"quants": wanted, "intermediate": inter_type, "imatrix": bool(imatrix), "split_max_size": split_max_size,
+    params = {"quants": wanted, "intermediate": inter_type, "imatrix": bool(imatrix), "calibration": bool(calibration),
+              "split_max_size": split_max_size,
               "validate": validate, "validate_tokens": validate_tokens, "min_top1": thresholds, "name": name}
     inputs = {"model": describe_input(model_dir)}
-    if imatrix:
-        inputs["imatrix"] = describe_input(Path(imatrix))
+    for key, given in (("imatrix", imatrix), ("calibration", calibration)):
+        if given:
+            inputs[key] = describe_input(Path(given))
     if lora:
         inputs.update(lora=describe_input(Path(lora)), lora_base=describe_input(Path(base)))
     manifest = new_manifest(TOOL, inputs=inputs, parameters=params)
@@ -127,6 +128,12 @@ def run(model_dir, out, *, quants=("Q8_0", "Q4_K_M"), outtype: str = "auto", ima
         manifest["timings"]["seconds"]["convert"] = round(time.monotonic() - t, 3)
 
         t = time.monotonic()
+        imx = Path(imatrix).absolute() if imatrix else None
+        if calibration:
+            imx = partial / f"{name}.imatrix.gguf"
+            log("computing the importance matrix from the calibration text")
+            compute_imatrix(tools["imatrix"], inter_first, Path(calibration), imx, nthread=os.cpu_count() or 1)
+            manifest["timings"]["seconds"]["imatrix"] = round(time.monotonic() - t, 3)
         todo = [q for q in wanted if q != inter_type]
         workers = max(1, min(len(todo), (os.cpu_count() or 1) // 4))
         nthread = max(1, (os.cpu_count() or 1) // workers)
@@ -135,7 +142,11 @@ def run(model_dir, out, *, quants=("Q8_0", "Q4_K_M"), outtype: str = "auto", ima
             # with keep_split llama.cpp appends -0000i-of-0000N.gguf to the name it is given
             dst = partial / (f"{name}-{q}" if split_max_size else f"{name}-{q}.gguf")
             log(f"quantizing to {q}")
-            quantize(inter_first, dst, get_quant(q), nthread=nthread, keep_split=bool(split_max_size))
+            if imx:
+                quantize_with_imatrix(tools["quantize"], inter_first, dst, get_quant(q), nthread=nthread, imatrix=imx,
+                                      keep_split=bool(split_max_size))
+            else:
+                quantize(inter_first, dst, get_quant(q), nthread=nthread, keep_split=bool(split_max_size))
             return dst
 
         with ThreadPoolExecutor(workers) as pool:

@@ -3,11 +3,15 @@ so the converter, gguf-py and the quantizer are one llama.cpp commit.
 
 ``gguf-tool setup`` extracts ``convert_hf_to_gguf.py``, ``convert_lora_to_gguf.py``, ``conversion/``,
 ``gguf-py/`` and ``include/llama.h`` from that sdist (downloaded once by pip at set-up time, or
-given with ``--sdist``) into a folder beside the installation. Nothing is fetched at run time."""
+given with ``--sdist``) into a folder beside the installation. ``--with-tools`` also builds
+``llama-quantize`` and ``llama-imatrix`` from the same vendored tree (static, CPU unless CMAKE_ARGS
+says otherwise): the library's C API cannot take an importance matrix. Nothing is fetched at run
+time."""
 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -45,6 +49,34 @@ def converter() -> Path:
     return folder
 
 
+TOOLS = ("llama-quantize", "llama-imatrix")
+
+
+def tool(name: str) -> Path | None:
+    """A llama.cpp program built by ``gguf-tool setup --with-tools``, if there is one."""
+    path = tree_dir() / "bin" / name
+    return path if path.is_file() and os.access(path, os.X_OK) else None
+
+
+def build_tools(sdist: Path, dest: Path, log=print) -> None:
+    """Compile llama-quantize and llama-imatrix from the sdist's llama.cpp into ``dest/bin``."""
+    with tempfile.TemporaryDirectory() as tmp, tarfile.open(sdist) as tar:
+        safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        tar.extractall(tmp, members=[m for m in tar.getmembers() if "/vendor/llama.cpp/" in m.name], **safe)
+        src = next(Path(tmp).glob("*/vendor/llama.cpp"))
+        build = Path(tmp) / "build"
+        args = ["-DGGML_NATIVE=OFF", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
+                "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DCMAKE_BUILD_TYPE=Release",
+                *shlex.split(os.environ.get("CMAKE_ARGS", ""))]
+        log(f"building {', '.join(TOOLS)} from llama.cpp (a few minutes)")
+        subprocess.run(["cmake", "-S", str(src), "-B", str(build), *args], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["cmake", "--build", str(build), "--target", *TOOLS, "-j", str(os.cpu_count() or 1)],
+                       check=True, stdout=subprocess.DEVNULL)
+        (dest / "bin").mkdir(parents=True, exist_ok=True)
+        for name in TOOLS:
+            shutil.copy2(build / "bin" / name, dest / "bin" / name)
+
+
 def extract(sdist: Path, dest: Path) -> Path:
     """Copy the converter files out of a llama-cpp-python sdist into ``dest`` (atomically)."""
     tmp = dest.with_name(dest.name + ".partial")
@@ -66,7 +98,7 @@ def extract(sdist: Path, dest: Path) -> Path:
     return dest
 
 
-def setup(sdist: Path | None = None) -> Path:
+def setup(sdist: Path | None = None, with_tools: bool = False, log=print) -> Path:
     version = llama_cpp_version()
     dest = tree_dir()
     with tempfile.TemporaryDirectory() as tmp:
@@ -74,4 +106,7 @@ def setup(sdist: Path | None = None) -> Path:
             subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
                             f"llama-cpp-python=={version}", "-d", tmp, "-q"], check=True)
             sdist = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
-        return extract(Path(sdist), dest)
+        extract(Path(sdist), dest)
+        if with_tools:
+            build_tools(Path(sdist), dest, log)
+        return dest

@@ -26,6 +26,27 @@ def quantize(src: Path, dst: Path, quant: dict, *, nthread: int, keep_split: boo
                            quant=quant["name"])
 
 
+def run_tool(cmd: list, what: str) -> None:
+    import subprocess
+
+    proc = subprocess.run([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode:
+        last = next((l for l in reversed(proc.stdout.splitlines()) if l.strip()), "no output")
+        raise InvalidInput(f"llama.cpp's {what} failed ({last.strip()[:200]})", log_tail=proc.stdout.splitlines()[-30:])
+
+
+def quantize_with_imatrix(tool: Path, src: Path, dst: Path, quant: dict, *, nthread: int, imatrix: Path,
+                          keep_split: bool = False) -> None:
+    """llama-quantize with an importance matrix (the C API cannot take one)."""
+    run_tool([tool, "--imatrix", imatrix, *(["--keep-split"] if keep_split else []), src, dst, quant["name"], nthread],
+             f"llama-quantize to {quant['name']}")
+
+
+def compute_imatrix(tool: Path, model: Path, text: Path, dst: Path, *, nthread: int, ctx: int = 128) -> None:
+    """An importance matrix from a calibration text, by llama-imatrix on CPU."""
+    run_tool([tool, "-m", model, "-f", text, "-o", dst, "-c", ctx, "-t", nthread, "-ngl", 0], "llama-imatrix")
+
+
 def tensor_types(path: Path) -> dict[str, tuple[str, list[int]]]:
     """Tensor name -> (GGML type name, shape as llama.cpp sees it: ne0 first)."""
     from gguf import GGUFReader
