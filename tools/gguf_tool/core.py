@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from upload_common.contract import (atomic_output, check_output_free, describe_input, finish_manifest,
-                                    library_versions, new_manifest, read_json_object, read_manifest)
+                                    library_versions, new_manifest, read_json_object, read_manifest, settle)
 from upload_common.errors import InvalidInput, NotEnoughSpace, Unsupported, UsageError
 from upload_common.st_io import model_specs, nbytes
 
@@ -147,10 +147,21 @@ def run(model_dir, out, *, quants=("Q8_0", "Q4_K_M"), outtype: str = "auto", ima
                                       keep_split=bool(split_max_size))
             else:
                 quantize(inter_first, dst, get_quant(q), nthread=nthread, keep_split=bool(split_max_size))
+            settle_files(q)
             return dst
 
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(one, todo))
+        with ThreadPoolExecutor(1) as finisher:  # hashes and flushes each file while the next is made
+            settling = {}
+
+            def settle_files(q: str) -> None:
+                for f in partial.glob(f"{name}-{q}*.gguf"):
+                    settling[f.name] = finisher.submit(settle, f)
+
+            if inter_type in wanted:
+                settle_files(inter_type)
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(one, todo))
+            known = {fname: fut.result() for fname, fut in settling.items()}
         manifest["timings"]["seconds"]["quantize"] = round(time.monotonic() - t, 3)
         if inter_type not in wanted:
             for f in partial.glob(f"{name}-{inter_type}*.gguf"):
@@ -186,7 +197,7 @@ def run(model_dir, out, *, quants=("Q8_0", "Q4_K_M"), outtype: str = "auto", ima
             _judge(files, thresholds)
         shutil.rmtree(work, ignore_errors=True)
         manifest["versions"] = library_versions("llama-cpp-python", "torch", "transformers", "gguf")
-        finish_manifest(manifest, partial, None, t0)
+        finish_manifest(manifest, partial, known, t0)
     for w in warnings:
         log(f"WARNING: {w}")
     return manifest

@@ -39,6 +39,18 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def settle(path: Path) -> str:
+    """A finished file's sha256, with its data flushed to disk: run it in the background while the
+    next output is made, so neither hashing nor the final fsync waits at the end."""
+    digest = sha256_file(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return digest
+
+
 def canonical_sha256(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
