@@ -178,6 +178,14 @@ def test_missing_tokenizer(trained_llama, tmp_path):
     run_bad(model, tmp_path / "o", "--quant", "Q8_0", needles=["error:"])
 
 
+def test_too_little_disk(trained_llama, tmp_path, monkeypatch):
+    from upload_common import contract
+
+    real = shutil.disk_usage
+    monkeypatch.setattr(contract.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
+    run_bad(trained_llama, tmp_path / "o", "--quant", "Q8_0", needles=["GB needed"])
+
+
 def test_corrupt_model_and_existing_output(trained_llama, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(trained_llama, model)

@@ -169,10 +169,10 @@ def test_output_exists_needs_overwrite(adapter_copy, llama_base, tmp_path):
 
 
 def test_too_little_disk(adapter_copy, llama_base, tmp_path, monkeypatch):
-    import merge_tool.core as core
+    from upload_common import contract
 
     real = shutil.disk_usage
-    monkeypatch.setattr(core.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
+    monkeypatch.setattr(contract.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
     run_bad(adapter_copy, tmp_path / "out", "--base", llama_base, needles=["GB needed", "free"])
 
 

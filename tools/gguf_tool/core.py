@@ -11,9 +11,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from upload_common.contract import (atomic_output, check_output_free, describe_input, finish_manifest,
+from upload_common.contract import (atomic_output, check_free_space, check_output_free, describe_input, finish_manifest,
                                     library_versions, new_manifest, read_json_object, read_manifest, settle)
-from upload_common.errors import InvalidInput, NotEnoughSpace, Unsupported, UsageError
+from upload_common.errors import InvalidInput, Unsupported, UsageError
 from upload_common.st_io import model_specs, nbytes
 
 from . import llama_tree
@@ -53,16 +53,6 @@ def _params_count(specs: dict) -> int:
     return sum(math.prod(s["shape"]) for s in specs.values())
 
 
-def _check_space(folder: Path, need: int) -> None:
-    probe = folder
-    while not probe.exists():
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
-    if free < need:
-        raise NotEnoughSpace(f"{need / 1e9:.2f} GB needed in {probe} for the GGUF files but only {free / 1e9:.2f} GB "
-                             "free: free some space, or ask for fewer quantizations", need=need, free=free)
-
-
 def run(model_dir, out, *, quants=("Q8_0", "Q4_K_M"), outtype: str = "auto", imatrix=None, calibration=None,
         split_max_size: str | None = None, lora=None, base=None, validate_tokens: int = 128, validate: bool = True, name: str | None = None,
         min_top1: dict | None = None, overwrite: bool = False, log=lambda m: None) -> dict:
@@ -94,8 +84,8 @@ def run(model_dir, out, *, quants=("Q8_0", "Q4_K_M"), outtype: str = "auto", ima
     if inter_type is None:
         inter_type = "BF16" if str(config.get("dtype") or config.get("torch_dtype")) == "bfloat16" else "F16"
     n_params = _params_count(specs)
-    need = n_params * 2 + sum(int(n_params * BITS.get(q, 5) / 8) for q in wanted) + (64 << 20)
-    _check_space(out.absolute().parent, need)
+    need = n_params * 2 + sum(int(n_params * BITS.get(q, 5) / 8) for q in wanted)
+    disk = check_free_space(out, need)
 
     params = {"quants": wanted, "intermediate": inter_type, "imatrix": bool(imatrix), "calibration": bool(calibration),
               "split_max_size": split_max_size,
@@ -108,6 +98,7 @@ def run(model_dir, out, *, quants=("Q8_0", "Q4_K_M"), outtype: str = "auto", ima
         inputs.update(lora=describe_input(Path(lora)), lora_base=describe_input(Path(base)))
     manifest = new_manifest(TOOL, inputs=inputs, parameters=params)
     warnings, files = manifest["warnings"], {}
+    manifest["decisions"]["disk"] = disk
     manifest["files"] = files
     with atomic_output(out, overwrite=overwrite) as partial:
         meta_path = partial / "_metadata.json"

@@ -7,9 +7,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from upload_common.contract import (atomic_output, check_output_free, describe_input, finish_manifest,
+from upload_common.contract import (atomic_output, check_free_space, check_output_free, describe_input, finish_manifest,
                                     library_versions, new_manifest)
-from upload_common.errors import InvalidInput, NotEnoughSpace, UsageError
+from upload_common.errors import InvalidInput, UsageError
 from upload_common.progress import byte_progress
 from upload_common.trainer_output import inspect_trainer_output
 
@@ -20,7 +20,6 @@ from .formats import get_format
 TOOL = "merge-tool"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
                    "added_tokens.json", "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt")
-SIZE_MARGIN = 64 << 20
 
 
 def _copy_tokenizer(found: dict, base: dict | None, folder: Path, warnings: list) -> dict:
@@ -44,17 +43,6 @@ def _copy_tokenizer(found: dict, base: dict | None, folder: Path, warnings: list
         if gen.is_file():
             shutil.copyfile(gen, folder / "generation_config.json")
     return copied
-
-
-def _check_space(folder: Path, need: int) -> dict:
-    probe = folder
-    while not probe.exists():
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
-    if free < need + SIZE_MARGIN:
-        raise NotEnoughSpace(f"{need / 1e9:.2f} GB needed in {probe} but only {free / 1e9:.2f} GB free: "
-                             "free some space or choose another --out", need=need, free=free)
-    return {"needed_bytes": need, "free_bytes": free}
 
 
 def run(adapter_path, out, *, base: str | None = None, method: str = "merged_16bit", dtype: str = "auto",
@@ -89,7 +77,7 @@ def run(adapter_path, out, *, base: str | None = None, method: str = "merged_16b
         if resolved:
             manifest["decisions"]["base"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in resolved.items()
                                              if k != "config"}
-        manifest["decisions"]["disk"] = _check_space(out.absolute().parent, plan["estimated_bytes"])
+        manifest["decisions"]["disk"] = check_free_space(out, plan["estimated_bytes"])
         manifest["warnings"] = plan["warnings"]
         manifest["training"] = {"trainer": found["trainer"], "summary": found["training"]}
         with atomic_output(out, overwrite=overwrite) as partial:

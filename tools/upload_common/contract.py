@@ -184,6 +184,23 @@ def partial_path(out: Path) -> Path:
     return out.with_name(out.name + PARTIAL_SUFFIX)
 
 
+SPACE_MARGIN = 64 << 20
+
+
+def check_free_space(out: Path, need: int) -> dict:
+    """Refuse before writing anything when the disk holding ``out`` lacks ``need`` bytes."""
+    from .errors import NotEnoughSpace
+
+    probe = Path(out).absolute().parent
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < need + SPACE_MARGIN:
+        raise NotEnoughSpace(f"{need / 1e9:.2f} GB needed in {probe} but only {free / 1e9:.2f} GB free: "
+                             "free some space or choose another --out", need=need, free=free)
+    return {"needed_bytes": need, "free_bytes": free}
+
+
 def check_output_free(out: Path, overwrite: bool) -> None:
     out = Path(out)
     if out.exists() and not overwrite:
