@@ -88,7 +88,7 @@ def _choose(root: Path, candidates: list[dict], checkpoint: int | None, best: st
             return ckpts[int(m.group(1))] | {
                 "reason": f"{name} is the best checkpoint named in trainer_state.json (best_model_checkpoint)"}
         notes.append(f"best_model_checkpoint {best!r} has no adapter here: ignored")
-    others = f" (checkpoints also present: {listing}; pass checkpoint=N to pick one)" if ckpts else ""
+    others = f" (checkpoints also present: {listing}; pick one with --checkpoint N)" if ckpts else ""
     for c in candidates:
         if c["source"] == "root":
             return c | {"reason": f"the final adapter at the root of the folder{others}"}
