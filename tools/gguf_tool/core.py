@@ -21,7 +21,7 @@ from . import validate as val
 from .convert import convert_model
 from .lora import base_gguf, make_lora_gguf
 from .quants import FLOAT_OUTTYPES, get_quant
-from .quantize import compute_imatrix, fallbacks, quantize, quantize_with_imatrix, tensor_types
+from .quantize import compute_imatrix, fallbacks, quantize, quantize_with_imatrix
 
 TOOL = "gguf-tool"
 DEFAULT_MIN_TOP1 = {"F32": 0.99, "F16": 0.99, "BF16": 0.99, "Q8_0": 0.97, "LoRA": 0.99}
@@ -100,6 +100,7 @@ def run(model_dir, out, *, quants=("Q8_0", "Q4_K_M"), outtype: str = "auto", ima
     warnings, files = manifest["warnings"], {}
     manifest["decisions"]["disk"] = disk
     manifest["files"] = files
+    tool_log = _debug_log(log)  # the converter's own log lines, shown with UPLOAD_DRIVER_DEBUG
     with atomic_output(out, overwrite=overwrite) as partial:
         meta_path = partial / "_metadata.json"
         meta_path.write_text(json.dumps(_metadata(model_dir, name)))
@@ -108,8 +109,8 @@ def run(model_dir, out, *, quants=("Q8_0", "Q4_K_M"), outtype: str = "auto", ima
         # the converter checks the architecture and the tokenizer (pre-tokenizer included) before it
         # computes any tensor data, so those failures come within seconds, before the long part
         log(f"converting to {inter_type} with llama.cpp's converter")
-        convert_model(model_dir, inter, FLOAT_OUTTYPES[inter_type].lower(), name=name, metadata=meta_path,
-                      split_max_size=split_max_size, log=_debug_log(log))
+        convert_model(model_dir, inter, FLOAT_OUTTYPES[inter_type], name=name, metadata=meta_path,
+                      split_max_size=split_max_size, log=tool_log)
         meta_path.unlink()
         inter_first = _first_split(partial, name, inter_type)
         template = _chat_template(inter_first)
@@ -145,7 +146,7 @@ def run(model_dir, out, *, quants=("Q8_0", "Q4_K_M"), outtype: str = "auto", ima
             settling = {}
 
             def settle_files(q: str) -> None:
-                for f in partial.glob(f"{name}-{q}*.gguf"):
+                for f in _outputs(partial, name, q):
                     settling[f.name] = finisher.submit(settle, f)
 
             if inter_type in wanted:
@@ -155,12 +156,12 @@ def run(model_dir, out, *, quants=("Q8_0", "Q4_K_M"), outtype: str = "auto", ima
             known = {fname: fut.result() for fname, fut in settling.items()}
         manifest["timings"]["seconds"]["quantize"] = round(time.monotonic() - t, 3)
         if inter_type not in wanted:
-            for f in partial.glob(f"{name}-{inter_type}*.gguf"):
+            for f in _outputs(partial, name, inter_type):
                 f.unlink()
 
         for q in wanted:
             first = _first_split(partial, name, q)
-            info = {"quant": q, "files": sorted(p.name for p in partial.glob(f"{name}-{q}*.gguf"))}
+            info = {"quant": q, "files": [p.name for p in _outputs(partial, name, q)]}
             fb = fallbacks(first, get_quant(q))
             if fb:
                 info["fallbacks"] = fb
@@ -170,8 +171,7 @@ def run(model_dir, out, *, quants=("Q8_0", "Q4_K_M"), outtype: str = "auto", ima
 
         work = partial / "_work"
         if lora:
-            files["LoRA"] = make_lora_gguf(Path(lora), Path(base), partial / f"{name}-LoRA-F16.gguf", work,
-                                           _debug_log(log))
+            files["LoRA"] = make_lora_gguf(Path(lora), Path(base), partial / f"{name}-LoRA-F16.gguf", work, tool_log)
             files["LoRA"]["files"] = [files["LoRA"].pop("file")]
         if validate:
             t = time.monotonic()
@@ -179,7 +179,7 @@ def run(model_dir, out, *, quants=("Q8_0", "Q4_K_M"), outtype: str = "auto", ima
             ids, ref = val.reference(model_dir, val.VALIDATION_TEXT, validate_tokens)
             checks = [(q, _first_split(partial, name, q), None) for q in wanted]
             if lora:  # the adapter over the base must compute what the merged model computes
-                checks.append(("LoRA", base_gguf(Path(base), work, _debug_log(log)), partial / files["LoRA"]["files"][0]))
+                checks.append(("LoRA", base_gguf(Path(base), work, tool_log), partial / files["LoRA"]["files"][0]))
             for q, path, adapter in checks:
                 figures = val.validate(path, ids, ref, val.VALIDATION_TEXT, lora=adapter)
                 files[q]["validation"] = figures
@@ -208,14 +208,16 @@ def _judge(files: dict, thresholds: dict) -> None:
         raise InvalidInput("validation failed: " + "; ".join(bad), validation=files)
 
 
+def _outputs(folder: Path, name: str, q: str) -> list[Path]:
+    """The file of one type, or its splits (-0000i-of-0000N) in order."""
+    return sorted(folder.glob(f"{name}-{q}*.gguf"))
+
+
 def _first_split(folder: Path, name: str, q: str) -> Path:
-    single = folder / f"{name}-{q}.gguf"
-    if single.is_file():
-        return single
-    splits = sorted(folder.glob(f"{name}-{q}-00001-of-*.gguf"))
-    if not splits:
+    files = _outputs(folder, name, q)
+    if not files:
         raise InvalidInput(f"llama.cpp wrote no {name}-{q} file")
-    return splits[0]
+    return files[0]
 
 
 def _chat_template(path: Path) -> str | None:
@@ -230,5 +232,3 @@ def _debug_log(log):
 
     return log if debug_enabled() else (lambda line: None)
 
-
-__all__ = ["run", "tensor_types"]

@@ -226,6 +226,7 @@ def write(plan: dict, folder, progress) -> dict:
                 cache[key] = fp32(load_tensor(adapter_file, key))
             return cache[key]
 
+        pure_copy = set(rec) == {"src"} and src["dtype"] == out_specs[name]["dtype"] and "bnb" not in src
         if "bnb" in src:
             whole = fp32(bnb.dequantize(rec["src"], src))
             load_base = whole.__getitem__
@@ -233,8 +234,6 @@ def write(plan: dict, folder, progress) -> dict:
             def load_base(sl):
                 raw = load_tensor(src["file"], rec["src"], rows=None if sl == slice(None) else (sl.start, sl.stop))
                 return raw if pure_copy else fp32(raw)
-
-        pure_copy = set(rec) == {"src"} and src["dtype"] == out_specs[name]["dtype"] and "bnb" not in src
         whole_only = "bnb" in src or (fan and "magnitude" in rec.get("lora", {}))
         for rows in row_blocks(out_specs[name]["shape"], whole_only):
             w = load_base(slice(*rows) if rows else slice(None)) if pure_copy else \
