@@ -14,7 +14,8 @@ from pathlib import Path
 from upload_common.contract import read_json_object
 from upload_common.errors import BaseModelUnavailable, InputNotFound, InvalidInput
 
-MODEL_FILES = ["*.json", "*.safetensors", "tokenizer.model", "*.txt", "*.jinja", "*.tiktoken"]
+# README.md and LICENSE*: the base card carries the licence the derived models inherit
+MODEL_FILES = ["*.json", "*.safetensors", "tokenizer.model", "*.txt", "*.jinja", "*.tiktoken", "README.md", "LICENSE*"]
 _QUANT_SUFFIX = re.compile(r"(-unsloth)?-bnb-(4|8)bit$", re.IGNORECASE)
 
 

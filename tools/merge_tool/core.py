@@ -7,6 +7,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from upload_common.cards import BASE_KEYS, TRAINER_KEYS, front_matter
 from upload_common.contract import (atomic_output, check_free_space, check_output_free, describe_input, finish_manifest,
                                     library_versions, new_manifest)
 from upload_common.errors import InvalidInput, UsageError
@@ -77,9 +78,12 @@ def run(adapter_path, out, *, base: str | None = None, method: str = "merged_16b
         if resolved:
             manifest["decisions"]["base"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in resolved.items()
                                              if k != "config"}
+            manifest["decisions"]["base"]["card"] = front_matter(resolved["path"], BASE_KEYS)
         manifest["decisions"]["disk"] = check_free_space(out, plan["estimated_bytes"])
         manifest["warnings"] = plan["warnings"]
-        manifest["training"] = {"trainer": found["trainer"], "summary": found["training"]}
+        manifest["training"] = {"trainer": found["trainer"], "summary": found["training"],
+                                "card": front_matter(adapter_dir, TRAINER_KEYS) or front_matter(found["root"], TRAINER_KEYS),
+                                "adapter": _adapter_summary(adapter["config"])}
         with atomic_output(out, overwrite=overwrite) as partial:
             t1 = time.monotonic()
             with byte_progress(f"{method} -> {out.name}", plan["estimated_bytes"]) as advance:
@@ -91,6 +95,13 @@ def run(adapter_path, out, *, base: str | None = None, method: str = "merged_16b
     for w in manifest["warnings"]:
         log(f"WARNING: {w}")
     return manifest
+
+
+def _adapter_summary(config: dict) -> dict:
+    """What a model card says about the adapter."""
+    keys = ("peft_type", "r", "lora_alpha", "target_modules", "use_rslora", "use_dora", "lora_dropout",
+            "base_model_name_or_path", "modules_to_save")
+    return {k: config.get(k) for k in keys if config.get(k) not in (None, [], {})}
 
 
 def _read_pickled(adapter_dir: Path, tmp: Path, allow_pickle: bool) -> dict:

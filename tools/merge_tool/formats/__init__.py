@@ -7,6 +7,9 @@ A format module defines:
   ``estimated_bytes``, ``decisions`` and ``warnings``;
 - ``write(plan, folder, progress) -> dict``: writes the model files into ``folder`` and returns
   ``{relative path: sha256}`` for what it hashed while writing.
+
+A row's ``publish`` entry is how docs-tool and hf-push-tool present the format: the repo name
+suffix, the card's ``base_model_relation`` and ``library_name``, a title and tags.
 """
 
 from __future__ import annotations
@@ -16,9 +19,13 @@ import importlib
 from upload_common.errors import UsageError
 
 FORMATS = {
-    "lora": {"module": "merge_tool.formats.lora", "summary": "the adapter as-is (safetensors), with tokenizer"},
+    "lora": {"module": "merge_tool.formats.lora", "summary": "the adapter as-is (safetensors), with tokenizer",
+             "publish": {"suffix": "-lora", "relation": "adapter", "library": "peft", "title": "LoRA adapter",
+                         "tags": ["lora", "peft"]}},
     "merged_16bit": {"module": "merge_tool.formats.merged_16bit",
-                     "summary": "the adapter merged into the base, 16-bit safetensors, streamed"},
+                     "summary": "the adapter merged into the base, 16-bit safetensors, streamed",
+                     "publish": {"suffix": "", "relation": "finetune", "library": "transformers",
+                                 "title": "merged 16-bit model", "tags": ["merged"]}},
 }
 
 

@@ -1,0 +1,1 @@
+"""docs-tool: model cards, upload manifest, README and Ollama Modelfile for a run's artifacts."""

@@ -1,0 +1,244 @@
+"""Hugging Face model cards: YAML metadata checked offline (huggingface_hub's ModelCard plus our rules)
+and a body a user can act on: what the model is, how it was trained, how to run it, what each file is."""
+
+from __future__ import annotations
+
+import re
+
+from upload_common.errors import InvalidInput
+
+RELATIONS = ("adapter", "merge", "quantized", "finetune")
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# Licence identifiers the Hub accepts in `license:` (its list of repository licences); anything else is
+# `license: other` with `license_name` and `license_link`.
+HUB_LICENSES = frozenset("""
+apache-2.0 mit openrail bigscience-openrail-m creativeml-openrail-m bigscience-bloom-rail-1.0 bigcode-openrail-m
+afl-3.0 artistic-2.0 bsl-1.0 bsd bsd-2-clause bsd-3-clause bsd-3-clause-clear c-uda cc cc0-1.0 cc-by-2.0
+cc-by-2.5 cc-by-3.0 cc-by-4.0 cc-by-sa-3.0 cc-by-sa-4.0 cc-by-nc-2.0 cc-by-nc-3.0 cc-by-nc-4.0 cc-by-nd-4.0
+cc-by-nc-nd-3.0 cc-by-nc-nd-4.0 cc-by-nc-sa-2.0 cc-by-nc-sa-3.0 cc-by-nc-sa-4.0 cdla-sharing-1.0
+cdla-permissive-1.0 cdla-permissive-2.0 wtfpl ecl-2.0 epl-1.0 epl-2.0 etalab-2.0 eupl-1.1 eupl-1.2 agpl-3.0
+gfdl gpl gpl-2.0 gpl-3.0 lgpl lgpl-2.1 lgpl-3.0 isc h-research intel-research lppl-1.3c ms-pl apple-ascl
+apple-amlr mpl-2.0 odc-by odbl openmdw-1.0 openrail++ osl-3.0 postgresql ofl-1.1 ncsa unlicense zlib pddl
+lgpl-lr deepfloyd-if-license fair-noncommercial-research-license llama2 llama3 llama3.1 llama3.2 llama3.3
+llama4 gemma unknown other""".split())
+
+
+def looks_like_repo_id(value) -> bool:
+    return isinstance(value, str) and bool(REPO_ID.match(value)) and ".." not in value
+
+
+def metadata(ctx: dict) -> dict:
+    """The card's YAML: base model and relation, library, licence, datasets, languages, tags."""
+    spec = ctx["spec"]
+    meta = {}
+    if ctx.get("base_model"):
+        meta["base_model"] = ctx["base_model"]
+        meta["base_model_relation"] = ctx["relation"]
+    meta["library_name"] = spec["library"]
+    meta.update(ctx.get("license") or {})
+    for key in ("datasets", "language"):
+        if ctx.get(key):
+            meta[key] = list(ctx[key])
+    meta["pipeline_tag"] = "text-generation"
+    kind = (ctx.get("trainer") or {}).get("kind")
+    tags = ["upload-driver", *spec.get("tags", [])]
+    if kind and kind != "unknown":
+        tags += [kind, "trl"]
+    meta["tags"] = list(dict.fromkeys(tags))
+    return meta
+
+
+def check(text: str) -> list[str]:
+    """Problems the Hub would reject or users would trip on; [] when the card is fine. Parses the
+    YAML with huggingface_hub (as the Hub does) and applies our rules."""
+    from huggingface_hub import ModelCard
+
+    try:
+        data = ModelCard(text).data.to_dict()
+    except Exception as exc:  # noqa: BLE001 - ValueError or a YAML error, both mean "not a valid card"
+        return [f"the card's metadata does not parse: {' '.join(str(exc).split())}"]
+    problems = []
+    base, relation = data.get("base_model"), data.get("base_model_relation")
+    for b in base if isinstance(base, list) else [base] if base else []:
+        if not looks_like_repo_id(b):
+            problems.append(f"base_model {b!r} is not a Hub model id (org/name)")
+    if relation and relation not in RELATIONS:
+        problems.append(f"base_model_relation {relation!r} is not one of {', '.join(RELATIONS)}")
+    if relation and not base:
+        problems.append("base_model_relation without base_model")
+    lic = data.get("license")
+    if lic and lic not in HUB_LICENSES:
+        problems.append(f"license {lic!r} is not a Hub licence id: use license: other with license_name and "
+                        "license_link")
+    if lic == "other" and not (data.get("license_name") and data.get("license_link")):
+        problems.append("license: other needs license_name and license_link")
+    for tag in data.get("tags") or []:
+        if not isinstance(tag, str) or not tag or any(c.isspace() for c in tag):
+            problems.append(f"tag {tag!r} is empty or holds spaces")
+    if not data.get("library_name"):
+        problems.append("no library_name: the Hub cannot show how to load the model")
+    return problems
+
+
+def render(ctx: dict) -> str:
+    """The whole card (front matter + body), checked; an InvalidInput names what is wrong."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    card = ModelCard.from_template(ModelCardData(**metadata(ctx)), template_str="---\n{{ card_data }}\n---\n\n"
+                                   "{{ body }}", body=body(ctx))
+    text = str(card)
+    problems = check(text)
+    if problems:
+        raise InvalidInput(f"the model card for {ctx['repo_id']} would be rejected: {'; '.join(problems)}: "
+                           "fix the option or input named", repo_id=ctx["repo_id"], problems=problems)
+    return text
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} B"
+
+
+def _hub_link(repo_id: str | None) -> str:
+    return f"[{repo_id}](https://huggingface.co/{repo_id})" if looks_like_repo_id(repo_id) else f"`{repo_id}`"
+
+
+def body(ctx: dict) -> str:
+    parts = [_intro(ctx), _files(ctx), _usage(ctx), _training(ctx), _provenance(ctx)]
+    return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def _intro(ctx: dict) -> str:
+    spec, kind = ctx["spec"], (ctx.get("trainer") or {}).get("kind")
+    what = f"{kind.upper()} fine-tune" if kind and kind != "unknown" else "fine-tune"
+    base = ctx.get("base_display")
+    of = f" of {_hub_link(base)}" if base else ""
+    lines = [f"# {ctx['repo_id']}", "", f"The {spec['title']} of a {what}{of}."]
+    relation = {"adapter": "Load it on top of the base model (PEFT).",
+                "finetune": "The LoRA adapter is merged into the base weights: it loads like any model.",
+                "quantized": "Quantized from the merged model" + (f" {_hub_link(ctx['base_model'])}"
+                                                                   if ctx.get("base_model") else "") + "."}
+    if ctx.get("relation") in relation:
+        lines.append(relation[ctx["relation"]])
+    others = [f"{_hub_link(r)} ({ctx['specs'][s]['title']})" for s, r in ctx["repos"].items() if s != ctx["set"]]
+    if others:
+        lines += ["", "Other forms of this model: " + ", ".join(others) + "."]
+    return "\n".join(lines)
+
+
+def _files(ctx: dict) -> str:
+    gguf = ctx.get("gguf_files")
+    if gguf:
+        rows = ["| File | Type | Size | Top-1 agreement | Mean KL | Notes |", "|---|---|---|---|---|---|"]
+        for q, info in gguf.items():
+            v = info.get("validation") or {}
+            top1 = f"{v['top1_agreement']:.3f}" if "top1_agreement" in v else "not validated"
+            kl = f"{v['mean_kl']:.5f}" if "mean_kl" in v else ""
+            notes = []
+            if info.get("fallbacks"):
+                notes.append(f"{len(info['fallbacks'])} tensors kept at a wider type (rows not a multiple of 256)")
+            if q == "LoRA":
+                notes.append("adapter: use with the base model's GGUF")
+            for f in info["files"]:
+                rows.append(f"| `{f}` | {q} | {_size(ctx['sizes'].get(f, 0))} | {top1} | {kl} | {'; '.join(notes)} |")
+        return ("## Files\n\nEvery file was loaded in llama.cpp and compared with the Hugging Face model on the "
+                "same text: the share of positions where both pick the same next token (top-1 agreement) and "
+                "the mean KL divergence of their next-token distributions (0 = identical).\n\n" + "\n".join(rows))
+    rows = ["| File | Size |", "|---|---|"]
+    rows += [f"| `{f['path']}` | {_size(f['size'])} |" for f in ctx["files"] if f["path"] != "README.md"]
+    return "## Files\n\n" + "\n".join(rows)
+
+
+_CHAT = '''messages = [{"role": "user", "content": "Hello!"}]
+inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)'''
+_PLAIN = '''inputs = tokenizer("Hello!", return_tensors="pt")'''
+_GENERATE = '''output = model.generate(**inputs, max_new_tokens=64)
+print(tokenizer.decode(output[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True))'''
+
+
+def _usage(ctx: dict) -> str:
+    repo, lib = ctx["repo_id"], ctx["spec"]["library"]
+    prompt = _CHAT if ctx.get("chat_template") else _PLAIN
+    if lib == "peft":
+        code = (f'from peft import AutoPeftModelForCausalLM\nfrom transformers import AutoTokenizer\n\n'
+                f'model = AutoPeftModelForCausalLM.from_pretrained("{repo}")\n'
+                f'tokenizer = AutoTokenizer.from_pretrained("{repo}")\n{prompt}\n{_GENERATE}')
+        note = "" if looks_like_repo_id(ctx.get("adapter_base")) else (
+            "\n\nThe adapter's config names its base model as a local path; pass the base explicitly "
+            "(`PeftModel.from_pretrained(base_model, ...)`) where that path does not exist.")
+        return f"## Usage\n\nWith [PEFT](https://github.com/huggingface/peft) and transformers:\n\n```python\n{code}\n```{note}"
+    if lib == "gguf":
+        return _usage_gguf(ctx)
+    code = (f'from transformers import AutoModelForCausalLM, AutoTokenizer\n\n'
+            f'model = AutoModelForCausalLM.from_pretrained("{repo}")\n'
+            f'tokenizer = AutoTokenizer.from_pretrained("{repo}")\n{prompt}\n{_GENERATE}')
+    return f"## Usage\n\nWith transformers:\n\n```python\n{code}\n```"
+
+
+def _usage_gguf(ctx: dict) -> str:
+    repo, main = ctx["repo_id"], ctx.get("default_gguf")
+    if not main:
+        return ""
+    quant, filename = main
+    chat = ('print(llm.create_chat_completion(messages=[{"role": "user", "content": "Hello!"}], max_tokens=64)'
+            '["choices"][0]["message"]["content"])') if ctx.get("chat_template") else \
+        'print(llm("Hello!", max_tokens=64)["choices"][0]["text"])'
+    parts = ["## Usage",
+             f"llama.cpp:\n\n```sh\nllama-cli -hf {repo}:{quant}\n```",
+             "[llama-cpp-python](https://github.com/abetlen/llama-cpp-python):\n\n```python\nfrom llama_cpp import Llama\n\n"
+             f'llm = Llama.from_pretrained(repo_id="{repo}", filename="{filename}")\n{chat}\n```']
+    if ctx.get("modelfile"):
+        parts.append(f"[Ollama](https://ollama.com), straight from the Hub:\n\n```sh\nollama run hf.co/{repo}:{quant}\n```\n\n"
+                     f"or with the `Modelfile` of this repo (chat template and stop tokens of the tokenizer), in a "
+                     f"folder holding it and `{filename}`:\n\n```sh\nollama create {ctx['ollama_name']} -f Modelfile\n"
+                     f"ollama run {ctx['ollama_name']}\n```")
+    return "\n\n".join(parts)
+
+
+def _training(ctx: dict) -> str:
+    trainer, summary = ctx.get("trainer") or {}, ctx.get("summary") or {}
+    adapter = ctx.get("adapter") or {}
+    rows = []
+    kind = trainer.get("kind")
+    if kind and kind != "unknown":
+        rows.append(("Method", f"{kind.upper()} (detected: {trainer.get('evidence', '')})"))
+    if adapter:
+        desc = f"{adapter.get('peft_type', 'LORA')} r={adapter.get('r')}, alpha={adapter.get('lora_alpha')}"
+        flags = [f for f in ("use_rslora", "use_dora") if adapter.get(f)]
+        if flags:
+            desc += " (" + ", ".join(f.removeprefix("use_") for f in flags) + ")"
+        targets = adapter.get("target_modules")
+        if targets:
+            desc += f" on {', '.join(targets) if isinstance(targets, list) else targets}"
+        rows.append(("Adapter", desc))
+    if ctx.get("checkpoint_reason"):
+        rows.append(("Checkpoint", ctx["checkpoint_reason"]))
+    steps = summary.get("global_step")
+    if steps is not None:
+        rows.append(("Steps", f"{steps}" + (f" of {summary['max_steps']}" if summary.get("max_steps") else "")))
+    for key, label, fmt in (("epoch", "Epochs", "{:.2f}"), ("train_batch_size", "Batch size per device", "{}"),
+                            ("final_loss", "Final training loss", "{:.4f}"), ("train_runtime", "Training time (s)", "{:.0f}")):
+        if isinstance(summary.get(key), (int, float)):
+            rows.append((label, fmt.format(summary[key])))
+    evals = summary.get("eval_loss_history") or []
+    if evals:
+        rows.append(("Final evaluation loss", f"{evals[-1][1]:.4f}"))
+    if ctx.get("datasets"):
+        rows.append(("Datasets", ", ".join(ctx["datasets"])))
+    if not rows:
+        return ""
+    text = "## Training\n\n| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+    if ctx.get("plot"):
+        text += f"\n\n![Training loss]({ctx['plot']})"
+    return text
+
+
+def _provenance(ctx: dict) -> str:
+    rows = [f"| `{f['path']}` | {f['size']} | `{f['sha256']}` |" for f in ctx["files"] if f["path"] != "README.md"]
+    versions = ctx.get("versions") or {}
+    made = ", ".join(f"{k} {v}" for k, v in versions.items())
+    return ("## Provenance\n\nMade with upload-driver" + (f" ({made})" if made else "") + ". SHA256 of every file "
+            "as written by the tool that made it, checked again after upload:\n\n| File | Bytes | SHA256 |\n"
+            "|---|---|---|\n" + "\n".join(rows))

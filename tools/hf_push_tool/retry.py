@@ -1,0 +1,46 @@
+"""Retries with exponential backoff for publishing: 5xx, 429, timeouts and dropped connections are
+retried; anything else is the caller's to explain. What was already stored is not sent again on the
+next attempt (the Hub's LFS batch answer and Ollama's blob check skip it)."""
+
+from __future__ import annotations
+
+import time
+
+from upload_common.errors import RetryableError
+
+
+def status_of(exc) -> int | None:
+    response = getattr(exc, "response", None)
+    return getattr(response, "status_code", None) if response is not None else getattr(exc, "status_code", None)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    code = status_of(exc)
+    if code is not None:
+        return code >= 500 or code == 429
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    # httpx / httpx2 transport errors: connection refused or dropped, read/write timeouts
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    modules = {cls.__module__.split(".")[0] for cls in type(exc).__mro__}
+    return bool({"TransportError", "TimeoutException"} & names and {"httpx", "httpx2", "httpcore"} & modules)
+
+
+def with_retries(what: str, fn, *, attempts: int = 5, wait: float = 2.0, log=lambda m: None):
+    """``fn()``, tried up to ``attempts`` times while failures are retryable; then a RetryableError
+    (exit code 3) that says a rerun will send only what is missing."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - classified below
+            if not is_retryable(exc):
+                raise
+            why = f"HTTP {status_of(exc)}" if status_of(exc) else type(exc).__name__
+            if attempt == attempts:
+                raise RetryableError(f"{what} failed {attempts} times ({why}): the service or the network is not "
+                                     "answering; run the same command again later: files already stored are not "
+                                     "sent again", attempts=attempts, last_error=why) from None
+            delay = wait * 2 ** (attempt - 1)
+            log(f"{what}: {why}; retrying in {delay:.1f} s (attempt {attempt + 1} of {attempts})")
+            time.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -1,0 +1,63 @@
+"""The Ollama target, through the official client and Ollama's REST API: the GGUF uploaded as a blob
+(skipped when the server has it), the model created from structured fields read from docs-tool's
+Modelfile (template, stop parameters, system, licence), pushed to a registry when asked.
+OLLAMA_HOST is honoured (the client reads it)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from upload_common.errors import InvalidInput, UploadError
+
+from .retry import with_retries
+
+
+class OllamaError(UploadError, ConnectionError):
+    kind = "ollama"
+
+
+def push_model(entry: dict, local: dict[str, Path], modelfile: Path, *, name: str | None, push: bool, retry: dict,
+               log) -> dict:
+    import ollama
+
+    from docs_tool.modelfile import parse_modelfile
+
+    info = entry.get("ollama")
+    if not info:
+        raise InvalidInput("the GGUF set has no Modelfile (docs-tool writes one unless the file is split): "
+                           "nothing to create in Ollama")
+    fields = parse_modelfile(modelfile.read_text(encoding="utf-8"))
+    filename = info["file"]
+    model = name or info["ollama_name"]
+    host = os.environ.get("OLLAMA_HOST") or "127.0.0.1:11434"
+    client = ollama.Client(host=host)
+    expected = next(f["sha256"] for f in entry["files"] if f["path_in_repo"] == filename)
+
+    def call(what, fn):
+        try:
+            return with_retries(what, fn, **retry)
+        except UploadError:
+            raise
+        except ollama.ResponseError as exc:
+            raise OllamaError(f"{what}: Ollama at {host} answered {exc.status_code}: {exc.error}", status=exc.status_code) from None
+
+    log(f"Ollama {host}: uploading {filename}")
+    digest = call("uploading the GGUF to Ollama", lambda: client.create_blob(local[filename]))
+    if digest != f"sha256:{expected}":
+        raise InvalidInput(f"{local[filename]} changed since gguf-tool wrote it (digest {digest}): rerun gguf-tool")
+    create = {k: v for k, v in (("template", fields.get("template")), ("system", fields.get("system")),
+                                ("license", fields.get("license")), ("parameters", fields.get("parameters") or None))
+              if v}
+    statuses = call(f"creating {model} in Ollama", lambda: [r.status for r in client.create(
+        model=model, files={filename: digest}, stream=True, **create)])
+    log(f"Ollama: {model}: {statuses[-1] if statuses else 'no status'}")
+    pushed = False
+    if push:
+        call(f"pushing {model} from Ollama", lambda: [r.status for r in client.push(model, stream=True)])
+        pushed = True
+    shown = call(f"checking {model} in Ollama", lambda: client.show(model))
+    if fields.get("template") and (shown.template or "") != fields["template"]:
+        raise OllamaError(f"Ollama holds another template for {model} than the Modelfile's: rerun the push")
+    return {"model": model, "host": host, "digest": digest, "file": filename, "pushed": pushed,
+            "fields": sorted(create), "verified": 1}
