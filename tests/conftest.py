@@ -58,3 +58,63 @@ def trained_llama(tmp_path_factory, tokenizer_dir) -> Path:
     folder = make_base(tmp_path_factory.mktemp("trained") / "tiny-llama", "llama", hidden=256, intermediate=512,
                        heads=4, kv_heads=2, tokenizer_dir=tokenizer_dir)
     return train_briefly(folder, steps=300)
+
+
+BASE_ID = "acme-base/Tiny-Llama-3"
+BASE_CARD = "---\nlicense: llama3.2\nlanguage:\n- en\n- de\npipeline_tag: text-generation\n---\n\n# Tiny base\n"
+TRAINER_CARD = ("---\nlibrary_name: peft\ndatasets:\n- acme/chat-data\ntags:\n- sft\n- trl\n- unsloth\n---\n\n"
+                "# Model trained with SFT.\n")
+
+
+def put_in_hf_cache(cache: Path, repo_id: str, folder: Path) -> None:
+    """Lay a model folder out as huggingface_hub's cache does (refs/main -> snapshots/<commit>)."""
+    import shutil
+
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    commit = (repo_id.encode().hex() * 40)[:40]
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(folder, repo / "snapshots" / commit)
+
+
+@pytest.fixture(scope="session")
+def run_artifacts(tmp_path_factory, llama_base, tokenizer_dir) -> dict:
+    """A whole run's artifacts made by the real tools: an SFT trainer output whose base is a Hub id
+    (found in a local HF cache, with a card that names its licence), then merge-tool lora and
+    merged_16bit, and gguf-tool (Q8_0, Q4_K_M) on the merged model."""
+    import shutil
+
+    from gguf_tool.core import run as gguf_run
+    from merge_tool.core import run as merge_run
+    from upload_common.sample import make_trainer_output
+
+    root = tmp_path_factory.mktemp("run")
+    base = root / "base-src"
+    shutil.copytree(llama_base, base)
+    (base / "README.md").write_text(BASE_CARD)
+    trainer = make_trainer_output(root / "sft_output_rtx3090", llama_base, kind="sft", tokenizer_dir=tokenizer_dir,
+                                  base_name=BASE_ID)
+    (trainer / "README.md").write_text(TRAINER_CARD)
+    from huggingface_hub import constants
+
+    with pytest.MonkeyPatch.context() as mp:
+        cache = root / "hf-cache"
+        put_in_hf_cache(cache, BASE_ID, base)
+        mp.setattr(constants, "HF_HUB_CACHE", str(cache))
+        mp.setattr(constants, "HF_HUB_OFFLINE", True)
+        art = root / "artifacts"
+        merge_run(trainer, art / "lora", method="lora")
+        merge_run(trainer, art / "merged", method="merged_16bit")
+    gguf_run(art / "merged", art / "gguf", quants=["Q8_0", "Q4_K_M"], name="Tiny-Chat", validate_tokens=48,
+             min_top1={"Q8_0": 0.0})
+    return {"root": root, "trainer": trainer, "lora": art / "lora", "merged": art / "merged", "gguf": art / "gguf"}
+
+
+@pytest.fixture(scope="session")
+def run_docs(run_artifacts) -> Path:
+    """docs-tool on the run's three artifact sets, repos under the namespace alice."""
+    from docs_tool.core import run as docs_run
+
+    out = run_artifacts["root"] / "artifacts" / "docs"
+    docs_run([run_artifacts[k] for k in ("lora", "merged", "gguf")], out, namespace="alice", name="Tiny-Chat")
+    return out

@@ -112,10 +112,12 @@ def body(ctx: dict) -> str:
 
 def _intro(ctx: dict) -> str:
     spec, kind = ctx["spec"], (ctx.get("trainer") or {}).get("kind")
-    what = f"{kind.upper()} fine-tune" if kind and kind != "unknown" else "fine-tune"
+    what = f"{kind.upper()} fine-tune" if kind and kind not in ("unknown", "reward") else \
+        "reward model" if kind == "reward" else "fine-tune"
+    article = "an" if what[0] in "AEFHILMNORSX" else "a"  # an SFT, an ORPO; a DPO, a KTO
     base = ctx.get("base_display")
     of = f" of {_hub_link(base)}" if base else ""
-    lines = [f"# {ctx['repo_id']}", "", f"The {spec['title']} of a {what}{of}."]
+    lines = [f"# {ctx['repo_id']}", "", f"The {spec['title']} of {article} {what}{of}."]
     relation = {"adapter": "Load it on top of the base model (PEFT).",
                 "finetune": "The LoRA adapter is merged into the base weights: it loads like any model.",
                 "quantized": "Quantized from the merged model" + (f" {_hub_link(ctx['base_model'])}"
@@ -213,8 +215,8 @@ def _training(ctx: dict) -> str:
         if targets:
             desc += f" on {', '.join(targets) if isinstance(targets, list) else targets}"
         rows.append(("Adapter", desc))
-    if ctx.get("checkpoint_reason"):
-        rows.append(("Checkpoint", ctx["checkpoint_reason"]))
+    if ctx.get("checkpoint_reason"):  # merge-tool's reason, less its command-line hint
+        rows.append(("Checkpoint", re.sub(r";? ?pick one with --checkpoint N", "", ctx["checkpoint_reason"])))
     steps = summary.get("global_step")
     if steps is not None:
         rows.append(("Steps", f"{steps}" + (f" of {summary['max_steps']}" if summary.get("max_steps") else "")))

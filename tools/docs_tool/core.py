@@ -294,8 +294,9 @@ def _local_readme(name: str, upload: dict, sets: dict, folders: dict, lic: dict 
     lines += ["", "The model card of each set is `<set>/README.md` here; it is uploaded as the repository's README.", ""]
     how = {"peft": "PEFT: `AutoPeftModelForCausalLM.from_pretrained(\"{f}\")`",
            "transformers": "transformers: `AutoModelForCausalLM.from_pretrained(\"{f}\")`",
-           "gguf": "llama.cpp: `llama-cli -m {f}/<file>.gguf`; Ollama: `ollama create {n} -f gguf/Modelfile` "
-                   "(FROM names the GGUF file: run it beside the file, or edit the path)"}
+           "gguf": "llama.cpp: `llama-cli -m {f}/<file>.gguf`; Ollama: `gguf/Modelfile` names the GGUF as `FROM "
+                   "./<file>`, which Ollama resolves beside the Modelfile: copy it into `{f}/`, then "
+                   "`ollama create {n} -f {f}/Modelfile` (the local publish target lays them out together)"}
     lines += ["## Use the files here", ""]
     for s, st in upload["sets"].items():
         lines.append(f"- {st['title']}: " + how.get(st["library"], "see its card").format(f=folders[s].name, n=name.lower()))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from upload_common.errors import InvalidInput, UploadError
 
-from .retry import status_of, with_retries
+from .retry import causes, status_of, with_retries
 
 
 class HubError(UploadError, PermissionError):
@@ -31,11 +31,15 @@ def git_blob_sha1(path: Path) -> str:
 def _explain(exc, repo_id: str, what: str) -> UploadError | None:
     """A known HTTP failure as a one-line error that says what to do; None for anything else."""
     code = status_of(exc)
-    url = str(getattr(getattr(getattr(exc, "response", None), "request", None), "url", ""))
-    server = " ".join(str(getattr(exc, "server_message", "") or "").split())[:300]
-    if code in (400, 422) and "validate-yaml" in url:
-        return InvalidInput(f"the Hub rejected the model card of {repo_id}: {server or 'invalid metadata'}: fix the "
-                            "card's metadata (docs-tool options --license, --base-model, --language) and rerun",
+    http = next((e for e in causes(exc) if getattr(e, "response", None) is not None), exc)
+    url = str(getattr(getattr(http.response, "request", None), "url", "")) if http is not exc or \
+        getattr(exc, "response", None) is not None else ""
+    server = " ".join(str(getattr(http, "server_message", "") or "").split())[:300]
+    if "validate-yaml" in url or (isinstance(exc, ValueError) and "Invalid metadata in README.md" in str(exc)):
+        # the client turns the Hub's verdict into ValueError("Invalid metadata in README.md.\n- <why>")
+        why = " ".join(str(exc).split("\n", 1)[-1].split()).lstrip("- ") if isinstance(exc, ValueError) else server
+        return InvalidInput(f"the Hub rejected the model card of {repo_id}: {why or server or 'invalid metadata'}: fix "
+                            "the card's metadata (docs-tool options --license, --base-model, --language) and rerun",
                             repo_id=repo_id, status=code)
     messages = {
         401: "the Hub refused the token (401): set HF_TOKEN to a valid token, or log in with `hf auth login`",

@@ -9,21 +9,39 @@ import time
 from upload_common.errors import RetryableError
 
 
+def causes(exc: BaseException):
+    """The exception and what it was raised from (huggingface_hub wraps a failed LFS upload in a
+    RuntimeError whose cause is the HTTP or connection error)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
 def status_of(exc) -> int | None:
-    response = getattr(exc, "response", None)
-    return getattr(response, "status_code", None) if response is not None else getattr(exc, "status_code", None)
+    for e in causes(exc):
+        response = getattr(e, "response", None)
+        code = getattr(response, "status_code", None) if response is not None else getattr(e, "status_code", None)
+        if isinstance(code, int):
+            return code
+    return None
 
 
-def is_retryable(exc: BaseException) -> bool:
-    code = status_of(exc)
-    if code is not None:
-        return code >= 500 or code == 429
+def _transport_error(exc: BaseException) -> bool:
     if isinstance(exc, (ConnectionError, TimeoutError)):
         return True
     # httpx / httpx2 transport errors: connection refused or dropped, read/write timeouts
     names = {cls.__name__ for cls in type(exc).__mro__}
     modules = {cls.__module__.split(".")[0] for cls in type(exc).__mro__}
     return bool({"TransportError", "TimeoutException"} & names and {"httpx", "httpx2", "httpcore"} & modules)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    code = status_of(exc)
+    if code is not None:
+        return code >= 500 or code in (408, 429)
+    return any(_transport_error(e) for e in causes(exc))
 
 
 def with_retries(what: str, fn, *, attempts: int = 5, wait: float = 2.0, log=lambda m: None):

@@ -30,8 +30,8 @@ def push_model(entry: dict, local: dict[str, Path], modelfile: Path, *, name: st
     fields = parse_modelfile(modelfile.read_text(encoding="utf-8"))
     filename = info["file"]
     model = name or info["ollama_name"]
-    host = os.environ.get("OLLAMA_HOST") or "127.0.0.1:11434"
-    client = ollama.Client(host=host)
+    client = ollama.Client(host=os.environ.get("OLLAMA_HOST") or None)  # None: the client's default
+    host = str(client._client.base_url).rstrip("/")
     expected = next(f["sha256"] for f in entry["files"] if f["path_in_repo"] == filename)
 
     def call(what, fn):
@@ -42,10 +42,16 @@ def push_model(entry: dict, local: dict[str, Path], modelfile: Path, *, name: st
         except ollama.ResponseError as exc:
             raise OllamaError(f"{what}: Ollama at {host} answered {exc.status_code}: {exc.error}", status=exc.status_code) from None
 
-    log(f"Ollama {host}: uploading {filename}")
-    digest = call("uploading the GGUF to Ollama", lambda: client.create_blob(local[filename]))
-    if digest != f"sha256:{expected}":
-        raise InvalidInput(f"{local[filename]} changed since gguf-tool wrote it (digest {digest}): rerun gguf-tool")
+    digest = f"sha256:{expected}"
+    # the client always sends the whole blob; ask first, as Ollama's own CLI does
+    stored = call("asking Ollama for the GGUF", lambda: client._client.head(f"/api/blobs/{digest}").status_code == 200)
+    if stored:
+        log(f"Ollama {host}: {filename} already stored")
+    else:
+        log(f"Ollama {host}: uploading {filename}")
+        sent = call("uploading the GGUF to Ollama", lambda: client.create_blob(local[filename]))
+        if sent != digest:
+            raise InvalidInput(f"{local[filename]} changed since gguf-tool wrote it (digest {sent}): rerun gguf-tool")
     create = {k: v for k, v in (("template", fields.get("template")), ("system", fields.get("system")),
                                 ("license", fields.get("license")), ("parameters", fields.get("parameters") or None))
               if v}
@@ -60,4 +66,5 @@ def push_model(entry: dict, local: dict[str, Path], modelfile: Path, *, name: st
     if fields.get("template") and (shown.template or "") != fields["template"]:
         raise OllamaError(f"Ollama holds another template for {model} than the Modelfile's: rerun the push")
     return {"model": model, "host": host, "digest": digest, "file": filename, "pushed": pushed,
+            "sent": [] if stored else [filename], "unchanged": [filename] if stored else [],
             "fields": sorted(create), "verified": 1}
