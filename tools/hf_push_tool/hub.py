@@ -7,6 +7,9 @@ never taken from the command line and never logged."""
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
+from concurrent.futures import Future
 from pathlib import Path
 
 from upload_common.errors import InvalidInput, UploadError
@@ -85,23 +88,59 @@ def check_token(api, log) -> dict:
     return {"user": info.get("name"), "orgs": [o.get("name") for o in info.get("orgs") or []]}
 
 
+def _in_background(fn, items: list) -> list[Future]:
+    """``fn`` over ``items`` on daemon threads (one per core): a failure elsewhere can stop the step at
+    once, where a pool would wait for a multi-GB file to finish hashing before the process exits."""
+    futures = [Future() for _ in items]
+    todo = iter(list(zip(futures, items)))
+    lock = threading.Lock()
+
+    def worker():
+        while True:
+            with lock:
+                nxt = next(todo, None)
+            if nxt is None:
+                return
+            fut, item = nxt
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(fn(item))
+                except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+                    fut.set_exception(exc)
+
+    for _ in range(max(1, min(len(items), os.cpu_count() or 1))):
+        threading.Thread(target=worker, daemon=True).start()
+    return futures
+
+
 def push_set(api, entry: dict, local: dict[str, Path], *, private: bool, retry: dict, log) -> dict:
-    """One artifact set → one repo, one commit; returns what was done, verified."""
+    """One artifact set → one repo, one commit; returns what was done, verified. The files are hashed
+    (in parallel) while the repo is created."""
     from huggingface_hub import CommitOperationAdd
 
     repo_id = entry["repo_id"]
     if "/" not in repo_id:
         raise InvalidInput(f"repo {repo_id!r} has no namespace: run docs-tool with --namespace USER_OR_ORG")
-    _call(f"creating {repo_id}", repo_id,
-          lambda: api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True), retry)
-    log(f"{repo_id}: hashing {len(entry['files'])} files")
-    ops = []
-    for f in entry["files"]:
+
+    def operation(f: dict):
         op = CommitOperationAdd(path_in_repo=f["path_in_repo"], path_or_fileobj=str(local[f["path_in_repo"]]))
+        op.upload_info.sha256  # the client hashes lazily and keeps it; hashlib releases the GIL: files hash in parallel
+        return op
+
+    log(f"{repo_id}: hashing {len(entry['files'])} files")
+    hashing = _in_background(operation, entry["files"])
+    try:
+        _call(f"creating {repo_id}", repo_id,
+              lambda: api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True), retry)
+    except BaseException:
+        for fut in hashing:
+            fut.cancel()
+        raise
+    ops = [fut.result() for fut in hashing]
+    for op, f in zip(ops, entry["files"]):
         if op.upload_info.sha256.hex() != f["sha256"] or op.upload_info.size != f["size"]:
             raise InvalidInput(f"{local[f['path_in_repo']]} changed since its step wrote it (sha256 differs from "
                                "the manifest): rerun that step; nothing was sent", path=str(local[f["path_in_repo"]]))
-        ops.append(op)
     message = f"Upload {entry['title']} with upload-driver"
     log(f"{repo_id}: committing")
     info = _call(f"pushing {repo_id}", repo_id,
