@@ -55,13 +55,20 @@ def test_debug_variable_shows_traceback(tmp_path):
 
 
 def test_demo_runs_the_sample_job(tmp_path):
-    """The README's first command: sample made on the fly, steps run as local processes."""
+    """The README's first command: sample made on the fly, every step run as a local process, published
+    to a local folder laid out as the Hub would be."""
     work = tmp_path / "demo"
     result = CliRunner().invoke(driver_main, ["demo", "--work", str(work), "--json"])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
-    assert [r["step"] for r in rows] == ["lora", "merged_16bit"]
-    merged = work / "artifacts" / "merged_16bit"
+    assert [r["step"] for r in rows] == ["lora", "merged_16bit", "gguf", "docs", "publish"]
+    site = work / "published" / "sample-user"
+    assert sorted(p.name for p in site.iterdir()) == ["sample-chat", "sample-chat-GGUF", "sample-chat-lora"]
+    gguf = json.loads((work / "artifacts" / "gguf" / "manifest.json").read_text())
+    assert gguf["files"]["Q8_0"]["validation"]["top1_agreement"] >= 0.97  # a trained sample: checks mean something
+    assert "license: apache-2.0" in (site / "sample-chat" / "README.md").read_text()
+    assert (site / "sample-chat-GGUF" / "Modelfile").is_file()
+    merged = site / "sample-chat"
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(merged)
@@ -69,6 +76,8 @@ def test_demo_runs_the_sample_job(tmp_path):
     ids = tok.apply_chat_template([{"role": "user", "content": "hello"}], add_generation_prompt=True,
                                   return_tensors="pt", return_dict=True)["input_ids"]
     assert model.generate(ids, max_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3
-    # a second run reuses the sample and replaces the artifacts
-    result = CliRunner().invoke(driver_main, ["demo", "--work", str(work)])
-    assert result.exit_code == 0 and "merged_16bit" in result.stdout
+    # a second run reuses the sample, replaces the artifacts and sends nothing new to the publish folder
+    result = CliRunner().invoke(driver_main, ["demo", "--work", str(work), "--json"])
+    assert result.exit_code == 0, result.output
+    published = json.loads((work / "artifacts" / "publish" / "manifest.json").read_text())["published"]
+    assert all(rec["sent"] == [] for target in published.values() for rec in target.values())

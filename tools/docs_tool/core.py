@@ -128,6 +128,9 @@ def _modelfile(folder: Path, gguf_dir: Path, filename: str, system: str | None, 
     tpl = ollama_template(chat["chat_template"], bos_token=chat["bos"], eos_token=chat["eos"],
                           special_tokens=chat["special"])
     warnings.extend(f"Modelfile: {w}" for w in tpl["warnings"])
+    if system and tpl["template"] and not tpl["system_supported"]:
+        warnings.append("Modelfile: the chat template has no system role: Ollama will not show the --system prompt "
+                        "to the model")
     license_text = None
     if lic:
         license_text = lic.get("license_name") or lic["license"]

@@ -99,6 +99,10 @@ def run(docs, artifacts, out, *, targets=("hf",), only=(), private: bool = False
     plan = describe_plan(upload, parsed)
     if any(t["kind"] == "ollama" for t in parsed) and not any(r["target"].startswith("ollama") for r in plan):
         raise InvalidInput("ollama target: no set with a Modelfile (pass the gguf-tool output and its docs)")
+    for r in plan:
+        if r["target"].startswith("ollama") and ollama_push and "/" not in r["destination"].split(":")[0]:
+            raise UsageError(f"--ollama-push needs a model name with a namespace (a registry account), not "
+                             f"{r['destination']!r}: use --to ollama:USER/NAME")
     if dry_run:
         return {"dry_run": True, "plan": plan}
     if out is None:

@@ -102,9 +102,11 @@ LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
 
 
 def make_lora_adapter(base_dir: Path, folder: Path, *, r: int = 8, alpha: int = 16,
-                      targets=tuple(LLAMA_TARGETS), seed: int = 0, base_name: str | None = None) -> Path:
+                      targets=tuple(LLAMA_TARGETS), seed: int = 0, base_name: str | None = None,
+                      scale: float = 0.1) -> Path:
     """An adapter with peft's file layout and tensor names for every ``targets`` linear layer of
-    ``base_dir``, with random non-zero A and B (a freshly initialised adapter has B = 0)."""
+    ``base_dir``, with random non-zero A and B of std ``scale`` (a freshly initialised adapter has
+    B = 0); a small scale keeps a trained base's behaviour, a large one makes merges matter."""
     import torch
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -120,8 +122,8 @@ def make_lora_adapter(base_dir: Path, folder: Path, *, r: int = 8, alpha: int = 
         with safe_open(file, "pt") as f:
             out_f, in_f = f.get_slice(name).get_shape()
         module = ".".join(parts[:-1])
-        tensors[f"base_model.model.{module}.lora_A.weight"] = torch.randn(r, in_f, generator=gen) * 0.1
-        tensors[f"base_model.model.{module}.lora_B.weight"] = torch.randn(out_f, r, generator=gen) * 0.1
+        tensors[f"base_model.model.{module}.lora_A.weight"] = torch.randn(r, in_f, generator=gen) * scale
+        tensors[f"base_model.model.{module}.lora_B.weight"] = torch.randn(out_f, r, generator=gen) * scale
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_file(tensors, folder / "adapter_model.safetensors", metadata={"format": "pt"})
@@ -151,19 +153,21 @@ def _log_history(kind: str, steps: list[int]) -> list[dict]:
 
 
 def make_trainer_output(folder: Path, base_dir: Path, *, kind: str = "sft", steps=(10, 20, 30),
-                        tokenizer_dir: Path | None = None, base_name: str | None = None) -> Path:
+                        tokenizer_dir: Path | None = None, base_name: str | None = None,
+                        lora_scale: float = 0.1) -> Path:
     """A folder shaped like an Unsloth/TRL run: the final adapter and tokenizer at the root,
     ``checkpoint-N/`` folders, ``trainer_state.json``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tok_src = Path(tokenizer_dir) if tokenizer_dir else None
     for i, step in enumerate(steps):
-        ck = make_lora_adapter(base_dir, folder / f"checkpoint-{step}", seed=100 + i, base_name=base_name)
+        ck = make_lora_adapter(base_dir, folder / f"checkpoint-{step}", seed=100 + i, base_name=base_name,
+                               scale=lora_scale)
         state = {"global_step": step, "max_steps": steps[-1], "epoch": step / steps[-1],
                  "num_train_epochs": 1, "train_batch_size": 2, "best_metric": None,
                  "best_model_checkpoint": None, "log_history": _log_history(kind, list(steps[: i + 1]))}
         (ck / "trainer_state.json").write_text(json.dumps(state, indent=2))
-    make_lora_adapter(base_dir, folder, seed=7, base_name=base_name)
+    make_lora_adapter(base_dir, folder, seed=7, base_name=base_name, scale=lora_scale)
     final_state = json.loads((folder / f"checkpoint-{steps[-1]}" / "trainer_state.json").read_text())
     final_state["log_history"] = _log_history(kind, list(steps))
     (folder / "trainer_state.json").write_text(json.dumps(final_state, indent=2))
