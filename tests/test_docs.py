@@ -194,3 +194,19 @@ def test_cli_prints_one_line_per_set(run_artifacts, tmp_path):
     assert result.stdout.split()[:2] == ["merged_16bit", "carol/sft_output_rtx3090"]
     meta, _ = card_of(tmp_path / "d", "merged_16bit")
     assert meta["base_model"] == "carol/base"
+
+
+def test_licence_from_the_base_config(llama_base, sft_output, tmp_path):
+    """A base whose card says nothing (here: no card) but whose config names the licence."""
+    import shutil
+
+    from merge_tool.core import run as merge_run
+
+    base = tmp_path / "base"
+    shutil.copytree(llama_base, base)
+    cfg = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps({**cfg, "license": "mit"}))
+    merge_run(sft_output, tmp_path / "merged", base=str(base), method="merged_16bit")
+    run([tmp_path / "merged"], tmp_path / "docs", namespace="dan")
+    meta, _ = card_of(tmp_path / "docs", "merged_16bit")
+    assert meta["license"] == "mit"

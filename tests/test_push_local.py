@@ -127,3 +127,34 @@ def test_missing_inputs(run_docs, run_artifacts, tmp_path):
     assert result.exit_code == 2 and "holds lora" in result.output
     result = CliRunner().invoke(push_main, ["--docs", str(run_docs), *artifact_args(run_artifacts)])
     assert result.exit_code == 2 and "--out is required" in result.output
+
+
+def test_files_over_the_hub_limit_are_refused_before_anything(run_docs, run_artifacts, tmp_path):
+    """A 50 GB + 1 byte file (sparse: it costs no disk) is refused by hf-push-tool before it sends, and by
+    docs-tool before it writes a card for it."""
+    from docs_tool.core import run as docs_run
+    from upload_common.errors import InvalidInput
+
+    gguf, docs = tmp_path / "gguf", tmp_path / "docs"
+    shutil.copytree(run_artifacts["gguf"], gguf)
+    shutil.copytree(run_docs, docs)
+    huge = 50 * 10**9 + 1
+    with open(gguf / "Tiny-Chat-Q8_0.gguf", "r+b") as f:
+        f.truncate(huge)
+    upload = json.loads((docs / "upload_manifest.json").read_text())
+    for f in upload["sets"]["gguf"]["files"]:
+        if f["path_in_repo"] == "Tiny-Chat-Q8_0.gguf":
+            f["size"] = huge
+    (docs / "upload_manifest.json").write_text(json.dumps(upload))
+    result = CliRunner().invoke(push_main, ["--docs", str(docs), "--artifact", str(gguf), "--set", "gguf", "--to",
+                                            f"local:{tmp_path / 'site'}", "--out", str(tmp_path / "push")])
+    assert result.exit_code == 1 and "50 GB per-file limit" in result.output and "--split-max-size" in result.output
+    assert not (tmp_path / "site").exists()
+    manifest = json.loads((gguf / "manifest.json").read_text())
+    for o in manifest["outputs"]:
+        if o["path"] == "Tiny-Chat-Q8_0.gguf":
+            o["size"] = huge
+    (gguf / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InvalidInput, match="50 GB per-file limit"):
+        docs_run([gguf], tmp_path / "docs2")
+    assert not (tmp_path / "docs2").exists()

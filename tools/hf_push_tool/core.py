@@ -13,11 +13,10 @@ from pathlib import Path
 
 from upload_common.contract import (MANIFEST, atomic_output, describe_input, finish_manifest, library_versions,
                                     new_manifest, read_json_object, sha256_file)
+from docs_tool.core import HUB_FILE_LIMIT, UPLOAD_MANIFEST, UPLOAD_SCHEMA
 from upload_common.errors import InputNotFound, InvalidInput, UsageError
 
 TOOL = "hf-push-tool"
-UPLOAD_MANIFEST = "upload_manifest.json"
-HUB_FILE_LIMIT = 50 * 10**9
 
 
 def parse_target(text: str) -> dict:
@@ -38,7 +37,7 @@ def load_plan(docs, artifacts, only=()) -> tuple[dict, dict]:
     docs = Path(docs).absolute()
     upload = read_json_object(docs / UPLOAD_MANIFEST, "upload manifest",
                               "pass the output folder of docs-tool with --docs")
-    if upload.get("schema") != "upload-driver/upload-manifest":
+    if upload.get("schema") != UPLOAD_SCHEMA:
         raise InvalidInput(f"{docs / UPLOAD_MANIFEST} is not an upload-driver upload manifest", path=str(docs))
     by_hash = {}
     for folder in artifacts:

@@ -78,7 +78,10 @@ def run(adapter_path, out, *, base: str | None = None, method: str = "merged_16b
         if resolved:
             manifest["decisions"]["base"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in resolved.items()
                                              if k != "config"}
-            manifest["decisions"]["base"]["card"] = front_matter(resolved["path"], BASE_KEYS)
+            card = front_matter(resolved["path"], BASE_KEYS)
+            if "license" not in card and isinstance(resolved["config"].get("license"), str):
+                card["license"] = resolved["config"]["license"]  # some configs name it where the card does not
+            manifest["decisions"]["base"]["card"] = card
         manifest["decisions"]["disk"] = check_free_space(out, plan["estimated_bytes"])
         manifest["warnings"] = plan["warnings"]
         manifest["training"] = {"trainer": found["trainer"], "summary": found["training"],
