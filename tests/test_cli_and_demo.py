@@ -58,11 +58,11 @@ def test_demo_runs_the_sample_job(tmp_path):
     """The README's first command: sample made on the fly, every step run as a local process, published
     to a local folder laid out as the Hub would be."""
     work = tmp_path / "demo"
-    result = CliRunner().invoke(driver_main, ["demo", "--work", str(work), "--json"])
+    result = CliRunner().invoke(driver_main, ["demo", "--work", str(work), "--json", "--runtime", "local"])
     assert result.exit_code == 0, result.output
-    rows = json.loads(result.stdout)
-    assert [r["step"] for r in rows] == ["lora", "merged_16bit", "gguf", "docs", "publish"]
-    site = work / "published" / "sample-user"
+    rows = json.loads(result.stdout)["steps"]
+    assert [r["step"] for r in rows] == ["lora", "merged_16bit", "gguf", "docs", "publish-local"]
+    site = work / "published"
     assert sorted(p.name for p in site.iterdir()) == ["sample-chat", "sample-chat-GGUF", "sample-chat-lora"]
     gguf = json.loads((work / "artifacts" / "gguf" / "manifest.json").read_text())
     assert gguf["files"]["Q8_0"]["validation"]["top1_agreement"] >= 0.97  # a trained sample: checks mean something
@@ -77,7 +77,7 @@ def test_demo_runs_the_sample_job(tmp_path):
                                   return_tensors="pt", return_dict=True)["input_ids"]
     assert model.generate(ids, max_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3
     # a second run reuses the sample, replaces the artifacts and sends nothing new to the publish folder
-    result = CliRunner().invoke(driver_main, ["demo", "--work", str(work), "--json"])
+    result = CliRunner().invoke(driver_main, ["demo", "--work", str(work), "--json", "--runtime", "local"])
     assert result.exit_code == 0, result.output
     published = json.loads((work / "artifacts" / "publish" / "manifest.json").read_text())["published"]
     assert all(rec["sent"] == [] for target in published.values() for rec in target.values())

@@ -1,6 +1,9 @@
-"""upload-driver's command line."""
+"""upload-driver's command line: run, doctor, demo."""
 
 from __future__ import annotations
+
+import json
+import sys
 
 import click
 
@@ -13,20 +16,98 @@ def main():
 
 
 @main.command()
-@click.option("--work", type=click.Path(), default="demo-output", show_default=True,
-              help="Folder for the sample run and its artifacts.")
+@click.argument("trainer_output", required=False)
+@click.option("--work", default=None, help="Working folder (default: <trainer output>-upload beside it).")
+@click.option("--formats", default=None, help="Comma-separated: lora, merged_16bit, gguf, or a registered format.")
+@click.option("--quant", "quants", multiple=True, help="GGUF type (repeatable; default Q4_K_M and Q8_0).")
+@click.option("--push", multiple=True, metavar="TARGET", help="hf:ORG/NAME, ollama[:NAME] or local:DIR (repeatable).")
+@click.option("--name", default=None, help="Model name (default: from hf:ORG/NAME, else the run folder's name).")
+@click.option("--runtime", type=click.Choice(["auto", "docker", "local"]), default=None,
+              help="Containers, local processes, or Docker when its engine and images are there (default auto).")
+@click.option("--gpus", type=click.Choice(["auto", "all", "none"]), default=None, help="GPU use (default auto).")
+@click.option("--config", type=click.Path(), default=None, help="TOML file with these settings (options override it).")
+@click.option("--dry-run", is_flag=True, help="Print the plan, the exact commands or containers and the disk use.")
+@click.option("--force", multiple=True, metavar="STEP", help="Redo this step even when up to date (repeatable; all).")
 @json_option
 @report_errors
-def demo(work, as_json):
+def run(trainer_output, work, formats, quants, push, name, runtime, gpus, config, dry_run, force, as_json):
+    """Plan and run every step on TRAINER_OUTPUT, in containers or as local processes.
+
+    \b
+    upload-driver run ./sft_output_rtx3090 --push hf:my-org/my-model --quant Q4_K_M
+    upload-driver run --config upload.toml --dry-run
+    """
+    from .config import request
+    from .run import execute
+
+    req = request(trainer_output, config=config, work=work, formats=formats, quants=quants, push=push, name=name,
+                  runtime=runtime, gpus=gpus)
+    result = execute(req, dry_run=dry_run, force=force)
+    if as_json:
+        emit(result, True)
+    elif dry_run:
+        _print_plan(result)
+    else:
+        _print_summary(result)
+
+
+def _print_plan(result: dict) -> None:
+    for r in result["steps"]:
+        size = f"~{r['expected_bytes'] / 1e9:.2f} GB" if r["expected_bytes"] else "size unknown"
+        click.echo(f"{r['step']:<16} {r['status']:<11} {size:>14}  {r['output']}")
+        click.echo(f"    {r['command']}")
+    click.echo(f"expected disk use: ~{result['expected_bytes'] / 1e9:.2f} GB (free: {result['free_bytes'] / 1e9:.1f} GB)")
+
+
+def _print_summary(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"upload-driver: {result['runtime']}, {result['seconds']:.1f} s")
+    for col in ("step", "output", "size", "time", "check", "published"):
+        table.add_column(col)
+    for r in result["steps"]:
+        took = "skipped" if r["skipped"] else f"{r['seconds']:.1f} s"
+        table.add_row(r["step"], r["output"], f"{r['bytes'] / 1e6:.1f} MB", took, r["figures"], r["published"])
+    Console(file=sys.stdout, width=200).print(table)
+
+
+@main.command()
+@click.option("--work", default=".", help="Where artifacts would be written (for the disk check).")
+@json_option
+@report_errors
+def doctor(work, as_json):
+    """Check Docker, the GPU runtime, the images, llama.cpp, disk and the token, with what to do."""
+    from .doctor import checks
+
+    found = checks(work)
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+    else:
+        mark = {"ok": "ok  ", "warning": "warn", "problem": "FAIL"}
+        for f in found:
+            click.echo(f"[{mark[f['status']]}] {f['check']}: {f['detail']}")
+            if f["remedy"]:
+                click.echo(f"       -> {f['remedy']}")
+    if any(f["status"] == "problem" for f in found):
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--work", type=click.Path(), default="demo-output", show_default=True,
+              help="Folder for the sample run and its artifacts.")
+@click.option("--runtime", type=click.Choice(["auto", "docker", "local"]), default="auto", show_default=True)
+@json_option
+@report_errors
+def demo(work, runtime, as_json):
     """Run the pipeline on a small sample trainer output made on the fly (no token, GPU or Docker)."""
     from .demo import run_demo
 
-    rows = run_demo(work)
+    result = run_demo(work, runtime=runtime)
     if as_json:
-        emit(rows, True)
-        return
-    for r in rows:
-        click.echo(f"{r['step']:<14} {r['bytes'] / 1e6:8.2f} MB  {r['files']:>2} files  {r['seconds']:5.1f} s  {r['path']}")
+        emit(result, True)
+    else:
+        _print_summary(result)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,33 +8,12 @@ container engine is there, and the publish target is a folder."""
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 from upload_common.cli import log
-from upload_common.contract import read_manifest
-from upload_common.errors import UploadError
 
 NAME = "sample-chat"
 SAMPLE_CARD = "---\nlicense: apache-2.0\nlanguage:\n- en\n---\n\n# Sample base model\n\nRandom weights, briefly trained.\n"
-
-
-def steps(trainer_output: Path, art: Path, site: Path) -> list[tuple[str, str, list[str]]]:
-    """(output folder, tool module, arguments) of each step, every path explicit."""
-    adapter = ["--adapter", str(trainer_output)]
-    return [
-        ("lora", "merge_tool.cli", [*adapter, "--out", str(art / "lora"), "--method", "lora"]),
-        ("merged_16bit", "merge_tool.cli", [*adapter, "--out", str(art / "merged_16bit"), "--method", "merged_16bit"]),
-        ("gguf", "gguf_tool.cli", ["--model", str(art / "merged_16bit"), "--out", str(art / "gguf"), "--quant", "Q4_K_M",
-                                   "--quant", "Q8_0", "--name", NAME]),
-        ("docs", "docs_tool.cli", [*[a for k in ("lora", "merged_16bit", "gguf") for a in ("--artifact", str(art / k))],
-                                   "--out", str(art / "docs"), "--name", NAME, "--namespace", "sample-user"]),
-        ("publish", "hf_push_tool.cli", ["--docs", str(art / "docs"),
-                                         *[a for k in ("lora", "merged_16bit", "gguf") for a in ("--artifact", str(art / k))],
-                                         "--out", str(art / "publish"), "--to", f"local:{site}"]),
-    ]
 
 
 def make_sample(folder: Path) -> Path:
@@ -58,28 +37,14 @@ def make_sample(folder: Path) -> Path:
     return folder / "sft_output"
 
 
-def run_step(module: str, args: list[str]) -> float:
-    t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", module, *args], stdout=subprocess.DEVNULL)
-    if proc.returncode:
-        raise UploadError(f"step {module.split('.')[0]} failed with exit code {proc.returncode}: see its message above")
-    return time.monotonic() - t0
+def run_demo(work: Path, runtime: str = "auto") -> dict:
+    """The sample made (once), then ``upload-driver run`` on it, publishing to ``WORK/published``."""
+    from .config import request
+    from .run import execute
 
-
-def run_demo(work: Path) -> list[dict]:
     work = Path(work).absolute()
     log(f"making the sample trainer output in {work / 'sample'}")
     trainer_output = make_sample(work / "sample")
-    art, site = work / "artifacts", work / "published"
-    rows = []
-    for name, module, args in steps(trainer_output, art, site):
-        out = art / name
-        log(f"step {name}: {module.split('.')[0].replace('_', '-')} (local process)")
-        seconds = run_step(module, [*args, "--overwrite"])
-        manifest = read_manifest(out)
-        rows.append({"step": name, "path": str(out), "files": len(manifest["outputs"]),
-                     "bytes": sum(o["size"] for o in manifest["outputs"]), "seconds": round(seconds, 1)})
-    rows[-1]["path"] = str(site)
-    rows[-1]["files"] = sum(1 for p in site.rglob("*") if p.is_file() and not p.name.startswith("."))
-    rows[-1]["bytes"] = sum(p.stat().st_size for p in site.rglob("*") if p.is_file() and not p.name.startswith("."))
-    return rows
+    req = request(trainer_output, work=str(work), name=NAME, quants=("Q4_K_M", "Q8_0"), runtime=runtime,
+                  push=(f"local:{work / 'published'}",))
+    return execute(req)

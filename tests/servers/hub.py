@@ -42,15 +42,13 @@ import json
 import os
 import re
 import secrets
-import socket
-import struct
 import tempfile
-import threading
 import time
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote
+
+from .http import CHUNK, HttpError, LocalServer, RequestHandler
 
 __all__ = ["HubServer", "git_blob_sha1", "LFS_EXTENSIONS"]
 
@@ -62,7 +60,6 @@ LFS_EXTENSIONS = (
 )
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _WRITE_ROLES = ("write", "admin")
-_CHUNK = 1 << 20
 
 
 def git_blob_sha1(content: bytes) -> str:
@@ -78,17 +75,15 @@ def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-class _HttpError(Exception):
+class _HttpError(HttpError):
+    """An error answer with the Hub's ``X-Error-Code`` (``code``), more ``headers`` and ``extra`` JSON fields."""
+
     def __init__(self, status: int, message: str, code: str | None = None, headers: dict | None = None,
                  extra: dict | None = None):
-        super().__init__(message)
-        self.status, self.message, self.code = status, message, code
+        super().__init__(status, message)
+        self.code = code
         self.headers = headers or {}
         self.extra = extra or {}
-
-
-class _Dropped(Exception):
-    """The connection was closed on purpose (fault action "drop")."""
 
 
 class _Repo:
@@ -104,8 +99,10 @@ class _Repo:
         self.lfs_oids: set[str] = set()                       # LFS objects uploaded to this repo
 
 
-class HubServer:
+class HubServer(LocalServer):
     """In-memory Hub on 127.0.0.1; see the module docstring for the surface it serves."""
+
+    thread_name = "hub-server"
 
     def __init__(self, storage_dir: str | os.PathLike, tokens: dict[str, dict] | None = None, *,
                  lfs_threshold: int = 1_000_000, lfs_extensions: tuple[str, ...] = LFS_EXTENSIONS,
@@ -114,61 +111,21 @@ class HubServer:
         Files of ``lfs_threshold`` bytes or more, with an extension in ``lfs_extensions`` or with a NUL byte in
         their first 512 bytes are answered ``uploadMode: "lfs"`` by preupload; others (and empty files) ``regular``.
         """
+        super().__init__(_Handler, port)
         self.storage_dir = Path(storage_dir)
         self.tokens = {k: {"user": v["user"], "orgs": list(v.get("orgs", [])), "role": v.get("role", "write")}
                        for k, v in (tokens or {}).items()}
         self.lfs_threshold = lfs_threshold
         self.lfs_extensions = tuple(e.lower() for e in lfs_extensions)
-        self._port = port
-        self._lock = threading.RLock()
         self._repos: dict[str, _Repo] = {}
-        self._faults: list[dict] = []
         self._pending_sizes: dict[tuple[str, str], int] = {}
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-        self._conns: set[socket.socket] = set()
         self.reset_stats()
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "HubServer":
         (self.storage_dir / "lfs").mkdir(parents=True, exist_ok=True)
         (self.storage_dir / "tmp").mkdir(parents=True, exist_ok=True)
-        server = ThreadingHTTPServer(("127.0.0.1", self._port), _Handler)
-        server.daemon_threads = True
-        server.hub = self  # type: ignore[attr-defined]
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="hub-server", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        with self._lock:
-            conns, self._conns = list(self._conns), set()
-        for conn in conns:  # keep-alive connections: their handler threads would wait for a next request
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> "HubServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("HubServer is not running")
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return super().start()
 
     def client_env(self, token: str | None = None) -> dict[str, str]:
         """Environment variables that point a ``huggingface_hub`` client process at this server."""
@@ -192,31 +149,8 @@ class HubServer:
         - ``"delay"``: sleep ``delay`` seconds, then handle the request normally.
 
         Returns the fault record; its ``"hits"`` counts the requests it caught."""
-        if action not in ("respond", "drop", "delay"):
-            raise ValueError(f"unknown fault action {action!r}")
-        fault = {"method": method.upper() if method else None, "path": re.compile(path), "status": status,
-                 "times": times, "body": body, "headers": dict(headers or {}), "action": action,
-                 "drop_after": drop_after, "delay": delay, "hits": 0}
-        with self._lock:
-            self._faults.append(fault)
-        return fault
-
-    def clear_faults(self) -> None:
-        with self._lock:
-            self._faults.clear()
-
-    def _take_fault(self, method: str, path: str) -> dict | None:
-        with self._lock:
-            for fault in self._faults:
-                if fault["times"] is not None and fault["times"] <= 0:
-                    continue
-                if fault["method"] not in (None, method) or not fault["path"].search(path):
-                    continue
-                if fault["times"] is not None:
-                    fault["times"] -= 1
-                fault["hits"] += 1
-                return fault
-        return None
+        return self._add_fault(method, path, times, action, ("respond", "drop", "delay"), status=status, body=body,
+                               headers=dict(headers or {}), drop_after=drop_after, delay=delay)
 
     # ------------------------------------------------------------------ inspection
     @property
@@ -724,156 +658,48 @@ def _check_path(path: str) -> str:
     return path
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(RequestHandler):
     server_version = "TestHub/1.0"
-    timeout = 60  # idle keep-alive connections end after this
+    label = "hub"
 
-    # --------------------------------------------------------------- plumbing
-    def setup(self) -> None:
-        super().setup()
-        with self.hub._lock:
-            self.hub._conns.add(self.connection)
+    def route(self) -> None:
+        segs = [s for s in self.url_parts.path.split("/") if s != ""]
+        self.owner.route(self, self.command, segs, parse_qs(self.url_parts.query, keep_blank_values=True))
 
-    def finish(self) -> None:
-        try:
-            super().finish()
-        except OSError:
-            pass
-        with self.hub._lock:
-            self.hub._conns.discard(self.connection)
+    def apply_fault(self, fault: dict) -> bool:
+        if fault["action"] == "delay":
+            time.sleep(fault["delay"])
+            return False
+        if fault["action"] == "drop":
+            n = fault["drop_after"]
+            if n is None:
+                length = self.content_length()
+                n = min((length if length is not None else 2 * 65536) // 2, 256 * 1024)
+            self.drop(after=n)
+        self.read_body()
+        body = fault["body"]
+        if body is None:
+            body = {"error": f"Injected fault: HTTP {fault['status']}"}
+        if isinstance(body, (dict, list)):
+            self.send_json(fault["status"], body, headers=fault["headers"])
+        else:
+            data = body.encode() if isinstance(body, str) else bytes(body)
+            self.send_bytes(fault["status"], data, {"Content-Type": "text/plain", **fault["headers"]})
+        return True
 
-    @property
-    def hub(self) -> HubServer:
-        return self.server.hub  # type: ignore[attr-defined]
+    def answer_error(self, e: _HttpError) -> None:
+        headers = dict(e.headers)
+        if e.code:
+            headers["X-Error-Code"] = e.code
+        headers["X-Error-Message"] = e.message
+        self.send_json(e.status, {"error": e.message, **e.extra}, headers=headers)
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - quiet
-        pass
-
-    def do_GET(self):
-        self._dispatch()
-
-    do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_GET
-
-    def _remaining(self) -> int | None:
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            return None
-        return int(self.headers.get("Content-Length") or 0)
-
-    def iter_body(self, limit: int | None = None):
-        """Yield the request body in chunks (Content-Length or chunked), at most ``limit`` bytes."""
-        if self._body_done:
-            return
-        length = self._remaining()
-        if length is not None:
-            left = length if limit is None else min(length, limit)
-            while left > 0:
-                chunk = self.rfile.read(min(_CHUNK, left))
-                if not chunk:
-                    break
-                left -= len(chunk)
-                self._body_bytes += len(chunk)
-                yield chunk
-            self._body_done = limit is None or limit >= length
-            return
-        got = 0
-        while True:  # chunked transfer coding
-            size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-            if size == 0:
-                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                    pass
-                break
-            chunk = self.rfile.read(size)
-            self.rfile.readline()
-            self._body_bytes += len(chunk)
-            got += len(chunk)
-            yield chunk
-            if limit is not None and got >= limit:
-                return
-        self._body_done = True
-
-    def read_body(self) -> bytes:
-        return b"".join(self.iter_body())
-
-    def _dispatch(self) -> None:
-        self._body_bytes, self._body_done, self._status = 0, False, None
-        split = urlsplit(self.path)
-        path = unquote(split.path)
-        record = {"method": self.command, "path": path, "query": split.query,
-                  "headers": {k: v for k, v in self.headers.items()}, "status": None, "bytes": 0}
-        try:
-            fault = self.hub._take_fault(self.command, path)
-            if fault is not None and fault["action"] == "delay":
-                time.sleep(fault["delay"])
-                fault = None
-            if fault is not None and fault["action"] == "drop":
-                length = self._remaining()
-                n = fault["drop_after"]
-                if n is None:
-                    n = min((length if length is not None else 2 * 65536) // 2, 256 * 1024)
-                for _ in self.iter_body(limit=n):
-                    pass
-                raise _Dropped()
-            if fault is not None:
-                self.read_body()
-                body = fault["body"]
-                if body is None:
-                    body = {"error": f"Injected fault: HTTP {fault['status']}"}
-                if isinstance(body, (dict, list)):
-                    self.send_json(fault["status"], body, headers=fault["headers"])
-                else:
-                    data = body.encode() if isinstance(body, str) else bytes(body)
-                    self.send_bytes(fault["status"], data, {"Content-Type": "text/plain", **fault["headers"]})
-                return
-            segs = [s for s in split.path.split("/") if s != ""]
-            self.hub.route(self, self.command, segs, parse_qs(split.query, keep_blank_values=True))
-        except _Dropped:
-            self.close_connection = True
-            try:  # SO_LINGER 0: close sends a RST, the client sees its connection reset mid-request
-                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                self.connection.close()
-            except OSError:
-                pass
-        except _HttpError as e:
-            if not self._body_done:
-                try:
-                    self.read_body()
-                except Exception:  # noqa: BLE001 - a broken body: answer and close
-                    self.close_connection = True
-            headers = dict(e.headers)
-            if e.code:
-                headers["X-Error-Code"] = e.code
-            headers["X-Error-Message"] = e.message
-            self.send_json(e.status, {"error": e.message, **e.extra}, headers=headers)
-        except (ConnectionError, TimeoutError, socket.timeout):
-            self.close_connection = True
-        except Exception as e:  # noqa: BLE001 - a bug here must show as a 500, not a hang
-            self.close_connection = True
-            try:
-                self.send_json(500, {"error": f"test hub internal error: {type(e).__name__}: {e}"})
-            except OSError:
-                pass
-        finally:
-            record["status"], record["bytes"] = self._status, self._body_bytes
-            self.hub._record(record)
+    def record(self, status: int | None) -> None:
+        self.owner._record({"method": self.command, "path": self.req_path, "query": self.url_parts.query,
+                            "headers": {k: v for k, v in self.headers.items()}, "status": status,
+                            "bytes": self._body_bytes})
 
     # --------------------------------------------------------------- responses
-    def send_bytes(self, status: int, data: bytes, headers: dict | None = None) -> None:
-        self._status = status
-        self.send_response(status)
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(data)))
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD" and data:
-            self.wfile.write(data)
-
-    def send_json(self, status: int, obj, headers: dict | None = None, content_type: str = "application/json") -> None:
-        self.send_bytes(status, json.dumps(obj).encode(),
-                        {"Content-Type": f"{content_type}; charset=utf-8", **(headers or {})})
-
     def send(self, response: tuple) -> None:
         kind, rest = response[0], response[1:]
         if kind == "json":
@@ -885,8 +711,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_content(*rest, head_only=self.command == "HEAD")
 
     def send_content(self, status: int, headers: dict, source, start: int, length: int, head_only: bool) -> None:
-        self._status = status
-        self.send_response(status)
+        self.begin_response(status)
         for k, v in headers.items():
             self.send_header(k, v)
         self.send_header("Content-Type", "application/octet-stream")
@@ -901,7 +726,7 @@ class _Handler(BaseHTTPRequestHandler):
             f.seek(start)
             left = length
             while left > 0:
-                chunk = f.read(min(_CHUNK, left))
+                chunk = f.read(min(CHUNK, left))
                 if not chunk:
                     break
                 self.wfile.write(chunk)

@@ -45,18 +45,16 @@ import hashlib
 import json
 import os
 import re
-import socket
 import struct
 import threading
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+
+from .http import HttpError as _HttpError, LocalServer, RequestHandler
 
 __all__ = ["OllamaServer", "VERSION"]
 
 VERSION = "0.12.6"
-_CHUNK = 1 << 20
 _DIGEST = re.compile(r"sha256[:-]([0-9a-fA-F]{64})")
 _PART = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}"
 _NAME = re.compile(rf"(?:[A-Za-z0-9.-]+(?::\d+)?/)?(?:{_PART}/)?{_PART}(?::{_PART})?")
@@ -85,6 +83,11 @@ def _now() -> str:
     return datetime.now(timezone.utc).astimezone().isoformat()
 
 
+def _model_name(req: dict):
+    """The model a request names (``model``, or the older ``name``)."""
+    return req.get("model") or req.get("name") or ""
+
+
 def _full_name(name: str) -> str:
     last = name.rsplit("/", 1)[-1]
     return name if ":" in last else f"{name}:latest"
@@ -103,22 +106,12 @@ class _Models(dict):
         return self[key] if key in self else default
 
 
-class _HttpError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status, self.message = status, message
-
-
 class _StreamError(Exception):
     """A failure inside a streamed operation: an ``{"error"}`` line (or, with stream false, ``status``)."""
 
     def __init__(self, message: str, status: int | None = None):
         super().__init__(message)
         self.message, self.status = message, status
-
-
-class _Dropped(Exception):
-    pass
 
 
 # ------------------------------------------------------------------------------------------------------- GGUF
@@ -172,22 +165,19 @@ def _read_gguf_kv(path: Path) -> dict:
 # ------------------------------------------------------------------------------------------------------- server
 
 
-class OllamaServer:
+class OllamaServer(LocalServer):
     """In-memory Ollama on 127.0.0.1; see the module docstring for the API it serves."""
 
+    thread_name = "ollama-server"
+
     def __init__(self, storage_dir: str | os.PathLike, *, port: int = 0, version: str = VERSION):
+        super().__init__(_Handler, port)
         self.storage_dir = Path(storage_dir)
         self.version = version
-        self._port = port
-        self._lock = threading.RLock()
         self._blobs: dict[str, int] = {}
         self._models = _Models()
         self._meta: dict[str, dict] = {}
         self._pushed: list[dict] = []
-        self._faults: list[dict] = []
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-        self._conns: set[socket.socket] = set()
         self.reset_stats()
 
     # ------------------------------------------------------------------ lifecycle
@@ -196,42 +186,7 @@ class OllamaServer:
         for p in (self.storage_dir / "blobs").glob("sha256-*"):  # a storage dir used before keeps its blobs
             if _DIGEST.fullmatch(p.name):
                 self._blobs["sha256:" + p.name[7:]] = p.stat().st_size
-        server = ThreadingHTTPServer(("127.0.0.1", self._port), _Handler)
-        server.daemon_threads = True
-        server.ollama = self  # type: ignore[attr-defined]
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="ollama-server", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        with self._lock:
-            conns, self._conns = list(self._conns), set()
-        for conn in conns:  # idle keep-alive connections
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> "OllamaServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("OllamaServer is not running")
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return super().start()
 
     @property
     def host(self) -> str:
@@ -282,30 +237,7 @@ class OllamaServer:
         ``{"error": ...}`` after reading their body; ``action="drop"`` closes the connection (a TCP reset) after
         reading the body, without an answer. ``times``: how many requests it hits (None: all). Returns the fault
         record; its ``"hits"`` counts the requests it caught."""
-        if action not in (None, "drop"):
-            raise ValueError(f"unknown fault action {action!r}")
-        fault = {"method": method.upper() if method else None, "path": re.compile(path_regex), "status": status,
-                 "times": times, "action": action, "hits": 0}
-        with self._lock:
-            self._faults.append(fault)
-        return fault
-
-    def clear_faults(self) -> None:
-        with self._lock:
-            self._faults.clear()
-
-    def _take_fault(self, method: str, path: str) -> dict | None:
-        with self._lock:
-            for fault in self._faults:
-                if fault["times"] is not None and fault["times"] <= 0:
-                    continue
-                if fault["method"] not in (None, method) or not fault["path"].search(path):
-                    continue
-                if fault["times"] is not None:
-                    fault["times"] -= 1
-                fault["hits"] += 1
-                return fault
-        return None
+        return self._add_fault(method, path_regex, times, action, (None, "drop"), status=status)
 
     # ------------------------------------------------------------------ routes
     def route(self, h: "_Handler", method: str, path: str) -> None:
@@ -375,7 +307,7 @@ class OllamaServer:
         unknown = sorted(set(req) - _CREATE_FIELDS)
         if unknown:
             raise _HttpError(400, f"unknown create fields: {', '.join(unknown)}")
-        name = req.get("model") or req.get("name") or ""
+        name = _model_name(req)
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise _HttpError(400, "invalid model name")
         files, adapters = req.get("files"), req.get("adapters")
@@ -492,13 +424,16 @@ class OllamaServer:
                                 "size": sum(lyr["size"] for lyr in layers)}
         yield {"status": "success"}
 
+    def _existing(self, name) -> str:
+        """The full name of the model ``name`` (call with the lock held); a 404 when there is none."""
+        if not isinstance(name, str) or name not in self._models:
+            raise _HttpError(404, f"model '{name}' not found")
+        return _full_name(name)
+
     def _show(self, h) -> None:
         req = h.read_json()
-        name = req.get("model") or req.get("name") or ""
         with self._lock:
-            if not isinstance(name, str) or name not in self._models:
-                raise _HttpError(404, f"model '{name}' not found")
-            full = _full_name(name)
+            full = self._existing(_model_name(req))
             meta = copy.deepcopy(self._meta[full])
         fields = meta["fields"]
         lic = fields.get("license")
@@ -548,7 +483,7 @@ class OllamaServer:
 
     def _push(self, h) -> None:
         req = h.read_json()
-        name = req.get("model") or req.get("name") or ""
+        name = _model_name(req)
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise _HttpError(400, "invalid model name")
         h.stream(req.get("stream", True) is not False, lambda: self._push_steps(_full_name(name), req))
@@ -576,20 +511,17 @@ class OllamaServer:
         if not isinstance(dst, str) or not _NAME.fullmatch(dst):
             raise _HttpError(400, "invalid destination model name")
         with self._lock:
-            if not isinstance(src, str) or src not in self._models:
-                raise _HttpError(404, f"model '{src}' not found")
-            self._models[_full_name(dst)] = {**copy.deepcopy(self._models[src]), "model": dst}
-            self._meta[_full_name(dst)] = copy.deepcopy(self._meta[_full_name(src)])
+            full = self._existing(src)
+            self._models[_full_name(dst)] = {**copy.deepcopy(self._models[full]), "model": dst}
+            self._meta[_full_name(dst)] = copy.deepcopy(self._meta[full])
         h.send_bytes(200, b"")
 
     def _delete(self, h) -> None:
         req = h.read_json()
-        name = req.get("model") or req.get("name") or ""
         with self._lock:
-            if not isinstance(name, str) or name not in self._models:
-                raise _HttpError(404, f"model '{name}' not found")
-            del self._models[_full_name(name)]
-            del self._meta[_full_name(name)]
+            full = self._existing(_model_name(req))
+            del self._models[full]
+            del self._meta[full]
         h.send_bytes(200, b"")
 
     def _record_request(self, method: str, path: str) -> None:
@@ -623,69 +555,25 @@ def _parameters_text(params: dict) -> str:
 # ------------------------------------------------------------------------------------------------------- HTTP
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(RequestHandler):
     server_version = "TestOllama/1.0"
-    timeout = 60
+    label = "ollama"
 
-    def setup(self) -> None:
-        super().setup()
-        with self.ollama._lock:
-            self.ollama._conns.add(self.connection)
+    def on_request(self) -> None:
+        self.owner._record_request(self.command, self.req_path)
 
-    def finish(self) -> None:
-        try:
-            super().finish()
-        except OSError:
-            pass
-        with self.ollama._lock:
-            self.ollama._conns.discard(self.connection)
+    def route(self) -> None:
+        self.owner.route(self, self.command, self.req_path)
 
-    @property
-    def ollama(self) -> OllamaServer:
-        return self.server.ollama  # type: ignore[attr-defined]
+    def apply_fault(self, fault: dict) -> bool:
+        if fault["action"] == "drop":
+            self.drop()
+        self.read_body()
+        self.send_json(fault["status"], {"error": f"injected fault: HTTP {fault['status']}"})
+        return True
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - quiet
-        pass
-
-    def do_GET(self):
-        self._dispatch()
-
-    do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_GET
-
-    # --------------------------------------------------------------- request body
-    def iter_body(self):
-        """Yield the request body in chunks (Content-Length or chunked transfer coding)."""
-        if self._body_done:
-            return
-        self._body_done = True
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    return
-                left = size
-                while left > 0:
-                    chunk = self.rfile.read(min(_CHUNK, left))
-                    if not chunk:
-                        raise ConnectionError("client closed the connection mid-body")
-                    left -= len(chunk)
-                    self._body_bytes += len(chunk)
-                    yield chunk
-                self.rfile.readline()
-        left = int(self.headers.get("Content-Length") or 0)
-        while left > 0:
-            chunk = self.rfile.read(min(_CHUNK, left))
-            if not chunk:
-                raise ConnectionError("client closed the connection mid-body")
-            left -= len(chunk)
-            self._body_bytes += len(chunk)
-            yield chunk
-
-    def read_body(self) -> bytes:
-        return b"".join(self.iter_body())
+    def record(self, status: int | None) -> None:
+        self.owner._record_response(self.command, self.req_path, status, self._body_bytes)
 
     def read_json(self) -> dict:
         body = self.read_body()
@@ -699,70 +587,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HttpError(400, "json: cannot unmarshal into the request object")
         return obj
 
-    # --------------------------------------------------------------- dispatch
-    def _dispatch(self) -> None:
-        self._body_bytes, self._body_done, self._status, self._logged = 0, False, None, False
-        self._path = path = unquote(urlsplit(self.path).path)
-        self.ollama._record_request(self.command, path)
-        try:
-            fault = self.ollama._take_fault(self.command, path)
-            if fault is not None:
-                self.read_body()
-                if fault["action"] == "drop":
-                    raise _Dropped()
-                self.send_json(fault["status"], {"error": f"injected fault: HTTP {fault['status']}"})
-                return
-            self.ollama.route(self, self.command, path)
-        except _Dropped:
-            self._log(None)
-            self.close_connection = True
-            try:  # SO_LINGER 0: close sends a RST
-                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                self.connection.close()
-            except OSError:
-                pass
-        except _HttpError as e:
-            if not self._body_done:
-                try:
-                    self.read_body()
-                except Exception:  # noqa: BLE001 - a broken body: answer and close
-                    self.close_connection = True
-            self.send_json(e.status, {"error": e.message})
-        except (ConnectionError, TimeoutError, socket.timeout):
-            self.close_connection = True
-        except Exception as e:  # noqa: BLE001 - a bug here must show as a 500, not a hang
-            self.close_connection = True
-            try:
-                if self._status is None:
-                    self.send_json(500, {"error": f"test ollama internal error: {type(e).__name__}: {e}"})
-            except OSError:
-                pass
-        finally:
-            self._log(self._status)
-
-    def _log(self, status: int | None) -> None:
-        """Record the response once, before it is sent: a client that got it sees it in ``stats``."""
-        if not self._logged:
-            self._logged = True
-            self.ollama._record_response(self.command, self._path, status, self._body_bytes)
-
-    # --------------------------------------------------------------- responses
-    def send_bytes(self, status: int, data: bytes, headers: dict | None = None) -> None:
-        self._status = status
-        self._log(status)
-        self.send_response(status)
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Date", self.date_time_string())
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD" and data:
-            self.wfile.write(data)
-
-    def send_json(self, status: int, obj) -> None:
-        self.send_bytes(status, json.dumps(obj).encode(), {"Content-Type": "application/json; charset=utf-8"})
+    def send_bytes(self, status: int, data: bytes, headers: dict | None = None) -> None:  # with a Date header
+        super().send_bytes(status, data, {**(headers or {}), "Date": self.date_time_string()})
 
     def stream(self, streaming: bool, steps) -> None:
         """Run a generator of progress objects: NDJSON in chunks (errors as a last ``{"error"}`` line), or, with
@@ -775,9 +601,7 @@ class _Handler(BaseHTTPRequestHandler):
             except _StreamError as e:
                 return self.send_json(e.status or 500, {"error": e.message})
             return self.send_json(200, last)
-        self._status = 200
-        self._log(200)
-        self.send_response(200)
+        self.begin_response(200)
         self.send_header("Content-Type", "application/x-ndjson")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()

@@ -213,8 +213,8 @@ def _document_set(s, spec, art, folder, partial, common, base_id, repo_for, name
         made_from = ((art.get("inputs") or {}).get("model") or {}).get("manifest_sha256")
         merged = next((m for m, (_, sp, _) in sets.items() if sp["relation"] == "finetune"
                        and common["manifest_sha"][m] == made_from), None)
-        if merged:
-            ctx["base_model"] = repo_for[merged]
+        if merged:  # no Hub id without a namespace (a local publish): then the card names no base
+            ctx["base_model"] = repo_for[merged] if cards.looks_like_repo_id(repo_for[merged]) else None
         else:  # a quantization of a fine-tune whose merged weights are not published here
             ctx["base_model"], relation = base_id, "finetune"
     elif relation == "adapter":

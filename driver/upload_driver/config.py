@@ -1,0 +1,136 @@
+"""The request: command-line options over a TOML config file over defaults; paths as the user wrote
+them (a Windows path in a config shared with Windows users works on Linux/WSL2 too)."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from upload_common.errors import InvalidInput, UsageError
+
+DEFAULTS = {
+    "work": None,  # default: <trainer output>-upload beside it
+    "formats": ["lora", "merged_16bit", "gguf"],
+    "quants": ["Q4_K_M", "Q8_0"],
+    "push": [],
+    "runtime": "auto",
+    "gpus": "auto",
+    "name": None,
+    "merge": {},  # base, checkpoint, dtype, max_shard_size
+    "gguf": {},  # imatrix, calibration, split_max_size, validate_tokens
+    "docs": {},  # license, license_link, base_model, datasets, language, system, ollama_quant, repos
+    "publish": {},  # private, ollama_push
+}
+KEYS = {"trainer_output", *DEFAULTS}
+_DRIVE = re.compile(r"^([A-Za-z]):[\\/]")
+_WSL_UNC = re.compile(r"^[\\/]{2}wsl(?:\$|\.localhost)[\\/][^\\/]+[\\/](.*)$", re.IGNORECASE)
+
+
+def local_path(text, *, platform: str | None = None, wsl: bool | None = None) -> Path:
+    """A path as written by the user (POSIX, Windows drive, or WSL UNC) as this machine reaches it:
+    on Windows a drive path stays one (Docker Desktop binds it); on Linux under WSL2 ``C:\\x`` is
+    ``/mnt/c/x`` and ``\\\\wsl$\\Distro\\home\\me`` is ``/home/me``."""
+    text = str(text)
+    platform = platform or sys.platform
+    if platform == "win32":
+        return Path(text)
+    unc = _WSL_UNC.match(text)
+    if unc:
+        return Path("/" + unc.group(1).replace("\\", "/"))
+    m = _DRIVE.match(text)
+    if m:
+        if wsl is None:
+            wsl = "microsoft" in _kernel_release().lower() or Path("/mnt/c").is_dir()
+        rest = PureWindowsPath(text).parts[1:]
+        if not wsl:
+            raise InvalidInput(f"{text} is a Windows path, and this is not Windows or WSL2: give the path as this "
+                               "machine sees it")
+        return Path("/mnt", m.group(1).lower(), *rest)
+    return Path(os.path.expanduser(text))
+
+
+def docker_bind_path(path: Path, *, platform: str | None = None) -> str:
+    """The host side of a bind mount as the Docker engine wants it: absolute, and with forward slashes
+    on Windows (Docker Desktop accepts ``C:/Users/...``)."""
+    platform = platform or sys.platform
+    if platform == "win32":
+        return PureWindowsPath(path).as_posix()
+    return str(PurePosixPath(os.path.abspath(path)))
+
+
+def _kernel_release() -> str:
+    try:
+        return os.uname().release
+    except AttributeError:  # pragma: no cover - Windows
+        return ""
+
+
+def load_config(path) -> dict:
+    """A TOML config: top-level keys as in DEFAULTS plus trainer_output; relative paths are relative to
+    the config file's folder."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    path = local_path(path)
+    if not path.is_file():
+        raise InvalidInput(f"config file {path} does not exist: pass the path of a TOML file", path=str(path))
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"config file {path} is not valid TOML ({exc}): fix it", path=str(path)) from None
+    unknown = sorted(set(data) - KEYS)
+    if unknown:
+        raise InvalidInput(f"config file {path}: unknown key(s) {', '.join(unknown)}: valid keys are "
+                           f"{', '.join(sorted(KEYS))}", path=str(path))
+    base = path.parent
+
+    def rel(value):
+        p = local_path(value)
+        return p if p.is_absolute() else (base / p)
+
+    for key in ("trainer_output", "work"):
+        if data.get(key):
+            data[key] = rel(data[key])
+    for section, keys in (("merge", ("base",)), ("gguf", ("imatrix", "calibration"))):
+        for key in keys:
+            value = (data.get(section) or {}).get(key)
+            if value and (section != "merge" or local_path(value).exists() or str(value).startswith((".", "/"))
+                          or _DRIVE.match(str(value))):
+                data[section][key] = rel(value)
+    data["push"] = [_rel_target(t, rel) for t in data.get("push") or []]
+    return data
+
+
+def _rel_target(target: str, rel) -> str:
+    kind, sep, arg = str(target).partition(":")
+    return f"local:{rel(arg)}" if kind == "local" and sep else str(target)
+
+
+def request(trainer_output=None, *, config=None, **options) -> dict:
+    """Defaults, then the config file, then every option given on the command line (None = not given)."""
+    req = {k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v) for k, v in DEFAULTS.items()}
+    if config:
+        for key, value in load_config(config).items():
+            req[key] = {**req[key], **value} if isinstance(req.get(key), dict) else value
+    for key, value in options.items():
+        if value not in (None, (), []):
+            req[key] = list(value) if isinstance(value, tuple) else value
+    if trainer_output:
+        req["trainer_output"] = local_path(trainer_output)
+    if not req.get("trainer_output"):
+        raise UsageError("no trainer output folder: pass it (upload-driver run ./sft_output) or set trainer_output "
+                         "in the config file")
+    req["trainer_output"] = Path(os.path.abspath(req["trainer_output"]))
+    work = req.get("work")
+    req["work"] = Path(os.path.abspath(local_path(work) if work else
+                                       req["trainer_output"].with_name(req["trainer_output"].name + "-upload")))
+    if isinstance(req["formats"], str):
+        req["formats"] = [f.strip() for f in req["formats"].split(",") if f.strip()]
+    req["push"] = [_rel_target(t, lambda v: Path(os.path.abspath(local_path(v)))) for t in req["push"]]
+    for key, choices in (("runtime", ("auto", "docker", "local")), ("gpus", ("auto", "all", "none"))):
+        if req[key] not in choices:
+            raise UsageError(f"{key} {req[key]!r}: choose {', '.join(choices)}")
+    return req

@@ -1,0 +1,206 @@
+"""Running a step in its tool's container, through the Docker SDK.
+
+Inputs are mounted read-only under /work/in, the artifacts folder at /work/out (a step writes
+``<out>.partial`` beside its output, so the parent must be writable), publish folders under
+/work/rw. Containers run as the caller's uid:gid with ``--network none`` unless the step publishes
+or downloads, with every GPU for GPU steps when a GPU runtime is there. The Hugging Face token
+reaches a container as a read-only file (HF_TOKEN_PATH names it), never as an environment value:
+it does not show in ``docker inspect``. Containers carry labels so that leftovers of a killed run
+are found and removed."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+
+from upload_common.errors import UploadError
+
+from .config import docker_bind_path
+
+LABEL = "upload-driver.work"
+PASS_ENV = ("HF_ENDPOINT", "HF_HUB_DISABLE_XET", "HF_HUB_DISABLE_TELEMETRY", "HF_HUB_OFFLINE", "HF_HUB_ETAG_TIMEOUT",
+            "OLLAMA_HOST", "UPLOAD_DRIVER_DEBUG", "TRANSFORMERS_VERBOSITY")
+GPU_ERROR = "could not select device driver"
+
+
+class DockerUnavailable(UploadError, ConnectionError):
+    kind = "docker_unavailable"
+
+
+def client():
+    """A connected Docker client, or DockerUnavailable saying why."""
+    try:
+        import docker
+    except ImportError:
+        raise DockerUnavailable("the docker Python package is not installed (pip install 'upload-driver[driver]')") from None
+    try:
+        c = docker.from_env(timeout=30)
+        c.ping()
+        return c
+    except Exception as exc:  # noqa: BLE001 - any failure to reach the engine means the same to the user
+        raise DockerUnavailable(f"no Docker engine answers ({' '.join(str(exc).split())[:160]})") from None
+
+
+def missing_images(c, steps: list[dict]) -> list[str]:
+    import docker
+
+    missing = []
+    for name in dict.fromkeys(s["image"] for s in steps):
+        try:
+            c.images.get(name)
+        except docker.errors.ImageNotFound:
+            missing.append(name)
+    return missing
+
+
+def work_id(work: Path) -> str:
+    return hashlib.sha256(str(Path(work).absolute()).encode()).hexdigest()[:16]
+
+
+def remove_leftovers(c, work: Path) -> int:
+    """Containers of an earlier run on this work folder that were not removed (the driver was killed)."""
+    gone = 0
+    for ct in c.containers.list(all=True, filters={"label": f"{LABEL}={work_id(work)}"}):
+        ct.remove(force=True)
+        gone += 1
+    return gone
+
+
+def _gpu_request():
+    from docker.types import DeviceRequest
+
+    return [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+
+
+def gpu_available(c, image_name: str, work: Path) -> tuple[bool, str]:
+    """Whether a container can get the GPUs: start a tiny one asking for them. Without an NVIDIA runtime
+    the engine creates it and fails at start; the created container is removed either way."""
+    import docker
+
+    ct = None
+    try:
+        ct = c.containers.create(image_name, ["--help"], device_requests=_gpu_request(), network_mode="none",
+                                 labels={LABEL: work_id(work), "upload-driver.step": "gpu-probe"})
+        ct.start()
+        ct.wait(timeout=120)
+        return True, "GPU runtime found: GPU steps run with every GPU"
+    except docker.errors.APIError as exc:
+        why = "no NVIDIA container runtime (install nvidia-container-toolkit)" if GPU_ERROR in str(exc) else \
+            " ".join(str(exc.explanation or exc).split())[:160]
+        return False, f"no GPU for containers: {why}; running on CPU"
+    finally:
+        if ct is not None:
+            try:
+                ct.remove(force=True)
+            except docker.errors.APIError:
+                pass
+
+
+def _container_path(a, step: dict, device: str) -> str:
+    if isinstance(a, str):
+        return a
+    kind = a[0]
+    if kind == "in":
+        return f"/work/in/{a[1]}"
+    if kind == "out":
+        return f"/work/out/{Path(step['out']).name}"
+    if kind == "rw":
+        return f"{a[2]}/work/rw/{a[1]}"
+    return device  # ("device",)
+
+
+def spec(step: dict, *, device: str, gpu: bool, work: Path, token_file: Path | None) -> dict:
+    """Everything the container is created with (also what --dry-run shows)."""
+    from docker.types import Mount
+
+    mounts = [Mount(f"/work/in/{k}", docker_bind_path(p), type="bind", read_only=True) for k, p in step["inputs"].items()]
+    mounts.append(Mount("/work/out", docker_bind_path(Path(step["out"]).parent), type="bind"))
+    mounts += [Mount(f"/work/rw/{k}", docker_bind_path(p), type="bind") for k, p in step["rw"].items()]
+    env = {k: os.environ[k] for k in PASS_ENV if k in os.environ}
+    if token_file is not None:
+        mounts.append(Mount("/run/secrets/hf_token", docker_bind_path(token_file), type="bind", read_only=True))
+        env["HF_TOKEN_PATH"] = "/run/secrets/hf_token"
+    if step["hf_cache"]:
+        from huggingface_hub import constants
+
+        cache = Path(constants.HF_HUB_CACHE)
+        cache.mkdir(parents=True, exist_ok=True)
+        mounts.append(Mount("/work/hf-cache", docker_bind_path(cache), type="bind"))
+        env["HF_HUB_CACHE"] = "/work/hf-cache"
+    uid = os.getuid() if hasattr(os, "getuid") else 1000
+    gid = os.getgid() if hasattr(os, "getgid") else 1000
+    return {"image": step["image"], "command": [*[_container_path(a, step, device) for a in step["args"]], "--overwrite"],
+            "user": f"{uid}:{gid}", "mounts": mounts, "environment": env,
+            "network_mode": "host" if step["network"] else "none", "working_dir": "/work",
+            "labels": {LABEL: work_id(work), "upload-driver.step": step["name"]},
+            "device_requests": _gpu_request() if gpu else None}
+
+
+def describe(s: dict) -> str:
+    parts = ["docker", "run", "--rm", "--user", s["user"], "--network", s["network_mode"]]
+    if s["device_requests"]:
+        parts += ["--gpus", "all"]
+    for m in s["mounts"]:
+        parts += ["-v", f"{m['Source']}:{m['Target']}{':ro' if m.get('ReadOnly') else ''}"]
+    for k in s["environment"]:
+        parts += ["-e", k]
+    return shlex.join([*parts, s["image"], *s["command"]])
+
+
+class _Token:
+    """The token as a 0600 file in a private folder for the duration of one container."""
+
+    def __init__(self, needed: bool):
+        from huggingface_hub import get_token
+
+        self.token = get_token() if needed else None
+        self.dir = self.path = None
+
+    def __enter__(self) -> Path | None:
+        if not self.token:
+            return None
+        self.dir = tempfile.mkdtemp(prefix="upload-driver-secret-")
+        self.path = Path(self.dir) / "token"
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.token)
+        return self.path
+
+    def __exit__(self, *exc) -> None:
+        if self.path:
+            self.path.unlink(missing_ok=True)
+            os.rmdir(self.dir)
+
+
+def run(c, step: dict, *, device: str, gpu: bool, work: Path, log) -> None:
+    import docker
+
+    keep = os.environ.get("UPLOAD_DRIVER_KEEP_CONTAINERS", "") not in ("", "0")
+    with _Token(step["token"]) as token_file:
+        s = spec(step, device=device, gpu=gpu, work=work, token_file=token_file)
+        ct = c.containers.create(s["image"], s["command"], user=s["user"], mounts=s["mounts"],
+                                 environment=s["environment"], network_mode=s["network_mode"],
+                                 working_dir=s["working_dir"], labels=s["labels"], device_requests=s["device_requests"])
+        try:
+            ct.start()
+            for chunk in ct.logs(stream=True, follow=True, stdout=False, stderr=True):
+                sys.stderr.buffer.write(chunk)
+                sys.stderr.flush()
+            code = ct.wait()["StatusCode"]
+        except KeyboardInterrupt:
+            ct.stop(timeout=5)
+            raise
+        finally:
+            if not keep:
+                try:
+                    ct.remove(force=True)
+                except docker.errors.APIError:
+                    pass
+    if code:
+        how = "was killed" if code in (137, 143) else f"failed (exit code {code})"
+        raise UploadError(f"step {step['name']} ({step['image']}) {how}: see its message above; rerun to resume, "
+                          "finished steps are kept", step=step["name"], exit=code)

@@ -1,0 +1,95 @@
+"""``upload-driver doctor``: what this machine can run, each finding with what to do about it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from upload_common import __version__
+
+TOOLS = ("merge-tool", "gguf-tool", "docs-tool", "hf-push-tool")
+
+
+def _finding(check: str, ok: bool | None, detail: str, remedy: str = "") -> dict:
+    """ok: True (fine), False (a problem), None (a warning: works, but less well)."""
+    return {"check": check, "status": {True: "ok", False: "problem", None: "warning"}[ok], "detail": detail,
+            "remedy": "" if ok else remedy}
+
+
+def checks(work: Path) -> list[dict]:
+    from . import containers
+    from .plan import image
+
+    out = []
+    try:
+        c = containers.client()
+        info = c.version()
+        out.append(_finding("docker engine", True, f"Docker {info.get('Version')} answers"))
+        runtimes = c.info().get("Runtimes") or {}
+        out.append(_finding("GPU runtime", True if "nvidia" in runtimes else None,
+                            "nvidia runtime present" if "nvidia" in runtimes else
+                            f"no nvidia runtime (runtimes: {', '.join(runtimes) or 'none'}): GPU steps run on CPU",
+                            "install nvidia-container-toolkit and restart Docker (on Windows: Docker Desktop with the "
+                            "WSL2 backend and a current NVIDIA driver)"))
+        for tool in TOOLS:
+            name = image(tool)
+            try:
+                labels = c.images.get(name).labels or {}
+                out.append(_finding(f"image {tool}", True, f"{name} (revision "
+                                    f"{labels.get('org.opencontainers.image.revision', '?')[:12]})"))
+            except Exception:  # noqa: BLE001 - ImageNotFound or a broken engine: same advice
+                out.append(_finding(f"image {tool}", None, f"{name} not built: this step runs as a local process",
+                                    f"images/build.sh {tool}  (CPU: images/build.sh --cpu {tool})"))
+    except containers.DockerUnavailable as exc:
+        out.append(_finding("docker engine", None, f"{exc.message}: the steps run as local processes",
+                            "install Docker (Docker Desktop on Windows, with WSL2) and start it"))
+    out.append(_gpu_local())
+    out.append(_converter())
+    probe = Path(work).absolute()
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    out.append(_finding("disk", free > 20e9 or None, f"{free / 1e9:.1f} GB free in {probe}",
+                        "a 7B model needs ~15 GB merged plus ~5-8 GB per GGUF type: free space or choose --work"))
+    out.append(_token())
+    return out
+
+
+def _gpu_local() -> dict:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return _finding("GPU (local)", True, f"{torch.cuda.get_device_name(0)} visible to torch {torch.__version__}")
+        return _finding("GPU (local)", None, f"torch {torch.__version__} sees no CUDA GPU: local steps run on CPU",
+                        "install a CUDA build of torch and the NVIDIA driver, or use the images")
+    except ImportError:
+        return _finding("GPU (local)", None, "torch is not installed here", "pip install 'upload-driver[merge]'")
+
+
+def _converter() -> dict:
+    try:
+        from gguf_tool.llama_tree import converter, tool
+
+        folder = converter()
+        tools = "with llama-quantize/llama-imatrix" if tool("llama-quantize") else "without llama-quantize/llama-imatrix"
+        return _finding("llama.cpp (local)", True, f"converter in {folder} ({tools})")
+    except Exception as exc:  # noqa: BLE001 - not installed, not set up: one remedy
+        return _finding("llama.cpp (local)", None, getattr(exc, "message", str(exc)).split(":")[0],
+                        "gguf-tool setup --with-tools (or use the gguf-tool image)")
+
+
+def _token() -> dict:
+    import os
+
+    from huggingface_hub import get_token
+
+    if not get_token():
+        return _finding("Hugging Face token", None, "none: publishing to the Hub is not possible (local and Ollama "
+                        "targets work)", "set HF_TOKEN, or run `hf auth login`")
+    where = "HF_TOKEN" if os.environ.get("HF_TOKEN") else "the token file"
+    return _finding("Hugging Face token", True, f"present (from {where}; not shown)")
+
+
+def version_line() -> str:
+    return f"upload-driver {__version__}"

@@ -1,0 +1,156 @@
+"""``upload-driver run``: check the trainer output, plan, choose the runtime and the GPU, run each step
+(or skip it when its output already matches), and summarise."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from upload_common.cli import log as default_log
+from upload_common.contract import read_manifest
+from upload_common.errors import UsageError
+from upload_common.trainer_output import inspect_trainer_output
+
+from . import containers, local
+from . import state as st
+from .plan import plan
+
+GB = 1e9
+
+
+def choose_runtime(req: dict, steps: list[dict], log) -> tuple[str, object, str]:
+    """("docker", client, why) or ("local", None, why). auto: Docker when an engine answers and every
+    image is there, else local processes."""
+    wanted = req["runtime"]
+    if wanted == "local":
+        return "local", None, "local processes (--runtime local)"
+    try:
+        c = containers.client()
+        missing = containers.missing_images(c, steps)
+    except containers.DockerUnavailable as exc:
+        if wanted == "docker":
+            raise UsageError(f"--runtime docker: {exc.message}: start Docker (Docker Desktop on Windows), or use "
+                             "--runtime local") from None
+        return "local", None, f"local processes: {exc.message}"
+    if missing:
+        if wanted == "docker":
+            raise UsageError(f"--runtime docker: image(s) {', '.join(missing)} not found: build them with "
+                             "images/build.sh (see images/README.md), or use --runtime local")
+        return "local", None, f"local processes: image(s) {', '.join(missing)} not built (images/build.sh)"
+    return "docker", c, "Docker containers"
+
+
+def choose_gpu(req: dict, runtime: str, c, steps: list[dict], work: Path) -> tuple[bool, str, str]:
+    """(GPU steps get the GPU, merge-tool --device, one line saying so)."""
+    gpu_steps = [s for s in steps if s["gpu"]]
+    if req["gpus"] == "none" or not gpu_steps:
+        return False, "cpu", "GPU: not used" + (" (--gpus none)" if gpu_steps else "")
+    if runtime == "local":
+        import torch
+
+        if torch.cuda.is_available():
+            return True, "cuda", f"GPU: {torch.cuda.get_device_name(0)}"
+        return False, "cpu", "GPU: none visible to torch here: running on CPU"
+    ok, why = containers.gpu_available(c, gpu_steps[0]["image"], work)
+    return ok, "auto" if ok else "cpu", f"GPU: {why}"
+
+
+def _estimate(step: dict, sizes: dict) -> int | None:
+    """Bytes a step is expected to write (None when the base model is not at hand to measure)."""
+    from gguf_tool.core import BITS
+
+    name = step["name"]
+    if step["tool"] == "merge-tool":
+        if "base" in step["inputs"]:
+            base = sum(p.stat().st_size for p in Path(step["inputs"]["base"]).glob("*.safetensors"))
+            sizes["merged"] = base
+            return base
+        adapter = next(iter(Path(step["inputs"]["adapter"]).glob("adapter_model.*")), None)
+        return adapter.stat().st_size if adapter and name == "lora" else None
+    if name == "gguf":
+        merged = sizes.get("merged")
+        if not merged:
+            return None
+        quants = [a for a, prev in zip(step["args"][1:], step["args"]) if prev == "--quant"]
+        return int(merged + sum(merged / 2 * BITS.get(q.upper(), 5) / 8 for q in quants))
+    return 1 << 20 if name == "docs" else None
+
+
+def execute(req: dict, *, dry_run: bool = False, force=(), log=default_log) -> dict:
+    work = Path(req["work"])
+    found = inspect_trainer_output(req["trainer_output"], checkpoint=(req["merge"] or {}).get("checkpoint"))
+    log(f"trainer output: {found['root']} ({found['trainer']['kind']}; adapter: {found['adapter']['reason']})")
+    steps = plan(req, found)
+    names = [s["name"] for s in steps]
+    force = set(names) if "all" in force else set(force)
+    if force - set(names):
+        raise UsageError(f"--force {', '.join(sorted(force - set(names)))}: the steps are {', '.join(names)} (or all)")
+    runtime, c, why = choose_runtime(req, steps, log)
+    log(f"runtime: {why}")
+    gpu, device, gpu_line = choose_gpu(req, runtime, c, steps, work)
+    log(gpu_line)
+    if dry_run:
+        return _dry_run(req, steps, runtime, gpu, device, force)
+    work.mkdir(parents=True, exist_ok=True)
+    if c is not None and containers.remove_leftovers(c, work):
+        log("removed containers left by an interrupted run")
+    rows, t_all = [], time.monotonic()
+    for i, step in enumerate(steps, 1):
+        key = st.step_key(step)
+        if step["name"] not in force and st.up_to_date(work, step, key):
+            log(f"[{i}/{len(steps)}] {step['name']}: up to date, skipped")
+            rows.append(summary(step, None))
+            continue
+        where = "container" if runtime == "docker" else "local process"
+        log(f"[{i}/{len(steps)}] {step['name']}: {step['tool']} ({where}{', GPU' if gpu and step['gpu'] else ''})")
+        t = time.monotonic()
+        if runtime == "docker":
+            containers.run(c, step, device=device, gpu=gpu and step["gpu"], work=work, log=log)
+        else:
+            local.run(step, device=device, log=log)
+        seconds = time.monotonic() - t
+        st.record(work, step, key, seconds)
+        log(f"[{i}/{len(steps)}] {step['name']}: done in {seconds:.1f} s")
+        rows.append(summary(step, seconds))
+    return {"runtime": runtime, "gpu": gpu, "work": str(work), "seconds": round(time.monotonic() - t_all, 3),
+            "steps": rows}
+
+
+def _dry_run(req, steps, runtime, gpu, device, force) -> dict:
+    rows, sizes = [], {}
+    for step in steps:
+        if runtime == "docker":
+            cmd = containers.describe(containers.spec(step, device=device, gpu=gpu and step["gpu"], work=req["work"],
+                                                      token_file=Path("TOKEN-FILE") if step["token"] else None))
+        else:
+            cmd = local.describe(step, device)
+        ready = all(Path(p).exists() for p in step["inputs"].values())
+        status = "forced" if step["name"] in force else \
+            ("up to date" if ready and st.up_to_date(req["work"], step, st.step_key(step)) else "will run")
+        rows.append({"step": step["name"], "status": status, "command": cmd, "output": str(step["out"]),
+                     "expected_bytes": _estimate(step, sizes)})
+    known = [r["expected_bytes"] for r in rows if r["status"] != "up to date" and r["expected_bytes"]]
+    free = shutil.disk_usage(_existing(Path(req["work"]))).free
+    return {"dry_run": True, "runtime": runtime, "gpu": gpu, "steps": rows, "expected_bytes": sum(known),
+            "free_bytes": free}
+
+
+def _existing(p: Path) -> Path:
+    while not p.exists():
+        p = p.parent
+    return p
+
+
+def summary(step: dict, seconds: float | None) -> dict:
+    m = read_manifest(step["out"]) or {}
+    row = {"step": step["name"], "output": str(step["out"]), "files": len(m.get("outputs", [])),
+           "bytes": sum(o["size"] for o in m.get("outputs", [])), "seconds": None if seconds is None else round(seconds, 1),
+           "skipped": seconds is None, "figures": "", "published": ""}
+    if m.get("files"):  # gguf-tool: validation per type
+        row["figures"] = ", ".join(f"{q} top-1 {v['validation']['top1_agreement']:.3f}" for q, v in m["files"].items()
+                                   if v.get("validation"))
+    for target, sets in (m.get("published") or {}).items():
+        where = [r.get("commit_url") or r.get("path") or r.get("model") for r in sets.values() if isinstance(r, dict)]
+        row["published"] = f"{target}: " + ", ".join(w for w in where if w)
+    return row
