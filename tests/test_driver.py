@@ -214,3 +214,24 @@ def test_doctor_reports_without_showing_the_token(tmp_path):
     result = drive("doctor", "--json", "--work", tmp_path, env={**NO_DOCKER, "HF_TOKEN": ""})
     found = {f["check"]: f for f in json.loads(result.stdout)}
     assert found["Hugging Face token"]["status"] == "warning" and found["llama.cpp (local)"]["status"] == "ok"
+
+
+@pytest.mark.parametrize("trainer, kind, steps", [("sft", "sft", (10, 20)), ("kto", "kto", (600, 1200))])
+def test_example_wrappers_run(trainer, kind, steps, llama_base, tokenizer_dir, tmp_path):
+    """examples/<trainer>/upload.sh as a user runs it, next to a trainer output where its config says."""
+    import shutil
+
+    from upload_common.sample import make_trainer_output
+
+    root = Path(__file__).resolve().parents[1]
+    shutil.copytree(root / "examples", tmp_path / "repo" / "examples")
+    make_trainer_output(tmp_path / "repo" / f"{trainer}_output_rtx3090", llama_base, kind=kind, steps=steps,
+                        tokenizer_dir=tokenizer_dir)
+    env = {**os.environ, **NO_DOCKER, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", str(tmp_path / "repo" / "examples" / trainer / "upload.sh"), "--dry-run",
+                           "--runtime", "local"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"({kind};" in proc.stderr and "publish-hf" in proc.stdout and "publish-local" in proc.stdout
+    assert str(tmp_path / "repo" / "upload-work" / trainer / "artifacts" / "gguf") in proc.stdout
+    if trainer == "kto":
+        assert "--checkpoint 1200" in proc.stdout
