@@ -3,7 +3,7 @@ merged_16bit, gguf Q4_K_M+Q8_0 validated, docs, local publish), run with local p
 the engine and the images are there, in Docker containers. For each step: the driver's wall time
 vs the tool's own time from its manifest (the difference is the driver's overhead: process or
 container start, interpreter start, our bookkeeping; target <= 2 s per step); and a rerun of the
-finished pipeline (target < 5% of the first run).
+finished pipeline, as the command a user types (target < 5% of the first run).
 
     python bench/driver.py [--work bench-work/driver] [--runtimes local,docker] [--json]
 """
@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -57,8 +58,13 @@ def main() -> int:
         if first["runtime"] != runtime:
             print(f"{runtime}: not available here (the driver chose {first['runtime']}): skipped", file=sys.stderr)
             continue
-        again = one_run(trainer_output, work, runtime)
-        results[runtime] = {"first": first, "rerun_s": again["total_s"], "rerun_share": again["total_s"] / first["total_s"]}
+        # the rerun as a user runs it: the command, interpreter start and imports included
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "upload_driver.cli", "run", str(trainer_output), "--work", str(work),
+                        "--name", "sample-chat", "--quant", "Q4_K_M", "--quant", "Q8_0", "--runtime", runtime,
+                        "--push", f"local:{work / 'published'}"], check=True, capture_output=True)
+        rerun = time.perf_counter() - t
+        results[runtime] = {"first": first, "rerun_s": rerun, "rerun_share": rerun / first["total_s"]}
     if args.json:
         print(json.dumps(results, indent=2))
         return 0

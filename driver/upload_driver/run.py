@@ -88,10 +88,16 @@ def execute(req: dict, *, dry_run: bool = False, force=(), log=default_log) -> d
         raise UsageError(f"--force {', '.join(sorted(force - set(names)))}: the steps are {', '.join(names)} (or all)")
     runtime, c, why = choose_runtime(req, steps, log)
     log(f"runtime: {why}")
-    gpu, device, gpu_line = choose_gpu(req, runtime, c, steps, work)
-    log(gpu_line)
+    decided = []
+
+    def gpu_choice():  # probed once, when the first step that could use it runs (a rerun that skips all: never)
+        if not decided:
+            decided.extend(choose_gpu(req, runtime, c, steps, work))
+            log(decided[2])
+        return decided[0], decided[1]
+
     if dry_run:
-        return _dry_run(req, steps, runtime, gpu, device, force)
+        return _dry_run(req, steps, runtime, *gpu_choice(), force)
     work.mkdir(parents=True, exist_ok=True)
     if c is not None and containers.remove_leftovers(c, work):
         log("removed containers left by an interrupted run")
@@ -102,6 +108,7 @@ def execute(req: dict, *, dry_run: bool = False, force=(), log=default_log) -> d
             log(f"[{i}/{len(steps)}] {step['name']}: up to date, skipped")
             rows.append(summary(step, None))
             continue
+        gpu, device = gpu_choice() if step["gpu"] else (False, "cpu")
         where = "container" if runtime == "docker" else "local process"
         log(f"[{i}/{len(steps)}] {step['name']}: {step['tool']} ({where}{', GPU' if gpu and step['gpu'] else ''})")
         t = time.monotonic()
@@ -113,7 +120,7 @@ def execute(req: dict, *, dry_run: bool = False, force=(), log=default_log) -> d
         st.record(work, step, key, seconds)
         log(f"[{i}/{len(steps)}] {step['name']}: done in {seconds:.1f} s")
         rows.append(summary(step, seconds))
-    return {"runtime": runtime, "gpu": gpu, "work": str(work), "seconds": round(time.monotonic() - t_all, 3),
+    return {"runtime": runtime, "gpu": bool(decided and decided[0]), "work": str(work), "seconds": round(time.monotonic() - t_all, 3),
             "steps": rows}
 
 
