@@ -100,12 +100,18 @@ def gpu_available(c, image_name: str, work: Path) -> tuple[bool, str]:
                 pass
 
 
+def _in_path(step: dict, key: str) -> str:
+    """An input keeps its own name inside the container (/work/in/<key>/<name>): tools record and show
+    folder names (the run's name, the trainer's README), so both runtimes write the same files."""
+    return f"/work/in/{key}/{Path(step['inputs'][key]).name}"
+
+
 def _container_path(a, step: dict, device: str) -> str:
     if isinstance(a, str):
         return a
     kind = a[0]
     if kind == "in":
-        return f"/work/in/{a[1]}"
+        return _in_path(step, a[1])
     if kind == "out":
         return f"/work/out/{Path(step['out']).name}"
     if kind == "rw":
@@ -117,7 +123,7 @@ def spec(step: dict, *, device: str, gpu: bool, work: Path, token_file: Path | N
     """Everything the container is created with (also what --dry-run shows)."""
     from docker.types import Mount
 
-    mounts = [Mount(f"/work/in/{k}", docker_bind_path(p), type="bind", read_only=True) for k, p in step["inputs"].items()]
+    mounts = [Mount(_in_path(step, k), docker_bind_path(p), type="bind", read_only=True) for k, p in step["inputs"].items()]
     mounts.append(Mount("/work/out", docker_bind_path(Path(step["out"]).parent), type="bind"))
     mounts += [Mount(f"/work/rw/{k}", docker_bind_path(p), type="bind") for k, p in step["rw"].items()]
     env = {k: os.environ[k] for k in PASS_ENV if k in os.environ}

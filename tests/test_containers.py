@@ -1,0 +1,137 @@
+"""The pipeline in the real tool images on a real Docker engine: same bytes as local processes, images
+that run as non-root with labels, the GPU probe's failure path, no container for bad input, and the
+token kept out of container metadata. Skipped where no engine or no images are at hand (CI builds
+them: .ci/run)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from upload_common import __version__
+from upload_driver.cli import main
+from upload_driver.containers import LABEL, DockerUnavailable, client, missing_images, work_id
+from upload_driver.plan import image
+
+TOOLS = ("merge-tool", "gguf-tool", "docs-tool", "hf-push-tool")
+
+
+@pytest.fixture(scope="module")
+def docker_client():
+    try:
+        c = client()
+    except DockerUnavailable as exc:
+        pytest.skip(f"no Docker engine: {exc.message}")
+    missing = missing_images(c, [{"image": image(t)} for t in TOOLS])
+    if missing:
+        pytest.skip(f"images not built: {', '.join(missing)} (images/build.sh --cpu)")
+    return c
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory, docker_client):
+    """The demo's briefly trained sample: GGUF validation passes on it."""
+    from upload_driver.demo import make_sample
+
+    return make_sample(tmp_path_factory.mktemp("sample") / "sample")
+
+
+def drive(*args, env=None):
+    return CliRunner().invoke(main, [str(a) for a in args], env=env)
+
+
+def outputs(work, step):
+    m = json.loads((work / "artifacts" / step / "manifest.json").read_text())
+    return {o["path"]: o["sha256"] for o in m["outputs"]}
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_image_runs_help_as_non_root_with_labels(docker_client, tool):
+    name = image(tool)
+    out = docker_client.containers.run(name, ["--help"], remove=True, network_mode="none").decode()
+    assert "Usage:" in out
+    uid = docker_client.containers.run(name, ["-u"], entrypoint="id", remove=True, network_mode="none").decode()
+    assert uid.strip() == "1000"
+    labels = docker_client.images.get(name).labels
+    assert labels["org.opencontainers.image.title"] == tool
+    assert labels["org.opencontainers.image.version"] == __version__
+    assert labels["org.opencontainers.image.revision"]
+
+
+def test_pipeline_in_containers_writes_what_local_processes_write(docker_client, sample, tmp_path):
+    runs = {}
+    for runtime in ("local", "docker"):
+        work = tmp_path / runtime
+        result = drive("run", sample, "--work", work, "--name", "sample-chat", "--quant", "Q4_K_M", "--quant", "Q8_0",
+                       "--push", f"local:{work / 'site'}", "--runtime", runtime, "--json")
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["runtime"] == runtime
+        runs[runtime] = work
+    for step in ("lora", "merged_16bit", "gguf", "docs"):
+        assert outputs(runs["local"], step) == outputs(runs["docker"], step), step
+    site = {p.relative_to(runs["docker"] / "site") for p in (runs["docker"] / "site").rglob("*") if p.is_file()}
+    assert site == {p.relative_to(runs["local"] / "site") for p in (runs["local"] / "site").rglob("*") if p.is_file()}
+    # the caller owns what the containers wrote
+    owners = {p.stat().st_uid for p in (runs["docker"] / "artifacts").rglob("*")}
+    assert owners == {os.getuid()}
+    assert not docker_client.containers.list(all=True, filters={"label": f"{LABEL}={work_id(runs['docker'])}"})
+
+
+def test_gpu_probe_without_a_gpu_runtime(docker_client, sample, tmp_path):
+    if "nvidia" in (docker_client.info().get("Runtimes") or {}):
+        pytest.skip("this engine has a GPU runtime")
+    work = tmp_path / "w"
+    result = drive("run", sample, "--work", work, "--formats", "lora", "--runtime", "docker", "--gpus", "all",
+                   "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "no GPU for containers: no NVIDIA container runtime" in result.output and "running on CPU" in result.output
+    assert "Traceback" not in result.output and "--gpus all" not in result.stdout
+    assert not docker_client.containers.list(all=True, filters={"label": f"{LABEL}={work_id(work)}"})
+
+
+def test_bad_trainer_folder_starts_no_container(docker_client, tmp_path):
+    empty = tmp_path / "empty-run"
+    empty.mkdir()
+    since = int(time.time()) - 1
+    result = drive("run", empty, "--work", tmp_path / "w", "--runtime", "docker")
+    assert result.exit_code == 1 and "no adapter found" in result.output
+    events = docker_client.events(since=since, until=int(time.time()) + 1, decode=True,
+                                  filters={"type": "container", "event": "create"})
+    assert [e for e in events if e.get("Actor", {}).get("Attributes", {}).get("upload-driver.step")] == []
+
+
+def test_token_never_in_container_metadata(docker_client, sample, tmp_path, monkeypatch):
+    from servers.hub import HubServer
+
+    token = "hf_container_secret_TOKEN_777"
+    with HubServer(tmp_path / "hub", tokens={token: {"user": "alice", "orgs": [], "role": "write"}}) as hub:
+        env = {**hub.client_env(token), "UPLOAD_DRIVER_KEEP_CONTAINERS": "1"}
+        work = tmp_path / "w"
+        try:
+            result = drive("run", sample, "--work", work, "--formats", "lora", "--push", "hf:alice/tiny",
+                           "--runtime", "docker", "--json", env=env)
+            assert result.exit_code == 0, result.output
+            assert hub.files("alice/tiny-lora")["adapter_model.safetensors"]
+            kept = docker_client.containers.list(all=True, filters={"label": f"{LABEL}={work_id(work)}"})
+            assert {c.labels["upload-driver.step"] for c in kept} == {"lora", "docs", "publish-hf"}
+            for c in kept:
+                inspect = json.dumps(docker_client.api.inspect_container(c.id))
+                assert token not in inspect
+            publish = next(c for c in kept if c.labels["upload-driver.step"] == "publish-hf")
+            cfg = docker_client.api.inspect_container(publish.id)
+            assert "HF_TOKEN_PATH=/run/secrets/hf_token" in cfg["Config"]["Env"]
+            assert cfg["HostConfig"]["NetworkMode"] == "host"
+            lora = next(c for c in kept if c.labels["upload-driver.step"] == "lora")
+            lcfg = docker_client.api.inspect_container(lora.id)
+            assert lcfg["HostConfig"]["NetworkMode"] == "none"
+            assert lcfg["Config"]["User"] == f"{os.getuid()}:{os.getgid()}"
+            assert all(m["RW"] is False for m in lcfg["Mounts"] if m["Destination"].startswith("/work/in/"))
+            secret = next(m for m in cfg["Mounts"] if m["Destination"] == "/run/secrets/hf_token")
+            assert not os.path.exists(secret["Source"])  # the token file is gone once the step is done
+        finally:
+            for c in docker_client.containers.list(all=True, filters={"label": f"{LABEL}={work_id(work)}"}):
+                c.remove(force=True)
