@@ -3,19 +3,22 @@
 #
 #   images/build.sh [--cpu|--cuda] [--base-image NAME] [--ca-bundle FILE] [--wheelhouse DIR] [TOOL...]
 #
-#   --cuda              (default) CUDA devel/runtime bases from images/versions.env, GGML_CUDA=on
-#   --cpu               GGML_CUDA=off on a plain Debian/Python base (--base-image, default CPU_BASE)
-#   --base-image NAME   base image for both stages (with --cuda it replaces both CUDA bases)
+#   --cuda              (default) GPU steps (gguf-tool, merge-tool) on the CUDA devel/runtime bases of
+#                       images/versions.env, GGML_CUDA=on, torch from the index; the other tools on CPU_BASE
+#   --cpu               every image on a plain Debian/Python base (--base-image, default CPU_BASE),
+#                       GGML_CUDA=off, torch from the wheelhouse when it has it
+#   --base-image NAME   base image for both stages (with --cuda it replaces the CUDA bases; the CPU-only
+#                       tools then still use CPU_BASE: `CPU_BASE=NAME images/build.sh` changes that)
 #   --ca-bundle FILE    CA bundle that pip inside the build must trust (TLS-intercepting proxies);
 #                       build time only, it does not end up in the image
-#   --wheelhouse DIR    local wheels/sdists the build may use: torch-<TORCH_VERSION>*.whl,
-#                       llama_cpp_python-<version>-*.whl (CPU builds) and llama_cpp_python-<version>.tar.gz
+#   --wheelhouse DIR    local wheels/sdists the builds install from (--find-links; offline when it holds
+#                       everything): fill it with images/prefill-wheelhouse.sh DIR
 #   --no-cache          passed to docker build
-#   TOOL...             images to build (default: every images/<tool>.Dockerfile)
+#   TOOL...             images to build (default: all four, in the order of the table below)
 #
-# Each tool's context is staged in images/.build/<tool>/ (git-ignored): the project sources plus
-# wheels/ and certs/, filtered by the root .dockerignore. Pinned versions come from images/versions.env.
-# DOCKER (default: docker) names the client binary.
+# Each tool's context is staged in images/.build/<tool>/ (git-ignored): the project sources,
+# build-helper.sh, wheels/ (the wheelhouse files that tool can use) and certs/, filtered by the root
+# .dockerignore. Pinned versions come from images/versions.env. DOCKER (default: docker) names the client.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -61,92 +64,147 @@ done < "$here/versions.env"
 project_version=$(sed -n 's/^version *= *"\([^"]*\)".*/\1/p' "$root/pyproject.toml" | head -n1)
 [ -n "$project_version" ] || die "no version in pyproject.toml"
 revision=$(git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown)
-if [ "$revision" != unknown ] && [ -n "$(git -C "$root" status --porcelain -- tools driver pyproject.toml constraints.txt 2>/dev/null)" ]; then
+if [ "$revision" != unknown ] && [ -n "$(git -C "$root" status --porcelain -- tools driver images pyproject.toml constraints.txt 2>/dev/null)" ]; then
     revision="$revision-dirty"
 fi
 source_url=$(git -C "$root" remote get-url origin 2>/dev/null || echo upload-driver)
 
+# tool | Dockerfile | extra(s) | bases: gpu (follows --cuda/--cpu) or cpu (always a CPU base) | torch
+tool_table='
+gguf-tool    | gguf-tool.Dockerfile   | gguf            | gpu | yes
+merge-tool   | python-tool.Dockerfile | merge,merge-bnb | gpu | yes
+docs-tool    | python-tool.Dockerfile | docs            | cpu | no
+hf-push-tool | python-tool.Dockerfile | push            | cpu | no
+'
+all_tools=$(echo "$tool_table" | awk -F'|' 'NF > 1 { gsub(/ /, "", $1); print $1 }')
+tool_field() {  # tool_field TOOL N: column N of TOOL's row
+    echo "$tool_table" | awk -F'|' -v t="$1" -v n="$2" '{ gsub(/ /, "", $1) } $1 == t { gsub(/ /, "", $n); print $n }'
+}
+
+cpu_base=${CPU_BASE:?set CPU_BASE in images/versions.env or pass --base-image}
 case "$variant" in
-    cuda)
-        build_base=${base_image:-$CUDA_DEVEL_BASE}
-        runtime_base=${base_image:-$CUDA_RUNTIME_BASE}
-        ggml_cuda=on ;;
-    cpu)
-        build_base=${base_image:-${CPU_BASE:?set CPU_BASE in images/versions.env or pass --base-image}}
-        runtime_base=$build_base
-        ggml_cuda=off ;;
+    cpu) cpu_base=${base_image:-$cpu_base} ;;
 esac
 
 if [ ${#tools[@]} -eq 0 ]; then
-    for f in "$here"/*.Dockerfile; do tools+=("$(basename "$f" .Dockerfile)"); done
+    read -r -a tools <<< "$(echo $all_tools)"
 fi
+for tool in "${tools[@]}"; do
+    [ -n "$(tool_field "$tool" 2)" ] || die "unknown tool $tool (tools: $(echo $all_tools))"
+done
 
 # The Dockerfile's ARG defaults must say what versions.env says (they serve plain `docker build`).
 check_defaults() {
     local dockerfile=$1 key want got
     for key in "${version_keys[@]}" BUILD_BASE RUNTIME_BASE; do
-        case "$key" in
-            BUILD_BASE) want=$(sed -n 's/^CUDA_DEVEL_BASE=//p' "$here/versions.env") ;;
-            RUNTIME_BASE) want=$(sed -n 's/^CUDA_RUNTIME_BASE=//p' "$here/versions.env") ;;
-            *) want=$(sed -n "s/^$key=//p" "$here/versions.env") ;;
-        esac
         for got in $(sed -n "s/^ARG $key=//p" "$dockerfile"); do
-            # a tool whose image is not CUDA-based keeps its own base defaults
-            case "$key:$got" in BUILD_BASE:*|RUNTIME_BASE:*) [[ "$got" == nvidia/cuda:* ]] || continue ;; esac
+            # a base default is either the CUDA base or CPU_BASE (versions.env as written, ${...} unexpanded)
+            case "$key:$got" in
+                BUILD_BASE:nvidia/cuda:*) want=$(sed -n 's/^CUDA_DEVEL_BASE=//p' "$here/versions.env") ;;
+                RUNTIME_BASE:nvidia/cuda:*) want=$(sed -n 's/^CUDA_RUNTIME_BASE=//p' "$here/versions.env") ;;
+                BUILD_BASE:*|RUNTIME_BASE:*) want=$(sed -n 's/^CPU_BASE=//p' "$here/versions.env") ;;
+                *) want=$(sed -n "s/^$key=//p" "$here/versions.env") ;;
+            esac
             [ "$got" = "$want" ] || die "$dockerfile: ARG $key=$got but images/versions.env says $want"
         done
     done
 }
 
-# Stage the context: sources (minus what .dockerignore drops), wheels/, certs/.
+# Stage the context: sources (minus what .dockerignore drops), build-helper.sh, wheels/, certs/.
+# wheels/ gets what the tool can use: llama.cpp files only for gguf-tool, torch only where it is wanted.
 stage_context() {
-    local tool=$1 ctx=$here/.build/$1 f
+    local tool=$1 torch=$2 ctx=$here/.build/$1 f name n=0
     mkdir -p "$here/.build"
     printf '*\n' > "$here/.build/.gitignore"
     rm -rf "$ctx"
     mkdir -p "$ctx/wheels" "$ctx/certs"
-    cp "$root/pyproject.toml" "$root/constraints.txt" "$root/README.md" "$root/.dockerignore" "$ctx/"
+    cp "$root/pyproject.toml" "$root/constraints.txt" "$root/README.md" "$root/.dockerignore" \
+       "$here/build-helper.sh" "$ctx/"
     cp -r "$root/tools" "$root/driver" "$ctx/"
+    find "$ctx/tools" "$ctx/driver" \( -name __pycache__ -o -name '*.egg-info' \) -prune -exec rm -rf {} +
     touch "$ctx/wheels/.keep" "$ctx/certs/.keep"
     if [ -n "$wheelhouse" ]; then
-        for f in "$wheelhouse"/torch-"$TORCH_VERSION"[-+]*.whl \
-                 "$wheelhouse"/llama_cpp_python-"$LLAMA_CPP_PYTHON_VERSION"-*.whl \
-                 "$wheelhouse"/llama_cpp_python-"$LLAMA_CPP_PYTHON_VERSION".tar.gz; do
+        for f in "$wheelhouse"/*.whl "$wheelhouse"/*.tar.gz "$wheelhouse"/*.zip; do
             [ -f "$f" ] || continue
+            name=$(basename "$f")
+            case "$tool:$name" in
+                gguf-tool:*) ;;
+                *:llama_cpp_python-*|*:llama.cpp-tree-*) continue ;;
+            esac
+            case "$torch:$name" in no:torch-*) continue ;; esac
+            case "$name" in
+                torch-*) [[ "$name" == torch-"$TORCH_VERSION"[-+]* ]] || continue ;;
+                llama_cpp_python-*|llama.cpp-tree-*)
+                    [[ "$name" == *-"$LLAMA_CPP_PYTHON_VERSION"[-.]* ]] || continue ;;
+            esac
             ln "$f" "$ctx/wheels/" 2>/dev/null || cp "$f" "$ctx/wheels/"
-            echo "build.sh: wheelhouse: $(basename "$f")"
+            n=$((n + 1))
+            case "$name" in torch-*|llama*) echo "build.sh: wheelhouse: $name" ;; esac
         done
+        echo "build.sh: wheelhouse: $n files staged for $tool"
     fi
     if [ -n "$ca_bundle" ]; then
         cp "$ca_bundle" "$ctx/certs/ca.crt"
     fi
 }
 
+declared() { grep -Eq "^ARG $2(=|\s|\$)" "$1"; }  # declared DOCKERFILE ARGNAME
+
+summary=()
 for tool in "${tools[@]}"; do
-    dockerfile=$here/$tool.Dockerfile
-    [ -f "$dockerfile" ] || die "no images/$tool.Dockerfile (tools: $(cd "$here" && ls *.Dockerfile | sed 's/\.Dockerfile$//' | tr '\n' ' '))"
+    dockerfile=$here/$(tool_field "$tool" 2)
+    extra=$(tool_field "$tool" 3)
+    kind=$(tool_field "$tool" 4)
+    torch=$(tool_field "$tool" 5)
+    [ -f "$dockerfile" ] || die "no $dockerfile"
     check_defaults "$dockerfile"
-    stage_context "$tool"
+
+    if [ "$kind" = gpu ] && [ "$variant" = cuda ]; then
+        build_base=${base_image:-$CUDA_DEVEL_BASE}
+        runtime_base=${base_image:-$CUDA_RUNTIME_BASE}
+        tool_variant=cuda
+    else
+        build_base=$cpu_base runtime_base=$cpu_base tool_variant=cpu
+    fi
+    ggml_cuda=$([ "$tool_variant" = cuda ] && echo on || echo off)
+
+    stage_context "$tool" "$torch"
     cp "$dockerfile" "$here/.build/$tool/Dockerfile"
 
     args=()
     for key in "${version_keys[@]}"; do
         # only the ARGs this Dockerfile declares (the base keys reach it as BUILD_BASE/RUNTIME_BASE)
-        if grep -Eq "^ARG $key(=|\s|$)" "$dockerfile"; then args+=(--build-arg "$key=${!key}"); fi
+        declared "$dockerfile" "$key" || continue
+        if [ "$key" = TORCH_VERSION ] && [ "$torch" = no ]; then
+            args+=(--build-arg "TORCH_VERSION=")   # empty: the image must not contain torch
+        else
+            args+=(--build-arg "$key=${!key}")
+        fi
     done
     args+=(--build-arg "BUILD_BASE=$build_base" --build-arg "RUNTIME_BASE=$runtime_base"
-           --build-arg "GGML_CUDA=$ggml_cuda"
            --build-arg "VERSION=$project_version" --build-arg "REVISION=$revision"
            --build-arg "SOURCE=$source_url")
+    ! declared "$dockerfile" GGML_CUDA || args+=(--build-arg "GGML_CUDA=$ggml_cuda")
+    ! declared "$dockerfile" VARIANT || args+=(--build-arg "VARIANT=$tool_variant")
+    ! declared "$dockerfile" TOOL || args+=(--build-arg "TOOL=$tool")
+    ! declared "$dockerfile" EXTRA || args+=(--build-arg "EXTRA=$extra")
     [ -z "$ca_bundle" ] || args+=(--build-arg "CA_BUNDLE=certs/ca.crt")
-    [ -z "${CUDA_ARCHITECTURES:-}" ] || args+=(--build-arg "CUDA_ARCHITECTURES=$CUDA_ARCHITECTURES")
+    if [ -n "${CUDA_ARCHITECTURES:-}" ] && declared "$dockerfile" CUDA_ARCHITECTURES; then
+        args+=(--build-arg "CUDA_ARCHITECTURES=$CUDA_ARCHITECTURES")
+    fi
+    # a Dockerfile holding several tools has one final stage per tool
+    if grep -Eqi "^FROM .* AS $tool\s*$" "$dockerfile"; then args+=(--target "$tool"); fi
 
     image=upload-driver/$tool
-    echo "build.sh: $image:$project_version ($variant; build base $build_base, runtime base $runtime_base)"
+    echo "build.sh: $image:$project_version ($tool_variant; extra [$extra]; build base $build_base, runtime base $runtime_base)"
     start=$SECONDS
     "$DOCKER" build --network host --force-rm "${no_cache[@]}" \
         -f "$here/.build/$tool/Dockerfile" \
-        -t "$image:$project_version" -t "$image:$project_version-$variant" \
+        -t "$image:$project_version" -t "$image:$project_version-$tool_variant" \
         "${args[@]}" "$here/.build/$tool"
-    echo "build.sh: built $image:$project_version and $image:$project_version-$variant in $((SECONDS - start)) s"
+    took=$((SECONDS - start))
+    size=$("$DOCKER" image inspect -f '{{.Size}}' "$image:$project_version" | awk '{ printf "%.0f MB", $1 / 1e6 }')
+    echo "build.sh: built $image:$project_version and $image:$project_version-$tool_variant in $took s ($size)"
+    summary+=("$(printf '%-40s %5s s  %s' "$image:$project_version-$tool_variant" "$took" "$size")")
 done
+printf 'build.sh: %s\n' "${summary[@]}"

@@ -7,8 +7,10 @@
 #   images/build.sh --cpu --base-image debian:bookworm-slim gguf-tool    # CPU / CI
 #
 # The ARG defaults below repeat images/versions.env (build.sh checks that they agree).
-# Context layout:  pyproject.toml constraints.txt README.md tools/ driver/
-#                  wheels/  optional wheelhouse: torch-<TORCH_VERSION>*.whl, llama_cpp_python-* wheel/sdist
+# Context layout:  pyproject.toml constraints.txt README.md tools/ driver/ build-helper.sh
+#                  wheels/  optional wheelhouse (images/prefill-wheelhouse.sh): the dependencies' wheels,
+#                           torch-<TORCH_VERSION>*.whl, llama_cpp_python-* wheel/sdist,
+#                           llama.cpp-tree-<LLAMA_CPP_PYTHON_VERSION>.tar.gz (CPU builds: no compile)
 #                  certs/   optional CA bundle for TLS-intercepting proxies (build time only)
 
 ARG CUDA_VERSION=12.4.1
@@ -34,85 +36,91 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 
+COPY build-helper.sh /tmp/build/build-helper.sh
 COPY certs/ /tmp/build/certs/
 COPY wheels/ /tmp/build/wheels/
 
-# /tmp/build/env: sourced by every RUN that talks to the package index.
-# /tmp/build/apt-ensure PKG...: installs the packages the base image lacks (Debian and Ubuntu bases).
+# Python, and the compilers only for what is compiled here: llama-cpp-python (CUDA, or no CPU wheel in
+# wheels/) and llama-quantize / llama-imatrix (CUDA, or no llama.cpp-tree tarball in wheels/).
+# /tmp/build/plan records the choice for the steps below.
 RUN set -eu; \
-    : > /tmp/build/env; \
-    if [ -n "$CA_BUNDLE" ]; then \
-        cert="/tmp/build/certs/${CA_BUNDLE#certs/}"; \
-        [ -f "$cert" ] || { echo "CA_BUNDLE=$CA_BUNDLE: no such file under certs/ in the build context" >&2; exit 1; }; \
-        printf 'export PIP_CERT=%s SSL_CERT_FILE=%s\n' "$cert" "$cert" > /tmp/build/env; \
-    fi; \
-    printf '%s\n' '#!/bin/sh' 'set -eu' 'missing=""' \
-        'for p in "$@"; do dpkg-query -W -f="\${Status}" "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"; done' \
-        '[ -z "$missing" ] && exit 0' \
-        'apt-get update' \
-        'apt-get install -y --no-install-recommends $missing' \
-        'apt-get clean' \
-        'rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin' > /tmp/build/apt-ensure; \
-    chmod +x /tmp/build/apt-ensure
-
-# Python, and the compilers only when llama.cpp is compiled here (CUDA, or no CPU wheel in wheels/).
-RUN set -eu; \
-    # build-essential and cmake always: llama-quantize and llama-imatrix are compiled below
-    pkgs="ca-certificates python${PYTHON_VERSION} python${PYTHON_VERSION}-venv build-essential cmake"; \
-    if [ "$GGML_CUDA" != "off" ] || ! ls /tmp/build/wheels/llama_cpp_python-${LLAMA_CPP_PYTHON_VERSION}-*.whl >/dev/null 2>&1; then \
-        pkgs="$pkgs python${PYTHON_VERSION}-dev git"; \
-    fi; \
-    /tmp/build/apt-ensure $pkgs; \
+    wheel=$(ls /tmp/build/wheels/llama_cpp_python-${LLAMA_CPP_PYTHON_VERSION}-*.whl 2>/dev/null | head -n1 || true); \
+    tree=/tmp/build/wheels/llama.cpp-tree-${LLAMA_CPP_PYTHON_VERSION}.tar.gz; \
+    [ "$GGML_CUDA" = off ] && [ -n "$wheel" ] || wheel=""; \
+    [ "$GGML_CUDA" = off ] && [ -f "$tree" ] || tree=""; \
+    printf 'wheel=%s\ntree=%s\n' "$wheel" "$tree" > /tmp/build/plan; \
+    # libgomp1: llama.cpp's programs link OpenMP (build-essential brings it when compiling)
+    pkgs="ca-certificates python${PYTHON_VERSION} python${PYTHON_VERSION}-venv libgomp1"; \
+    if [ -z "$wheel" ] || [ -z "$tree" ]; then pkgs="$pkgs build-essential cmake"; fi; \
+    if [ -z "$wheel" ]; then pkgs="$pkgs python${PYTHON_VERSION}-dev git"; fi; \
+    sh /tmp/build/build-helper.sh apt-ensure $pkgs; \
     python${PYTHON_VERSION} -m venv /opt/venv
 
 ENV PATH=/opt/venv/bin:$PATH
 
 # The llama-cpp-python sdist: both the library and the converter come from it (one llama.cpp commit).
-RUN set -eu; . /tmp/build/env; \
+# Not needed when both the library (wheel) and the llama.cpp tree come prebuilt from wheels/.
+RUN set -eu; . /tmp/build/plan; \
     mkdir -p /tmp/build/sdist; \
     sdist="/tmp/build/wheels/llama_cpp_python-${LLAMA_CPP_PYTHON_VERSION}.tar.gz"; \
-    if [ -f "$sdist" ]; then \
+    if [ -n "$wheel" ] && [ -n "$tree" ]; then \
+        echo "llama-cpp-python: wheel and llama.cpp tree prebuilt, no sdist needed"; \
+    elif [ -f "$sdist" ]; then \
         cp "$sdist" /tmp/build/sdist/; \
     else \
-        pip download --no-deps --no-binary :all: "llama-cpp-python==${LLAMA_CPP_PYTHON_VERSION}" -d /tmp/build/sdist; \
+        sh /tmp/build/build-helper.sh pip download --no-deps --no-binary :all: "llama-cpp-python==${LLAMA_CPP_PYTHON_VERSION}" -d /tmp/build/sdist; \
     fi; \
     ls -l /tmp/build/sdist
 
 # torch: a matching wheel from wheels/ if there is one (e.g. a CPU build), else the package index.
-RUN set -eu; . /tmp/build/env; \
+RUN set -eu; \
     printf 'torch==%s\nllama-cpp-python==%s\n' "$TORCH_VERSION" "$LLAMA_CPP_PYTHON_VERSION" > /tmp/build/pins.txt; \
-    pip install --find-links /tmp/build/wheels "torch==${TORCH_VERSION}"; \
+    sh /tmp/build/build-helper.sh pip-install "torch==${TORCH_VERSION}"; \
     pip list 2>/dev/null | grep -i '^torch '
 
 # llama-cpp-python: the CPU wheel from wheels/ when GGML_CUDA=off and one is there, else built from the sdist.
-RUN set -eu; . /tmp/build/env; \
-    wheel=$(ls /tmp/build/wheels/llama_cpp_python-${LLAMA_CPP_PYTHON_VERSION}-*.whl 2>/dev/null | head -n1 || true); \
-    if [ "$GGML_CUDA" = "off" ] && [ -n "$wheel" ]; then \
+RUN set -eu; . /tmp/build/plan; \
+    if [ -n "$wheel" ]; then \
         echo "llama-cpp-python: prebuilt wheel $wheel"; \
-        pip install "$wheel"; \
+        sh /tmp/build/build-helper.sh pip-install "$wheel"; \
     else \
         export CMAKE_ARGS="-DGGML_CUDA=${GGML_CUDA} -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF"; \
         if [ -n "$CUDA_ARCHITECTURES" ]; then CMAKE_ARGS="$CMAKE_ARGS -DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCHITECTURES"; fi; \
         echo "llama-cpp-python: building from the sdist with CMAKE_ARGS=$CMAKE_ARGS"; \
-        pip install --verbose /tmp/build/sdist/llama_cpp_python-${LLAMA_CPP_PYTHON_VERSION}.tar.gz; \
+        sh /tmp/build/build-helper.sh pip install --verbose --find-links /tmp/build/wheels /tmp/build/sdist/llama_cpp_python-${LLAMA_CPP_PYTHON_VERSION}.tar.gz; \
     fi
 
 # The project with gguf-tool's extra, at the project's pinned versions.
 COPY pyproject.toml constraints.txt README.md /tmp/build/src/
 COPY tools/ /tmp/build/src/tools/
 COPY driver/ /tmp/build/src/driver/
-RUN set -eu; . /tmp/build/env; \
-    pip install --find-links /tmp/build/wheels -c /tmp/build/src/constraints.txt -c /tmp/build/pins.txt \
+RUN set -eu; \
+    sh /tmp/build/build-helper.sh pip-install -c /tmp/build/src/constraints.txt -c /tmp/build/pins.txt \
         "/tmp/build/src[gguf]"; \
     pip freeze > /opt/venv/pip-freeze.txt
 
 # llama.cpp's converter files (convert_hf_to_gguf.py, conversion/, gguf-py/...) from the same sdist,
-# and llama-quantize / llama-imatrix built from it (static; CUDA like the library).
-RUN set -eu; \
-    CMAKE_ARGS="-DGGML_CUDA=${GGML_CUDA}${CUDA_ARCHITECTURES:+ -DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCHITECTURES}" \
-    UPLOAD_DRIVER_LLAMA_CPP_DIR=/opt/llama.cpp \
-        gguf-tool setup --with-tools --sdist /tmp/build/sdist/llama_cpp_python-${LLAMA_CPP_PYTHON_VERSION}.tar.gz; \
-    /opt/llama.cpp/bin/llama-quantize --help > /dev/null 2>&1 || test $? -le 1; \
+# and llama-quantize / llama-imatrix built from it (static; CUDA like the library). CPU builds take the
+# tree prebuilt from wheels/llama.cpp-tree-<version>.tar.gz when it is there (packed from a host's
+# `gguf-tool setup --with-tools` by images/prefill-wheelhouse.sh): llama.cpp is not compiled twice.
+RUN set -eu; . /tmp/build/plan; \
+    if [ -n "$tree" ]; then \
+        echo "llama.cpp tree: prebuilt $tree"; \
+        mkdir -p /opt/llama.cpp; \
+        tar -C /opt/llama.cpp --no-same-owner -xzf "$tree"; \
+    else \
+        CMAKE_ARGS="-DGGML_CUDA=${GGML_CUDA}${CUDA_ARCHITECTURES:+ -DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCHITECTURES}" \
+        UPLOAD_DRIVER_LLAMA_CPP_DIR=/opt/llama.cpp \
+            gguf-tool setup --with-tools --sdist /tmp/build/sdist/llama_cpp_python-${LLAMA_CPP_PYTHON_VERSION}.tar.gz; \
+    fi; \
+    for t in llama-quantize llama-imatrix; do \
+        [ -x /opt/llama.cpp/bin/$t ] || { echo "no /opt/llama.cpp/bin/$t" >&2; exit 1; }; \
+    done; \
+    rc=0; /opt/llama.cpp/bin/llama-quantize --help > /tmp/build/quantize.txt 2>&1 || rc=$?; \
+    if [ $rc -gt 1 ] || ! grep -qi usage /tmp/build/quantize.txt; then \
+        echo "llama-quantize --help exited with $rc:" >&2; cat /tmp/build/quantize.txt >&2; exit 1; \
+    fi; \
+    UPLOAD_DRIVER_LLAMA_CPP_DIR=/opt/llama.cpp python /opt/llama.cpp/convert_hf_to_gguf.py --help > /dev/null; \
     python -m compileall -q /opt/llama.cpp; \
     gguf-tool --help > /dev/null
 
@@ -120,22 +128,18 @@ RUN set -eu; \
 FROM ${RUNTIME_BASE} AS runtime
 
 ARG PYTHON_VERSION=3.11
+
+# The venv's interpreter, OpenMP for llama.cpp's CPU backend, tini as PID 1. Nothing else.
+# (The same layer as in python-tool.Dockerfile: images on one base share it.)
+COPY --from=build /tmp/build/build-helper.sh /tmp/build-helper.sh
+RUN set -eu; \
+    sh /tmp/build-helper.sh apt-ensure ca-certificates python${PYTHON_VERSION} libgomp1 tini; \
+    sh /tmp/build-helper.sh add-user; \
+    rm /tmp/build-helper.sh
+
 ARG LLAMA_CPP_PYTHON_VERSION=0.3.36
 ARG TORCH_VERSION=2.13.0
 ARG GGML_CUDA=on
-
-# The venv's interpreter, OpenMP for llama.cpp's CPU backend, tini as PID 1. Nothing else.
-COPY --from=build /tmp/build/apt-ensure /usr/local/sbin/apt-ensure
-RUN set -eu; \
-    DEBIAN_FRONTEND=noninteractive apt-ensure ca-certificates python${PYTHON_VERSION} libgomp1 tini; \
-    rm /usr/local/sbin/apt-ensure; \
-    existing=$(getent passwd 1000 | cut -d: -f1 || true); \
-    if [ -n "$existing" ] && [ "$existing" != app ]; then userdel --remove "$existing" 2>/dev/null || userdel "$existing"; fi; \
-    getent group 1000 >/dev/null || groupadd --gid 1000 app; \
-    id app >/dev/null 2>&1 || useradd --uid 1000 --gid 1000 --no-create-home --home-dir /work/home --shell /bin/sh app; \
-    mkdir -p /work/in /work/out /work/home; \
-    chown 1000:1000 /work /work/in /work/out /work/home; \
-    chmod 1777 /work/out /work/home
 
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /opt/llama.cpp /opt/llama.cpp
