@@ -210,3 +210,24 @@ def test_licence_from_the_base_config(llama_base, sft_output, tmp_path):
     run([tmp_path / "merged"], tmp_path / "docs", namespace="dan")
     meta, _ = card_of(tmp_path / "docs", "merged_16bit")
     assert meta["license"] == "mit"
+
+
+def test_gguf_names_its_hub_base_and_never_a_local_path(run_artifacts, tmp_path):
+    """gguf-tool's general.base_model.* comes from merge-tool's manifest: a Hub base is named; a local
+    folder (even one this process cannot see, as in a container) is not."""
+    import shutil
+
+    from gguf import GGUFReader
+
+    from gguf_tool.core import _metadata
+
+    fields = GGUFReader(str(run_artifacts["gguf"] / "Tiny-Chat-Q8_0.gguf")).fields
+    name = fields["general.base_model.0.name"]
+    assert bytes(name.parts[name.data[0]]).decode() == "Tiny-Llama-3"
+    merged = tmp_path / "merged"
+    shutil.copytree(run_artifacts["merged"], merged)
+    m = json.loads((merged / "manifest.json").read_text())
+    m["decisions"]["base"] = {"source": "local", "repo_id": None, "requested": "/work/in/base/base_model",
+                              "path": "/work/in/base/base_model"}
+    (merged / "manifest.json").write_text(json.dumps(m))
+    assert "general.base_models" not in _metadata(merged, "x")

@@ -186,11 +186,19 @@ def run(c, step: dict, *, device: str, gpu: bool, work: Path, log) -> None:
     import docker
 
     keep = os.environ.get("UPLOAD_DRIVER_KEEP_CONTAINERS", "") not in ("", "0")
+    for folder in (Path(step["out"]).parent, *step["rw"].values()):  # bind sources must exist
+        Path(folder).mkdir(parents=True, exist_ok=True)
     with _Token(step["token"]) as token_file:
         s = spec(step, device=device, gpu=gpu, work=work, token_file=token_file)
-        ct = c.containers.create(s["image"], s["command"], user=s["user"], mounts=s["mounts"],
-                                 environment=s["environment"], network_mode=s["network_mode"],
-                                 working_dir=s["working_dir"], labels=s["labels"], device_requests=s["device_requests"])
+        try:
+            ct = c.containers.create(s["image"], s["command"], user=s["user"], mounts=s["mounts"],
+                                     environment=s["environment"], network_mode=s["network_mode"],
+                                     working_dir=s["working_dir"], labels=s["labels"],
+                                     device_requests=s["device_requests"])
+        except docker.errors.APIError as exc:
+            raise UploadError(f"Docker refused the container of step {step['name']}: "
+                              f"{' '.join(str(exc.explanation or exc).split())[:300]}: check `upload-driver doctor`",
+                              step=step["name"]) from None
         try:
             ct.start()
             for chunk in ct.logs(stream=True, follow=True, stdout=False, stderr=True):

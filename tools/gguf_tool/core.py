@@ -38,8 +38,10 @@ def _metadata(model_dir: Path, name: str) -> dict:
     meta = {"general.name": name, "general.basename": name, "general.tags": ["upload-driver"]}
     manifest = read_manifest(model_dir) or {}
     base = (manifest.get("decisions") or {}).get("base") or {}
-    repo = base.get("repo_id") or base.get("requested")
-    if repo and "/" in repo and not Path(repo).exists():
+    # only a base that came from the Hub has a Hub id; a local folder's path (which another machine or
+    # container cannot even check) is not one
+    repo = base.get("repo_id") if base.get("source") == "hub" else None
+    if repo and re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
         org, _, model = repo.partition("/")
         meta["general.base_models"] = [{"name": model, "organization": org, "repo_url": f"https://huggingface.co/{repo}"}]
     kind = ((manifest.get("training") or {}).get("trainer") or {}).get("kind")
