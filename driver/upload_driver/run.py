@@ -58,7 +58,7 @@ def choose_gpu(req: dict, runtime: str, c, steps: list[dict], work: Path) -> tup
 
 def _estimate(step: dict, sizes: dict) -> int | None:
     """Bytes a step is expected to write (None when the base model is not at hand to measure)."""
-    from gguf_tool.core import BITS
+    from gguf_tool.quants import BITS
 
     name = step["name"]
     if step["tool"] == "merge-tool":

@@ -20,12 +20,11 @@ from . import llama_tree
 from . import validate as val
 from .convert import convert_model
 from .lora import base_gguf, make_lora_gguf
-from .quants import FLOAT_OUTTYPES, get_quant
+from .quants import BITS, FLOAT_OUTTYPES, get_quant
 from .quantize import compute_imatrix, fallbacks, quantize, quantize_with_imatrix
 
 TOOL = "gguf-tool"
 DEFAULT_MIN_TOP1 = {"F32": 0.99, "F16": 0.99, "BF16": 0.99, "Q8_0": 0.97, "LoRA": 0.99}
-BITS = {"F32": 32, "F16": 16, "BF16": 16, "Q8_0": 8.5, "Q6_K": 6.6, "Q5_1": 6, "Q5_0": 5.5, "Q4_1": 5, "Q4_0": 4.5}
 
 
 def _name(model_dir: Path, name: str | None) -> str:

@@ -55,3 +55,6 @@ def ftype_value(quant: dict) -> int:
     import llama_cpp
 
     return getattr(llama_cpp, quant["ftype"])
+
+# Bits per weight, roughly, for disk estimates (others: 5).
+BITS = {"F32": 32, "F16": 16, "BF16": 16, "Q8_0": 8.5, "Q6_K": 6.6, "Q5_1": 6, "Q5_0": 5.5, "Q4_1": 5, "Q4_0": 4.5}
