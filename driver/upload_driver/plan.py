@@ -120,8 +120,8 @@ def plan(req: dict, found: dict) -> list[dict]:
         if kind == "local":
             rw = {"site": Path(arg)}
             pargs += ["--to", ("rw", "site", "local:")]
-        else:
-            pargs += ["--to", target]
+        else:  # hf: the repos are in docs-tool's upload manifest; ollama[:NAME] as given
+            pargs += ["--to", "hf" if kind == "hf" else target]
         pargs += _opts(pub, {"private": "--private", "ollama_push": "--ollama-push"})
         step_name = f"publish-{kind}" if sum(t.startswith(kind) for t in targets) == 1 else f"publish-{kind}-{i}"
         steps.append(_step(step_name, "hf-push-tool", "hf_push_tool.cli", art / step_name, pargs, inputs=pinputs,
