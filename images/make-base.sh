@@ -7,7 +7,7 @@
 #   --mirror URL            Debian mirror for debootstrap and for the image's bookworm and
 #                           bookworm-updates suites (default: the first `URIs:` of
 #                           /etc/apt/sources.list.d/debian.sources, else the first `deb` line of
-#                           /etc/apt/sources.list, else http://deb.debian.org/debian)
+#                           /etc/apt/sources.list; required when apt has none)
 #   --security-mirror URL   mirror of bookworm-security (default: the one the host's apt uses for it,
 #                           else MIRROR with /debian replaced by /debian-security)
 #   --cache FILE            gzip'd `docker save` of the image: loaded when the image is missing and
@@ -98,7 +98,7 @@ first_deb_line() {  # URL of the first `deb URL SUITE ...` line of /etc/apt/sour
 if [ -z "$mirror" ]; then
     mirror=$(first_uri '.')
     [ -n "$mirror" ] || mirror=$(first_deb_line '.')
-    mirror=${mirror:-http://deb.debian.org/debian}
+    [ -n "$mirror" ] || die "no Debian mirror in apt's sources: pass --mirror URL"
 fi
 if [ -z "$security_mirror" ]; then
     security_mirror=$(first_uri '-security')
@@ -106,7 +106,7 @@ if [ -z "$security_mirror" ]; then
     if [ -z "$security_mirror" ]; then
         case "$mirror" in
             */debian|*/debian/) security_mirror=${mirror%/}-security ;;
-            *) security_mirror=http://deb.debian.org/debian-security ;;
+            *) die "no bookworm-security mirror in apt's sources: pass --security-mirror URL" ;;
         esac
     fi
 fi
