@@ -141,3 +141,34 @@ def test_token_never_in_container_metadata(docker_client, sample, tmp_path, monk
         finally:
             for c in docker_client.containers.list(all=True, filters={"label": f"{LABEL}={work_id(work)}"}):
                 c.remove(force=True)
+
+
+def test_compose_runs_the_steps_in_sequence(docker_client, sample, tmp_path):
+    """compose/compose.yaml with docker-compose (Debian's 1.29): every service exits 0 in order
+    (compose/check.sh), the published files belong to the caller, the volume goes away with `down -v`."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    if not shutil.which("docker-compose"):
+        pytest.skip("docker-compose is not installed")
+    root = Path(__file__).resolve().parents[1]
+    site = tmp_path / "site"
+    site.mkdir()
+    project = f"udtest{os.getpid()}"
+    env = {**os.environ, "TRAINER_OUTPUT": str(sample), "BASE_MODEL_DIR": str(sample.parent / "base_model"),
+           "MODEL_NAME": "sample-chat", "PUBLISH_DIR": str(site), "UID": str(os.getuid()), "GID": str(os.getgid()),
+           "PUBLISH_NETWORK": "none", "COMPOSE_PROJECT_NAME": project}
+    compose = ["docker-compose", "-f", str(root / "compose" / "compose.yaml")]
+    try:
+        up = subprocess.run([*compose, "up", "--no-color"], env=env, capture_output=True, text=True, timeout=900)
+        check = subprocess.run(["bash", str(root / "compose" / "check.sh")], env=env, capture_output=True, text=True)
+        assert check.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:] + check.stdout
+        assert [line.split()[0] for line in check.stdout.splitlines()] == ["merge-lora", "merge-16bit", "gguf", "docs",
+                                                                            "publish"]
+        published = {p.relative_to(site).as_posix() for p in site.rglob("*") if p.is_file() and p.name[0] != "."}
+        assert {"sample-chat-GGUF/sample-chat-Q4_K_M.gguf", "sample-chat-GGUF/Modelfile", "sample-chat/README.md",
+                "sample-chat-lora/adapter_model.safetensors"} <= published
+        assert {p.stat().st_uid for p in site.rglob("*")} == {os.getuid()}
+    finally:
+        subprocess.run([*compose, "down", "-v"], env=env, capture_output=True, timeout=300)
