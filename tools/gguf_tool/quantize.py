@@ -15,14 +15,21 @@ BLOCK = 256
 
 def quantize(src: Path, dst: Path, quant: dict, *, nthread: int, keep_split: bool = False) -> None:
     import llama_cpp
+    from llama_cpp import _logger
 
+    from upload_common.cli import debug_enabled
+
+    # llama.cpp logs every tensor and the whole model header on stderr; the library's own switch (what
+    # Llama(verbose=...) sets) keeps errors only, unless UPLOAD_DRIVER_DEBUG asks for everything
+    # (k-quant fallbacks are read back from the file and reported by gguf-tool itself)
+    _logger.set_verbose(debug_enabled())
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype_value(quant)
     params.nthread = nthread
     params.keep_split = keep_split
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0:
-        raise InvalidInput(f"llama.cpp could not quantize to {quant['name']} (code {rc}): see its log above",
+        raise InvalidInput(f"llama.cpp could not quantize to {quant['name']} (code {rc}): set UPLOAD_DRIVER_DEBUG=1 for its log",
                            quant=quant["name"])
 
 
