@@ -34,9 +34,8 @@ def git_blob_sha1(path: Path) -> str:
 def _explain(exc, repo_id: str, what: str) -> UploadError | None:
     """A known HTTP failure as a one-line error that says what to do; None for anything else."""
     code = status_of(exc)
-    http = next((e for e in causes(exc) if getattr(e, "response", None) is not None), exc)
-    url = str(getattr(getattr(http.response, "request", None), "url", "")) if http is not exc or \
-        getattr(exc, "response", None) is not None else ""
+    http = next((e for e in causes(exc) if getattr(e, "response", None) is not None), None)
+    url = str(getattr(http.response, "url", "")) if http is not None else ""
     server = " ".join(str(getattr(http, "server_message", "") or "").split())[:300]
     if "validate-yaml" in url or (isinstance(exc, ValueError) and "Invalid metadata in README.md" in str(exc)):
         # the client turns the Hub's verdict into ValueError("Invalid metadata in README.md.\n- <why>")
@@ -62,15 +61,7 @@ def _explain(exc, repo_id: str, what: str) -> UploadError | None:
 
 
 def _call(what: str, repo_id: str, fn, retry: dict):
-    try:
-        return with_retries(what, fn, **retry)
-    except UploadError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - mapped when known, re-raised otherwise
-        known = _explain(exc, repo_id, what)
-        if known is None:
-            raise
-        raise known from None
+    return with_retries(what, fn, explain=lambda exc: _explain(exc, repo_id, what), **retry)
 
 
 def check_token(api, log) -> dict:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from upload_common.errors import RetryableError
+from upload_common.errors import RetryableError, UploadError
 
 
 def causes(exc: BaseException):
@@ -44,15 +44,22 @@ def is_retryable(exc: BaseException) -> bool:
     return any(_transport_error(e) for e in causes(exc))
 
 
-def with_retries(what: str, fn, *, attempts: int = 5, wait: float = 2.0, log=lambda m: None):
+def with_retries(what: str, fn, *, attempts: int = 5, wait: float = 2.0, log=lambda m: None, explain=None):
     """``fn()``, tried up to ``attempts`` times while failures are retryable; then a RetryableError
-    (exit code 3) that says a rerun will send only what is missing."""
+    (exit code 3) that says a rerun will send only what is missing. Any other failure is passed to
+    ``explain(exc)``, which returns the known error to raise instead (one line, what to do) or None to
+    let it through with its traceback."""
     for attempt in range(1, attempts + 1):
         try:
             return fn()
+        except UploadError:
+            raise
         except Exception as exc:  # noqa: BLE001 - classified below
             if not is_retryable(exc):
-                raise
+                known = explain(exc) if explain else None
+                if known is None:
+                    raise
+                raise known from None
             why = f"HTTP {status_of(exc)}" if status_of(exc) else type(exc).__name__
             if attempt == attempts:
                 raise RetryableError(f"{what} failed {attempts} times ({why}): the service or the network is not "

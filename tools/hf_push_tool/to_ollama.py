@@ -35,12 +35,13 @@ def push_model(entry: dict, local: dict[str, Path], modelfile: Path, *, name: st
     expected = next(f["sha256"] for f in entry["files"] if f["path_in_repo"] == filename)
 
     def call(what, fn):
-        try:
-            return with_retries(what, fn, **retry)
-        except UploadError:
-            raise
-        except ollama.ResponseError as exc:
-            raise OllamaError(f"{what}: Ollama at {host} answered {exc.status_code}: {exc.error}", status=exc.status_code) from None
+        def explain(exc):
+            if isinstance(exc, ollama.ResponseError):
+                return OllamaError(f"{what}: Ollama at {host} answered {exc.status_code}: {exc.error}",
+                                   status=exc.status_code)
+            return None
+
+        return with_retries(what, fn, explain=explain, **retry)
 
     digest = f"sha256:{expected}"
     # the client always sends the whole blob; ask first, as Ollama's own CLI does
