@@ -20,6 +20,7 @@ from pathlib import Path
 from upload_common.errors import UploadError
 
 from .config import docker_bind_path
+from .plan import render
 
 LABEL = "upload-driver.work"
 PASS_ENV = ("HF_ENDPOINT", "HF_HUB_DISABLE_XET", "HF_HUB_DISABLE_TELEMETRY", "HF_HUB_OFFLINE", "HF_HUB_ETAG_TIMEOUT",
@@ -106,19 +107,6 @@ def _in_path(step: dict, key: str) -> str:
     return f"/work/in/{key}/{Path(step['inputs'][key]).name}"
 
 
-def _container_path(a, step: dict, device: str) -> str:
-    if isinstance(a, str):
-        return a
-    kind = a[0]
-    if kind == "in":
-        return _in_path(step, a[1])
-    if kind == "out":
-        return f"/work/out/{Path(step['out']).name}"
-    if kind == "rw":
-        return f"{a[2]}/work/rw/{a[1]}"
-    return device  # ("device",)
-
-
 def spec(step: dict, *, device: str, gpu: bool, work: Path, token_file: Path | None) -> dict:
     """Everything the container is created with (also what --dry-run shows)."""
     from docker.types import Mount
@@ -139,7 +127,9 @@ def spec(step: dict, *, device: str, gpu: bool, work: Path, token_file: Path | N
         env["HF_HUB_CACHE"] = "/work/hf-cache"
     uid = os.getuid() if hasattr(os, "getuid") else 1000
     gid = os.getgid() if hasattr(os, "getgid") else 1000
-    return {"image": step["image"], "command": [*[_container_path(a, step, device) for a in step["args"]], "--overwrite"],
+    command = render(step, inp=lambda k: _in_path(step, k), out=lambda: f"/work/out/{Path(step['out']).name}",
+                     rw=lambda k: f"/work/rw/{k}", device=device)
+    return {"image": step["image"], "command": [*command, "--overwrite"],
             "user": f"{uid}:{gid}", "mounts": mounts, "environment": env,
             "network_mode": "host" if step["network"] else "none", "working_dir": "/work",
             "labels": {LABEL: work_id(work), "upload-driver.step": step["name"]},

@@ -8,25 +8,13 @@ import sys
 
 from upload_common.errors import UploadError
 
-
-def render(step: dict, device: str) -> list[str]:
-    out = []
-    for a in step["args"]:
-        if isinstance(a, str):
-            out.append(a)
-        elif a[0] == "in":
-            out.append(str(step["inputs"][a[1]]))
-        elif a[0] == "out":
-            out.append(str(step["out"]))
-        elif a[0] == "rw":
-            out.append(f"{a[2]}{step['rw'][a[1]]}")
-        elif a[0] == "device":
-            out.append(device)
-    return out
+from . import plan
 
 
 def command(step: dict, device: str) -> list[str]:
-    return [sys.executable, "-m", step["module"], *render(step, device), "--overwrite"]
+    args = plan.render(step, inp=lambda k: str(step["inputs"][k]), out=lambda: str(step["out"]),
+                       rw=lambda k: str(step["rw"][k]), device=device)
+    return [sys.executable, "-m", step["module"], *args, "--overwrite"]
 
 
 def describe(step: dict, device: str) -> str:

@@ -26,6 +26,24 @@ def _step(name, tool, module, out, args, *, inputs=None, gpu=False, network=Fals
             "args": args, "gpu": gpu, "network": network, "token": token, "rw": rw or {}, "hf_cache": hf_cache}
 
 
+def render(step: dict, *, inp, out, rw, device: str) -> list[str]:
+    """The step's arguments with each placeholder replaced: ``inp(key)``, ``out()`` and ``rw(key)``
+    say where those paths are for whoever runs (or identifies) the step."""
+    rendered = []
+    for a in step["args"]:
+        if isinstance(a, str):
+            rendered.append(a)
+        elif a[0] == "in":
+            rendered.append(inp(a[1]))
+        elif a[0] == "out":
+            rendered.append(out())
+        elif a[0] == "rw":
+            rendered.append(f"{a[2]}{rw(a[1])}")
+        else:  # ("device",)
+            rendered.append(device)
+    return rendered
+
+
 def _opts(section: dict, names: dict) -> list:
     """--flag value pairs for the options set in a config section ({key: flag})."""
     out = []

@@ -11,6 +11,8 @@ from pathlib import Path
 from upload_common import __version__
 from upload_common.contract import MANIFEST, canonical_sha256, describe_input, now_iso, sha256_file, write_json_atomic
 
+from .plan import render
+
 STATE = ".upload-driver/state.json"
 
 
@@ -19,14 +21,9 @@ def _identity(path: Path) -> dict:
 
 
 def step_key(step: dict) -> str:
-    def arg(a):
-        if isinstance(a, str):
-            return a
-        if a[0] == "rw":  # where it publishes is part of what it does
-            return f"rw:{a[2] if len(a) > 2 else ''}{step['rw'][a[1]]}"
-        return ":".join(str(x) for x in a if x != "device")  # the device changes how, not what
-
-    return canonical_sha256({"tool": step["tool"], "version": __version__, "args": [arg(a) for a in step["args"]],
+    # where it publishes is part of what it does; the device changes how, not what
+    args = render(step, inp=lambda k: f"in:{k}", out=lambda: "out", rw=lambda k: f"rw:{step['rw'][k]}", device="")
+    return canonical_sha256({"tool": step["tool"], "version": __version__, "args": args,
                              "inputs": {k: _identity(p) for k, p in sorted(step["inputs"].items())}})
 
 
