@@ -19,6 +19,7 @@ from pathlib import Path
 from upload_common.contract import (MANIFEST, atomic_output, canonical_sha256, check_output_free, describe_input,
                                     finish_manifest, library_versions, new_manifest, sha256_file, write_json_atomic)
 from upload_common.errors import InvalidInput, UsageError
+from upload_common.trainer_output import chat_template
 
 from . import card as cards
 from .sets import PREFERRED_QUANTS, identify, repo_ids, set_specs
@@ -66,13 +67,6 @@ def _as_list(value) -> list:
     if not value:
         return []
     return [value] if isinstance(value, str) else list(value)
-
-
-def _chat_template_in(folder: Path) -> bool:
-    if (folder / "chat_template.jinja").is_file():
-        return True
-    cfg = folder / "tokenizer_config.json"
-    return cfg.is_file() and '"chat_template"' in cfg.read_text(encoding="utf-8", errors="replace")
 
 
 def _base(sets: dict, base_model: str | None, warnings: list) -> tuple[str | None, str | None]:
@@ -244,26 +238,29 @@ def _document_set(s, spec, art, folder, partial, common, base_id, repo_for, name
                 ctx["modelfile"] = _modelfile(docs, folder, filename, system, common["license"], warnings)
                 ctx["modelfile"]["ollama_name"] = ctx["ollama_name"]
     else:
-        ctx["chat_template"] = _chat_template_in(folder)
+        ctx["chat_template"] = bool(chat_template(folder))
     from .plot import loss_curve
 
     kind = ((common.get("trainer") or {}).get("kind") or "").upper()
     if loss_curve(common.get("summary"), docs / "loss.png", f"{name} {kind} training loss".replace("  ", " ")):
         ctx["plot"] = "loss.png"
-    doc_files = [{"path": p.name, "size": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(docs.iterdir())]
+    def described(p: Path) -> dict:
+        return {"path": p.name, "size": p.stat().st_size, "sha256": sha256_file(p)}
+
+    doc_files = [described(p) for p in sorted(docs.iterdir())]  # the plot and the Modelfile, listed by the card
     ctx["files"] = sorted([*artifact_files, *doc_files], key=lambda f: f["path"])
     ctx["sizes"] = {f["path"]: f["size"] for f in ctx["files"]}
     (docs / "README.md").write_text(cards.render(ctx), encoding="utf-8")
-    readme = docs / "README.md"
+    card = described(docs / "README.md")
     files = [{"path_in_repo": o["path"], "origin": "artifact", "path": o["path"], "size": o["size"], "sha256": o["sha256"]}
              for o in artifact_files]
-    files += [{"path_in_repo": p.name, "origin": "docs", "path": f"{s}/{p.name}", "size": p.stat().st_size,
-               "sha256": sha256_file(p)} for p in sorted(docs.iterdir())]
+    files += [{"path_in_repo": f["path"], "origin": "docs", "path": f"{s}/{f['path']}", "size": f["size"],
+               "sha256": f["sha256"]} for f in [*doc_files, card]]
     entry = {"repo_id": repo_for[s], "title": spec["title"], "relation": relation, "base_model": ctx.get("base_model"),
              "library": spec["library"], "source": {"tool": art["tool"]["name"],
                                                     "manifest_sha256": common["manifest_sha"][s],
                                                     "fingerprint": art.get("fingerprint")},
-             "files": sorted(files, key=lambda f: f["path_in_repo"]), "card_sha256": sha256_file(readme)}
+             "files": sorted(files, key=lambda f: f["path_in_repo"]), "card_sha256": card["sha256"]}
     if ctx.get("modelfile"):
         entry["ollama"] = ctx["modelfile"]
     if ctx.get("gguf_files"):

@@ -141,6 +141,12 @@ def _tokenizer(adapter_dir: Path, root: Path, notes: list) -> dict:
     return {"dir": str(folder), "files": files, "chat_template": template}
 
 
+def chat_template(folder) -> str | None:
+    """The chat template a model or adapter folder carries (chat_template.jinja, .json, or
+    tokenizer_config.json), as transformers would find it."""
+    return _tokenizer(Path(folder), Path(folder), [])["chat_template"]
+
+
 def _summary(state: dict, source: Path) -> dict:
     log = [e for e in state.get("log_history") or [] if isinstance(e, dict)]
     losses = [[e.get("step"), e["loss"]] for e in log if isinstance(e.get("loss"), (int, float))]
