@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import re
 
+from upload_common.cards import looks_like_repo_id
 from upload_common.errors import InvalidInput
 
 RELATIONS = ("adapter", "merge", "quantized", "finetune")
-REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Licence identifiers the Hub accepts in `license:` (its list of repository licences); anything else is
 # `license: other` with `license_name` and `license_link`.
 HUB_LICENSES = frozenset("""
@@ -21,10 +21,6 @@ gfdl gpl gpl-2.0 gpl-3.0 lgpl lgpl-2.1 lgpl-3.0 isc h-research intel-research lp
 apple-amlr mpl-2.0 odc-by odbl openmdw-1.0 openrail++ osl-3.0 postgresql ofl-1.1 ncsa unlicense zlib pddl
 lgpl-lr deepfloyd-if-license fair-noncommercial-research-license llama2 llama3 llama3.1 llama3.2 llama3.3
 llama4 gemma unknown other""".split())
-
-
-def looks_like_repo_id(value) -> bool:
-    return isinstance(value, str) and bool(REPO_ID.match(value)) and ".." not in value
 
 
 def metadata(ctx: dict) -> dict:

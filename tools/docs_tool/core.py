@@ -18,6 +18,7 @@ from pathlib import Path
 
 from upload_common.contract import (MANIFEST, atomic_output, canonical_sha256, check_output_free, describe_input,
                                     finish_manifest, library_versions, new_manifest, sha256_file, write_json_atomic)
+from upload_common.cards import looks_like_repo_id
 from upload_common.errors import InvalidInput, UsageError
 from upload_common.trainer_output import chat_template
 
@@ -76,14 +77,14 @@ def _base(sets: dict, base_model: str | None, warnings: list) -> tuple[str | Non
     training = next((m.get("training") for _, _, m in sets.values() if m.get("training")), None) or {}
     adapter_base = (training.get("adapter") or {}).get("base_model_name_or_path")
     if base_model:
-        if not cards.looks_like_repo_id(base_model):
+        if not looks_like_repo_id(base_model):
             raise UsageError(f"--base-model {base_model!r} is not a Hub model id (org/name)")
         return base_model, adapter_base
     found = None
     if merged:
         b = merged["decisions"]["base"]
         found = b.get("repo_id") if b.get("source") == "hub" else None
-    elif cards.looks_like_repo_id(adapter_base) and not Path(str(adapter_base)).is_absolute():
+    elif looks_like_repo_id(adapter_base) and not Path(str(adapter_base)).is_absolute():
         found = adapter_base
     if not found:
         warnings.append("the base model is a local folder, not a Hub id: the cards name no base_model; pass "
@@ -208,11 +209,11 @@ def _document_set(s, spec, art, folder, partial, common, base_id, repo_for, name
         merged = next((m for m, (_, sp, _) in sets.items() if sp["relation"] == "finetune"
                        and common["manifest_sha"][m] == made_from), None)
         if merged:  # no Hub id without a namespace (a local publish): then the card names no base
-            ctx["base_model"] = repo_for[merged] if cards.looks_like_repo_id(repo_for[merged]) else None
+            ctx["base_model"] = repo_for[merged] if looks_like_repo_id(repo_for[merged]) else None
         else:  # a quantization of a fine-tune whose merged weights are not published here
             ctx["base_model"], relation = base_id, "finetune"
     elif relation == "adapter":
-        ctx["base_model"] = common["adapter_base"] if cards.looks_like_repo_id(common["adapter_base"]) and base_id else base_id
+        ctx["base_model"] = common["adapter_base"] if looks_like_repo_id(common["adapter_base"]) and base_id else base_id
         ctx["base_display"] = ctx["base_model"]
     else:
         ctx["base_model"] = base_id

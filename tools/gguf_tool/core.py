@@ -11,6 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from upload_common.cards import looks_like_repo_id
 from upload_common.contract import (atomic_output, check_free_space, check_output_free, describe_input, finish_manifest,
                                     library_versions, new_manifest, read_json_object, read_manifest, settle)
 from upload_common.errors import InvalidInput, Unsupported, UsageError
@@ -40,7 +41,7 @@ def _metadata(model_dir: Path, name: str) -> dict:
     # only a base that came from the Hub has a Hub id; a local folder's path (which another machine or
     # container cannot even check) is not one
     repo = base.get("repo_id") if base.get("source") == "hub" else None
-    if repo and re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
+    if looks_like_repo_id(repo):
         org, _, model = repo.partition("/")
         meta["general.base_models"] = [{"name": model, "organization": org, "repo_url": f"https://huggingface.co/{repo}"}]
     kind = ((manifest.get("training") or {}).get("trainer") or {}).get("kind")

@@ -14,7 +14,8 @@ from upload_common.errors import InvalidInput
 _CHUNK = 8 << 20
 
 
-def _copy_hashed(src: Path, dst: Path) -> str:
+def _copy_hashed(src: Path, dst: Path) -> tuple[str, Path]:
+    """(sha256 of what was copied, the temporary file holding it beside ``dst``)."""
     tmp = dst.with_name(f".{dst.name}.partial")
     h = hashlib.sha256()
     try:
