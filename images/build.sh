@@ -72,7 +72,7 @@ source_url=$(git -C "$root" remote get-url origin 2>/dev/null || echo upload-dri
 # tool | Dockerfile | extra(s) | bases: gpu (follows --cuda/--cpu) or cpu (always a CPU base) | torch
 tool_table='
 gguf-tool    | gguf-tool.Dockerfile   | gguf            | gpu | yes
-merge-tool   | python-tool.Dockerfile | merge,merge-bnb | gpu | yes
+merge-tool   | python-tool.Dockerfile | merge,merge-bnb,merge-quant | gpu | yes
 docs-tool    | python-tool.Dockerfile | docs            | cpu | no
 hf-push-tool | python-tool.Dockerfile | push            | cpu | no
 '

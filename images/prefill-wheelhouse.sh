@@ -9,7 +9,7 @@
 #   --no-tree     do not pack the host's llama.cpp tree
 #
 # What it puts in DIR:
-#   - every dependency of the project's extras (merge, merge-bnb, gguf, docs, push, driver; not test)
+#   - every dependency of the project's extras (merge, merge-bnb, merge-quant, gguf, docs, push, driver; not test)
 #     and its build backend (setuptools), at the pins of constraints.txt: `pip download`, so with this
 #     host's pip configuration (torch: the CPU build, TORCH_VERSION);
 #   - torch-<TORCH_VERSION>*.whl explicitly (`pip download torch==... --no-deps`);

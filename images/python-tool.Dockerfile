@@ -14,7 +14,7 @@
 #     -t upload-driver/docs-tool:0.1.0 images/.build/docs-tool
 #
 #   tool          EXTRA             bases (build.sh)                       torch
-#   merge-tool    merge,merge-bnb   CUDA (--cuda, default) or CPU (--cpu)   TORCH_VERSION
+#   merge-tool    merge,merge-bnb,merge-quant   CUDA (--cuda, default) or CPU (--cpu)   TORCH_VERSION
 #   docs-tool     docs              CPU_BASE                                none (TORCH_VERSION=)
 #   hf-push-tool  push              CPU_BASE                                none (TORCH_VERSION=)
 #

@@ -18,7 +18,7 @@ DEFAULTS = {
     "runtime": "auto",
     "gpus": "auto",
     "name": None,
-    "merge": {},  # base, checkpoint, dtype, max_shard_size
+    "merge": {},  # base, checkpoint, dtype, max_shard_size, calibration
     "gguf": {},  # imatrix, calibration, split_max_size, validate_tokens
     "docs": {},  # license, license_link, base_model, datasets, language, system, ollama_quant, repos
     "publish": {},  # private, ollama_push
@@ -94,10 +94,10 @@ def load_config(path) -> dict:
     for key in ("trainer_output", "work"):
         if data.get(key):
             data[key] = rel(data[key])
-    for section, keys in (("merge", ("base",)), ("gguf", ("imatrix", "calibration"))):
+    for section, keys in (("merge", ("base", "calibration")), ("gguf", ("imatrix", "calibration"))):
         for key in keys:
             value = (data.get(section) or {}).get(key)
-            if value and (section != "merge" or local_path(value).exists() or str(value).startswith((".", "/"))
+            if value and (key != "base" or local_path(value).exists() or str(value).startswith((".", "/"))
                           or _DRIVE.match(str(value))):
                 data[section][key] = rel(value)
     data["push"] = [_rel_target(t, rel) for t in data.get("push") or []]

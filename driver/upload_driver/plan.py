@@ -94,7 +94,8 @@ def plan(req: dict, found: dict) -> list[dict]:
     steps, sets = [], {}
     merge_formats = [f for f in FORMATS if f in formats or (f == "merged_16bit" and "gguf" in formats)]
     for fmt in merge_formats:
-        needs_base = get_format(fmt).NEEDS_BASE
+        module = get_format(fmt)
+        needs_base = module.NEEDS_BASE
         inputs = {"adapter": trainer}
         args = ["--adapter", ("in", "adapter"), "--out", ("out",), "--method", fmt, "--device", ("device",)]
         if needs_base and base_local:
@@ -102,6 +103,9 @@ def plan(req: dict, found: dict) -> list[dict]:
             args += ["--base", ("in", "base")]
         elif needs_base and base:
             args += ["--base", str(base)]
+        if getattr(module, "CALIBRATION", False) and merge.get("calibration"):
+            inputs["calibration"] = Path(merge["calibration"])
+            args += ["--calibration", ("in", "calibration")]
         args += _opts(merge, {"checkpoint": "--checkpoint", "dtype": "--dtype", "max_shard_size": "--max-shard-size"})
         steps.append(_step(fmt, "merge-tool", "merge_tool.cli", art / fmt, args, inputs=inputs, gpu=True,
                            network=needs_base and not base_local, token=needs_base and not base_local,

@@ -157,6 +157,8 @@ def summary(step: dict, seconds: float | None) -> dict:
     if m.get("files"):  # gguf-tool: validation per type
         row["figures"] = ", ".join(f"{q} top-1 {v['validation']['top1_agreement']:.3f}" for q, v in m["files"].items()
                                    if v.get("validation"))
+    elif m.get("validation"):  # a quantized merge-tool format
+        row["figures"] = f"top-1 {m['validation']['top1_agreement']:.3f}, KL {m['validation']['mean_kl']:.4f}"
     for target, sets in (m.get("published") or {}).items():
         where = [r.get("commit_url") or r.get("path") or r.get("model") for r in sets.values() if isinstance(r, dict)]
         row["published"] = f"{target}: " + ", ".join(w for w in where if w)

@@ -146,7 +146,22 @@ def _files(ctx: dict) -> str:
                 "the mean KL divergence of their next-token distributions (0 = identical).\n\n" + "\n".join(rows))
     rows = ["| File | Size |", "|---|---|"]
     rows += [f"| `{f['path']}` | {_size(f['size'])} |" for f in ctx["files"] if f["path"] != "README.md"]
-    return "## Files\n\n" + "\n".join(rows)
+    return "## Files\n\n" + "\n".join(rows) + _quantization(ctx)
+
+
+def _quantization(ctx: dict) -> str:
+    """How a quantized merge-tool format was made, and how close it stays to the 16-bit merge."""
+    q, v = ctx.get("quantization") or {}, ctx.get("validation")
+    lines = []
+    if q:
+        lines += ["", "", "## Quantization", "", "| Setting | Value |", "|---|---|"]
+        lines += [f"| {k.replace('_', ' ')} | {', '.join(map(str, val)) if isinstance(val, list) else val} |"
+                  for k, val in q.items() if val not in (None, "", [], {})]
+    if v:
+        lines += ["", f"Loaded with transformers and compared with the 16-bit merge on the same text "
+                      f"({v['positions']} positions): top-1 agreement **{v['top1_agreement']:.3f}** (share of positions "
+                      f"where both pick the same next token), mean KL divergence **{v['mean_kl']:.5f}** (0 = identical)."]
+    return "\n".join(lines)
 
 
 _CHAT = '''messages = [{"role": "user", "content": "Hello!"}]
@@ -172,7 +187,12 @@ def _usage(ctx: dict) -> str:
     code = (f'from transformers import AutoModelForCausalLM, AutoTokenizer\n\n'
             f'model = AutoModelForCausalLM.from_pretrained("{repo}")\n'
             f'tokenizer = AutoTokenizer.from_pretrained("{repo}")\n{prompt}\n{_GENERATE}')
-    return f"## Usage\n\nWith transformers:\n\n```python\n{code}\n```"
+    needs = ctx["spec"].get("requires") or []
+    pip = f" (`pip install {' '.join(needs)}`)" if needs else ""
+    text = f"## Usage\n\nWith transformers{pip}:\n\n```python\n{code}\n```"
+    if ctx["spec"].get("vllm"):
+        text += f"\n\nWith [vLLM](https://github.com/vllm-project/vllm), which reads this format natively:\n\n```sh\nvllm serve {repo}\n```"
+    return text
 
 
 def _usage_gguf(ctx: dict) -> str:

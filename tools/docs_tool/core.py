@@ -204,10 +204,11 @@ def _document_set(s, spec, art, folder, partial, common, base_id, repo_for, name
     relation = spec["relation"]
     ctx["base_display"] = base_id
     if relation == "quantized":
-        # quantized from the merged model of this run (matched by its manifest's hash): that is the base
+        # quantized from the merged model of this run (gguf-tool: matched by its manifest's hash; a
+        # merge-tool format: made from the same adapter and base): that is the base
         made_from = ((art.get("inputs") or {}).get("model") or {}).get("manifest_sha256")
-        merged = next((m for m, (_, sp, _) in sets.items() if sp["relation"] == "finetune"
-                       and common["manifest_sha"][m] == made_from), None)
+        merged = next((m for m, (_, sp, m_art) in sets.items() if sp["relation"] == "finetune"
+                       and (common["manifest_sha"][m] == made_from or _same_merge(m_art, art))), None)
         if merged:  # no Hub id without a namespace (a local publish): then the card names no base
             ctx["base_model"] = repo_for[merged] if looks_like_repo_id(repo_for[merged]) else None
         else:  # a quantization of a fine-tune whose merged weights are not published here
@@ -219,7 +220,10 @@ def _document_set(s, spec, art, folder, partial, common, base_id, repo_for, name
         ctx["base_model"] = base_id
     ctx["relation"] = relation
     versions = art.get("versions") or {}
-    ctx["versions"] = {k: versions[k] for k in ("llama-cpp-python", "torch", "transformers", "peft") if k in versions}
+    ctx["versions"] = {k: versions[k] for k in ("llama-cpp-python", "torch", "transformers", "peft", "bitsandbytes",
+                                                "llmcompressor", "compressed-tensors")
+                       if k in versions and (k != "bitsandbytes" or "bitsandbytes" in spec.get("requires", ()))}
+    ctx["quantization"], ctx["validation"] = art.get("quantization"), art.get("validation")
     artifact_files = [o for o in art["outputs"] if o["path"] not in ("README.md", MANIFEST)]
     too_big = [o["path"] for o in artifact_files if o["size"] > HUB_FILE_LIMIT]
     if too_big:
@@ -266,8 +270,20 @@ def _document_set(s, spec, art, folder, partial, common, base_id, repo_for, name
         entry["ollama"] = ctx["modelfile"]
     if ctx.get("gguf_files"):
         entry["validation"] = {q: info.get("validation") for q, info in ctx["gguf_files"].items()}
+    elif ctx.get("validation"):
+        entry["validation"] = {s: ctx["validation"]}
     entry["content_sha256"] = canonical_sha256([[f["path_in_repo"], f["sha256"]] for f in entry["files"]])
     return entry
+
+
+def _same_merge(merged: dict, art: dict) -> bool:
+    """Whether two merge-tool outputs were made from the same adapter and base (wherever mounted)."""
+    def source(m):
+        inputs = m.get("inputs") or {}
+        return [{k: v for k, v in (inputs.get(key) or {}).items() if k != "path"} for key in ("adapter", "base")]
+
+    tools = {(m.get("tool") or {}).get("name") for m in (merged, art)}
+    return tools == {"merge-tool"} and source(merged) == source(art)
 
 
 def _default_gguf(files: dict, wanted: str | None):
@@ -301,10 +317,10 @@ def _local_readme(name: str, upload: dict, sets: dict, folders: dict, lic: dict 
     lines += ["## Use the files here", ""]
     for s, st in upload["sets"].items():
         lines.append(f"- {st['title']}: " + how.get(st["library"], "see its card").format(f=folders[s].name, n=name.lower()))
-    if st.get("validation") if (st := upload["sets"].get("gguf")) else False:
-        lines += ["", "## GGUF validation", "", "| Type | Top-1 agreement | Mean KL |", "|---|---|---|"]
-        for q, v in st["validation"].items():
-            if v:
-                lines.append(f"| {q} | {v['top1_agreement']:.3f} | {v['mean_kl']:.5f} |")
+    checked = [(st["title"], q, v) for st in upload["sets"].values() for q, v in (st.get("validation") or {}).items() if v]
+    if checked:
+        lines += ["", "## Validation", "", "Each quantized model against the model it came from, on the same text.", "",
+                  "| Set | Type | Top-1 agreement | Mean KL |", "|---|---|---|---|"]
+        lines += [f"| {t} | {q} | {v['top1_agreement']:.3f} | {v['mean_kl']:.5f} |" for t, q, v in checked]
     lines += ["", f"Licence: {(lic or {}).get('license_name') or (lic or {}).get('license') or 'not known (see the base model)'}."]
     return "\n".join(lines) + "\n"

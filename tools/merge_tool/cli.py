@@ -23,13 +23,17 @@ from .formats import FORMATS
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--engine", type=click.Choice(["streaming", "unsloth"]), default="streaming", show_default=True,
               help="unsloth: merge with Unsloth (needs a CUDA GPU and the unsloth package).")
+@click.option("--calibration", type=click.Path(), default=None,
+              help="Calibration text for formats that need one (gptq, awq): a text file, a JSON Lines/JSON/Parquet/"
+                   "CSV file with a text or messages column, or a folder of them or a saved dataset "
+                   "(default: a built-in text).")
 @click.option("--allow-pickle", is_flag=True, help="Convert an adapter_model.bin (torch.load weights_only=True).")
 @overwrite_option
 @json_option
 @click.pass_context
 @report_errors
-def main(ctx, adapter, out, base, method, dtype, max_shard_size, checkpoint, device, engine, allow_pickle, overwrite,
-         as_json):
+def main(ctx, adapter, out, base, method, dtype, max_shard_size, checkpoint, device, engine, calibration, allow_pickle,
+         overwrite, as_json):
     """Export a LoRA adapter as-is or merged into its base model.
 
     \b
@@ -43,7 +47,8 @@ def main(ctx, adapter, out, base, method, dtype, max_shard_size, checkpoint, dev
     from .core import run
 
     manifest = run(adapter, out, base=base, method=method, dtype=dtype, max_shard_size=max_shard_size,
-                   checkpoint=checkpoint, device=device, engine=engine, overwrite=overwrite, allow_pickle=allow_pickle, log=log)
+                   checkpoint=checkpoint, device=device, engine=engine, overwrite=overwrite, allow_pickle=allow_pickle,
+                   calibration=calibration, log=log)
     emit(manifest if as_json else str(click.format_filename(out)), as_json)
 
 

@@ -23,7 +23,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
                    "added_tokens.json", "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt")
 
 
-def _copy_tokenizer(found: dict, base: dict | None, folder: Path, warnings: list) -> dict:
+def copy_tokenizer(found: dict, base: dict | None, folder: Path, warnings: list) -> dict:
     """The trainer's tokenizer (else the base's), always with a sentencepiece model when the base has
     one: without it llama.cpp falls back to tokenizer.json and tokenizes differently."""
     tok = found["tokenizer"]
@@ -48,7 +48,7 @@ def _copy_tokenizer(found: dict, base: dict | None, folder: Path, warnings: list
 
 def run(adapter_path, out, *, base: str | None = None, method: str = "merged_16bit", dtype: str = "auto",
         max_shard_size: str = "5GB", checkpoint: int | None = None, device: str = "auto", engine: str = "streaming",
-        overwrite: bool = False, allow_pickle: bool = False, log=lambda m: None) -> dict:
+        overwrite: bool = False, allow_pickle: bool = False, calibration=None, log=lambda m: None) -> dict:
     """Export or merge; returns the step manifest written beside the output files."""
     t0 = time.monotonic()
     fmt = get_format(method)
@@ -60,7 +60,8 @@ def run(adapter_path, out, *, base: str | None = None, method: str = "merged_16b
     log(f"adapter: {found['adapter']['path']} ({found['adapter']['reason']})")
     adapter_dir = Path(found["adapter"]["path"])
     params = {"method": method, "dtype": dtype, "max_shard_size": max_shard_size, "device": device,
-              "engine": engine, "checkpoint": checkpoint, "base": base}
+              "engine": engine, "checkpoint": checkpoint, "base": base,
+              "calibration": str(calibration) if calibration else None}
     with tempfile.TemporaryDirectory(prefix="merge-tool-") as tmp:
         if (adapter_dir / "adapter_model.bin").is_file() and not (adapter_dir / "adapter_model.safetensors").is_file():
             adapter = _read_pickled(adapter_dir, Path(tmp), allow_pickle)
@@ -73,6 +74,8 @@ def run(adapter_path, out, *, base: str | None = None, method: str = "merged_16b
         if resolved:
             inputs["base"] = describe_input(resolved["path"], repo_id=resolved.get("repo_id"),
                                             revision=resolved.get("revision"))
+        if calibration and getattr(fmt, "CALIBRATION", False):
+            inputs["calibration"] = describe_input(Path(calibration))
         manifest = new_manifest(TOOL, inputs=inputs, parameters=params)
         manifest["decisions"] = {"adapter": found["adapter"] | {"config": None}, **plan["decisions"]}
         if resolved:
@@ -91,9 +94,13 @@ def run(adapter_path, out, *, base: str | None = None, method: str = "merged_16b
             t1 = time.monotonic()
             with byte_progress(f"{method} -> {out.name}", plan["estimated_bytes"]) as advance:
                 hashes = fmt.write(plan, partial, advance)
-            manifest["decisions"]["tokenizer"] = _copy_tokenizer(found, resolved, partial, manifest["warnings"])
+            manifest["decisions"]["tokenizer"] = copy_tokenizer(found, resolved, partial, manifest["warnings"])
             manifest["timings"]["seconds"]["write"] = round(time.monotonic() - t1, 3)
-            manifest["versions"] = library_versions("torch", "safetensors", "huggingface_hub", "bitsandbytes")
+            for key in ("quantization", "validation"):  # what a quantized format measured while writing
+                if key in plan.get("report", {}):
+                    manifest[key] = plan["report"][key]
+            manifest["versions"] = library_versions("torch", "safetensors", "huggingface_hub", "bitsandbytes",
+                                                    *getattr(fmt, "LIBRARIES", ()))
             finish_manifest(manifest, partial, hashes, t0)
     for w in manifest["warnings"]:
         log(f"WARNING: {w}")

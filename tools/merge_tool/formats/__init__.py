@@ -6,10 +6,14 @@ A format module defines:
 - ``plan(job) -> dict``: every check that can fail, before anything is written; returns at least
   ``estimated_bytes``, ``decisions`` and ``warnings``;
 - ``write(plan, folder, progress) -> dict``: writes the model files into ``folder`` and returns
-  ``{relative path: sha256}`` for what it hashed while writing.
+  ``{relative path: sha256}`` for what it hashed while writing; it may leave ``plan["report"]``
+  with ``quantization`` and ``validation`` entries for the manifest (``merge_tool.quantized`` does);
+- optionally ``CALIBRATION = True`` (the driver then passes its calibration source as
+  ``--calibration``) and ``LIBRARIES`` (package names whose versions the manifest records).
 
 A row's ``publish`` entry is how docs-tool and hf-push-tool present the format: the repo name
-suffix, the card's ``base_model_relation`` and ``library_name``, a title and tags.
+suffix, the card's ``base_model_relation`` and ``library_name``, a title and tags; optionally
+``requires`` (packages users need to load it, named in the card) and ``vllm`` (vLLM serves it).
 """
 
 from __future__ import annotations

@@ -1,0 +1,115 @@
+"""What every quantized format shares: the adapter is merged at 16 bit into a scratch folder inside
+the partial output, the format quantizes that, and the result is loaded back the way users load it
+and compared with the 16-bit merge on the validation text (top-1 agreement, KL). A result below
+the format's bar fails the step; the figures go into the manifest (``validation``) beside the
+format's own summary (``quantization``).
+
+A format module using it defines ``quantize(merged_dir, folder, plan) -> (summary, load_kwargs)``
+and passes it to :func:`write`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from upload_common.errors import InvalidInput, Unsupported
+from upload_common.quality import VALIDATION_TEXT, compare, logprobs
+
+from . import calibration
+from .formats import merged_16bit
+
+SCRATCH = ".merged-16bit"
+VALIDATE_TOKENS = 128
+
+
+def require(module: str, extra: str, what: str):
+    """Import ``module`` or refuse before any work, saying which extra installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise Unsupported(f"{what} needs {module.replace('_', '-')} ({exc.name} is missing): pip install "
+                          f"'upload-driver[{extra}]'") from None
+
+
+def use_cuda(params: dict) -> bool:
+    import torch
+
+    return params.get("device") != "cpu" and torch.cuda.is_available()
+
+
+def plan(job: dict, *, min_top1: float, bits: float, decisions: dict) -> dict:
+    """The 16-bit merge's plan, with room for the scratch copy and the quantized files."""
+    merge = merged_16bit.plan(job)
+    sixteen = merge["estimated_bytes"]
+    return {"job": job, "merge": merge, "min_top1": min_top1, "estimated_bytes": sixteen + int(sixteen * bits / 16),
+            "warnings": merge["warnings"], "decisions": {**merge["decisions"], **decisions}}
+
+
+def calibration_plan(job: dict) -> dict:
+    """The calibration texts, read (and checked) at plan time."""
+    source = job["params"].get("calibration")
+    template = (job["found"].get("tokenizer") or {}).get("chat_template")
+    found = calibration.texts(source, _chat_renderer(template) if template else None)
+    return {"texts": found, "source": calibration.describe(source),
+            "warning": None if source else "calibrated on the built-in text: pass --calibration with text like the "
+                                           "training data for a better fit"}
+
+
+def _chat_renderer(template: str):
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    compiled = ImmutableSandboxedEnvironment().from_string(template)
+    return lambda turns: compiled.render(messages=turns, add_generation_prompt=False, bos_token="", eos_token="")
+
+
+def write(plan: dict, folder: Path, progress, quantize) -> dict:
+    """Merge into ``folder/.merged-16bit``, quantize into ``folder``, validate, drop the scratch copy."""
+    from .core import copy_tokenizer
+
+    job = plan["job"]
+    scratch = folder / SCRATCH
+    scratch.mkdir()
+    merged_16bit.write(plan["merge"], scratch, progress)
+    copy_tokenizer(job["found"], job["base"], scratch, [])
+    summary, load_kwargs = quantize(scratch, folder, plan)
+    progress(sum(p.stat().st_size for p in folder.iterdir() if p.is_file()))
+    figures = validate(scratch, folder, load_kwargs, use_cuda(job["params"]))
+    shutil.rmtree(scratch)
+    for p in folder.rglob("*"):  # some savers create their files private (0600)
+        if p.is_file():
+            os.chmod(p, 0o644)
+    plan["report"] = {"quantization": summary, "validation": figures}
+    if figures["top1_agreement"] < plan["min_top1"]:
+        raise InvalidInput(f"validation failed: the quantized model agrees with the 16-bit merge on "
+                           f"{figures['top1_agreement']:.3f} of next tokens (needs {plan['min_top1']}; mean KL "
+                           f"{figures['mean_kl']:.4f}): try more or better --calibration text", validation=figures)
+    return {}
+
+
+def validate(reference_dir: Path, folder: Path, load_kwargs: dict, cuda: bool) -> dict:
+    """The quantized model in ``folder`` against the 16-bit one, as transformers loads each."""
+    import gc
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(reference_dir)(VALIDATION_TEXT).input_ids[:VALIDATE_TOKENS]
+    device = "cuda" if cuda else "cpu"
+    ref_model = AutoModelForCausalLM.from_pretrained(reference_dir, dtype=torch.float32, device_map=device).eval()
+    ref = logprobs(ref_model, ids)
+    del ref_model
+    gc.collect()
+    model = AutoModelForCausalLM.from_pretrained(folder, device_map=device, **load_kwargs).eval()
+    got = logprobs(model, ids)
+    return {**compare(ref, got), "reference": "the 16-bit merge (fp32 compute)", "text": "built-in validation text"}
+
+
+def load_merged(merged_dir: Path, cuda: bool):
+    """The 16-bit merge as a transformers model (its own dtype), and its tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype="auto", device_map="cuda" if cuda else "cpu")
+    return model, AutoTokenizer.from_pretrained(merged_dir)
