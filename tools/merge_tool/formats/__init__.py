@@ -30,6 +30,11 @@ FORMATS = {
                      "summary": "the adapter merged into the base, 16-bit safetensors, streamed",
                      "publish": {"suffix": "", "relation": "finetune", "library": "transformers",
                                  "title": "merged 16-bit model", "tags": ["merged"]}},
+    "merged_4bit": {"module": "merge_tool.formats.merged_4bit",
+                    "summary": "the merge quantized to 4-bit NF4 by bitsandbytes, loadable by transformers",
+                    "publish": {"suffix": "-bnb-4bit", "relation": "quantized", "library": "transformers",
+                                "title": "4-bit (bitsandbytes NF4) model", "tags": ["bitsandbytes", "4-bit", "nf4"],
+                                "requires": ["bitsandbytes"]}},
 }
 
 

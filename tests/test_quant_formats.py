@@ -1,0 +1,168 @@
+"""merge-tool's quantized formats on a briefly trained tiny Llama: each output loads in transformers
+as users load it, its recorded validation matches a comparison made here against the adapter
+applied by peft, and bad situations are refused before anything looks finished."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import no_finished_output, tree_hash
+
+# format -> what its config.json's quantization_config must say, and the module class it loads as
+EXPECT = {
+    "merged_4bit": ({"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}, "Linear4bit"),
+}
+
+
+@pytest.fixture(scope="session")
+def quant_trainer(tmp_path_factory, trained_llama, tokenizer_dir) -> Path:
+    from upload_common.sample import make_trainer_output
+
+    return make_trainer_output(tmp_path_factory.mktemp("qrun") / "sft_output", trained_llama, kind="sft",
+                               tokenizer_dir=tokenizer_dir, lora_scale=0.02)
+
+
+@pytest.fixture(scope="session")
+def peft_reference(quant_trainer, trained_llama):
+    """(token ids, log-probabilities) of the base with the adapter applied by peft: the ground truth."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from upload_common.quality import VALIDATION_TEXT, logprobs
+
+    base = AutoModelForCausalLM.from_pretrained(trained_llama, dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, quant_trainer).eval()
+    ids = AutoTokenizer.from_pretrained(quant_trainer)(VALIDATION_TEXT).input_ids[:128]
+    return ids, logprobs(model, ids)
+
+
+@pytest.fixture(scope="session")
+def quant_outputs(tmp_path_factory, quant_trainer, trained_llama) -> dict:
+    """Each format run once by merge-tool's CLI (in its own process, as the driver runs it)."""
+    root = tmp_path_factory.mktemp("qout")
+    outs = {}
+    for fmt in ["merged_16bit", *EXPECT]:
+        out = root / fmt
+        r = subprocess.run([sys.executable, "-m", "merge_tool.cli", "--adapter", str(quant_trainer), "--base",
+                            str(trained_llama), "--out", str(out), "--method", fmt, "--device", "cpu", "--json"],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-3000:]
+        outs[fmt] = out
+    return outs
+
+
+@pytest.mark.parametrize("fmt", list(EXPECT))
+def test_quantized_output_loads_and_its_recorded_validation_is_true(fmt, quant_outputs, peft_reference):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from upload_common.quality import compare, logprobs
+
+    out = quant_outputs[fmt]
+    manifest = json.loads((out / "manifest.json").read_text())
+    qconfig = json.loads((out / "config.json").read_text())["quantization_config"]
+    want, cls = EXPECT[fmt]
+    assert {k: qconfig.get(k) for k in want} == want
+    assert not (out / ".merged-16bit").exists()
+    assert {"tokenizer.model", "tokenizer_config.json", "model.safetensors"} <= {p.name for p in out.iterdir()}
+    listed = {o["path"] for o in manifest["outputs"]}
+    assert "model.safetensors" in listed and not any(p.startswith(".merged") for p in listed)
+
+    model = AutoModelForCausalLM.from_pretrained(out, device_map="cpu").eval()
+    assert type(model.model.layers[0].mlp.down_proj).__name__ == cls
+    ids, truth = peft_reference
+    mine = compare(truth, logprobs(model, ids))
+    recorded = manifest["validation"]
+    assert recorded["positions"] == len(ids)
+    # recorded against the 16-bit merge, measured here against peft: the merge is exact, so they agree
+    assert abs(recorded["top1_agreement"] - mine["top1_agreement"]) <= 0.03
+    assert recorded["mean_kl"] == pytest.approx(mine["mean_kl"], rel=0.5, abs=5e-4)
+    assert 0 < recorded["mean_kl"] < 0.05 and recorded["top1_agreement"] >= 0.85
+    assert manifest["quantization"]["method"] and manifest["parameters"]["method"] == fmt
+
+
+def test_bitsandbytes_without_cpu_support_is_refused_before_any_work(quant_trainer, trained_llama, tmp_path,
+                                                                     monkeypatch):
+    import bitsandbytes.functional as F
+
+    from merge_tool.core import run
+    from upload_common.errors import Unsupported
+
+    def no_cpu(*a, **k):  # fault injection: a bitsandbytes build without a CPU backend
+        raise RuntimeError("no kernel for CPU")
+
+    monkeypatch.setattr(F, "quantize_4bit", no_cpu)
+    before = tree_hash(quant_trainer)
+    with pytest.raises(Unsupported, match="merged_4bit needs a CUDA GPU here"):
+        run(quant_trainer, tmp_path / "q", base=str(trained_llama), method="merged_4bit", device="cpu")
+    assert no_finished_output(tmp_path / "q") and tree_hash(quant_trainer) == before
+
+
+def test_a_result_below_the_bar_fails_and_leaves_nothing_finished(quant_trainer, trained_llama, tmp_path,
+                                                                  monkeypatch):
+    from merge_tool.core import run
+    from merge_tool.formats import merged_4bit
+    from upload_common.errors import InvalidInput
+
+    monkeypatch.setattr(merged_4bit, "MIN_TOP1", 1.01)
+    with pytest.raises(InvalidInput, match="validation failed: the quantized model agrees"):
+        run(quant_trainer, tmp_path / "q", base=str(trained_llama), method="merged_4bit", device="cpu")
+    assert no_finished_output(tmp_path / "q")
+
+
+def test_a_missing_library_names_the_extra_to_install(quant_trainer, trained_llama, tmp_path, monkeypatch):
+    from merge_tool.core import run
+    from upload_common.errors import Unsupported
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
+    with pytest.raises(Unsupported, match=r"pip install 'upload-driver\[merge-quant\]'"):
+        run(quant_trainer, tmp_path / "q", base=str(trained_llama), method="merged_4bit", device="cpu")
+    assert no_finished_output(tmp_path / "q")
+
+
+def test_docs_tool_presents_each_quantized_set_through_the_registry(quant_outputs, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from docs_tool.core import run as docs_run
+    from merge_tool.formats import FORMATS
+
+    docs_run([quant_outputs[f] for f in ["merged_16bit", *EXPECT]], tmp_path / "docs", namespace="alice",
+             name="Tiny-Chat")
+    upload = json.loads((tmp_path / "docs" / "upload_manifest.json").read_text())
+    for fmt in EXPECT:
+        publish = FORMATS[fmt]["publish"]
+        entry = upload["sets"][fmt]
+        assert entry["repo_id"] == f"alice/Tiny-Chat{publish['suffix']}"
+        card = ModelCard.load(tmp_path / "docs" / fmt / "README.md")
+        meta = card.data.to_dict()
+        # quantized from the merged model published in the same run: that repo is its base
+        assert meta["base_model"] == "alice/Tiny-Chat" and meta["base_model_relation"] == "quantized"
+        assert meta["library_name"] == publish["library"] and set(publish["tags"]) <= set(meta["tags"])
+        manifest = json.loads((quant_outputs[fmt] / "manifest.json").read_text())
+        figures = manifest["validation"]
+        assert entry["validation"] == {fmt: figures}
+        assert "## Quantization" in card.text and f"**{figures['top1_agreement']:.3f}**" in card.text
+        assert manifest["quantization"]["library"] in card.text
+        for package in publish.get("requires", []):
+            assert f"pip install {package}" in card.text
+    readme = (tmp_path / "docs" / "README.md").read_text()
+    assert "## Validation" in readme and all(f"| {fmt} |" in readme for fmt in EXPECT)
+
+
+def test_without_the_merged_set_a_quantized_card_names_the_base_as_a_finetune(quant_outputs, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from docs_tool.core import run as docs_run
+
+    fmt = next(iter(EXPECT))
+    docs_run([quant_outputs[fmt]], tmp_path / "docs", namespace="alice", name="Tiny-Chat",
+             base_model="acme-base/Tiny-Llama-3")
+    meta = ModelCard.load(tmp_path / "docs" / fmt / "README.md").data.to_dict()
+    assert meta["base_model"] == "acme-base/Tiny-Llama-3" and meta["base_model_relation"] == "finetune"
+

@@ -1,0 +1,67 @@
+"""``merged_4bit``: the 16-bit merge quantized by bitsandbytes to 4-bit NF4 with double
+quantization (QLoRA's format), saved the way transformers saves it, so ``from_pretrained`` loads
+it as it is. The output layer stays at 16 bit. bitsandbytes quantizes on the GPU, or on the CPU
+where its build supports it; where it does not, the step is refused before any work."""
+
+from __future__ import annotations
+
+from .. import quantized
+
+NEEDS_BASE = True
+LIBRARIES = ("transformers", "accelerate")
+MIN_TOP1 = 0.80  # a broken quantization agrees at chance level; a sound 4-bit one at 0.9 and more
+SETTINGS = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True}
+
+
+def plan(job: dict) -> dict:
+    version = check_bitsandbytes(job, "merged_4bit", probe="quantize_4bit")
+    return quantized.plan(job, min_top1=MIN_TOP1, bits=4.5,
+                          decisions={"quantization": {"library": f"bitsandbytes {version}", **SETTINGS}})
+
+
+def write(plan: dict, folder, progress) -> dict:
+    return quantized.write(plan, folder, progress,
+                           lambda src, dst, p: quantize_with(src, dst, p, SETTINGS, "bitsandbytes NF4, 4 bit"))
+
+
+def check_bitsandbytes(job: dict, fmt: str, probe: str) -> str:
+    """bitsandbytes' version, once it has quantized a small matrix where the step will run (else a refusal)."""
+    import torch
+
+    quantized.require("transformers", "merge-quant", fmt)
+    quantized.require("accelerate", "merge-quant", fmt)
+    bnb = quantized.require("bitsandbytes", "merge-quant", fmt)
+    cuda = quantized.use_cuda(job["params"])
+    try:
+        import bitsandbytes.functional as F
+
+        x = torch.ones(64, 64, device="cuda" if cuda else "cpu", dtype=torch.float16 if cuda else torch.float32)
+        F.quantize_4bit(x) if probe == "quantize_4bit" else F.int8_vectorwise_quant(x)
+    except Exception as exc:  # bitsandbytes builds without a CPU backend raise various errors here
+        from upload_common.errors import Unsupported
+
+        where = "on this GPU" if cuda else "on the CPU"
+        raise Unsupported(f"{fmt} needs a CUDA GPU here: bitsandbytes {bnb.__version__} cannot quantize {where} "
+                          f"({type(exc).__name__}); run on a machine with a GPU (upload-driver --gpus all)") from None
+    return bnb.__version__
+
+
+def quantize_with(merged_dir, folder, plan: dict, settings: dict, method: str):
+    """Load the 16-bit merge quantized by bitsandbytes and save it; returns (summary, load options)."""
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from upload_common.st_io import CODES
+
+    cuda = quantized.use_cuda(plan["job"]["params"])
+    compute = CODES[plan["merge"]["out_dtype"]]
+    extra = {"bnb_4bit_compute_dtype": getattr(torch, compute)} if settings.get("load_in_4bit") else {}
+    model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=getattr(torch, compute),
+                                                 quantization_config=BitsAndBytesConfig(**settings, **extra),
+                                                 device_map="cuda" if cuda else "cpu")
+    model.save_pretrained(folder)
+    summary = {"method": method, "library": plan["decisions"]["quantization"]["library"],
+               **{k: v for k, v in settings.items() if not k.startswith("load_in")},
+               **({"compute_dtype": compute} if extra else {}), "kept_at_16_bit": "lm_head",
+               "quantized_on": "cuda" if cuda else "cpu"}
+    return summary, {}
