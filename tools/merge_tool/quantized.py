@@ -83,9 +83,11 @@ def write(plan: dict, folder: Path, progress, quantize) -> dict:
             os.chmod(p, 0o644)
     plan["report"] = {"quantization": summary, "validation": figures}
     if figures["top1_agreement"] < plan["min_top1"]:
+        hint = ("try more, or more typical, --calibration text" if "calibration" in plan else
+                "this model loses too much in this format: try a wider one (merged_8bit, or gguf with Q8_0)")
         raise InvalidInput(f"validation failed: the quantized model agrees with the 16-bit merge on "
                            f"{figures['top1_agreement']:.3f} of next tokens (needs {plan['min_top1']}; mean KL "
-                           f"{figures['mean_kl']:.4f}): try more or better --calibration text", validation=figures)
+                           f"{figures['mean_kl']:.4f}): {hint}", validation=figures)
     return {}
 
 
