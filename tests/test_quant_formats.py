@@ -16,6 +16,7 @@ from conftest import no_finished_output, tree_hash
 # format -> what its config.json's quantization_config must say, and the module class it loads as
 EXPECT = {
     "merged_4bit": ({"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}, "Linear4bit"),
+    "merged_8bit": ({"quant_method": "bitsandbytes", "load_in_8bit": True}, "Linear8bitLt"),
 }
 
 
@@ -84,6 +85,8 @@ def test_quantized_output_loads_and_its_recorded_validation_is_true(fmt, quant_o
     assert abs(recorded["top1_agreement"] - mine["top1_agreement"]) <= 0.03
     assert recorded["mean_kl"] == pytest.approx(mine["mean_kl"], rel=0.5, abs=5e-4)
     assert 0 < recorded["mean_kl"] < 0.05 and recorded["top1_agreement"] >= 0.85
+    if fmt == "merged_8bit":  # 8 bit must be much closer to the 16-bit model than any 4-bit format
+        assert recorded["mean_kl"] < 0.002 and recorded["top1_agreement"] >= 0.9
     assert manifest["quantization"]["method"] and manifest["parameters"]["method"] == fmt
 
 

@@ -35,6 +35,11 @@ FORMATS = {
                     "publish": {"suffix": "-bnb-4bit", "relation": "quantized", "library": "transformers",
                                 "title": "4-bit (bitsandbytes NF4) model", "tags": ["bitsandbytes", "4-bit", "nf4"],
                                 "requires": ["bitsandbytes"]}},
+    "merged_8bit": {"module": "merge_tool.formats.merged_8bit",
+                    "summary": "the merge quantized to 8 bit (LLM.int8) by bitsandbytes, loadable by transformers",
+                    "publish": {"suffix": "-bnb-8bit", "relation": "quantized", "library": "transformers",
+                                "title": "8-bit (bitsandbytes LLM.int8) model", "tags": ["bitsandbytes", "8-bit"],
+                                "requires": ["bitsandbytes"]}},
 }
 
 
