@@ -75,6 +75,8 @@ EOF
 printf 'torch==%s\nllama-cpp-python==%s\n' "$TORCH_VERSION" "$LLAMA_CPP_PYTHON_VERSION" > "$pins"
 say "pip download: $(tr '\n' ' ' < "$reqs")"
 "$python" -m pip download -q -d "$dir" -c "$root/constraints.txt" -c "$pins" -r "$reqs"
+# shellcheck disable=SC2046
+"$python" -m pip download -q --no-deps -d "$dir" $(awk '!/^#/ && NF == 2 { print $2 }' "$root/nodeps.txt")
 
 ls "$dir"/torch-"$TORCH_VERSION"[-+]*.whl >/dev/null 2>&1 \
     || "$python" -m pip download -q --no-deps -d "$dir" "torch==$TORCH_VERSION"

@@ -17,6 +17,8 @@ from conftest import no_finished_output, tree_hash
 EXPECT = {
     "merged_4bit": ({"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}, "Linear4bit"),
     "merged_8bit": ({"quant_method": "bitsandbytes", "load_in_8bit": True}, "Linear8bitLt"),
+    # transformers decompresses compressed-tensors checkpoints to plain layers on the CPU
+    "gptq": ({"quant_method": "compressed-tensors", "format": "pack-quantized", "ignore": ["lm_head"]}, "Linear"),
 }
 
 
@@ -169,3 +171,102 @@ def test_without_the_merged_set_a_quantized_card_names_the_base_as_a_finetune(qu
     meta = ModelCard.load(tmp_path / "docs" / fmt / "README.md").data.to_dict()
     assert meta["base_model"] == "acme-base/Tiny-Llama-3" and meta["base_model_relation"] == "finetune"
 
+
+def test_gptq_records_its_scheme_and_calibration_in_config_manifest_and_recipe(quant_outputs):
+    out = quant_outputs["gptq"]
+    group = json.loads((out / "config.json").read_text())["quantization_config"]["config_groups"]["group_0"]
+    want = {"num_bits": 4, "type": "int", "symmetric": True, "group_size": 128}
+    assert {k: group["weights"][k] for k in want} == want
+    assert "GPTQModifier" in (out / "recipe.yaml").read_text()
+    q = json.loads((out / "manifest.json").read_text())["quantization"]
+    assert q["calibration"] == "built-in text" and q["calibration_samples"] >= 1 and q["group_size"] == 128
+
+
+@pytest.fixture()
+def calibration_sources(tmp_path, tokenizer_dir):
+    import datasets
+
+    (tmp_path / "plain.txt").write_text("first paragraph\nstill first\n\nsecond paragraph\n")
+    rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}]},
+            {"messages": [{"role": "user", "content": "bye"}, {"role": "assistant", "content": "see you"}]}]
+    (tmp_path / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    datasets.Dataset.from_dict({"text": ["saved one", "saved two", " "]}).save_to_disk(str(tmp_path / "saved"))
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "a.txt").write_text("alpha\n\nbeta\n")
+    (tmp_path / "folder" / "b.csv").write_text("text,other\ngamma,1\n")
+    (tmp_path / "empty.txt").write_text("\n\n")
+    (tmp_path / "nocol.jsonl").write_text('{"body": "x"}\n')
+    return tmp_path
+
+
+def test_calibration_sources_are_read_as_users_write_them(calibration_sources):
+    from merge_tool import calibration
+    from upload_common.errors import InvalidInput
+
+    src = calibration_sources
+    assert calibration.texts(src / "plain.txt") == ["first paragraph\nstill first", "second paragraph"]
+    chat = calibration.texts(src / "chat.jsonl", lambda turns: "|".join(t["content"] for t in turns))
+    assert chat == ["hi|hello there", "bye|see you"]
+    assert calibration.texts(src / "chat.jsonl")[0] == "user: hi\nassistant: hello there"
+    assert calibration.texts(src / "saved") == ["saved one", "saved two"]
+    assert calibration.texts(src / "folder") == ["alpha", "beta", "gamma"]
+    assert len(calibration.texts(None)) > 5
+    for bad, says in (("empty.txt", "is empty"), ("nocol.jsonl", "no text, messages or prompt column"),
+                      ("missing.txt", "does not exist")):
+        with pytest.raises(InvalidInput, match=says):
+            calibration.texts(src / bad)
+
+
+def test_token_samples_cut_the_stream_into_fixed_length_sequences(tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    from merge_tool import calibration
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    texts = calibration.texts(None) * 20
+    samples = calibration.token_samples(tok, texts, samples=5, seq_len=64)
+    assert len(samples) == 5 and all(len(s) == 64 for s in samples)
+    assert tok.eos_token_id in sum(samples, [])
+    few = calibration.token_samples(tok, ["one short text"], samples=5, seq_len=64)
+    assert len(few) == 1 and few[0][-1] == tok.eos_token_id
+
+
+def test_gptq_uses_the_calibration_given_and_refuses_a_bad_one(quant_trainer, trained_llama, tmp_path):
+    from merge_tool.core import run
+    from upload_common.errors import InvalidInput
+
+    (tmp_path / "cal.txt").write_text("\n\n".join(["the cat sat on the mat near the door"] * 40))
+    m = run(quant_trainer, tmp_path / "q", base=str(trained_llama), method="gptq", device="cpu",
+            calibration=tmp_path / "cal.txt")
+    assert m["quantization"]["calibration"] == str(tmp_path / "cal.txt") and not m["warnings"]
+    assert m["inputs"]["calibration"]["sha256"] and m["validation"]["top1_agreement"] >= 0.8
+    with pytest.raises(InvalidInput, match="does not exist"):
+        run(quant_trainer, tmp_path / "bad" / "q", base=str(trained_llama), method="gptq",
+            calibration=tmp_path / "nope.txt")
+    assert no_finished_output(tmp_path / "bad" / "q")
+
+
+def test_the_driver_runs_gptq_from_the_registry_with_its_calibration(quant_trainer, trained_llama, tmp_path):
+    from click.testing import CliRunner
+
+    from upload_driver.cli import main
+
+    cal = tmp_path / "cal.txt"
+    cal.write_text("\n\n".join(["a plain sentence about boats and the sea"] * 30))
+    (tmp_path / "upload.toml").write_text(f'formats = ["merged_16bit", "gptq"]\nname = "Tiny"\n'
+                                          f'[merge]\nbase = "{trained_llama}"\ncalibration = "cal.txt"\n')
+    args = ["run", str(quant_trainer), "--config", str(tmp_path / "upload.toml"), "--work", str(tmp_path / "w"),
+            "--push", f"local:{tmp_path / 'site'}", "--runtime", "local", "--json"]
+    env = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+    result = CliRunner().invoke(main, args, env=env)
+    assert result.exit_code == 0, result.output
+    rows = {r["step"]: r for r in json.loads(result.stdout)["steps"]}
+    assert rows["gptq"]["figures"].startswith("top-1 ")
+    manifest = json.loads((tmp_path / "w" / "artifacts" / "gptq" / "manifest.json").read_text())
+    assert manifest["inputs"]["calibration"]["sha256"] and manifest["quantization"]["calibration"].endswith("cal.txt")
+    site = tmp_path / "site" / "Tiny-GPTQ"
+    assert (site / "config.json").is_file() and "## Quantization" in (site / "README.md").read_text()
+    cal.write_text(cal.read_text() + "\n\none more paragraph about harbours")
+    result = CliRunner().invoke(main, args, env=env)
+    rows = {r["step"]: r for r in json.loads(result.stdout)["steps"]}
+    assert rows["merged_16bit"]["skipped"] and not rows["gptq"]["skipped"]  # the calibration feeds gptq only

@@ -40,6 +40,11 @@ FORMATS = {
                     "publish": {"suffix": "-bnb-8bit", "relation": "quantized", "library": "transformers",
                                 "title": "8-bit (bitsandbytes LLM.int8) model", "tags": ["bitsandbytes", "8-bit"],
                                 "requires": ["bitsandbytes"]}},
+    "gptq": {"module": "merge_tool.formats.gptq",
+             "summary": "the merge quantized to 4 bit by GPTQ (llm-compressor), compressed-tensors for vLLM/transformers",
+             "publish": {"suffix": "-GPTQ", "relation": "quantized", "library": "transformers", "title": "GPTQ 4-bit model",
+                         "tags": ["gptq", "4-bit", "compressed-tensors", "llm-compressor"],
+                         "requires": ["compressed-tensors"], "vllm": True}},
 }
 
 

@@ -1,0 +1,88 @@
+"""``gptq``: the 16-bit merge quantized to 4-bit integer weights (16-bit activations, W4A16) by
+llm-compressor's GPTQ, calibrated on a small text set, and saved as compressed-tensors: the
+checkpoint format vLLM serves natively and transformers loads with ``compressed-tensors``
+installed. Symmetric groups of 128 input columns (fewer where a layer is narrower); the output
+layer stays at 16 bit. Runs on the GPU when there is one, else on the CPU (slowly on big models)."""
+
+from __future__ import annotations
+
+from .. import calibration, quantized
+
+NEEDS_BASE = True
+CALIBRATION = True
+LIBRARIES = ("transformers", "llmcompressor", "compressed-tensors")
+MIN_TOP1 = 0.80  # a broken quantization agrees at chance level; a sound 4-bit one at 0.9 and more
+GROUP_SIZES = (128, 64, 32)
+
+
+def plan(job: dict) -> dict:
+    return llmcompressor_plan(job, "gptq", "GPTQ", min_top1=MIN_TOP1)
+
+
+def write(plan: dict, folder, progress) -> dict:
+    return quantized.write(plan, folder, progress, lambda src, dst, p: oneshot(src, dst, p, _recipe))
+
+
+def _recipe(plan: dict):
+    from llmcompressor.modifiers.quantization import GPTQModifier
+
+    return [GPTQModifier(config_groups={"group_0": plan["scheme"]}, ignore=["lm_head"])]
+
+
+def llmcompressor_plan(job: dict, fmt: str, method: str, *, min_top1: float, calibrate: bool = True) -> dict:
+    """Checks and decisions shared by the llm-compressor formats: libraries present, group size,
+    calibration text read."""
+    import os
+
+    if not os.environ.get("UPLOAD_DRIVER_DEBUG"):  # llm-compressor logs every layer at INFO otherwise
+        os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "WARNING")
+    for module in ("transformers", "compressed_tensors", "llmcompressor"):
+        quantized.require(module, "merge-quant", fmt)
+    from importlib.metadata import version
+
+    plan = quantized.plan(job, min_top1=min_top1, bits=4.5, decisions={})
+    widths = {s["shape"][1] for name, s in plan["merge"]["out_specs"].items()
+              if name.endswith(".weight") and len(s["shape"]) == 2 and "embed" not in name and name != "lm_head.weight"}
+    group = next((g for g in GROUP_SIZES if all(w % g == 0 for w in widths)), None)
+    if group is None:
+        from upload_common.errors import Unsupported
+
+        raise Unsupported(f"{fmt}: the model's layer widths ({', '.join(map(str, sorted(widths)))}) are not multiples "
+                          f"of {GROUP_SIZES[-1]}: use merged_4bit or gguf for this model")
+    plan["scheme"] = {"targets": ["Linear"], "weights": {"num_bits": 4, "type": "int", "symmetric": True,
+                                                         "strategy": "group", "group_size": group}}
+    plan["method"] = method
+    plan["decisions"]["quantization"] = {"library": f"llmcompressor {version('llmcompressor')}", "method": method,
+                                         "scheme": "W4A16", "group_size": group}
+    if calibrate:
+        cal = quantized.calibration_plan(job)
+        plan["calibration"] = cal
+        plan["decisions"]["quantization"]["calibration"] = cal["source"]
+        if cal["warning"]:
+            plan["warnings"].append(cal["warning"])
+    return plan
+
+
+def oneshot(merged_dir, folder, plan: dict, recipe) -> tuple[dict, dict]:
+    """llm-compressor's one-shot run of ``recipe(plan)`` on the 16-bit merge, saved compressed."""
+    from datasets import Dataset
+    from llmcompressor import oneshot as run_oneshot
+
+    cuda = quantized.use_cuda(plan["job"]["params"])
+    model, tok = quantized.load_merged(merged_dir, cuda)
+    kwargs, summary_cal = {}, {}
+    if "calibration" in plan:
+        samples = calibration.token_samples(tok, plan["calibration"]["texts"])
+        kwargs = {"dataset": Dataset.from_dict({"input_ids": samples}), "num_calibration_samples": len(samples),
+                  "max_seq_length": calibration.SEQ_LEN}
+        summary_cal = {"calibration": plan["calibration"]["source"], "calibration_samples": len(samples),
+                       "calibration_tokens": sum(map(len, samples))}
+    run_oneshot(model=model, recipe=recipe(plan), **kwargs)
+    model.save_pretrained(folder, save_compressed=True)
+    weights = plan["scheme"]["weights"]
+    summary = {"method": f"{plan['method']} (llm-compressor)", "library": plan["decisions"]["quantization"]["library"],
+               "format": "compressed-tensors", "scheme": plan["decisions"]["quantization"]["scheme"],
+               "bits": weights.get("num_bits"), "group_size": weights.get("group_size"),
+               "symmetric": weights.get("symmetric"), **summary_cal, "kept_at_16_bit": "lm_head",
+               "quantized_on": "cuda" if cuda else "cpu"}
+    return {k: v for k, v in summary.items() if v is not None}, {}
