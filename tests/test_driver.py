@@ -47,7 +47,7 @@ def test_plan_from_the_request(sft_output, tmp_path):
     assert by["publish-hf"]["network"] and by["publish-hf"]["token"] and not by["publish-local"]["network"]
     assert not any(s["network"] for s in steps[:4]) and by["gguf"]["gpu"] and not by["docs"]["gpu"]
     assert naming({"push": [], "name": None, "trainer_output": "/x/sft out"}) == ("sft-out", None)
-    for bad, message in ((dict(formats="awq"), "unknown format"), (dict(push=("ftp:x",)), "hf:ORG/NAME"),
+    for bad, message in ((dict(formats="exl2"), "unknown format"), (dict(push=("ftp:x",)), "hf:ORG/NAME"),
                          (dict(push=("hf:noslash",)), "hf:ORG/NAME"), (dict(push=("hf:a/b", "hf:c/d")), "one ORG/NAME")):
         with pytest.raises(UsageError, match=message):
             plan(request(sft_output, work=str(tmp_path / "w"), **bad), found)

@@ -19,6 +19,7 @@ EXPECT = {
     "merged_8bit": ({"quant_method": "bitsandbytes", "load_in_8bit": True}, "Linear8bitLt"),
     # transformers decompresses compressed-tensors checkpoints to plain layers on the CPU
     "gptq": ({"quant_method": "compressed-tensors", "format": "pack-quantized", "ignore": ["lm_head"]}, "Linear"),
+    "awq": ({"quant_method": "compressed-tensors", "format": "pack-quantized", "ignore": ["lm_head"]}, "Linear"),
 }
 
 
@@ -270,3 +271,18 @@ def test_the_driver_runs_gptq_from_the_registry_with_its_calibration(quant_train
     result = CliRunner().invoke(main, args, env=env)
     rows = {r["step"]: r for r in json.loads(result.stdout)["steps"]}
     assert rows["merged_16bit"]["skipped"] and not rows["gptq"]["skipped"]  # the calibration feeds gptq only
+
+
+def test_awq_smooths_before_quantizing_and_leaves_pinning_as_it_found_it(quant_outputs):
+    from llmcompressor.pipelines.cache import IntermediatesCache
+
+    from merge_tool.formats import awq
+
+    recipe = (quant_outputs["awq"] / "recipe.yaml").read_text()
+    assert "AWQModifier" in recipe and "QuantizationModifier" in recipe
+    group = json.loads((quant_outputs["awq"] / "config.json").read_text())["quantization_config"]["config_groups"]
+    assert group["group_0"]["weights"]["symmetric"] is True  # transformers 5.23 loads symmetric ones only
+    original = IntermediatesCache.pin_memory
+    with awq._no_pinning_without_gpu(False):
+        assert IntermediatesCache.pin_memory is not original
+    assert IntermediatesCache.pin_memory is original

@@ -45,6 +45,11 @@ FORMATS = {
              "publish": {"suffix": "-GPTQ", "relation": "quantized", "library": "transformers", "title": "GPTQ 4-bit model",
                          "tags": ["gptq", "4-bit", "compressed-tensors", "llm-compressor"],
                          "requires": ["compressed-tensors"], "vllm": True}},
+    "awq": {"module": "merge_tool.formats.awq",
+            "summary": "the merge quantized to 4 bit after AWQ smoothing (llm-compressor), compressed-tensors",
+            "publish": {"suffix": "-AWQ", "relation": "quantized", "library": "transformers", "title": "AWQ 4-bit model",
+                        "tags": ["awq", "4-bit", "compressed-tensors", "llm-compressor"],
+                        "requires": ["compressed-tensors"], "vllm": True}},
 }
 
 
