@@ -20,6 +20,7 @@ EXPECT = {
     # transformers decompresses compressed-tensors checkpoints to plain layers on the CPU
     "gptq": ({"quant_method": "compressed-tensors", "format": "pack-quantized", "ignore": ["lm_head"]}, "Linear"),
     "awq": ({"quant_method": "compressed-tensors", "format": "pack-quantized", "ignore": ["lm_head"]}, "Linear"),
+    "fp8": ({"quant_method": "compressed-tensors", "format": "float-quantized", "ignore": ["lm_head"]}, "Linear"),
 }
 
 
@@ -286,3 +287,16 @@ def test_awq_smooths_before_quantizing_and_leaves_pinning_as_it_found_it(quant_o
     with awq._no_pinning_without_gpu(False):
         assert IntermediatesCache.pin_memory is not original
     assert IntermediatesCache.pin_memory is original
+
+
+def test_fp8_stores_float8_weights_and_needs_no_calibration(quant_outputs):
+    import torch
+    from safetensors import safe_open
+
+    out = quant_outputs["fp8"]
+    with safe_open(out / "model.safetensors", "pt") as f:
+        w = f.get_tensor("model.layers.0.mlp.down_proj.weight")
+    assert w.dtype == torch.float8_e4m3fn
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["quantization"]["scheme"] == "FP8_DYNAMIC" and "calibration" not in manifest["quantization"]
+    assert not manifest["warnings"]

@@ -50,6 +50,11 @@ FORMATS = {
             "publish": {"suffix": "-AWQ", "relation": "quantized", "library": "transformers", "title": "AWQ 4-bit model",
                         "tags": ["awq", "4-bit", "compressed-tensors", "llm-compressor"],
                         "requires": ["compressed-tensors"], "vllm": True}},
+    "fp8": {"module": "merge_tool.formats.fp8",
+            "summary": "the merge with FP8 weights and dynamic FP8 activations (llm-compressor), compressed-tensors",
+            "publish": {"suffix": "-FP8-Dynamic", "relation": "quantized", "library": "transformers",
+                        "title": "FP8 model", "tags": ["fp8", "compressed-tensors", "llm-compressor"],
+                        "requires": ["compressed-tensors"], "vllm": True}},
 }
 
 

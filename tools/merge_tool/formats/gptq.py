@@ -29,9 +29,11 @@ def _recipe(plan: dict):
     return [GPTQModifier(config_groups={"group_0": plan["scheme"]}, ignore=["lm_head"])]
 
 
-def llmcompressor_plan(job: dict, fmt: str, method: str, *, min_top1: float, calibrate: bool = True) -> dict:
-    """Checks and decisions shared by the llm-compressor formats: libraries present, group size,
-    calibration text read."""
+def llmcompressor_plan(job: dict, fmt: str, method: str, *, min_top1: float, calibrate: bool = True,
+                      preset: dict | None = None) -> dict:
+    """Checks and decisions shared by the llm-compressor formats: libraries present, the scheme
+    (W4A16 with the group size the layers allow, or a ``preset`` {name, bits, ...}), calibration
+    text read."""
     import os
 
     if not os.environ.get("UPLOAD_DRIVER_DEBUG"):  # llm-compressor logs every layer at INFO otherwise
@@ -40,7 +42,13 @@ def llmcompressor_plan(job: dict, fmt: str, method: str, *, min_top1: float, cal
         quantized.require(module, "merge-quant", fmt)
     from importlib.metadata import version
 
-    plan = quantized.plan(job, min_top1=min_top1, bits=4.5, decisions={})
+    plan = quantized.plan(job, min_top1=min_top1, bits=(preset or {}).get("bits", 4) + 0.5, decisions={})
+    plan["method"] = method
+    if preset:
+        plan["scheme"] = preset["name"]
+        plan["decisions"]["quantization"] = {"library": f"llmcompressor {version('llmcompressor')}",
+                                             "scheme": preset["name"], **{k: v for k, v in preset.items() if k != "name"}}
+        return plan
     widths = {s["shape"][1] for name, s in plan["merge"]["out_specs"].items()
               if name.endswith(".weight") and len(s["shape"]) == 2 and "embed" not in name and name != "lm_head.weight"}
     group = next((g for g in GROUP_SIZES if all(w % g == 0 for w in widths)), None)
@@ -51,9 +59,8 @@ def llmcompressor_plan(job: dict, fmt: str, method: str, *, min_top1: float, cal
                           f"of {GROUP_SIZES[-1]}: use merged_4bit or gguf for this model")
     plan["scheme"] = {"targets": ["Linear"], "weights": {"num_bits": 4, "type": "int", "symmetric": True,
                                                          "strategy": "group", "group_size": group}}
-    plan["method"] = method
-    plan["decisions"]["quantization"] = {"library": f"llmcompressor {version('llmcompressor')}", "method": method,
-                                         "scheme": "W4A16", "group_size": group}
+    plan["decisions"]["quantization"] = {"library": f"llmcompressor {version('llmcompressor')}", "scheme": "W4A16",
+                                         "bits": 4, "group_size": group, "symmetric": True}
     if calibrate:
         cal = quantized.calibration_plan(job)
         plan["calibration"] = cal
@@ -79,10 +86,7 @@ def oneshot(merged_dir, folder, plan: dict, recipe) -> tuple[dict, dict]:
                        "calibration_tokens": sum(map(len, samples))}
     run_oneshot(model=model, recipe=recipe(plan), **kwargs)
     model.save_pretrained(folder, save_compressed=True)
-    weights = plan["scheme"]["weights"]
-    summary = {"method": f"{plan['method']} (llm-compressor)", "library": plan["decisions"]["quantization"]["library"],
-               "format": "compressed-tensors", "scheme": plan["decisions"]["quantization"]["scheme"],
-               "bits": weights.get("num_bits"), "group_size": weights.get("group_size"),
-               "symmetric": weights.get("symmetric"), **summary_cal, "kept_at_16_bit": "lm_head",
+    summary = {"method": f"{plan['method']} (llm-compressor)", **plan["decisions"]["quantization"],
+               "format": "compressed-tensors", **summary_cal, "kept_at_16_bit": "lm_head",
                "quantized_on": "cuda" if cuda else "cpu"}
-    return {k: v for k, v in summary.items() if v is not None}, {}
+    return summary, {}
