@@ -14,14 +14,21 @@ SETTINGS = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_do
 
 
 def plan(job: dict) -> dict:
-    version = check_bitsandbytes(job, "merged_4bit", probe="quantize_4bit")
-    return quantized.plan(job, min_top1=MIN_TOP1, bits=4.5,
-                          decisions={"quantization": {"library": f"bitsandbytes {version}", **SETTINGS}})
+    return bnb_plan(job, "merged_4bit", "quantize_4bit", SETTINGS, min_top1=MIN_TOP1, bits=4.5)
 
 
 def write(plan: dict, folder, progress) -> dict:
-    return quantized.write(plan, folder, progress,
-                           lambda src, dst, p: quantize_with(src, dst, p, SETTINGS, "bitsandbytes NF4, 4 bit"))
+    return bnb_write(plan, folder, progress, SETTINGS, "bitsandbytes NF4, 4 bit")
+
+
+def bnb_plan(job: dict, fmt: str, probe: str, settings: dict, *, min_top1: float, bits: float) -> dict:
+    version = check_bitsandbytes(job, fmt, probe)
+    return quantized.plan(job, min_top1=min_top1, bits=bits,
+                          decisions={"quantization": {"library": f"bitsandbytes {version}", **settings}})
+
+
+def bnb_write(plan: dict, folder, progress, settings: dict, method: str) -> dict:
+    return quantized.write(plan, folder, progress, lambda src, dst, p: quantize_with(src, dst, p, settings, method))
 
 
 def check_bitsandbytes(job: dict, fmt: str, probe: str) -> str:

@@ -4,8 +4,7 @@ of the 16-bit model at nearly its quality. Same checks as ``merged_4bit``."""
 
 from __future__ import annotations
 
-from .. import quantized
-from .merged_4bit import check_bitsandbytes, quantize_with
+from .merged_4bit import bnb_plan, bnb_write
 
 NEEDS_BASE = True
 LIBRARIES = ("transformers", "accelerate")
@@ -14,11 +13,8 @@ SETTINGS = {"load_in_8bit": True}
 
 
 def plan(job: dict) -> dict:
-    version = check_bitsandbytes(job, "merged_8bit", probe="int8")
-    return quantized.plan(job, min_top1=MIN_TOP1, bits=8.5,
-                          decisions={"quantization": {"library": f"bitsandbytes {version}", **SETTINGS}})
+    return bnb_plan(job, "merged_8bit", "int8", SETTINGS, min_top1=MIN_TOP1, bits=8.5)
 
 
 def write(plan: dict, folder, progress) -> dict:
-    return quantized.write(plan, folder, progress,
-                           lambda src, dst, p: quantize_with(src, dst, p, SETTINGS, "bitsandbytes LLM.int8, 8 bit"))
+    return bnb_write(plan, folder, progress, SETTINGS, "bitsandbytes LLM.int8, 8 bit")
