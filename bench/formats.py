@@ -1,0 +1,139 @@
+#!/usr/bin/env python
+"""Benchmark and GPU check of merge-tool's quantized formats on a briefly trained Llama-shaped sample.
+
+    python bench/formats.py [--device cpu|cuda] [--hidden 512] [--layers 4] [--formats merged_4bit,gptq,...]
+                            [--work bench-work/formats] [--json]
+
+Builds (or reuses) a sample in --work: a sentencepiece tokenizer, a base model trained for a few
+hundred steps (so top-1 agreement means something) and an SFT-shaped trainer output with a LoRA
+adapter. Then runs merge-tool for merged_16bit and every quantized format of the registry, each in
+its own process with ``--device``, and prints wall time, peak RSS (process tree, sampled), peak GPU
+memory in use (nvidia-smi, sampled, when there is a GPU), output size and the format's own
+validation against the 16-bit merge (top-1 agreement, mean KL), plus where it quantized. On a GPU
+machine, ``--device cuda`` is the check that the formats run there (exit 1 if one fails); progress
+goes to stderr, the table to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO / "tools"), str(REPO / "driver")]
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def sample(work: Path, hidden: int, layers: int, steps: int) -> tuple[Path, Path]:
+    from upload_common import sample as s
+
+    stamp = work / "sample.json"
+    want = {"hidden": hidden, "layers": layers, "steps": steps}
+    base, trainer = work / "base", work / "sft_output"
+    if stamp.is_file() and json.loads(stamp.read_text()) == want:
+        return base, trainer
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    log(f"building the sample: hidden {hidden}, {layers} layers, {steps} training steps")
+    tok = s.make_tokenizer(work / "tok")
+    s.make_base(base, hidden=hidden, intermediate=hidden * 2, layers=layers, heads=8, kv_heads=4, tokenizer_dir=tok)
+    s.train_briefly(base, steps=steps)
+    s.make_trainer_output(trainer, base, tokenizer_dir=tok, lora_scale=0.02)
+    stamp.write_text(json.dumps(want))
+    return base, trainer
+
+
+def _gpu_used() -> int | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=5).stdout.split()
+        return int(out[0]) if out else None
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+
+
+def measure(cmd: list[str]) -> dict:
+    """Run ``cmd``; wall time, peak RSS of its process tree and peak GPU memory in use, sampled."""
+    import psutil
+
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peak = {"rss": 0, "gpu": None}
+    gpu0 = _gpu_used()
+
+    def sample_loop():
+        ps = psutil.Process(proc.pid)
+        while proc.poll() is None:
+            try:
+                rss = sum(p.memory_info().rss for p in [ps, *ps.children(recursive=True)])
+                peak["rss"] = max(peak["rss"], rss)
+            except psutil.Error:
+                pass
+            if gpu0 is not None:
+                used = _gpu_used()
+                if used is not None:
+                    peak["gpu"] = max(peak["gpu"] or 0, used - gpu0)
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample_loop, daemon=True)
+    sampler.start()
+    _, err = proc.communicate()
+    sampler.join()
+    return {"seconds": round(time.monotonic() - t0, 1), "peak_rss_mb": round(peak["rss"] / 2**20),
+            "peak_gpu_mb": peak["gpu"], "rc": proc.returncode, "error": err.strip().splitlines()[-1:] if proc.returncode else []}
+
+
+def main() -> int:
+    from merge_tool.formats import FORMATS
+
+    quantized = [k for k, row in FORMATS.items() if row.get("publish", {}).get("relation") == "quantized"]
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--hidden", type=int, default=512)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--formats", default=",".join(quantized))
+    ap.add_argument("--work", type=Path, default=REPO / "bench-work" / "formats")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    base, trainer = sample(a.work, a.hidden, a.layers, a.steps)
+    rows = []
+    for fmt in ["merged_16bit", *[f for f in a.formats.split(",") if f and f != "merged_16bit"]]:
+        out = a.work / "out" / fmt
+        shutil.rmtree(out, ignore_errors=True)
+        log(f"{fmt} on {a.device}")
+        row = {"format": fmt, **measure([sys.executable, "-m", "merge_tool.cli", "--adapter", str(trainer), "--base",
+                                        str(base), "--out", str(out), "--method", fmt, "--device", a.device])}
+        if row["rc"] == 0:
+            m = json.loads((out / "manifest.json").read_text())
+            v, q = m.get("validation") or {}, m.get("quantization") or {}
+            row.update(size_mb=round(sum(o["size"] for o in m["outputs"]) / 1e6, 1), top1=v.get("top1_agreement"),
+                       mean_kl=v.get("mean_kl"), quantized_on=q.get("quantized_on", "-"))
+        rows.append(row)
+    if a.json:
+        print(json.dumps({"device": a.device, "hidden": a.hidden, "layers": a.layers, "rows": rows}, indent=2))
+    else:
+        print(f"device {a.device}, sample hidden {a.hidden}, {a.layers} layers")
+        print(f"{'format':<13}{'s':>7}{'RSS MB':>8}{'GPU MB':>8}{'size MB':>9}{'top-1':>8}{'mean KL':>10}  on")
+        for r in rows:
+            if r["rc"]:
+                print(f"{r['format']:<13} FAILED: {' '.join(r['error'])}")
+                continue
+            top1 = f"{r['top1']:.3f}" if r.get("top1") is not None else "-"
+            kl = f"{r['mean_kl']:.5f}" if r.get("mean_kl") is not None else "-"
+            print(f"{r['format']:<13}{r['seconds']:>7}{r['peak_rss_mb']:>8}{r['peak_gpu_mb'] or '-':>8}"
+                  f"{r['size_mb']:>9}{top1:>8}{kl:>10}  {r['quantized_on']}")
+    return 1 if any(r["rc"] for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
