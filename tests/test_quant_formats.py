@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import no_finished_output, tree_hash
+from test_push_hub import hub  # noqa: F401 (the Hub server fixture)
 
 # format -> what its config.json's quantization_config must say, and the module class it loads as
 EXPECT = {
@@ -300,3 +301,24 @@ def test_fp8_stores_float8_weights_and_needs_no_calibration(quant_outputs):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["quantization"]["scheme"] == "FP8_DYNAMIC" and "calibration" not in manifest["quantization"]
     assert not manifest["warnings"]
+
+
+def test_hf_push_tool_publishes_a_quantized_set_under_its_registry_name(quant_outputs, tmp_path, hub):
+    from click.testing import CliRunner
+    from huggingface_hub import HfApi, ModelCard
+
+    from docs_tool.core import run as docs_run
+    from hf_push_tool.cli import main as push_main
+
+    sets = ["merged_16bit", "gptq"]
+    docs_run([quant_outputs[s] for s in sets], tmp_path / "docs", namespace="alice", name="Tiny-Chat")
+    args = ["--docs", str(tmp_path / "docs"), *[a for s in sets for a in ("--artifact", str(quant_outputs[s]))],
+            "--out", str(tmp_path / "push"), "--retry-wait", "0.01"]
+    result = CliRunner().invoke(push_main, args)
+    assert result.exit_code == 0, result.output
+    files = set(HfApi().list_repo_files("alice/Tiny-Chat-GPTQ"))
+    assert {"config.json", "model.safetensors", "recipe.yaml", "README.md", "tokenizer.model"} <= files
+    stored = hub.files("alice/Tiny-Chat-GPTQ")
+    assert stored["model.safetensors"] == (quant_outputs["gptq"] / "model.safetensors").read_bytes()
+    card = ModelCard(stored["README.md"].decode())
+    assert card.data.base_model == "alice/Tiny-Chat" and card.data.base_model_relation == "quantized"
