@@ -4,8 +4,8 @@ and compared with the 16-bit merge on the validation text (top-1 agreement, KL).
 the format's bar fails the step; the figures go into the manifest (``validation``) beside the
 format's own summary (``quantization``).
 
-A format module using it defines ``quantize(merged_dir, folder, plan) -> (summary, load_kwargs)``
-and passes it to :func:`write`."""
+A format module using it defines ``quantize(merged_dir, folder, plan) -> summary`` and passes it to
+:func:`write`. Everything runs where the 16-bit merge's plan put the merge (``plan["merge"]["device"]``)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from upload_common.errors import InvalidInput, Unsupported
-from upload_common.quality import VALIDATION_TEXT, compare, logprobs
+from upload_common.quality import VALIDATION_TEXT, compare, logprobs, reference
 
 from . import calibration
 from .formats import merged_16bit
@@ -34,18 +34,17 @@ def require(module: str, extra: str, what: str):
                           f"'upload-driver[{extra}]'") from None
 
 
-def use_cuda(params: dict) -> bool:
-    import torch
+def device(plan: dict) -> str:
+    """Where the format works: the device the merge's plan chose (``--device``, GPU memory)."""
+    return plan["merge"]["device"]
 
-    return params.get("device") != "cpu" and torch.cuda.is_available()
 
-
-def plan(job: dict, *, min_top1: float, bits: float, decisions: dict) -> dict:
+def plan(job: dict, *, min_top1: float, bits: float) -> dict:
     """The 16-bit merge's plan, with room for the scratch copy and the quantized files."""
     merge = merged_16bit.plan(job)
     sixteen = merge["estimated_bytes"]
     return {"job": job, "merge": merge, "min_top1": min_top1, "estimated_bytes": sixteen + int(sixteen * bits / 16),
-            "warnings": merge["warnings"], "decisions": {**merge["decisions"], **decisions}}
+            "warnings": merge["warnings"], "decisions": dict(merge["decisions"])}
 
 
 def calibration_plan(job: dict) -> dict:
@@ -74,9 +73,9 @@ def write(plan: dict, folder: Path, progress, quantize) -> dict:
     scratch.mkdir()
     merged_16bit.write(plan["merge"], scratch, progress)
     copy_tokenizer(job["found"], job["base"], scratch, [])
-    summary, load_kwargs = quantize(scratch, folder, plan)
+    summary = quantize(scratch, folder, plan)
     progress(sum(p.stat().st_size for p in folder.iterdir() if p.is_file()))
-    figures = validate(scratch, folder, load_kwargs, use_cuda(job["params"]))
+    figures = validate(scratch, folder, device(plan))
     shutil.rmtree(scratch)
     for p in folder.rglob("*"):  # some savers create their files private (0600)
         if p.is_file():
@@ -91,27 +90,22 @@ def write(plan: dict, folder: Path, progress, quantize) -> dict:
     return {}
 
 
-def validate(reference_dir: Path, folder: Path, load_kwargs: dict, cuda: bool) -> dict:
+def validate(reference_dir: Path, folder: Path, on: str) -> dict:
     """The quantized model in ``folder`` against the 16-bit one, as transformers loads each."""
     import gc
 
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    ids = AutoTokenizer.from_pretrained(reference_dir)(VALIDATION_TEXT).input_ids[:VALIDATE_TOKENS]
-    device = "cuda" if cuda else "cpu"
-    ref_model = AutoModelForCausalLM.from_pretrained(reference_dir, dtype=torch.float32, device_map=device).eval()
-    ref = logprobs(ref_model, ids)
-    del ref_model
-    gc.collect()
-    model = AutoModelForCausalLM.from_pretrained(folder, device_map=device, **load_kwargs).eval()
+    ids, ref = reference(reference_dir, VALIDATION_TEXT, VALIDATE_TOKENS, device=on)
+    gc.collect()  # the reference model is gone before the quantized one loads
+    model = AutoModelForCausalLM.from_pretrained(folder, device_map=on).eval()
     got = logprobs(model, ids)
     return {**compare(ref, got), "reference": "the 16-bit merge (fp32 compute)", "text": "built-in validation text"}
 
 
-def load_merged(merged_dir: Path, cuda: bool):
+def load_merged(merged_dir: Path, on: str):
     """The 16-bit merge as a transformers model (its own dtype), and its tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype="auto", device_map="cuda" if cuda else "cpu")
+    model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype="auto", device_map=on)
     return model, AutoTokenizer.from_pretrained(merged_dir)

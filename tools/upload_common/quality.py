@@ -26,14 +26,15 @@ def logprobs(model, ids: list[int]):
     return torch.log_softmax(logits, -1).cpu().numpy()
 
 
-def reference(model_dir: Path, text: str, max_tokens: int):
-    """(token ids, log-probabilities) of the Hugging Face model in ``model_dir``, in fp32."""
+def reference(model_dir: Path, text: str, max_tokens: int, device: str = "cpu"):
+    """(token ids, log-probabilities) of the Hugging Face model in ``model_dir``, in fp32 on ``device``."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     ids = tok(text).input_ids[:max_tokens]
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    placement = {"device_map": device} if device != "cpu" else {}
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, **placement).eval()
     return ids, logprobs(model, ids)
 
 

@@ -33,7 +33,7 @@ def plan(job: dict) -> dict:
 
 
 def write(plan: dict, folder, progress) -> dict:
-    with _no_pinning_without_gpu(quantized.use_cuda(plan["job"]["params"])):
+    with _no_pinning_without_gpu(quantized.device(plan) == "cuda"):
         return quantized.write(plan, folder, progress, lambda src, dst, p: oneshot(src, dst, p, _recipe))
 
 

@@ -42,7 +42,7 @@ def llmcompressor_plan(job: dict, fmt: str, method: str, *, min_top1: float, cal
         quantized.require(module, "merge-quant", fmt)
     from importlib.metadata import version
 
-    plan = quantized.plan(job, min_top1=min_top1, bits=(preset or {}).get("bits", 4) + 0.5, decisions={})
+    plan = quantized.plan(job, min_top1=min_top1, bits=(preset or {}).get("bits", 4) + 0.5)
     plan["method"] = method
     if preset:
         plan["scheme"] = preset["name"]
@@ -70,23 +70,21 @@ def llmcompressor_plan(job: dict, fmt: str, method: str, *, min_top1: float, cal
     return plan
 
 
-def oneshot(merged_dir, folder, plan: dict, recipe) -> tuple[dict, dict]:
-    """llm-compressor's one-shot run of ``recipe(plan)`` on the 16-bit merge, saved compressed."""
+def oneshot(merged_dir, folder, plan: dict, recipe) -> dict:
+    """llm-compressor's one-shot run of ``recipe(plan)`` on the 16-bit merge, saved compressed;
+    returns the summary (the plan's decisions, calibration size, where it ran)."""
     from datasets import Dataset
     from llmcompressor import oneshot as run_oneshot
 
-    cuda = quantized.use_cuda(plan["job"]["params"])
-    model, tok = quantized.load_merged(merged_dir, cuda)
+    on = quantized.device(plan)
+    model, tok = quantized.load_merged(merged_dir, on)
     kwargs, summary_cal = {}, {}
-    if "calibration" in plan:
+    if "calibration" in plan:  # its source is in the decisions already
         samples = calibration.token_samples(tok, plan["calibration"]["texts"])
         kwargs = {"dataset": Dataset.from_dict({"input_ids": samples}), "num_calibration_samples": len(samples),
                   "max_seq_length": calibration.SEQ_LEN}
-        summary_cal = {"calibration": plan["calibration"]["source"], "calibration_samples": len(samples),
-                       "calibration_tokens": sum(map(len, samples))}
+        summary_cal = {"calibration_samples": len(samples), "calibration_tokens": sum(map(len, samples))}
     run_oneshot(model=model, recipe=recipe(plan), **kwargs)
     model.save_pretrained(folder, save_compressed=True)
-    summary = {"method": f"{plan['method']} (llm-compressor)", **plan["decisions"]["quantization"],
-               "format": "compressed-tensors", **summary_cal, "kept_at_16_bit": "lm_head",
-               "quantized_on": "cuda" if cuda else "cpu"}
-    return summary, {}
+    return {"method": f"{plan['method']} (llm-compressor)", **plan["decisions"]["quantization"],
+            "format": "compressed-tensors", **summary_cal, "kept_at_16_bit": "lm_head", "quantized_on": on}

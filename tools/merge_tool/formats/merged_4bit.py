@@ -22,27 +22,28 @@ def write(plan: dict, folder, progress) -> dict:
 
 
 def bnb_plan(job: dict, fmt: str, probe: str, settings: dict, *, min_top1: float, bits: float) -> dict:
-    version = check_bitsandbytes(job, fmt, probe)
-    return quantized.plan(job, min_top1=min_top1, bits=bits,
-                          decisions={"quantization": {"library": f"bitsandbytes {version}", **settings}})
+    for module in ("transformers", "accelerate"):
+        quantized.require(module, "merge-quant", fmt)
+    plan = quantized.plan(job, min_top1=min_top1, bits=bits)
+    version = check_bitsandbytes(quantized.device(plan), fmt, probe)
+    plan["decisions"]["quantization"] = {"library": f"bitsandbytes {version}", **settings}
+    return plan
 
 
 def bnb_write(plan: dict, folder, progress, settings: dict, method: str) -> dict:
     return quantized.write(plan, folder, progress, lambda src, dst, p: quantize_with(src, dst, p, settings, method))
 
 
-def check_bitsandbytes(job: dict, fmt: str, probe: str) -> str:
-    """bitsandbytes' version, once it has quantized a small matrix where the step will run (else a refusal)."""
+def check_bitsandbytes(on: str, fmt: str, probe: str) -> str:
+    """bitsandbytes' version, once it has quantized a small matrix on ``on`` (else a refusal)."""
     import torch
 
-    quantized.require("transformers", "merge-quant", fmt)
-    quantized.require("accelerate", "merge-quant", fmt)
     bnb = quantized.require("bitsandbytes", "merge-quant", fmt)
-    cuda = quantized.use_cuda(job["params"])
+    cuda = on == "cuda"
     try:
         import bitsandbytes.functional as F
 
-        x = torch.ones(64, 64, device="cuda" if cuda else "cpu", dtype=torch.float16 if cuda else torch.float32)
+        x = torch.ones(64, 64, device=on, dtype=torch.float16 if cuda else torch.float32)
         F.quantize_4bit(x) if probe == "quantize_4bit" else F.int8_vectorwise_quant(x)
     except Exception as exc:  # bitsandbytes builds without a CPU backend raise various errors here
         from upload_common.errors import Unsupported
@@ -53,22 +54,20 @@ def check_bitsandbytes(job: dict, fmt: str, probe: str) -> str:
     return bnb.__version__
 
 
-def quantize_with(merged_dir, folder, plan: dict, settings: dict, method: str):
-    """Load the 16-bit merge quantized by bitsandbytes and save it; returns (summary, load options)."""
+def quantize_with(merged_dir, folder, plan: dict, settings: dict, method: str) -> dict:
+    """Load the 16-bit merge quantized by bitsandbytes and save it; returns the summary."""
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     from upload_common.st_io import CODES
 
-    cuda = quantized.use_cuda(plan["job"]["params"])
+    on = quantized.device(plan)
     compute = CODES[plan["merge"]["out_dtype"]]
     extra = {"bnb_4bit_compute_dtype": getattr(torch, compute)} if settings.get("load_in_4bit") else {}
     model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=getattr(torch, compute),
                                                  quantization_config=BitsAndBytesConfig(**settings, **extra),
-                                                 device_map="cuda" if cuda else "cpu")
+                                                 device_map=on)
     model.save_pretrained(folder)
-    summary = {"method": method, "library": plan["decisions"]["quantization"]["library"],
-               **{k: v for k, v in settings.items() if not k.startswith("load_in")},
-               **({"compute_dtype": compute} if extra else {}), "kept_at_16_bit": "lm_head",
-               "quantized_on": "cuda" if cuda else "cpu"}
-    return summary, {}
+    return {"method": method, "library": plan["decisions"]["quantization"]["library"],
+            **{k: v for k, v in settings.items() if not k.startswith("load_in")},
+            **({"compute_dtype": compute} if extra else {}), "kept_at_16_bit": "lm_head", "quantized_on": on}
