@@ -5,6 +5,7 @@ applied by peft, and bad situations are refused before anything looks finished."
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -218,6 +219,28 @@ def test_calibration_sources_are_read_as_users_write_them(calibration_sources):
                       ("missing.txt", "does not exist")):
         with pytest.raises(InvalidInput, match=says):
             calibration.texts(src / bad)
+
+
+def test_chat_calibration_is_rendered_by_the_models_own_chat_template(calibration_sources, tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    from merge_tool import quantized
+    from upload_common.errors import InvalidInput
+    from upload_common.trainer_output import chat_template
+
+    tokenizer = {"dir": str(tokenizer_dir), "chat_template": chat_template(tokenizer_dir)}
+    job = {"params": {"calibration": str(calibration_sources / "chat.jsonl")}, "found": {"tokenizer": tokenizer}}
+    texts = quantized.calibration_plan(job)["texts"]
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}]
+    assert texts[0] == AutoTokenizer.from_pretrained(tokenizer_dir).apply_chat_template(turns, tokenize=False)
+    assert "hello there" in texts[0] and texts[0] != "user: hi\nassistant: hello there"
+    assert quantized.calibration_plan({**job, "found": {"tokenizer": {}}})["texts"][0] == "user: hi\nassistant: hello there"
+    strict = calibration_sources / "strict-tok"  # a template that refuses, as many do for odd role orders
+    shutil.copytree(tokenizer_dir, strict)
+    (strict / "chat_template.jinja").write_text("{{ raise_exception('Conversation roles must alternate') }}")
+    job["found"]["tokenizer"] = {"dir": str(strict), "chat_template": chat_template(strict)}
+    with pytest.raises(InvalidInput, match="does not fit the model's chat template .*roles must alternate"):
+        quantized.calibration_plan(job)
 
 
 def test_token_samples_cut_the_stream_into_fixed_length_sequences(tokenizer_dir):

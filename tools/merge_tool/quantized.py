@@ -50,18 +50,33 @@ def plan(job: dict, *, min_top1: float, bits: float) -> dict:
 def calibration_plan(job: dict) -> dict:
     """The calibration texts, read (and checked) at plan time."""
     source = job["params"].get("calibration")
-    template = (job["found"].get("tokenizer") or {}).get("chat_template")
-    found = calibration.texts(source, _chat_renderer(template) if template else None)
+    found = calibration.texts(source, _chat_renderer(job["found"].get("tokenizer") or {}))
     return {"texts": found, "source": calibration.describe(source),
             "warning": None if source else "calibrated on the built-in text: pass --calibration with text like the "
                                            "training data for a better fit"}
 
 
-def _chat_renderer(template: str):
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+def _chat_renderer(tokenizer: dict):
+    """Chat turns as the model's own tokenizer renders them (transformers' apply_chat_template), the
+    tokenizer loaded on first use; None when it has no chat template."""
+    if not (tokenizer.get("dir") and tokenizer.get("chat_template")):
+        return None
+    import functools
 
-    compiled = ImmutableSandboxedEnvironment().from_string(template)
-    return lambda turns: compiled.render(messages=turns, add_generation_prompt=False, bos_token="", eos_token="")
+    @functools.cache
+    def load():
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(tokenizer["dir"])
+
+    def render(turns: list[dict]) -> str:
+        try:
+            return load().apply_chat_template(turns, tokenize=False)
+        except Exception as exc:  # jinja2 and the template's own raise_exception
+            raise InvalidInput(f"a calibration conversation does not fit the model's chat template ({exc}): fix the "
+                               "roles in the calibration data, or give plain text") from None
+
+    return render
 
 
 def write(plan: dict, folder: Path, progress, quantize) -> dict:
