@@ -7,7 +7,7 @@
 Builds (or reuses) a sample in --work: a sentencepiece tokenizer, a base model trained for a few
 hundred steps (so top-1 agreement means something) and an SFT-shaped trainer output with a LoRA
 adapter. Then runs merge-tool for merged_16bit and every quantized format of the registry, each in
-its own process with ``--device``, and prints wall time, peak RSS (process tree, sampled), peak GPU
+its own process with ``--device``, and prints wall time, peak RSS (exact, from the kernel), peak GPU
 memory in use (nvidia-smi, sampled, when there is a GPU), output size and the format's own
 validation against the 16-bit merge (top-1 agreement, mean KL), plus where it quantized. On a GPU
 machine, ``--device cuda`` is the check that the formats run there (exit 1 if one fails); progress
@@ -22,11 +22,10 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO / "tools"), str(REPO / "driver")]
+sys.path[:0] = [str(REPO / "tools"), str(REPO / "driver"), str(REPO / "bench")]
 
 
 def log(msg: str) -> None:
@@ -62,34 +61,25 @@ def _gpu_used() -> int | None:
 
 
 def measure(cmd: list[str]) -> dict:
-    """Run ``cmd``; wall time, peak RSS of its process tree and peak GPU memory in use, sampled."""
-    import psutil
+    """Run ``cmd`` (bench/merge.py's runner: wall time, the child's exact peak RSS), sampling the GPU
+    memory in use meanwhile when there is a GPU."""
+    from merge import run_measured
 
-    t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    peak = {"rss": 0, "gpu": None}
-    gpu0 = _gpu_used()
+    gpu0, peak, stop = _gpu_used(), {"gpu": None}, threading.Event()
 
-    def sample_loop():
-        ps = psutil.Process(proc.pid)
-        while proc.poll() is None:
-            try:
-                rss = sum(p.memory_info().rss for p in [ps, *ps.children(recursive=True)])
-                peak["rss"] = max(peak["rss"], rss)
-            except psutil.Error:
-                pass
-            if gpu0 is not None:
-                used = _gpu_used()
-                if used is not None:
-                    peak["gpu"] = max(peak["gpu"] or 0, used - gpu0)
-            time.sleep(0.2)
+    def sample_gpu():
+        while not stop.wait(0.2):
+            used = _gpu_used()
+            if used is not None:
+                peak["gpu"] = max(peak["gpu"] or 0, used - gpu0)
 
-    sampler = threading.Thread(target=sample_loop, daemon=True)
-    sampler.start()
-    _, err = proc.communicate()
-    sampler.join()
-    return {"seconds": round(time.monotonic() - t0, 1), "peak_rss_mb": round(peak["rss"] / 2**20),
-            "peak_gpu_mb": peak["gpu"], "rc": proc.returncode, "error": err.strip().splitlines()[-1:] if proc.returncode else []}
+    sampler = threading.Thread(target=sample_gpu, daemon=True)
+    if gpu0 is not None:
+        sampler.start()
+    r = run_measured(cmd)
+    stop.set()
+    return {"seconds": round(r["wall_s"], 1), "peak_rss_mb": round(r["peak_rss_gb"] * 1e9 / 2**20),
+            "peak_gpu_mb": peak["gpu"], "rc": r["exit_code"]}
 
 
 def main() -> int:
@@ -126,7 +116,7 @@ def main() -> int:
         print(f"{'format':<13}{'s':>7}{'RSS MB':>8}{'GPU MB':>8}{'size MB':>9}{'top-1':>8}{'mean KL':>10}  on")
         for r in rows:
             if r["rc"]:
-                print(f"{r['format']:<13} FAILED: {' '.join(r['error'])}")
+                print(f"{r['format']:<13} FAILED (exit {r['rc']}; its error is on stderr above)")
                 continue
             top1 = f"{r['top1']:.3f}" if r.get("top1") is not None else "-"
             kl = f"{r['mean_kl']:.5f}" if r.get("mean_kl") is not None else "-"
