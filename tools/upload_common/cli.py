@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from .errors import EXIT_USAGE, UploadError
+from .errors import EXIT_USAGE, UploadError, from_os_error
 
 DEBUG_ENV = "UPLOAD_DRIVER_DEBUG"
 
@@ -25,12 +25,13 @@ def report_errors(func):
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
-        except UploadError as exc:
-            if debug_enabled():
+        except (UploadError, OSError) as exc:
+            known = exc if isinstance(exc, UploadError) else from_os_error(exc)
+            if known is None or debug_enabled():
                 raise
-            click.echo(f"error: {exc.message}", err=True)
+            click.echo(f"error: {known.message}", err=True)
             click.echo(f"(set {DEBUG_ENV}=1 to see the traceback)", err=True)
-            sys.exit(exc.exit_code)
+            sys.exit(known.exit_code)
         except click.UsageError:
             raise
         except KeyboardInterrupt:

@@ -21,7 +21,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from . import __version__
-from .errors import OutputExists, UploadError
+from .errors import InvalidInput, OutputExists, UploadError, from_os_error
 
 SCHEMA = "upload-driver/step-manifest"
 SCHEMA_VERSION = 1
@@ -135,8 +135,13 @@ def collect_outputs(folder: Path, known: dict[str, str] | None = None) -> list[d
 def write_json_atomic(path: Path, data) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
+    try:  # strict JSON: a NaN or Infinity is a bug upstream, never something to publish
+        text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False)
+    except ValueError as exc:
+        raise InvalidInput(f"refusing to write {path.name}: it would hold a non-finite number ({exc}): a value "
+                           "computed upstream is NaN or infinite", path=str(path)) from None
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, ensure_ascii=False)
+        f.write(text)
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())
@@ -184,7 +189,7 @@ def partial_path(out: Path) -> Path:
     return out.with_name(out.name + PARTIAL_SUFFIX)
 
 
-SPACE_MARGIN = 64 << 20
+SPACE_MARGIN = 64 << 20  # kept free beyond a step's estimate: manifests, logs, the file system's own needs
 
 
 def check_free_space(out: Path, need: int) -> dict:
@@ -196,9 +201,14 @@ def check_free_space(out: Path, need: int) -> dict:
         probe = probe.parent
     free = shutil.disk_usage(probe).free
     if free < need + SPACE_MARGIN:
-        raise NotEnoughSpace(f"{need / 1e9:.2f} GB needed in {probe} but only {free / 1e9:.2f} GB free: "
-                             "free some space or choose another --out", need=need, free=free)
+        raise NotEnoughSpace(f"{_size(need)} needed in {probe} (plus a {_size(SPACE_MARGIN)} margin) but only "
+                             f"{_size(free)} free: free some space or choose another --out", need=need, free=free,
+                             margin=SPACE_MARGIN)
     return {"needed_bytes": need, "free_bytes": free}
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 10**8 else f"{n / 1e6:.0f} MB"
 
 
 def check_output_free(out: Path, overwrite: bool) -> None:
@@ -224,16 +234,28 @@ def atomic_output(out: Path, *, overwrite: bool = False):
     out = Path(out).absolute()
     check_output_free(out, overwrite)
     partial = partial_path(out)
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
+    try:
+        if partial.exists():
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True)
+    except OSError as exc:
+        known = from_os_error(exc, f"cannot create {partial}")
+        if known is None:
+            raise
+        raise known from None
     try:
         yield partial
     except BaseException as exc:
         shutil.rmtree(partial, ignore_errors=True)
-        if isinstance(exc, UploadError):
-            partial.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(partial / ERROR_FILE, {"error": exc.to_dict(), "time": now_iso()})
+        known = exc if isinstance(exc, UploadError) else from_os_error(exc, f"writing {out.name}")
+        if known is not None:
+            try:  # the partial folder was just emptied, so even a full disk has room for this
+                partial.mkdir(parents=True, exist_ok=True)
+                write_json_atomic(partial / ERROR_FILE, {"error": known.to_dict(), "time": now_iso()})
+            except OSError:
+                pass
+        if known is not None and known is not exc:
+            raise known from None
         raise
     if not (partial / MANIFEST).is_file():  # pragma: no cover - programming error in a tool
         raise RuntimeError(f"step finished without writing {MANIFEST}")

@@ -5,6 +5,8 @@ CLIs print known errors as one line (``error: ...``) and exit with ``exit_code``
 keep their traceback. Each class also inherits the stdlib type a Python caller would expect.
 """
 
+import errno
+
 EXIT_OK = 0
 EXIT_TOOL_ERROR = 1
 EXIT_USAGE = 2
@@ -66,3 +68,32 @@ class BaseModelUnavailable(UploadError, FileNotFoundError):
 class RetryableError(UploadError, ConnectionError):
     exit_code = EXIT_RETRYABLE
     kind = "retryable"
+
+
+class SystemFault(UploadError, OSError):
+    """The operating system refused a read or write: a full disk, a read-only or forbidden folder,
+    too many open files."""
+
+    kind = "os_error"
+
+
+_OS_ERRORS = {  # errno -> (what happened, what to do)
+    errno.ENOSPC: ("the disk is full", "free some space or choose a folder on another disk"),
+    errno.EDQUOT: ("the disk quota is exceeded", "free some space or choose a folder on another disk"),
+    errno.EROFS: ("the file system is read-only", "choose a writable folder"),
+    errno.EACCES: ("permission denied", "check the folder's owner and permissions, or choose another folder"),
+    errno.EPERM: ("operation not permitted", "check the folder's owner and permissions, or choose another folder"),
+    errno.EMFILE: ("too many open files", "raise the limit (ulimit -n 4096) and rerun"),
+    errno.ENFILE: ("too many open files in the system", "close other programs or raise the limit, and rerun"),
+}
+
+
+def from_os_error(exc: BaseException, doing: str = "") -> "SystemFault | None":
+    """A one-line known error for an OSError whose cause the user can act on; None for others."""
+    if isinstance(exc, UploadError) or not isinstance(exc, OSError) or exc.errno not in _OS_ERRORS:
+        return None
+    what, todo = _OS_ERRORS[exc.errno]
+    where = f" ({exc.filename})" if exc.filename else ""
+    prefix = f"{doing}: " if doing else ""
+    return SystemFault(f"{prefix}{what}{where}: {todo}", errno=errno.errorcode.get(exc.errno, str(exc.errno)),
+                       path=str(exc.filename) if exc.filename else None)
