@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -25,12 +26,17 @@ def main():
 @click.option("--runtime", type=click.Choice(["auto", "docker", "local"]), default=None,
               help="Containers, local processes, or Docker when its engine and images are there (default auto).")
 @click.option("--gpus", type=click.Choice(["auto", "all", "none"]), default=None, help="GPU use (default auto).")
+@click.option("--base-model", default=None, metavar="ORG/NAME",
+              help="Hub id of the base model, for the cards, when the adapter names a local folder.")
+@click.option("--allow-pickle", is_flag=True, default=None,
+              help="Accept an adapter saved only as a pickle (adapter_model.bin), read with torch.load(weights_only=True).")
 @click.option("--config", type=click.Path(), default=None, help="TOML file with these settings (options override it).")
 @click.option("--dry-run", is_flag=True, help="Print the plan, the exact commands or containers and the disk use.")
 @click.option("--force", multiple=True, metavar="STEP", help="Redo this step even when up to date (repeatable; all).")
 @json_option
 @report_errors
-def run(trainer_output, work, formats, quants, push, name, runtime, gpus, config, dry_run, force, as_json):
+def run(trainer_output, work, formats, quants, push, name, runtime, gpus, base_model, allow_pickle, config, dry_run,
+        force, as_json):
     """Plan and run every step on TRAINER_OUTPUT, in containers or as local processes.
 
     \b
@@ -41,7 +47,7 @@ def run(trainer_output, work, formats, quants, push, name, runtime, gpus, config
     from .run import execute
 
     req = request(trainer_output, config=config, work=work, formats=formats, quants=quants, push=push, name=name,
-                  runtime=runtime, gpus=gpus)
+                  runtime=runtime, gpus=gpus, base_model=base_model, allow_pickle=allow_pickle)
     result = execute(req, dry_run=dry_run, force=force)
     if as_json:
         emit(result, True)
@@ -57,19 +63,33 @@ def _print_plan(result: dict) -> None:
         click.echo(f"{r['step']:<16} {r['status']:<11} {size:>14}  {r['output']}")
         click.echo(f"    {r['command']}")
     click.echo(f"expected disk use: ~{result['expected_bytes'] / 1e9:.2f} GB (free: {result['free_bytes'] / 1e9:.1f} GB)")
+    for p in result["problems"]:
+        click.echo(f"PROBLEM: {p['problem']}")
+    if result["problems"]:
+        click.echo(f"the run would stop before its first step: {len(result['problems'])} problem(s) to fix")
 
 
 def _print_summary(result: dict) -> None:
+    """The table fits the terminal: long paths wrap (never cut, so two never look the same) and are
+    shown relative to the work folder."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"upload-driver: {result['runtime']}, {result['seconds']:.1f} s")
+    work = Path(result["work"])
+
+    def short(path: str) -> str:
+        try:
+            return str(Path(path).relative_to(work))
+        except ValueError:
+            return path
+
+    table = Table(title=f"upload-driver: {result['runtime']}, {result['seconds']:.1f} s, in {work}")
     for col in ("step", "output", "size", "time", "check", "published"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for r in result["steps"]:
         took = "skipped" if r["skipped"] else f"{r['seconds']:.1f} s"
-        table.add_row(r["step"], r["output"], f"{r['bytes'] / 1e6:.1f} MB", took, r["figures"], r["published"])
-    Console(file=sys.stdout, width=200).print(table)
+        table.add_row(r["step"], short(r["output"]), f"{r['bytes'] / 1e6:.1f} MB", took, r["figures"], r["published"])
+    Console(file=sys.stdout, soft_wrap=False).print(table)
 
 
 @main.command()
@@ -101,13 +121,15 @@ def doctor(work, as_json):
 @report_errors
 def demo(work, runtime, as_json):
     """Run the pipeline on a small sample trainer output made on the fly (no token, GPU or Docker)."""
-    from .demo import run_demo
+    from .demo import next_steps, run_demo
 
     result = run_demo(work, runtime=runtime)
     if as_json:
         emit(result, True)
     else:
         _print_summary(result)
+        for line in next_steps(result):
+            click.echo(line)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,7 +18,7 @@ DEFAULTS = {
     "runtime": "auto",
     "gpus": "auto",
     "name": None,
-    "merge": {},  # base, checkpoint, dtype, max_shard_size, calibration
+    "merge": {},  # base, checkpoint, dtype, max_shard_size, calibration, allow_pickle
     "gguf": {},  # imatrix, calibration, split_max_size, validate_tokens
     "docs": {},  # license, license_link, base_model, datasets, language, system, ollama_quant, repos
     "publish": {},  # private, ollama_push
@@ -76,15 +76,19 @@ def load_config(path) -> dict:
         import tomli as tomllib
     path = local_path(path)
     if not path.is_file():
-        raise InvalidInput(f"config file {path} does not exist: pass the path of a TOML file", path=str(path))
+        raise UsageError(f"config file {path} does not exist: pass the path of a TOML file", path=str(path))
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"config file {path} is not valid TOML ({exc}): fix it", path=str(path)) from None
+        raise UsageError(f"config file {path} is not valid TOML ({' '.join(str(exc).split())}): fix it",
+                         path=str(path)) from None
     unknown = sorted(set(data) - KEYS)
     if unknown:
-        raise InvalidInput(f"config file {path}: unknown key(s) {', '.join(unknown)}: valid keys are "
-                           f"{', '.join(sorted(KEYS))}", path=str(path))
+        raise UsageError(f"config file {path}: unknown key(s) {', '.join(unknown)}: valid keys are "
+                         f"{', '.join(sorted(KEYS))}", path=str(path))
+    for key in ("merge", "gguf", "docs", "publish"):
+        if not isinstance(data.get(key, {}), dict):
+            raise UsageError(f"config file {path}: {key} must be a table ([{key}])", path=str(path))
     base = path.parent
 
     def rel(value):
@@ -109,12 +113,19 @@ def _rel_target(target: str, rel) -> str:
     return f"local:{rel(arg)}" if kind == "local" and sep else str(target)
 
 
+SECTION_OPTIONS = {"base_model": "docs", "allow_pickle": "merge"}  # options that set one key of a config table
+
+
 def request(trainer_output=None, *, config=None, **options) -> dict:
     """Defaults, then the config file, then every option given on the command line (None = not given)."""
     req = {k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v) for k, v in DEFAULTS.items()}
     if config:
         for key, value in load_config(config).items():
             req[key] = {**req[key], **value} if isinstance(req.get(key), dict) else value
+    for key, section in SECTION_OPTIONS.items():
+        value = options.pop(key, None)
+        if value not in (None, False):
+            req[section] = {**req[section], key: value}
     for key, value in options.items():
         if value not in (None, (), []):
             req[key] = list(value) if isinstance(value, tuple) else value
@@ -129,6 +140,9 @@ def request(trainer_output=None, *, config=None, **options) -> dict:
                                        req["trainer_output"].with_name(req["trainer_output"].name + "-upload")))
     if isinstance(req["formats"], str):
         req["formats"] = [f.strip() for f in req["formats"].split(",") if f.strip()]
+    for t in req["push"]:
+        if str(t).partition(":")[0] == "local" and not str(t).partition(":")[2].strip():
+            raise UsageError(f"--push {t}: name the folder to publish into, e.g. local:./published")
     req["push"] = [_rel_target(t, lambda v: Path(os.path.abspath(local_path(v)))) for t in req["push"]]
     for key, choices in (("runtime", ("auto", "docker", "local")), ("gpus", ("auto", "all", "none"))):
         if req[key] not in choices:

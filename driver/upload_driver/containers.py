@@ -17,9 +17,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from upload_common.cli import debug_enabled
 from upload_common.errors import UploadError
 
 from .config import docker_bind_path
+from .local import QUIET_ENV, failure
 from .plan import render
 
 LABEL = "upload-driver.work"
@@ -115,6 +117,8 @@ def spec(step: dict, *, device: str, gpu: bool, work: Path, token_file: Path | N
     mounts.append(Mount("/work/out", docker_bind_path(Path(step["out"]).parent), type="bind"))
     mounts += [Mount(f"/work/rw/{k}", docker_bind_path(p), type="bind") for k, p in step["rw"].items()]
     env = {k: os.environ[k] for k in PASS_ENV if k in os.environ}
+    if not debug_enabled():
+        env = {**QUIET_ENV, **env}
     if token_file is not None:
         mounts.append(Mount("/run/secrets/hf_token", docker_bind_path(token_file), type="bind", read_only=True))
         env["HF_TOKEN_PATH"] = "/run/secrets/hf_token"
@@ -205,6 +209,5 @@ def run(c, step: dict, *, device: str, gpu: bool, work: Path, log) -> None:
                 except docker.errors.APIError:
                     pass
     if code:
-        how = "was killed" if code in (137, 143) else f"failed (exit code {code})"
-        raise UploadError(f"step {step['name']} ({step['image']}) {how}: see its message above; rerun to resume, "
-                          "finished steps are kept", step=step["name"], exit=code)
+        killed = code - 128 if code in (137, 143) else None
+        raise UploadError(failure(step, killed, code, where=step["image"]), step=step["name"], exit=code)

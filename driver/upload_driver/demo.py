@@ -48,3 +48,15 @@ def run_demo(work: Path, runtime: str = "auto") -> dict:
     req = request(trainer_output, work=str(work), name=NAME, quants=("Q4_K_M", "Q8_0"), runtime=runtime,
                   push=(f"local:{work / 'published'}",))
     return execute(req)
+
+
+def next_steps(result: dict) -> list[str]:
+    """What a new user does after the demo: where to look, then their own folder."""
+    work = Path(result["work"])
+    cards = sorted((work / "artifacts" / "docs").glob("*/README.md"))
+    return ["", "What was made:",
+            f"  model cards: {', '.join(str(c) for c in cards) or work / 'artifacts' / 'docs'}",
+            f"  published as the Hub would hold it: {work / 'published'}",
+            "Next, your own trainer output (see the plan and its checks first):",
+            "  upload-driver run ./your_sft_output --dry-run",
+            "  upload-driver run ./your_sft_output --push local:./published      # or --push hf:ORG/NAME with HF_TOKEN set"]

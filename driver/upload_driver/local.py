@@ -1,14 +1,29 @@
-"""Running a step as a local process: the tool's module with host paths, its progress on our stderr."""
+"""Running a step as a local process: the tool's module with host paths, its progress on our stderr.
+
+The process gets the environment it needs and no more: the Hugging Face token only when the step
+publishes (or downloads a base model), third-party progress bars and warnings off unless
+UPLOAD_DRIVER_DEBUG is set. It runs in a process group of its own, which is ended with it, so a
+converter it started does not outlive it."""
 
 from __future__ import annotations
 
+import os
 import shlex
+import signal
 import subprocess
 import sys
+import tempfile
 
+from upload_common.cli import debug_enabled
 from upload_common.errors import UploadError
 
 from . import plan
+
+TOKEN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_API_TOKEN")
+# third-party output a user of the driver does not need to see (tqdm bars, transformers' warnings)
+QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1",
+             "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
+NO_TOKEN_FILE = os.path.join(tempfile.gettempdir(), "upload-driver-no-token", "token")  # never created
 
 
 def command(step: dict, device: str) -> list[str]:
@@ -21,9 +36,48 @@ def describe(step: dict, device: str) -> str:
     return shlex.join([step["tool"], *command(step, device)[3:]])
 
 
+def environment(step: dict, base: dict | None = None) -> dict:
+    """The step's environment: without any token unless it publishes or downloads; quiet unless debugging."""
+    env = dict(os.environ if base is None else base)
+    if not step["token"]:
+        for key in TOKEN_ENV:
+            env.pop(key, None)
+        env["HF_TOKEN_PATH"] = NO_TOKEN_FILE  # huggingface_hub's token file is not read either
+    if not debug_enabled():
+        env = {**QUIET_ENV, **env}  # what the user set themselves wins
+    return env
+
+
+def _end_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError, AttributeError):
+        pass
+
+
 def run(step: dict, *, device: str, log) -> None:
-    proc = subprocess.run(command(step, device), stdout=subprocess.DEVNULL)
-    if proc.returncode:
-        how = f"was killed (signal {-proc.returncode})" if proc.returncode < 0 else f"failed (exit code {proc.returncode})"
-        raise UploadError(f"step {step['name']} ({step['tool']}) {how}: see its message above; rerun to resume, "
-                          "finished steps are kept", step=step["name"], exit=proc.returncode)
+    group = sys.platform != "win32"
+    proc = subprocess.Popen(command(step, device), stdout=subprocess.DEVNULL, env=environment(step),
+                            start_new_session=group)
+    try:
+        code = proc.wait()
+    except BaseException:  # Ctrl-C or the driver stopping: the step and what it started end too
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        if group:  # what the step started and left behind (a converter whose parent was killed)
+            _end_group(proc.pid)
+    if code:
+        raise UploadError(failure(step, -code if code < 0 else None, code), step=step["name"], exit=code)
+
+
+def failure(step: dict, signal_number: int | None, code: int, where: str = "") -> str:
+    """One line for a step that failed: killed by a signal (it could say nothing), or failed after
+    printing its own one-line error (or traceback) above."""
+    name = f"step {step['name']} ({where or step['tool']})"
+    if signal_number:
+        why = " - often the system running out of memory" if signal_number == signal.SIGKILL else ""
+        return f"{name} was killed (signal {signal_number}){why}: nothing of it was kept; rerun to resume, " \
+               "finished steps are kept"
+    return f"{name} failed (exit code {code}): see its message above; rerun to resume, finished steps are kept"

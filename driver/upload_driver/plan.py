@@ -7,11 +7,11 @@ mount points for a container. Only the driver knows the artifact layout: ``WORK/
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from upload_common import __version__
 from upload_common.errors import UsageError
+from upload_common.safety import hub_name
 
 PUBLISH_KINDS = ("hf", "local", "ollama")
 
@@ -66,8 +66,7 @@ def naming(req: dict) -> tuple[str, str | None]:
         if not sep or not org or not name or "/" in name:
             raise UsageError(f"hf:{hub[0]}: use hf:ORG/NAME (the repos become ORG/NAME, ORG/NAME-lora, ORG/NAME-GGUF)")
         return name, org
-    raw = req.get("name") or Path(req["trainer_output"]).name
-    return re.sub(r"[^\w.-]+", "-", raw).strip("-.") or "model", None
+    return hub_name(req.get("name") or Path(req["trainer_output"]).name), None
 
 
 def plan(req: dict, found: dict) -> list[dict]:
@@ -106,7 +105,8 @@ def plan(req: dict, found: dict) -> list[dict]:
         if getattr(module, "CALIBRATION", False) and merge.get("calibration"):
             inputs["calibration"] = Path(merge["calibration"])
             args += ["--calibration", ("in", "calibration")]
-        args += _opts(merge, {"checkpoint": "--checkpoint", "dtype": "--dtype", "max_shard_size": "--max-shard-size"})
+        args += _opts(merge, {"checkpoint": "--checkpoint", "dtype": "--dtype", "max_shard_size": "--max-shard-size",
+                              "allow_pickle": "--allow-pickle"})
         steps.append(_step(fmt, "merge-tool", "merge_tool.cli", art / fmt, args, inputs=inputs, gpu=True,
                            network=needs_base and not base_local, token=needs_base and not base_local,
                            hf_cache=needs_base and not base_local))

@@ -3,20 +3,18 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
 from upload_common.cli import log as default_log
 from upload_common.contract import read_manifest
-from upload_common.errors import UsageError
+from upload_common.errors import UsageError, from_os_error
 from upload_common.trainer_output import inspect_trainer_output
 
-from . import containers, local
+from . import containers, local, preflight
 from . import state as st
+from .lock import hold
 from .plan import plan
-
-GB = 1e9
 
 
 def choose_runtime(req: dict, steps: list[dict], log) -> tuple[str, object, str]:
@@ -56,25 +54,17 @@ def choose_gpu(req: dict, runtime: str, c, steps: list[dict], work: Path) -> tup
     return ok, "auto" if ok else "cpu", f"GPU: {why}"
 
 
-def _estimate(step: dict, sizes: dict) -> int | None:
-    """Bytes a step is expected to write (None when the base model is not at hand to measure)."""
-    from gguf_tool.quants import BITS
-
-    name = step["name"]
-    if step["tool"] == "merge-tool":
-        if "base" in step["inputs"]:
-            base = sum(p.stat().st_size for p in Path(step["inputs"]["base"]).glob("*.safetensors"))
-            sizes["merged"] = base
-            return base
-        adapter = next(iter(Path(step["inputs"]["adapter"]).glob("adapter_model.*")), None)
-        return adapter.stat().st_size if adapter and name == "lora" else None
-    if name == "gguf":
-        merged = sizes.get("merged")
-        if not merged:
-            return None
-        quants = [a for a, prev in zip(step["args"][1:], step["args"]) if prev == "--quant"]
-        return int(merged + sum(merged / 2 * BITS.get(q.upper(), 5) / 8 for q in quants))
-    return 1 << 20 if name == "docs" else None
+def will_run(req: dict, steps: list[dict], force: set) -> set:
+    """The steps that will not be skipped: forced, not up to date, or fed by one that runs."""
+    running: set = set()
+    outs = {Path(s["out"]): s["name"] for s in steps}
+    for step in steps:
+        upstream = {outs[Path(p)] for p in step["inputs"].values() if Path(p) in outs}
+        ready = all(Path(p).exists() for p in step["inputs"].values())
+        if step["name"] in force or upstream & running or not ready or \
+                not st.up_to_date(req["work"], step, st.step_key(step)):
+            running.add(step["name"])
+    return running
 
 
 def execute(req: dict, *, dry_run: bool = False, force=(), log=default_log) -> dict:
@@ -86,6 +76,10 @@ def execute(req: dict, *, dry_run: bool = False, force=(), log=default_log) -> d
     force = set(names) if "all" in force else set(force)
     if force - set(names):
         raise UsageError(f"--force {', '.join(sorted(force - set(names)))}: the steps are {', '.join(names)} (or all)")
+    running = will_run(req, steps, force)
+    findings, disk = preflight.check(req, steps, running)
+    if not dry_run:
+        preflight.refuse(findings)  # every mistake that can be found now stops the run before any step
     runtime, c, why = choose_runtime(req, steps, log)
     log(f"runtime: {why}")
     decided = []
@@ -97,8 +91,19 @@ def execute(req: dict, *, dry_run: bool = False, force=(), log=default_log) -> d
         return decided[0], decided[1]
 
     if dry_run:
-        return _dry_run(req, steps, runtime, *gpu_choice(), force)
-    work.mkdir(parents=True, exist_ok=True)
+        return _dry_run(req, steps, runtime, *gpu_choice(), force, running, findings, disk)
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise from_os_error(exc, f"cannot create the work folder {work}") or exc from None
+    with hold(work) as previous:
+        if previous.get("pid"):
+            log(f"the last run on this folder (pid {previous['pid']}) was interrupted: resuming")
+        return _steps(req, steps, force, runtime, c, gpu_choice, decided, log)
+
+
+def _steps(req, steps, force, runtime, c, gpu_choice, decided, log) -> dict:
+    work = Path(req["work"])
     if c is not None and containers.remove_leftovers(c, work):
         log("removed containers left by an interrupted run")
     rows, t_all = [], time.monotonic()
@@ -108,6 +113,7 @@ def execute(req: dict, *, dry_run: bool = False, force=(), log=default_log) -> d
             log(f"[{i}/{len(steps)}] {step['name']}: up to date, skipped")
             rows.append(summary(step, None))
             continue
+        st.forget(work, step["name"])
         gpu, device = gpu_choice() if step["gpu"] else (False, "cpu")
         where = "container" if runtime == "docker" else "local process"
         log(f"[{i}/{len(steps)}] {step['name']}: {step['tool']} ({where}{', GPU' if gpu and step['gpu'] else ''})")
@@ -120,11 +126,11 @@ def execute(req: dict, *, dry_run: bool = False, force=(), log=default_log) -> d
         st.record(work, step, key, seconds)
         log(f"[{i}/{len(steps)}] {step['name']}: done in {seconds:.1f} s")
         rows.append(summary(step, seconds))
-    return {"runtime": runtime, "gpu": bool(decided and decided[0]), "work": str(work), "seconds": round(time.monotonic() - t_all, 3),
-            "steps": rows}
+    return {"runtime": runtime, "gpu": bool(decided and decided[0]), "work": str(work),
+            "seconds": round(time.monotonic() - t_all, 3), "steps": rows}
 
 
-def _dry_run(req, steps, runtime, gpu, device, force) -> dict:
+def _dry_run(req, steps, runtime, gpu, device, force, running, findings, disk) -> dict:
     rows, sizes = [], {}
     for step in steps:
         if runtime == "docker":
@@ -132,21 +138,11 @@ def _dry_run(req, steps, runtime, gpu, device, force) -> dict:
                                                       token_file=Path("TOKEN-FILE") if step["token"] else None))
         else:
             cmd = local.describe(step, device)
-        ready = all(Path(p).exists() for p in step["inputs"].values())
-        status = "forced" if step["name"] in force else \
-            ("up to date" if ready and st.up_to_date(req["work"], step, st.step_key(step)) else "will run")
+        status = "forced" if step["name"] in force else ("will run" if step["name"] in running else "up to date")
         rows.append({"step": step["name"], "status": status, "command": cmd, "output": str(step["out"]),
-                     "expected_bytes": _estimate(step, sizes)})
-    known = [r["expected_bytes"] for r in rows if r["status"] != "up to date" and r["expected_bytes"]]
-    free = shutil.disk_usage(_existing(Path(req["work"]))).free
-    return {"dry_run": True, "runtime": runtime, "gpu": gpu, "steps": rows, "expected_bytes": sum(known),
-            "free_bytes": free}
-
-
-def _existing(p: Path) -> Path:
-    while not p.exists():
-        p = p.parent
-    return p
+                     "expected_bytes": preflight.estimate(step, sizes)})
+    return {"dry_run": True, "runtime": runtime, "gpu": gpu, "steps": rows, **disk,
+            "problems": [{"check": f.check, "problem": f.problem, "usage": f.usage} for f in findings]}
 
 
 def summary(step: dict, seconds: float | None) -> dict:

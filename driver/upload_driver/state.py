@@ -1,19 +1,29 @@
 """Skipping work already done, by content: a step's key is the hash of its tool and version, its
 arguments (paths replaced by what they point at) and the identity of each input (a step output's
 manifest hash, a file's sha256, a folder's names/sizes/mtimes). A step is skipped when its output's
-manifest is the one recorded under the same key; never because a folder exists."""
+manifest is the one recorded under the same key and its files are still what the manifest says;
+never because a folder exists.
+
+A step is recorded as done only after every output file was checked against its manifest (size and
+sha256). A rerun checks them again cheaply (size and modification time; the sha256 again only where
+the time changed), and for a local publish it checks the published files too, so a deleted or
+edited file makes the step run again."""
 
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from upload_common import __version__
-from upload_common.contract import MANIFEST, canonical_sha256, describe_input, now_iso, sha256_file, write_json_atomic
+from upload_common.contract import (MANIFEST, canonical_sha256, describe_input, now_iso, read_manifest, sha256_file,
+                                    write_json_atomic)
+from upload_common.errors import InvalidInput
 
 from .plan import render
 
 STATE = ".upload-driver/state.json"
+UPLOAD_MANIFEST = "upload_manifest.json"
 
 
 def _identity(path: Path) -> dict:
@@ -29,21 +39,102 @@ def step_key(step: dict) -> str:
 
 def load(work: Path) -> dict:
     try:
-        return json.loads((Path(work) / STATE).read_text())
+        data = json.loads((Path(work) / STATE).read_text())
+        return data if isinstance(data, dict) else {}
     except (OSError, ValueError):
         return {}
+
+
+def _expected(step: dict) -> dict[Path, dict]:
+    """Every file the step's output should hold, {path: {"size", "sha256"}}: the manifest's outputs,
+    and for a local publish the files it laid out in the target."""
+    out = Path(step["out"])
+    m = read_manifest(out) or {}
+    files = {out / o["path"]: o for o in m.get("outputs") or [] if isinstance(o, dict) and "path" in o}
+    if step["rw"]:
+        upload = read_manifest_file(Path(step["inputs"]["docs"]) / UPLOAD_MANIFEST)
+        for sets in (m.get("published") or {}).values():
+            for name, rec in sets.items():
+                entry = (upload.get("sets") or {}).get(name) if isinstance(rec, dict) and rec.get("path") else None
+                for f in (entry or {}).get("files") or []:
+                    files[Path(rec["path"]) / f["path_in_repo"]] = f
+    return files
+
+
+def read_manifest_file(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _stat(path: Path):
+    try:
+        st = path.stat()
+        return st.st_size, st.st_mtime_ns
+    except OSError:
+        return None
+
+
+def verify(step: dict) -> dict[str, list]:
+    """Check every output file against the manifest (size, sha256, in parallel); return what the
+    state records of each ({path: [size, mtime_ns]}). InvalidInput when a file differs."""
+    files = _expected(step)
+
+    def check(item):
+        path, want = item
+        st = _stat(path)
+        if st is None or st[0] != want["size"]:
+            return f"{path} is missing or has the wrong size"
+        if sha256_file(path) != want["sha256"]:
+            return f"{path} does not have the sha256 its manifest records"
+        return None
+
+    with ThreadPoolExecutor(4) as pool:
+        bad = [b for b in pool.map(check, files.items()) if b]
+    if bad:
+        raise InvalidInput(f"step {step['name']}: its output does not match its manifest ({bad[0]}"
+                           f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}): something else wrote to it; "
+                           f"rerun with --force {step['name']}", step=step["name"], mismatches=bad[:20])
+    return {str(p): list(_stat(p)) for p in files}
+
+
+def _still_there(step: dict, recorded: dict) -> bool:
+    """The cheap re-check of a done step: every file still has its recorded size and time, or, where
+    the time changed, still the sha256 of the manifest."""
+    files = _expected(step)
+    if set(map(str, files)) != set(recorded):
+        return False
+    for path, want in files.items():
+        st = _stat(path)
+        if st is None or st[0] != want["size"]:
+            return False
+        if list(st) != recorded[str(path)] and sha256_file(path) != want["sha256"]:
+            return False
+    return True
 
 
 def up_to_date(work: Path, step: dict, key: str) -> bool:
     rec = load(work).get(step["name"])
     manifest = Path(step["out"]) / MANIFEST
-    return bool(rec) and rec.get("key") == key and manifest.is_file() and sha256_file(manifest) == rec.get("manifest")
+    return bool(rec) and rec.get("key") == key and manifest.is_file() and \
+        sha256_file(manifest) == rec.get("manifest") and _still_there(step, rec.get("files") or {})
 
 
 def record(work: Path, step: dict, key: str, seconds: float) -> None:
+    """Mark the step done, after checking its files against its manifest."""
+    files = verify(step)
     path = Path(work) / STATE
     path.parent.mkdir(parents=True, exist_ok=True)
     state = load(work)
     state[step["name"]] = {"key": key, "manifest": sha256_file(Path(step["out"]) / MANIFEST), "finished": now_iso(),
-                           "seconds": round(seconds, 3)}
+                           "seconds": round(seconds, 3), "files": files}
     write_json_atomic(path, state)
+
+
+def forget(work: Path, name: str) -> None:
+    """Unmark a step before it runs again: a step is never recorded done while its folder changes."""
+    state = load(work)
+    if state.pop(name, None) is not None:
+        write_json_atomic(Path(work) / STATE, state)

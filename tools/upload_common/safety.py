@@ -71,3 +71,16 @@ def is_inside(path: Path, root: Path) -> bool:
     real_root = os.path.realpath(root)
     real = os.path.realpath(path)
     return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
+def hub_name(text: str, fallback: str = "model") -> str:
+    """A repo name the Hub accepts, made from any text (a folder name): accents dropped, other
+    characters to '-', no '--' or '..', no '-' or '.' at either end, at most 80 characters (room for a
+    set's suffix)."""
+    import unicodedata
+
+    ascii_text = unicodedata.normalize("NFKD", str(text)).encode("ascii", "ignore").decode()
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", ascii_text)
+    name = re.sub(r"-{2,}", "-", re.sub(r"\.{2,}", ".", name))
+    name = name[:80].strip("-.")
+    return name or fallback
