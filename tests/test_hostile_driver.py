@@ -165,6 +165,8 @@ def test_local_target_inside_the_trainer_output_or_unwritable(sft_output, tmp_pa
         result = drive("run", sft_output, "--work", tmp_path / "w", "--runtime", "local", "--formats", "lora",
                        "--push", f"local:{ro / 'site'}")
         assert "cannot be written" in one_line_error(result, 2) and not (tmp_path / "w" / "artifacts").exists()
+        result = drive("run", sft_output, "--work", ro / "w", "--runtime", "local", "--formats", "lora")
+        assert "the work folder" in one_line_error(result, 2)
     finally:
         subprocess.run(["umount", str(ro)], check=True)
 
@@ -302,3 +304,13 @@ def test_run_options_reach_the_steps(sft_output, tmp_path):
     steps = {s["name"]: s for s in plan(req, inspect_trainer_output(sft_output))}
     assert "--allow-pickle" in steps["merged_16bit"]["args"]
     assert steps["docs"]["args"][steps["docs"]["args"].index("--base-model") + 1] == "acme/base"
+
+
+def test_the_demo_says_what_to_do_next(tmp_path):
+    from upload_driver.demo import next_steps
+
+    (tmp_path / "artifacts" / "docs" / "gguf").mkdir(parents=True)
+    (tmp_path / "artifacts" / "docs" / "gguf" / "README.md").write_text("card")
+    lines = "\n".join(next_steps({"work": str(tmp_path)}))
+    assert str(tmp_path / "artifacts" / "docs" / "gguf" / "README.md") in lines
+    assert "upload-driver run ./your_sft_output --dry-run" in lines and str(tmp_path / "published") in lines
