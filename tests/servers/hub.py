@@ -156,8 +156,8 @@ class HubServer(LocalServer):
     @property
     def stats(self) -> dict:
         """Snapshot: bytes_received (all request bodies), lfs_bytes (bytes of LFS objects stored by PUTs),
-        commit_bytes (commit request bodies), requests (method, path, query, headers, status, bytes; status None
-        for a dropped connection), commits ({repo_id: commits created})."""
+        commit_bytes (commit request bodies), requests (method, path, query, headers, status, bytes, time: when it
+        was answered, time.monotonic(); status None for a dropped connection), commits ({repo_id: commits created})."""
         with self._lock:
             return copy.deepcopy(self._stats)
 
@@ -697,7 +697,7 @@ class _Handler(RequestHandler):
     def record(self, status: int | None) -> None:
         self.owner._record({"method": self.command, "path": self.req_path, "query": self.url_parts.query,
                             "headers": {k: v for k, v in self.headers.items()}, "status": status,
-                            "bytes": self._body_bytes})
+                            "bytes": self._body_bytes, "time": time.monotonic()})
 
     # --------------------------------------------------------------- responses
     def send(self, response: tuple) -> None:

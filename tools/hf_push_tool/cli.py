@@ -21,10 +21,16 @@ from upload_common.cli import emit, json_option, log, overwrite_option, report_e
 @click.option("--dry-run", is_flag=True, help="Print what would be sent where, and send nothing.")
 @click.option("--retries", default=5, show_default=True, help="Attempts per request on 5xx, timeouts, dropped connections.")
 @click.option("--retry-wait", default=2.0, show_default=True, help="First backoff delay in seconds (doubles each time).")
+@click.option("--timeout", type=float, default=None, metavar="SECONDS",
+              help="Seconds without progress before a request fails (default: $UPLOAD_DRIVER_NET_TIMEOUT, else 60).")
+@click.option("--retry-budget", type=float, default=None, metavar="SECONDS",
+              help="Seconds one operation may spend on failed attempts and waits before giving up "
+                   "(default: $UPLOAD_DRIVER_RETRY_BUDGET, else five timeouts).")
 @overwrite_option
 @json_option
 @report_errors
-def main(docs, artifacts, out, targets, only, private, ollama_push, dry_run, retries, retry_wait, overwrite, as_json):
+def main(docs, artifacts, out, targets, only, private, ollama_push, dry_run, retries, retry_wait, timeout,
+         retry_budget, overwrite, as_json):
     """Publish artifact sets to the Hugging Face Hub, an Ollama server or a local folder.
 
     \b
@@ -34,7 +40,8 @@ def main(docs, artifacts, out, targets, only, private, ollama_push, dry_run, ret
     from .core import run
 
     result = run(docs, artifacts, out, targets=targets, only=only, private=private, ollama_push=ollama_push,
-                 dry_run=dry_run, retries=retries, retry_wait=retry_wait, overwrite=overwrite, log=log)
+                 dry_run=dry_run, retries=retries, retry_wait=retry_wait, timeout=timeout,
+                 retry_budget=retry_budget, overwrite=overwrite, log=log)
     if as_json:
         emit(result, True)
     elif dry_run:

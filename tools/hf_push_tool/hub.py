@@ -13,6 +13,7 @@ from concurrent.futures import Future
 from pathlib import Path
 
 from upload_common.errors import InvalidInput, UploadError
+from upload_common.safety import check_repo_id
 
 from .retry import causes, status_of, with_retries
 
@@ -71,7 +72,7 @@ def check_token(api, log) -> dict:
     if not get_token():
         raise HubError("no Hugging Face token: set HF_TOKEN or log in with `hf auth login` (the token is never read "
                        "from the command line)")
-    info = _call("checking the token", "-", api.whoami, {"attempts": 3, "wait": 1.0})
+    info = _call("checking the token", "-", api.whoami, {"attempts": 3, "wait": 1.0, "log": log})
     role = ((info.get("auth") or {}).get("accessToken") or {}).get("role")
     if role == "read":
         raise HubError("the Hugging Face token is read-only: create one with write access and set HF_TOKEN")
@@ -109,9 +110,8 @@ def push_set(api, entry: dict, local: dict[str, Path], *, private: bool, retry: 
     (in parallel) while the repo is created."""
     from huggingface_hub import CommitOperationAdd
 
-    repo_id = entry["repo_id"]
-    if "/" not in repo_id:
-        raise InvalidInput(f"repo {repo_id!r} has no namespace: run docs-tool with --namespace USER_OR_ORG")
+    repo_id = check_repo_id(entry["repo_id"], "repo id (set by docs-tool --namespace and --name)", namespace=True,
+                            usage=False)
 
     def operation(f: dict):
         op = CommitOperationAdd(path_in_repo=f["path_in_repo"], path_or_fileobj=str(local[f["path_in_repo"]]))

@@ -10,11 +10,19 @@ from pathlib import Path
 
 from upload_common.errors import InvalidInput, UploadError
 
+from . import net
 from .retry import with_retries
 
 
 class OllamaError(UploadError, ConnectionError):
     kind = "ollama"
+
+
+def _has_blob(client, digest: str) -> bool:
+    answer = client._client.head(f"/api/blobs/{digest}")
+    if answer.status_code in net.RETRY_STATUSES:
+        answer.raise_for_status()  # a server error is retried like any other
+    return answer.status_code == 200
 
 
 def push_model(entry: dict, local: dict[str, Path], modelfile: Path, *, name: str | None, push: bool, retry: dict,
@@ -30,8 +38,9 @@ def push_model(entry: dict, local: dict[str, Path], modelfile: Path, *, name: st
     fields = parse_modelfile(modelfile.read_text(encoding="utf-8"))
     filename = info["file"]
     model = name or info["ollama_name"]
-    client = ollama.Client(host=os.environ.get("OLLAMA_HOST") or None)  # None: the client's default
+    client = net.ollama_client(os.environ.get("OLLAMA_HOST") or None)  # None: the client's default
     host = str(client._client.base_url).rstrip("/")
+    where = net.host_of(client._client.base_url)
     expected = next(f["sha256"] for f in entry["files"] if f["path_in_repo"] == filename)
 
     def call(what, fn):
@@ -41,11 +50,11 @@ def push_model(entry: dict, local: dict[str, Path], modelfile: Path, *, name: st
                                    status=exc.status_code)
             return None
 
-        return with_retries(what, fn, explain=explain, **retry)
+        return with_retries(what, fn, explain=explain, where=where, **retry)
 
     digest = f"sha256:{expected}"
     # the client always sends the whole blob; ask first, as Ollama's own CLI does
-    stored = call("asking Ollama for the GGUF", lambda: client._client.head(f"/api/blobs/{digest}").status_code == 200)
+    stored = call("asking Ollama for the GGUF", lambda: _has_blob(client, digest))
     if stored:
         log(f"Ollama {host}: {filename} already stored")
     else:
