@@ -116,9 +116,10 @@ def _intro(ctx: dict) -> str:
     lines = [f"# {ctx['repo_id']}", "", f"The {spec['title']} of {article} {what}{of}."]
     relation = {"adapter": "Load it on top of the base model (PEFT).",
                 "finetune": "The LoRA adapter is merged into the base weights: it loads like any model.",
-                "quantized": "Quantized from the merged model" + (f" {_hub_link(ctx['base_model'])}"
-                                                                   if ctx.get("base_model") else "") + "."}
-    if ctx.get("relation") in relation:
+                "quantized": "Quantized from the merged model."}
+    if ctx.get("quantized_from"):  # also when the metadata names the base instead (a merged set not on the Hub)
+        lines.append(f"Quantized from the merged model {_hub_link(ctx['quantized_from'])}.")
+    elif ctx.get("relation") in relation:
         lines.append(relation[ctx["relation"]])
     others = [f"{_hub_link(r)} ({ctx['specs'][s]['title']})" for s, r in ctx["repos"].items() if s != ctx["set"]]
     if others:

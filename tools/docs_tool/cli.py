@@ -5,14 +5,19 @@ from __future__ import annotations
 import click
 
 from upload_common.cli import emit, json_option, log, overwrite_option, report_errors
+from upload_common.errors import UsageError
 
 
 def _pairs(values, option: str) -> dict:
+    """SET=VALUE options as a dict; a malformed or repeated one is a one-line usage error."""
     out = {}
     for v in values:
         key, sep, val = v.partition("=")
         if not sep or not key.strip() or not val.strip():
-            raise click.BadParameter(f"{v!r}: use SET=VALUE, e.g. gguf=acme/my-model-GGUF", param_hint=option)
+            raise UsageError(f"{option} {v!r}: use SET=VALUE, e.g. gguf=acme/my-model-GGUF")
+        if key.strip() in out:
+            raise UsageError(f"{option} {key.strip()} is given twice ({out[key.strip()]!r} and {val.strip()!r}): pass "
+                             "it once")
         out[key.strip()] = val.strip()
     return out
 
@@ -21,10 +26,13 @@ def _pairs(values, option: str) -> dict:
 @click.option("--artifact", "artifacts", multiple=True, type=click.Path(), required=True,
               help="An output folder of merge-tool or gguf-tool (repeatable): one artifact set each.")
 @click.option("--out", required=True, type=click.Path(), help="Output folder: cards, upload_manifest.json, README.md.")
-@click.option("--name", default=None, help="Model name for repos and files (default: gguf-tool's, else the run's folder).")
+@click.option("--name", default=None,
+              help="Model name for repos and files, used as given (default: gguf-tool's, else the run's folder, "
+                   "made into a valid repo name).")
 @click.option("--namespace", default=None, help="Hub user or organisation the repos go under.")
 @click.option("--repo", "repos", multiple=True, metavar="SET=REPO_ID",
-              help="Repo of one set instead of <namespace>/<name><suffix> (lora: -lora, gguf: -GGUF).")
+              help="Repo of one set instead of <namespace>/<name><suffix> (lora: -lora, gguf: -GGUF); a valid Hub "
+                   "repo id.")
 @click.option("--license", "license_", default=None,
               help="Licence id (default: the base model's card, else the training run's card).")
 @click.option("--license-link", default=None, help="With a licence that is not a Hub licence id: its URL.")

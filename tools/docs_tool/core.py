@@ -12,7 +12,6 @@ Layout of the output folder::
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 
@@ -20,10 +19,11 @@ from upload_common.contract import (MANIFEST, atomic_output, canonical_sha256, c
                                     finish_manifest, library_versions, new_manifest, sha256_file, write_json_atomic)
 from upload_common.cards import looks_like_repo_id
 from upload_common.errors import InvalidInput, UsageError
+from upload_common.safety import check_namespace, check_repo_id, hub_name
 from upload_common.trainer_output import chat_template
 
 from . import card as cards
-from .sets import PREFERRED_QUANTS, identify, repo_ids, set_specs
+from .sets import MAX_NAME, PREFERRED_QUANTS, check_overrides, identify, repo_ids, set_specs
 
 TOOL = "docs-tool"
 UPLOAD_SCHEMA = "upload-driver/upload-manifest"
@@ -31,19 +31,32 @@ UPLOAD_MANIFEST = "upload_manifest.json"
 HUB_FILE_LIMIT = 50 * 10**9  # the Hub refuses larger files; gguf-tool --split-max-size splits them
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^\w.-]+", "-", text).strip("-.") or "model"
+def _given_name(name: str) -> str:
+    """--name as the user typed it: it names every repo and file, so one the Hub would not take is
+    refused (with a suggestion), never silently altered into a name nobody asked for."""
+    if "/" not in name:
+        try:
+            return check_repo_id(name, "--name")
+        except UsageError:
+            pass
+    slug = hub_name(name)
+    hint = f": pass e.g. --name {slug}" if slug != name else ""
+    where = " (the namespace goes in --namespace)" if "/" in name else ""
+    raise UsageError(f"--name {name!r} cannot name a Hub repo{where}: use letters, digits, '-', '_' and '.' only, "
+                     f"no '--' or '..', no '-' or '.' at either end, at most {MAX_NAME} characters with the set's "
+                     f"suffix{hint}", name=name)
 
 
 def _default_name(sets: dict) -> str:
+    """gguf-tool's name, else the run's folder (as written in a manifest: made Hub-valid by the caller)."""
     for _, _, manifest in sets.values():
-        if manifest["tool"]["name"] == "gguf-tool" and manifest["parameters"].get("name"):
-            return manifest["parameters"]["name"]
+        if manifest["tool"]["name"] == "gguf-tool" and (manifest.get("parameters") or {}).get("name"):
+            return str(manifest["parameters"]["name"])
     for _, _, manifest in sets.values():
         adapter = (manifest.get("decisions") or {}).get("adapter") or {}
         if adapter.get("path"):
-            p = Path(adapter["path"])
-            return _slug(p.parent.name if p.name.startswith("checkpoint-") else p.name)
+            p = Path(str(adapter["path"]))
+            return p.parent.name if p.name.startswith("checkpoint-") else p.name
     return "model"
 
 
@@ -88,7 +101,8 @@ def _base(sets: dict, base_model: str | None, warnings: list) -> tuple[str | Non
         found = adapter_base
     if not found:
         warnings.append("the base model is a local folder, not a Hub id: the cards name no base_model; pass "
-                        "--base-model ORG/NAME to link them to it on the Hub")
+                        "--base-model ORG/NAME (upload-driver run --base-model, or base_model in the config's [docs] "
+                        "table) to link them to it on the Hub")
     return found, adapter_base
 
 
@@ -144,6 +158,11 @@ def run(artifacts, out, *, name: str | None = None, namespace: str | None = None
     out = Path(out)
     if not artifacts:
         raise UsageError("no --artifact given: pass the output folders of merge-tool / gguf-tool to document")
+    # every repo id the user gave is checked before any work: it becomes a path under a local target
+    if namespace is not None:
+        check_namespace(namespace, "--namespace")
+    given_name = None if name is None else _given_name(name)
+    check_overrides(repos)
     check_output_free(out, overwrite)
     sets: dict[str, tuple] = {}
     folders: dict[str, Path] = {}
@@ -154,7 +173,7 @@ def run(artifacts, out, *, name: str | None = None, namespace: str | None = None
             raise UsageError(f"two --artifact folders are both {set_name}: {folders[set_name]} and {folder}: pass one")
         sets[set_name], folders[set_name] = (set_name, spec, manifest), folder
     order = [s for s in set_specs() if s in sets]
-    name = _slug(name or _default_name(sets))
+    name = given_name or hub_name(_default_name(sets))
     repo_for = repo_ids(name, namespace, order, repos)
     params = {"name": name, "namespace": namespace, "repos": repo_for, "license": license, "license_link": license_link,
               "base_model": base_model, "datasets": list(datasets), "languages": list(languages), "system": system,
@@ -209,10 +228,13 @@ def _document_set(s, spec, art, folder, partial, common, base_id, repo_for, name
         made_from = ((art.get("inputs") or {}).get("model") or {}).get("manifest_sha256")
         merged = next((m for m, (_, sp, m_art) in sets.items() if sp["relation"] == "finetune"
                        and (common["manifest_sha"][m] == made_from or _same_merge(m_art, art))), None)
-        if merged:  # no Hub id without a namespace (a local publish): then the card names no base
-            ctx["base_model"] = repo_for[merged] if looks_like_repo_id(repo_for[merged]) else None
-        else:  # a quantization of a fine-tune whose merged weights are not published here
+        if merged and looks_like_repo_id(repo_for[merged]):
+            ctx["base_model"] = ctx["quantized_from"] = repo_for[merged]
+        else:  # merged weights not published here, or not under a Hub id (a local publish without a
+            # namespace): the Hub's base_model must be a Hub id, and "quantized of a fine-tune" is not
+            # expressible, so the card names the base the run was fine-tuned from
             ctx["base_model"], relation = base_id, "finetune"
+            ctx["quantized_from"] = repo_for[merged] if merged else None
     elif relation == "adapter":
         ctx["base_model"] = common["adapter_base"] if looks_like_repo_id(common["adapter_base"]) and base_id else base_id
         ctx["base_display"] = ctx["base_model"]

@@ -9,12 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from upload_common.contract import read_manifest
-from upload_common.errors import InvalidInput
+from upload_common.errors import InvalidInput, UsageError
+from upload_common.safety import check_repo_id
 
 GGUF = {"suffix": "-GGUF", "relation": "quantized", "library": "gguf", "title": "GGUF files",
         "tags": ["gguf", "llama.cpp"]}
 # Default file the Ollama Modelfile and the snippets point at, in order of preference.
 PREFERRED_QUANTS = ("Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "Q4_0", "F16", "BF16")
+MAX_NAME = 96  # the Hub's limit on a repo name (the part after the namespace)
 
 
 def set_specs() -> dict:
@@ -42,11 +44,39 @@ def identify(folder) -> tuple[str, dict, dict]:
     return name, specs[name], manifest
 
 
-def repo_ids(name: str, namespace: str | None, sets, overrides: dict | None = None) -> dict:
-    """``<namespace>/<name><suffix>`` for each set, unless ``overrides`` names it."""
-    specs, overrides = set_specs(), overrides or {}
+def check_overrides(overrides: dict | None) -> dict:
+    """``--repo SET=REPO_ID`` as given: each a known set and a valid Hub repo id, checked before any
+    work (a repo id becomes a folder under the local publish target and a URL path on the Hub)."""
+    specs, overrides = set_specs(), dict(overrides or {})
     unknown = sorted(set(overrides) - set(specs))
     if unknown:
         raise InvalidInput(f"--repo names unknown set(s) {', '.join(unknown)}: choose among {', '.join(sorted(specs))}")
+    for s, repo in overrides.items():
+        check_repo_id(repo, f"--repo {s}")
+    return overrides
+
+
+def repo_ids(name: str, namespace: str | None, sets, overrides: dict | None = None) -> dict:
+    """``<namespace>/<name><suffix>`` for each set, unless ``overrides`` names it; every one a valid Hub
+    repo id, and no two sets in the same repo (the Hub compares names without case)."""
+    specs, overrides = set_specs(), check_overrides(overrides)
     prefix = f"{namespace}/" if namespace else ""
-    return {s: overrides.get(s) or f"{prefix}{name}{specs[s]['suffix']}" for s in sets}
+    repos: dict[str, str] = {}
+    for s in sets:
+        repo = overrides.get(s)
+        if not repo:
+            suffix = specs[s]["suffix"]
+            if len(name) + len(suffix) > MAX_NAME:
+                raise UsageError(f"the {s} repo name (the name and {suffix!r}) would be {len(name) + len(suffix)} "
+                                 f"characters, over the Hub's {MAX_NAME}: pass a --name of at most "
+                                 f"{MAX_NAME - len(suffix)} characters, or --repo {s}=NAMESPACE/NAME", set=s,
+                                 length=len(name) + len(suffix))
+            repo = f"{prefix}{name}{suffix}"
+        repos[s] = check_repo_id(repo, f"the {s} set's repo id")
+    seen: dict[str, str] = {}
+    for s, repo in repos.items():
+        first = seen.setdefault(repo.casefold(), s)
+        if first != s:
+            raise UsageError(f"the {first} and {s} sets would both be published to {repo}: give one of them another "
+                             f"repo with --repo {s}=NAMESPACE/NAME", repo_id=repo)
+    return repos

@@ -5,19 +5,24 @@ datasets) in its manifest, so that docs-tool needs no other path to write truthf
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
+
+from .errors import UploadError
+from .safety import check_repo_id
 
 # What a derived model inherits from its base model's card, and what a training run's card adds.
 BASE_KEYS = ("license", "license_name", "license_link", "language", "pipeline_tag")
 TRAINER_KEYS = ("license", "license_name", "license_link", "language", "datasets", "tags", "model_name")
 
-REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
 
 def looks_like_repo_id(value) -> bool:
-    """Whether ``value`` is shaped like a Hub model id (org/name), not a path."""
-    return isinstance(value, str) and bool(REPO_ID.match(value)) and ".." not in value
+    """Whether ``value`` is a Hub model id with its namespace (org/name) by huggingface_hub's own rules
+    (safety.check_repo_id), not a path nor a bare name: what a card's base_model may name."""
+    try:
+        check_repo_id(value, "repo id", namespace=True)
+    except UploadError:
+        return False
+    return True
 
 
 def front_matter(folder, keys=None) -> dict:
