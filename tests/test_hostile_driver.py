@@ -314,3 +314,41 @@ def test_the_demo_says_what_to_do_next(tmp_path):
     lines = "\n".join(next_steps({"work": str(tmp_path)}))
     assert str(tmp_path / "artifacts" / "docs" / "gguf" / "README.md") in lines
     assert "upload-driver run ./your_sft_output --dry-run" in lines and str(tmp_path / "published") in lines
+
+
+def test_kill_9_at_each_step_then_the_rerun_finishes_the_same(sft_output, tmp_path):
+    """The driver and its step killed (kill -9, the whole tree) while each step in turn is half done;
+    each rerun resumes; the last one finishes with every file matching its manifest, no partial folder
+    left, and the adapter as an uninterrupted run makes it."""
+    import psutil
+
+    from upload_driver import state
+
+    work, site = tmp_path / "work", tmp_path / "site"
+    cmd = [sys.executable, "-m", "upload_driver.cli", "run", str(sft_output), "--work", str(work), "--formats",
+           "lora,gguf", "--quant", "F16", "--push", f"local:{site}", "--runtime", "local"]
+    killed = []
+    for step in ("merged_16bit", "gguf", "docs", "publish-local"):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **NO_DOCKER})
+        partial = work / "artifacts" / f"{step}.partial"
+        deadline = time.monotonic() + 180
+        while not partial.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        if proc.poll() is None:
+            for p in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]:
+                p.kill()
+            proc.wait(timeout=60)
+            killed.append(step)
+    assert {"merged_16bit", "gguf"} <= set(killed), killed
+    final = subprocess.run([*cmd, "--json"], capture_output=True, text=True, env={**os.environ, **NO_DOCKER},
+                           timeout=600)
+    assert final.returncode == 0, final.stderr
+    assert not list((work / "artifacts").glob("*.partial"))
+    recorded = state.load(work)
+    steps = [r["step"] for r in json.loads(final.stdout)["steps"]]
+    assert steps == ["lora", "merged_16bit", "gguf", "docs", "publish-local"] and set(recorded) == set(steps)
+    for name in ("lora", "merged_16bit", "gguf", "docs"):
+        assert state.verify({"name": name, "out": work / "artifacts" / name, "rw": {}, "inputs": {}})
+    again = drive("run", sft_output, "--work", work, "--formats", "lora,gguf", "--quant", "F16", "--push",
+                  f"local:{site}", "--runtime", "local", "--json")
+    assert all(skipped(again).values())
