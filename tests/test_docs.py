@@ -180,7 +180,7 @@ def test_bad_inputs(run_artifacts, tmp_path):
     assert result.exit_code == 2 and "both lora" in result.output
     result = CliRunner().invoke(docs_main, ["--artifact", str(run_artifacts["lora"]), "--out", str(tmp_path / "o"),
                                             "--repo", "nope=x/y"])
-    assert result.exit_code == 1 and "unknown set" in result.output
+    assert result.exit_code == 2 and "unknown set" in result.output
     result = CliRunner().invoke(docs_main, ["--artifact", str(run_artifacts["gguf"]), "--out", str(tmp_path / "o"),
                                             "--ollama-quant", "Q2_K"])
     assert result.exit_code == 2 and "Q4_K_M" in result.output

@@ -59,7 +59,7 @@ LONG = "x" * 94  # a valid name alone, but 99 characters with -lora or -GGUF
     (["--repo", "merged_16bit=a--b/c"], 2, "--repo merged_16bit 'a--b/c'"),
     (["--repo", "gguf=a/b", "--repo", "gguf=c/d"], 2, "given twice"),
     (["--repo", "gguf"], 2, "SET=VALUE"),
-    (["--repo", "merged=a--b/c"], 1, "unknown set(s) merged"),  # the set is merged_16bit
+    (["--repo", "merged=a--b/c"], 2, "unknown set(s) merged"),  # the set is merged_16bit
     (["--namespace", "alice", "--name", "Tiny-Chat", "--repo", "gguf=ALICE/tiny-chat"], 2,
      "the merged_16bit and gguf sets would both be published to ALICE/tiny-chat"),
     (["--name", "../x"], 2, "pass e.g. --name x"),

@@ -50,7 +50,7 @@ def check_overrides(overrides: dict | None) -> dict:
     specs, overrides = set_specs(), dict(overrides or {})
     unknown = sorted(set(overrides) - set(specs))
     if unknown:
-        raise InvalidInput(f"--repo names unknown set(s) {', '.join(unknown)}: choose among {', '.join(sorted(specs))}")
+        raise UsageError(f"--repo names unknown set(s) {', '.join(unknown)}: choose among {', '.join(sorted(specs))}")
     for s, repo in overrides.items():
         check_repo_id(repo, f"--repo {s}")
     return overrides

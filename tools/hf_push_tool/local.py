@@ -43,14 +43,8 @@ def _copy_hashed(src: Path, dst: Path) -> tuple[str, Path]:
 
 
 def _write_record(repo_dir: Path, record: dict) -> None:
-    path = join_inside(repo_dir, RECORD, "the publish record")
-    tmp = path.with_name(path.name + ".tmp")  # write_json_atomic's temporary name
-    tmp.unlink(missing_ok=True)  # a planted link there is removed, not written through
-    try:
-        write_json_atomic(path, record)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    # write_json_atomic makes its temporary file afresh (a planted link is not written through)
+    write_json_atomic(join_inside(repo_dir, RECORD, "the publish record"), record)
 
 
 def _copy_file(repo_dir: Path, f: dict, src: Path) -> bool:

@@ -140,12 +140,17 @@ def write_json_atomic(path: Path, data) -> None:
     except ValueError as exc:
         raise InvalidInput(f"refusing to write {path.name}: it would hold a non-finite number ({exc}): a value "
                            "computed upstream is NaN or infinite", path=str(path)) from None
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp.unlink(missing_ok=True)  # a fresh file, never one planted there (a link is not followed)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    try:
+        with open(fd, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def finish_manifest(manifest: dict, folder: Path, known_hashes: dict | None = None, t0: float | None = None) -> dict:

@@ -38,9 +38,12 @@ def check_repo_id(value, what: str, *, namespace: bool = False, usage: bool = Tr
 
 def check_namespace(value, what: str) -> str:
     """A Hub user or organisation name (the part before the ``/``)."""
-    if isinstance(value, str) and "/" not in value:
-        check_repo_id(f"{value}/x", what)
-        return value
+    if isinstance(value, str) and value and "/" not in value:
+        try:
+            check_repo_id(f"{value}/x", what)
+            return value
+        except UsageError:
+            pass
     raise UsageError(f"{what} {value!r} is not a Hub user or organisation name: use letters, digits, '-', '_' and "
                      "'.' only, without '/'", namespace=str(value))
 
