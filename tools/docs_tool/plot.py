@@ -1,8 +1,16 @@
-"""The training-loss curve as a PNG for the model card (matplotlib, no display needed)."""
+"""The training-loss curve as a PNG for the model card (matplotlib, no display needed).
+
+The image is drawn in memory and then written in one go, so a full disk or a read-only folder is a
+one-line known error (upload_common.errors.from_os_error) naming the file, never a traceback from
+inside the image library, and no half-written PNG is left behind."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
+
+from upload_common.errors import from_os_error
 
 
 def loss_curve(summary: dict | None, path: Path, title: str) -> bool:
@@ -29,6 +37,23 @@ def loss_curve(summary: dict | None, path: Path, title: str) -> bool:
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    buf = io.BytesIO()
     # no Software/date chunks: the same run gives the same bytes, so unchanged plots are not re-sent
-    fig.savefig(path, format="png", metadata={"Software": None})
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    _write(Path(path), buf.getvalue())
     return True
+
+
+def _write(path: Path, data: bytes) -> None:
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+        if exc.filename is None:
+            exc.filename = str(path)
+        known = from_os_error(exc, "writing the training-loss plot")
+        if known is None:
+            raise
+        raise known from None

@@ -1,5 +1,6 @@
 """Checking a GGUF against the Hugging Face model it came from: the same text tokenized by both,
-then next-token distributions compared position by position (top-1 agreement, mean KL)."""
+then next-token distributions compared position by position (top-1 agreement, mean KL). Either
+side computing NaN or infinity fails the check with one line (upload_common.quality.compare)."""
 
 from __future__ import annotations
 
@@ -28,4 +29,5 @@ def gguf_run(path: Path, ids: list[int], text: str, lora: Path | None = None):
 
 def validate(path: Path, ref_ids: list[int], ref_logprobs, text: str, lora: Path | None = None) -> dict:
     tokens, got = gguf_run(path, ref_ids, text, lora)
-    return {**compare(ref_logprobs, got), "tokenization_matches": list(tokens[: len(ref_ids)]) == list(ref_ids)}
+    figures = compare(ref_logprobs, got, names=("Hugging Face", f"GGUF ({Path(path).name})"))
+    return {**figures, "tokenization_matches": list(tokens[: len(ref_ids)]) == list(ref_ids)}

@@ -1,6 +1,7 @@
 """Reading a PEFT adapter: its config, its tensors grouped by module, and each module's scale.
 
-Only the headers are read here; tensors are loaded one module at a time during the merge."""
+Tensors are read once here, one at a time, to refuse NaN or infinity before any work (adapters are
+small); the merge loads them again one module at a time."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from upload_common.contract import read_json_object
 from upload_common.errors import InvalidInput, Unsupported
-from upload_common.st_io import file_specs
+from upload_common.st_io import check_finite, file_specs
 
 PREFIX = "base_model.model."
 _LORA_PARTS = {  # key suffix -> role
@@ -136,5 +137,7 @@ def read_adapter(adapter_dir: Path) -> dict:
     if not specs:
         raise InvalidInput(f"{wfile} holds no tensors: the adapter was not saved", path=str(wfile))
     modules, replacements = group_tensors(specs)
+    check_finite(wfile, specs, "adapter", "the training diverged or the file is damaged: use an earlier checkpoint "
+                 "(--checkpoint N) or retrain with a lower learning rate")
     return {"dir": Path(adapter_dir), "config": config, "weights": wfile, "specs": specs,
             "modules": modules, "replacements": replacements}

@@ -1,11 +1,14 @@
 """How close an exported model stays to the model it came from: the same text through both, then
 next-token distributions compared position by position (top-1 agreement, KL divergence).
 gguf-tool compares llama.cpp with transformers; merge-tool's quantized formats compare the
-quantized checkpoint with the 16-bit merge, both through transformers."""
+quantized checkpoint with the 16-bit merge, both through transformers. A model that computes NaN or
+infinity is refused (``InvalidInput``): such figures never reach a manifest or a card."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from .errors import InvalidInput
 
 VALIDATION_TEXT = (
     "The old lighthouse keeper climbed the stairs every evening at dusk. He trimmed the wick, wound the "
@@ -31,16 +34,33 @@ def reference(model_dir: Path, text: str, max_tokens: int, device: str = "cpu"):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)  # an untrusted folder never runs code
     ids = tok(text).input_ids[:max_tokens]
     placement = {"device_map": device} if device != "cpu" else {}
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, **placement).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, trust_remote_code=False,
+                                                 **placement).eval()
     return ids, logprobs(model, ids)
 
 
-def compare(ref, got) -> dict:
+def check_finite(logprobs, which: str, todo: str) -> None:
+    """Refuse log-probabilities [positions, vocab] holding NaN or infinity: the model is broken, and
+    its top-1 and KL figures would be meaningless (argmax of a NaN row is 0 on both sides)."""
     import numpy as np
 
+    bad = int((~np.isfinite(logprobs)).any(-1).sum())
+    if bad:
+        raise InvalidInput(f"validation: the {which} model produces NaN/infinite log-probabilities at {bad} of "
+                           f"{logprobs.shape[0]} positions: its weights are broken; {todo}",
+                           model=which, nonfinite_positions=bad, positions=int(logprobs.shape[0]))
+
+
+def compare(ref, got, names: tuple[str, str] = ("reference", "exported")) -> dict:
+    """Top-1 agreement and KL(ref || got) per position of two [positions, vocab] log-probability
+    arrays; ``names`` say which model each is in the error a non-finite value raises."""
+    import numpy as np
+
+    check_finite(ref, names[0], "re-make it from a sound adapter and base (merge-tool refuses NaN/infinite weights)")
+    check_finite(got, names[1], "the export lost the model's numbers: try another type or dtype")
     p = np.exp(ref)
     kl = (p * (ref - got)).sum(-1)
     return {"positions": int(ref.shape[0]), "top1_agreement": round(float((ref.argmax(-1) == got.argmax(-1)).mean()), 4),

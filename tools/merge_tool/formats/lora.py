@@ -1,7 +1,9 @@
-"""``lora``: the adapter as it is, in safetensors, with its config and tokenizer."""
+"""``lora``: the adapter as it is, in safetensors, with its config and tokenizer. Its tensors were
+checked for NaN/infinity when it was read (merge_tool.adapter.read_adapter)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 
@@ -21,7 +23,12 @@ def plan(job: dict) -> dict:
 def write(plan: dict, folder, progress) -> dict:
     adapter = plan["job"]["adapter"]
     dst = folder / "adapter_model.safetensors"
-    shutil.copyfile(adapter["weights"], dst)
+    try:
+        shutil.copyfile(adapter["weights"], dst)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # shutil names the source: the full disk is the copy's
+            exc.filename, exc.filename2 = str(dst), None
+        raise
     progress(dst.stat().st_size)
     (folder / "adapter_config.json").write_text(json.dumps(adapter["config"], indent=2) + "\n")
     return {}

@@ -2,14 +2,17 @@
 
 Each output tensor is computed from one base tensor (memory-mapped, read on its own) and its LoRA
 matrices, in fp32, then cast once to the output dtype and appended to the shard being written.
-Peak memory is a few copies of the largest tensor, whatever the model size."""
+Peak memory is a few copies of the largest tensor, whatever the model size. No NaN or infinity is
+written: the writer checks every block, and a refusal names the tensor and why (a damaged base, an
+update beyond the output dtype's range)."""
 
 from __future__ import annotations
 
 import json
 
 from upload_common.errors import InvalidInput, Unsupported
-from upload_common.st_io import CODES, load_tensor, model_specs, nbytes, plan_shards, write_index, write_stream
+from upload_common.st_io import (CODES, NonFiniteTensor, load_tensor, model_specs, nbytes, plan_shards, write_index,
+                                 write_stream)
 
 from .. import bnb
 from ..adapter import check_mergeable, module_scale
@@ -197,6 +200,63 @@ def merge_rows(rec: dict, load_base, load, fan: bool, rows):
     return w
 
 
+def _loaders(plan: dict, name: str, device):
+    """What computes output tensor ``name``: (recipe, load_base(rows slice), load(adapter key, rows
+    slice), pure_copy, whole_only)."""
+    import torch
+
+    adapter_file = plan["job"]["adapter"]["weights"]
+    specs, out_specs = plan["specs"], plan["out_specs"]
+    fan = bool(plan["job"]["adapter"]["config"].get("fan_in_fan_out"))
+    rec = plan["recipes"][name]
+    src = specs[rec["src"]]
+    cache = {}
+
+    def fp32(t):  # always a private copy: the merge updates it in place
+        return t.to(device=device, dtype=torch.float32, copy=True) if t.is_floating_point() else t
+
+    def load(key, sl=slice(None)):
+        if sl != slice(None):
+            return fp32(load_tensor(adapter_file, key, rows=(sl.start, sl.stop)))
+        if key not in cache:
+            cache[key] = fp32(load_tensor(adapter_file, key))
+        return cache[key]
+
+    pure_copy = set(rec) == {"src"} and src["dtype"] == out_specs[name]["dtype"] and "bnb" not in src
+    if "bnb" in src:
+        whole = fp32(bnb.dequantize(rec["src"], src))
+        load_base = whole.__getitem__
+    else:
+        def load_base(sl):
+            raw = load_tensor(src["file"], rec["src"], rows=None if sl == slice(None) else (sl.start, sl.stop))
+            return raw if pure_copy else fp32(raw)
+    whole_only = "bnb" in src or (fan and "magnitude" in rec.get("lora", {}))
+    return rec, load_base, load, pure_copy, whole_only
+
+
+def _nonfinite_reason(plan: dict, name: str, device) -> str:
+    """Why output tensor ``name`` is not finite (the failure path only): a damaged base tensor, an
+    update that overflows even in fp32, or merged values beyond the output dtype's range."""
+    import torch
+
+    rec, load_base, load, _, whole_only = _loaders(plan, name, device)
+    fan = bool(plan["job"]["adapter"]["config"].get("fan_in_fan_out"))
+    peak = 0.0
+    for rows in row_blocks(plan["out_specs"][name]["shape"], whole_only):
+        sl = slice(*rows) if rows else slice(None)
+        if "replace" not in rec and not bool(torch.isfinite(load_base(sl)).all()):
+            return (f"the base model's tensor {rec['src']} holds NaN or infinite values: the base is damaged; "
+                    "re-download it or pass another --base")
+        w = merge_rows(rec, load_base, load, fan, rows)
+        if not bool(torch.isfinite(w).all()):
+            return "the adapter's update overflows even in fp32: the adapter is broken; use an earlier checkpoint"
+        peak = max(peak, float(w.abs().max()))
+    code = plan["out_specs"][name]["dtype"]
+    limit = torch.finfo(getattr(torch, CODES[code])).max
+    return (f"merged values reach {peak:.4g}, beyond the {CODES[code]} range (±{limit:.4g}): merge with --dtype bf16 "
+            "(or fp32)")
+
+
 def write(plan: dict, folder, progress) -> dict:
     import torch
 
@@ -206,35 +266,12 @@ def write(plan: dict, folder, progress) -> dict:
 
         unsloth_write(job["adapter"]["dir"], folder, plan["out_dtype"])
         return {}
-    adapter_file = job["adapter"]["weights"]
-    specs, out_specs, device = plan["specs"], plan["out_specs"], plan["device"]
+    out_specs, device = plan["out_specs"], plan["device"]
     fan = bool(job["adapter"]["config"].get("fan_in_fan_out"))
-    f32 = torch.float32
-
-    def fp32(t):  # always a private copy: the merge updates it in place
-        return t.to(device=device, dtype=f32, copy=True) if t.is_floating_point() else t
 
     def produce(name):
-        rec, want = plan["recipes"][name], getattr(torch, CODES[out_specs[name]["dtype"]])
-        src = specs[rec["src"]]
-        cache = {}
-
-        def load(key, sl=slice(None)):
-            if sl != slice(None):
-                return fp32(load_tensor(adapter_file, key, rows=(sl.start, sl.stop)))
-            if key not in cache:
-                cache[key] = fp32(load_tensor(adapter_file, key))
-            return cache[key]
-
-        pure_copy = set(rec) == {"src"} and src["dtype"] == out_specs[name]["dtype"] and "bnb" not in src
-        if "bnb" in src:
-            whole = fp32(bnb.dequantize(rec["src"], src))
-            load_base = whole.__getitem__
-        else:
-            def load_base(sl):
-                raw = load_tensor(src["file"], rec["src"], rows=None if sl == slice(None) else (sl.start, sl.stop))
-                return raw if pure_copy else fp32(raw)
-        whole_only = "bnb" in src or (fan and "magnitude" in rec.get("lora", {}))
+        rec, load_base, load, pure_copy, whole_only = _loaders(plan, name, device)
+        want = getattr(torch, CODES[out_specs[name]["dtype"]])
         for rows in row_blocks(out_specs[name]["shape"], whole_only):
             w = load_base(slice(*rows) if rows else slice(None)) if pure_copy else \
                 merge_rows(rec, load_base, load, fan, rows)
@@ -243,7 +280,12 @@ def write(plan: dict, folder, progress) -> dict:
     hashes = {}
     shards = plan["shards"]
     for fname, names in shards.items():
-        hashes[fname] = write_stream(folder / fname, names, out_specs, produce, on_bytes=progress)
+        try:
+            hashes[fname] = write_stream(folder / fname, names, out_specs, produce, on_bytes=progress)
+        except NonFiniteTensor as exc:  # every output block is checked as it streams: say why this one failed
+            name, bad = exc.fields["tensor"], exc.fields["nonfinite"]
+            raise InvalidInput(f"the merged model's tensor {name} would hold {bad} NaN/infinite value(s): "
+                               f"{_nonfinite_reason(plan, name, device)}", tensor=name, nonfinite=bad) from None
     write_index(folder, shards, out_specs)
     (folder / "config.json").write_text(json.dumps(plan["model_config"], indent=2) + "\n")
     return hashes
