@@ -1,5 +1,12 @@
 """Running llama.cpp's converter (convert_hf_to_gguf.py / convert_lora_to_gguf.py) as a process,
-with its own gguf-py, and turning its known failures into one-line errors."""
+with its own gguf-py, and turning its known failures into one-line errors.
+
+The converter never runs a model's own code and never sees a secret: a folder that refers to code
+(auto_map, custom_pipelines) is refused before it starts; it runs through ``gguf_tool.launch``, which
+makes transformers refuse remote code whatever the converter asks (it passes trust_remote_code=True
+for several architectures); and its environment has no token (HF_TOKEN and the like removed,
+HF_TOKEN_PATH and HF_HOME in an empty scratch folder), is offline (HF_HUB_OFFLINE=1), and its working
+folder is the converter's own."""
 
 from __future__ import annotations
 
@@ -7,13 +14,24 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from upload_common.errors import InvalidInput, Unsupported
+from upload_common.remote_code import REFUSED, refuse_code
 
 from .llama_tree import converter
 
+TOOL = "gguf-tool"
+# variables that may hold a credential: none is needed to convert a local folder
+_SECRET = re.compile(r"(^|_)(TOKENS?|SECRETS?|PASSWORD|PASSWD|CREDENTIALS?|API_?KEY|ACCESS_KEY|AUTH)(_|$)", re.I)
+_HF_AUTH = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_STORED_TOKENS_PATH", "HF_OIDC_RESOURCE",
+            "HF_OIDC_ID_TOKEN", "HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_MODULES_CACHE")
+
 _KNOWN = [  # (pattern in the converter's output, error class, message; {0} is the match)
+    (f"({re.escape(REFUSED)})", InvalidInput,
+     "the model needs its own code to be converted, which transformers refused to load ({0}): gguf-tool never runs "
+     "code from a model folder; use a model whose architecture and tokenizer transformers ships"),
     (r"Model (\S+) is not supported", Unsupported,
      "architecture {0} is not supported by this llama.cpp converter: it cannot be made into GGUF by this version"),
     (r"Architecture '?([\w]+)'? not supported", Unsupported,
@@ -30,22 +48,32 @@ _KNOWN = [  # (pattern in the converter's output, error class, message; {0} is t
 ]
 
 
-def _env() -> dict:
-    tree = converter()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree / "gguf-py"), os.environ.get("PYTHONPATH", "")])}
+def converter_env(parent: dict, tree: Path, scratch: Path) -> dict:
+    """The converter's environment: ``parent`` without credentials, offline, with the Hugging Face
+    home and token file in ``scratch`` (an empty folder: no token file there), gguf-py first on the path."""
+    env = {k: v for k, v in parent.items() if not _SECRET.search(k) and k not in _HF_AUTH}
+    hf_home = Path(scratch) / "hf-home"
+    env.update(HF_HOME=str(hf_home), HF_TOKEN_PATH=str(hf_home / "token"), HF_MODULES_CACHE=str(hf_home / "modules"),
+               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1",
+               PYTHONPATH=os.pathsep.join(p for p in (str(Path(tree) / "gguf-py"), parent.get("PYTHONPATH")) if p))
     env.setdefault("NO_LOCAL_GGUF", "")
     return env
 
 
 def run_converter(script: str, args: list[str], log=lambda line: None) -> None:
-    """Run one of the converter scripts; stream its log lines to ``log``; map known failures."""
-    cmd = [sys.executable, str(converter() / script), *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
-    lines = []
-    for line in proc.stdout:
-        lines.append(line.rstrip())
-        log(line.rstrip())
-    if proc.wait() == 0:
+    """Run one of the converter scripts (through gguf_tool.launch); stream its log lines to ``log``;
+    map known failures. Paths in ``args`` must be absolute: it runs in the converter's folder."""
+    tree = converter()
+    cmd = [sys.executable, "-m", "gguf_tool.launch", str(tree / script), *args]
+    with tempfile.TemporaryDirectory(prefix="gguf-tool-env-") as scratch:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tree,
+                                env=converter_env(dict(os.environ), tree, Path(scratch)))
+        lines = []
+        for line in proc.stdout:
+            lines.append(line.rstrip())
+            log(line.rstrip())
+        code = proc.wait()
+    if code == 0:
         return
     text = "\n".join(lines[-200:])
     for pattern, cls, message in _KNOWN:
@@ -57,21 +85,28 @@ def run_converter(script: str, args: list[str], log=lambda line: None) -> None:
                        "to see its whole log", log_tail=lines[-30:])
 
 
+def _abs(path) -> str:
+    return os.path.abspath(path)
+
+
 def convert_model(model_dir: Path, outfile: Path, outtype: str, *, vocab_only: bool = False,
                   name: str | None = None, metadata: Path | None = None, split_max_size: str | None = None,
                   log=lambda line: None) -> None:
-    args = [str(model_dir), "--outfile", str(outfile), "--outtype", outtype]
+    refuse_code(model_dir, TOOL)
+    args = [_abs(model_dir), "--outfile", _abs(outfile), "--outtype", outtype]
     if vocab_only:
         args.append("--vocab-only")
     if name:
         args += ["--model-name", name]
     if metadata:
-        args += ["--metadata", str(metadata)]
+        args += ["--metadata", _abs(metadata)]
     if split_max_size:
         args += ["--split-max-size", split_max_size]
     run_converter("convert_hf_to_gguf.py", args, log)
 
 
 def convert_lora(adapter_dir: Path, base_dir: Path, outfile: Path, outtype: str, log=lambda line: None) -> None:
+    refuse_code(adapter_dir, TOOL, "adapter folder")
+    refuse_code(base_dir, TOOL, "base model folder")
     run_converter("convert_lora_to_gguf.py",
-                  [str(adapter_dir), "--base", str(base_dir), "--outfile", str(outfile), "--outtype", outtype], log)
+                  [_abs(adapter_dir), "--base", _abs(base_dir), "--outfile", _abs(outfile), "--outtype", outtype], log)

@@ -2,7 +2,11 @@
 
 llama.cpp scales every adapter by alpha/r; an rsLoRA adapter (alpha/sqrt(r)) is converted from a
 copy whose config says ``lora_alpha = alpha * sqrt(r)``, which gives the same strength. llama.cpp
-has no per-module alpha or rank, so adapters with patterns are refused rather than mis-scaled."""
+has no per-module alpha or rank, so adapters with patterns are refused rather than mis-scaled.
+
+The converter reads the adapter from a copy holding only its config and weights (never a .py file or
+tokenizer beside them) and the base folder as it is, so a base that refers to code is refused in one
+line: by ``check_inputs``, for a caller to use before any work, and by convert_lora in any case."""
 
 from __future__ import annotations
 
@@ -13,8 +17,15 @@ from pathlib import Path
 
 from upload_common.contract import read_json_object
 from upload_common.errors import Unsupported
+from upload_common.remote_code import refuse_code
 
-from .convert import convert_lora, convert_model
+from .convert import TOOL, convert_lora, convert_model
+
+
+def check_inputs(base_dir: Path) -> None:
+    """Refuse, in one line, a base model folder that refers to code (auto_map, custom_pipelines):
+    llama.cpp reads it as it is. convert_lora checks it too; a caller checks here before any work."""
+    refuse_code(base_dir, TOOL, "base model folder")
 
 
 def adapter_for_llama_cpp(adapter_dir: Path, work: Path) -> tuple[Path, dict]:

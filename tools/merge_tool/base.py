@@ -3,7 +3,11 @@
 
 For a bitsandbytes-quantized base (QLoRA) the 16-bit original is preferred: ``--base``, or the
 name without its ``-bnb-4bit`` suffix. When none can be had, the merge dequantizes the 4-bit
-weights instead and says so loudly."""
+weights instead and says so loudly.
+
+The base's config is read without its code references (auto_map, custom_pipelines; the merged
+config is built from it), with a warning in ``warnings``; a base whose architecture only its own
+code defines is refused here, before the merge (upload_common.remote_code)."""
 
 from __future__ import annotations
 
@@ -13,6 +17,9 @@ from pathlib import Path
 
 from upload_common.contract import read_json_object
 from upload_common.errors import BaseModelUnavailable, InputNotFound, InvalidInput
+from upload_common.remote_code import sanitize
+
+TOOL = "merge-tool"
 
 # README.md and LICENSE*: the base card carries the licence the derived models inherit
 MODEL_FILES = ["*.json", "*.safetensors", "tokenizer.model", "*.txt", "*.jinja", "*.tiktoken", "README.md", "LICENSE*"]
@@ -62,6 +69,13 @@ def read_model_config(path: Path) -> dict:
                             "pass a Hugging Face model folder with --base")
 
 
+def _with_config(found: dict) -> dict:
+    """``found`` with its config, read without code references, and the warning that says so."""
+    config, warning = sanitize("config.json", read_model_config(found["path"]), found["path"], TOOL)
+    found.update(config=config, warnings=[warning] if warning else [])
+    return found
+
+
 def bnb_kind(config: dict) -> str | None:
     q = config.get("quantization_config") or {}
     if q.get("quant_method") != "bitsandbytes":
@@ -81,15 +95,14 @@ def resolve_base(base_arg: str | None, adapter_config: dict, log=lambda m: None)
         raise BaseModelUnavailable("the adapter config names no base model: pass it with --base")
     found = locate(str(name))
     found["requested"] = str(name)
-    found["config"] = read_model_config(found["path"])
+    _with_config(found)
     found["quantized"] = bnb_kind(found["config"])
     if not found["quantized"]:
         return found
     tried = []
     for candidate in unquantized_names(str(name)) if not base_arg else []:
         try:
-            alt = locate(candidate)
-            alt["config"] = read_model_config(alt["path"])
+            alt = _with_config(locate(candidate))
         except (BaseModelUnavailable, InvalidInput, InputNotFound) as exc:
             tried.append(f"{candidate} ({exc.message.split(':')[0]})")
             continue

@@ -1,7 +1,13 @@
-"""merge-tool's step: trainer output (or adapter folder) in, one format's folder out."""
+"""merge-tool's step: trainer output (or adapter folder) in, one format's folder out.
+
+No code from the trainer folder or the base model ever runs or is published: the files copied are
+named (never a .py file), and a config that refers to code (auto_map, custom_pipelines) is written
+without the reference, with a warning, or refused before any work when the model needs that code
+(upload_common.remote_code)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
@@ -12,13 +18,13 @@ from upload_common.contract import (atomic_output, check_free_space, check_outpu
                                     library_versions, new_manifest)
 from upload_common.errors import InvalidInput, UsageError
 from upload_common.progress import byte_progress
+from upload_common.remote_code import CONFIG_FILES, check_sanitizable, python_files, read_config, sanitize, scan
 from upload_common.trainer_output import inspect_trainer_output
 
 from .adapter import pickle_to_safetensors, read_adapter
-from .base import resolve_base
+from .base import TOOL, resolve_base
 from .formats import get_format
 
-TOOL = "merge-tool"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
                    "added_tokens.json", "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt")
 
@@ -34,7 +40,7 @@ def copy_tokenizer(found: dict, base: dict | None, folder: Path, warnings: list)
     copied = {}
     for name in TOKENIZER_FILES:
         if src and (src / name).is_file():
-            shutil.copyfile(src / name, folder / name)
+            _copy_without_code(src / name, folder / name, warnings)
             copied[name] = str(src)
     if base and "tokenizer.model" not in copied and (base["path"] / "tokenizer.model").is_file():
         shutil.copyfile(base["path"] / "tokenizer.model", folder / "tokenizer.model")
@@ -42,8 +48,42 @@ def copy_tokenizer(found: dict, base: dict | None, folder: Path, warnings: list)
     if base:
         gen = base["path"] / "generation_config.json"
         if gen.is_file():
-            shutil.copyfile(gen, folder / "generation_config.json")
+            _copy_without_code(gen, folder / "generation_config.json", warnings)
     return copied
+
+
+def _copy_without_code(src: Path, dst: Path, warnings: list) -> None:
+    """Copy a file; a config file that refers to code is written without the reference."""
+    data = read_config(src) if src.name in CONFIG_FILES else None
+    clean, warning = sanitize(src.name, data, src.parent, TOOL) if data else (None, None)
+    if warning is None:
+        shutil.copyfile(src, dst)
+        return
+    dst.write_text(json.dumps(clean, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if warning not in warnings:
+        warnings.append(warning)
+
+
+def check_no_code(found: dict, base: dict | None = None) -> None:
+    """Refuse now, before any slow step, what copy_tokenizer would refuse later (a tokenizer or
+    generation config that needs the code it refers to): the trainer's tokenizer, or with ``base``
+    the base's files copied into the output."""
+    tok_dir = found["tokenizer"].get("dir")
+    if base is None:
+        if tok_dir:
+            check_sanitizable(tok_dir, ["tokenizer_config.json"], TOOL)
+        return
+    check_sanitizable(base["path"], ["generation_config.json"] + ([] if tok_dir else ["tokenizer_config.json"]), TOOL)
+
+
+def _drop_code(folder: Path, warnings: list) -> None:
+    """The last word before the manifest: whatever a format's writer saved (a library's save_pretrained
+    may add auto_map and copy .py files), the output carries no code reference and no .py file."""
+    for finding in scan(folder):
+        _copy_without_code(folder / finding.file, folder / finding.file, warnings)
+    for name in python_files(folder):
+        (folder / name).unlink()
+        warnings.append(f"{name} (Python code) written by the {folder.name} writer: removed, outputs carry no code")
 
 
 def run(adapter_path, out, *, base: str | None = None, method: str = "merged_16bit", dtype: str = "auto",
@@ -57,6 +97,7 @@ def run(adapter_path, out, *, base: str | None = None, method: str = "merged_16b
         raise UsageError(f"unknown dtype {dtype!r}: choose auto, bf16, fp16 or fp32")
     check_output_free(out, overwrite)
     found = inspect_trainer_output(adapter_path, checkpoint=checkpoint)
+    check_no_code(found)
     log(f"adapter: {found['adapter']['path']} ({found['adapter']['reason']})")
     adapter_dir = Path(found["adapter"]["path"])
     params = {"method": method, "dtype": dtype, "max_shard_size": max_shard_size, "device": device,
@@ -68,6 +109,8 @@ def run(adapter_path, out, *, base: str | None = None, method: str = "merged_16b
         else:
             adapter = read_adapter(adapter_dir)
         resolved = resolve_base(base, adapter["config"], log=log) if fmt.NEEDS_BASE else None
+        if resolved:
+            check_no_code(found, resolved)
         job = {"adapter": adapter, "base": resolved, "params": params, "found": found}
         plan = fmt.plan(job)
         inputs = {"adapter": describe_input(adapter["weights"], folder=str(adapter_dir))}
@@ -80,13 +123,14 @@ def run(adapter_path, out, *, base: str | None = None, method: str = "merged_16b
         manifest["decisions"] = {"adapter": found["adapter"] | {"config": None}, **plan["decisions"]}
         if resolved:
             manifest["decisions"]["base"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in resolved.items()
-                                             if k != "config"}
+                                             if k not in ("config", "warnings")}
             card = front_matter(resolved["path"], BASE_KEYS)
             if "license" not in card and isinstance(resolved["config"].get("license"), str):
                 card["license"] = resolved["config"]["license"]  # some configs name it where the card does not
             manifest["decisions"]["base"]["card"] = card
         manifest["decisions"]["disk"] = check_free_space(out, plan["estimated_bytes"])
         manifest["warnings"] = plan["warnings"]
+        manifest["warnings"][:0] = (resolved or {}).get("warnings", [])
         manifest["training"] = {"trainer": found["trainer"], "summary": found["training"],
                                 "card": front_matter(adapter_dir, TRAINER_KEYS) or front_matter(found["root"], TRAINER_KEYS),
                                 "adapter": _adapter_summary(adapter["config"])}
@@ -95,6 +139,7 @@ def run(adapter_path, out, *, base: str | None = None, method: str = "merged_16b
             with byte_progress(f"{method} -> {out.name}", plan["estimated_bytes"]) as advance:
                 hashes = fmt.write(plan, partial, advance)
             manifest["decisions"]["tokenizer"] = copy_tokenizer(found, resolved, partial, manifest["warnings"])
+            _drop_code(partial, manifest["warnings"])
             manifest["timings"]["seconds"]["write"] = round(time.monotonic() - t1, 3)
             for key in ("quantization", "validation"):  # what a quantized format measured while writing
                 if key in plan.get("report", {}):

@@ -1,6 +1,9 @@
 """Find the adapter in a trainer's output folder and say what kind of run produced it.
 
-Read-only: nothing is ever written, and ``training_args.bin`` (a pickle) is never opened.
+Read-only: nothing is ever written, and ``training_args.bin`` (a pickle) is never opened. A file in a
+folder that is read (the root, the chosen adapter's folder, the one trainer_state.json comes from) that
+is a symbolic link leading outside the trainer folder is refused: it would be read and published as
+if it were the trainer's (``../secret``, ``/etc/passwd``). Links that stay inside are followed.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import re
 from pathlib import Path
 
 from .errors import InputNotFound, InvalidInput
+from .remote_code import scan
+from .safety import is_inside
 from .st_io import read_header
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -231,6 +236,26 @@ def _kind_from_log(state: dict | None) -> dict | None:
     return None
 
 
+def _check_links(root: Path, folders) -> None:
+    """Refuse a folder, or a file in one, that is a symbolic link leading outside ``root``."""
+    for folder in folders:
+        entries = [folder] + sorted(p for p in folder.iterdir() if p.is_symlink() and not p.is_dir())
+        for entry in entries:
+            if not is_inside(entry, root):
+                rel = entry.relative_to(root).as_posix() if entry != root else entry.name
+                raise InvalidInput(f"{rel} in {root} is a symbolic link to {os.path.realpath(entry)}, outside the "
+                                   f"trainer folder: it would be read and published as the trainer's; replace the "
+                                   f"link with the file itself (or remove it) and rerun", path=str(entry))
+
+
+def _code_notes(tokenizer: dict) -> list[str]:
+    if not tokenizer["dir"]:
+        return []
+    return [f"{f.file} refers to custom {f.what} code ({f.describe()}): never run; merge-tool removes the reference"
+            + (f", or refuses, as {', '.join(f.needs_code)} is defined only by that code" if f.needs_code else "")
+            for f in scan(tokenizer["dir"]) if f.file == "tokenizer_config.json"]
+
+
 def inspect_trainer_output(path, checkpoint: int | None = None) -> dict:
     """Describe an adapter folder or a whole trainer output folder (see the module docstring)."""
     root = Path(os.path.abspath(path))
@@ -262,6 +287,7 @@ def inspect_trainer_output(path, checkpoint: int | None = None) -> dict:
     chosen = _choose(root, candidates, checkpoint, best_from[0].get("best_model_checkpoint") if best_from else None,
                      notes)
     adapter_dir = Path(chosen["path"])
+    _check_links(root, dict.fromkeys((root, adapter_dir, latest or root)))
     found = state_of(root) or state_of(adapter_dir) or (state_of(latest) if latest else None)
     if found and found[1].parent != root:
         notes.append(f"trainer_state.json taken from {found[1].parent.name}/ (none at the root)")
@@ -279,6 +305,8 @@ def inspect_trainer_output(path, checkpoint: int | None = None) -> dict:
     for folder in dict.fromkeys((root, adapter_dir)):
         if (folder / "training_args.bin").is_file():
             notes.append(f"training_args.bin present in {folder.name}/: not read (pickle)")
+    tokenizer = _tokenizer(adapter_dir, root, notes)
+    notes += _code_notes(tokenizer)
     trainer = (_kind_from_readme(dict.fromkeys((root, adapter_dir))) or _kind_from_args(root, notes)
                or _kind_from_log(state) or {"kind": "unknown", "evidence": "no README tags, args file or "
                                                                           "recognisable log_history keys"})
@@ -288,7 +316,7 @@ def inspect_trainer_output(path, checkpoint: int | None = None) -> dict:
         "candidates": candidates,
         "checkpoints": steps,
         "base_model": config.get("base_model_name_or_path"),
-        "tokenizer": _tokenizer(adapter_dir, root, notes),
+        "tokenizer": tokenizer,
         "trainer": trainer,
         "training": _summary(state, state_file) if state is not None else None,
         "notes": notes,
