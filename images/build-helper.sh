@@ -12,11 +12,11 @@
 #   build-helper.sh extra-needs PYPROJECT EXTRAS NAME
 #                                       exit 0 when the project's extras (comma-separated; the project's
 #                                       own extras they name included) list package NAME, else 1
-#   build-helper.sh no-deps NODEPS EXTRAS
-#                                       pip-install --no-deps the requirements that NODEPS (nodeps.txt:
-#                                       "<extra> <requirement>" lines) lists for EXTRAS (comma-separated)
-#   build-helper.sh pip-check NODEPS    `pip check`, except for what NODEPS installs without its declared
-#                                       dependencies on purpose
+#   build-helper.sh no-deps EXTRAS      pip-install --no-deps what EXTRAS (comma-separated) need but pip cannot
+#                                       resolve with the project's pins: the list of `merge-tool setup --print`
+#                                       (the project must be installed)
+#   build-helper.sh pip-check           `pip check`, except for what `merge-tool setup --print` lists (installed
+#                                       without its declared dependencies on purpose)
 #   build-helper.sh add-user            user app (uid/gid 1000, no other user keeps uid 1000),
 #                                       /work/{in,out,home} owned by it, out and home mode 1777
 #
@@ -90,15 +90,15 @@ sys.exit(0 if norm(want) in names else 1)
 EOF
         ;;
     no-deps)
-        [ $# -eq 2 ] || die "usage: build-helper.sh no-deps NODEPS EXTRAS"
-        reqs=$(awk -v extras=",$2," '!/^#/ && NF == 2 && index(extras, "," $1 ",") { print $2 }' "$1")
+        [ $# -eq 1 ] || die "usage: build-helper.sh no-deps EXTRAS"
+        reqs=$(merge-tool setup --print --extra "$1")
         [ -n "$reqs" ] || exit 0
         # shellcheck disable=SC2086
         exec sh "$0" pip-install --no-deps $reqs
         ;;
     pip-check)
-        [ $# -eq 1 ] || die "usage: build-helper.sh pip-check NODEPS"
-        names=$(awk '!/^#/ && NF == 2 { sub(/[<>=!~;\[].*/, "", $2); print $2 }' "$1" | paste -sd'|' -)
+        [ $# -eq 0 ] || die "usage: build-helper.sh pip-check"
+        names=$(merge-tool setup --print | sed 's/==.*//' | paste -sd'|' -)
         problems=$(pip check 2>&1 || true)
         left=$(echo "$problems" | grep -v -i -E "^No broken requirements|^(${names:-^}) " || true)
         [ -z "$left" ] || die "pip check: $left"

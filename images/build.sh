@@ -64,7 +64,7 @@ done < "$here/versions.env"
 project_version=$(sed -n 's/^version *= *"\([^"]*\)".*/\1/p' "$root/pyproject.toml" | head -n1)
 [ -n "$project_version" ] || die "no version in pyproject.toml"
 revision=$(git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown)
-if [ "$revision" != unknown ] && [ -n "$(git -C "$root" status --porcelain -- tools driver images pyproject.toml constraints.txt nodeps.txt 2>/dev/null)" ]; then
+if [ "$revision" != unknown ] && [ -n "$(git -C "$root" status --porcelain -- tools driver images pyproject.toml constraints.txt 2>/dev/null)" ]; then
     revision="$revision-dirty"
 fi
 source_url=$(git -C "$root" remote get-url origin 2>/dev/null || echo upload-driver)
@@ -118,7 +118,7 @@ stage_context() {
     printf '*\n' > "$here/.build/.gitignore"
     rm -rf "$ctx"
     mkdir -p "$ctx/wheels" "$ctx/certs"
-    cp "$root/pyproject.toml" "$root/constraints.txt" "$root/nodeps.txt" "$root/README.md" "$root/.dockerignore" \
+    cp "$root/pyproject.toml" "$root/constraints.txt" "$root/README.md" "$root/.dockerignore" \
        "$here/build-helper.sh" "$ctx/"
     cp -r "$root/tools" "$root/driver" "$ctx/"
     find "$ctx/tools" "$ctx/driver" \( -name __pycache__ -o -name '*.egg-info' \) -prune -exec rm -rf {} +

@@ -11,12 +11,14 @@
 # What it puts in DIR:
 #   - every dependency of the project's extras (merge, merge-bnb, merge-quant, gguf, docs, push, driver; not test)
 #     and its build backend (setuptools), at the pins of constraints.txt: `pip download`, so with this
-#     host's pip configuration (torch: the CPU build, TORCH_VERSION);
+#     host's pip configuration (torch: the CPU build, TORCH_VERSION); and what `merge-tool setup` installs
+#     without dependencies (its `--print` list: llmcompressor);
 #   - torch-<TORCH_VERSION>*.whl explicitly (`pip download torch==... --no-deps`);
 #   - llama_cpp_python-<LLAMA_CPP_PYTHON_VERSION>.tar.gz, the sdist (converter and library come from it);
 #   - llama_cpp_python-<version>-*.whl, the wheel pip built on this host (found in pip's cache;
 #     `make test` builds it with -DGGML_NATIVE=OFF), used by CPU gguf-tool builds instead of compiling;
-#   - llama.cpp-tree-<version>.tar.gz: the host's set-up llama.cpp tree (`gguf-tool setup --with-tools`:
+#   - llama.cpp-tree-<version>.tar.gz: the host's set-up llama.cpp tree (`gguf-tool setup --with-tools`,
+#     `make llama-tools`, or built by the first gguf-tool step that needed an importance matrix:
 #     converter, gguf-py, bin/llama-quantize, bin/llama-imatrix), used by CPU gguf-tool builds instead of
 #     compiling llama-quantize and llama-imatrix again.
 # The wheels fit a base whose Python and glibc match this host's (a Debian 12 host and a bookworm base).
@@ -75,8 +77,10 @@ EOF
 printf 'torch==%s\nllama-cpp-python==%s\n' "$TORCH_VERSION" "$LLAMA_CPP_PYTHON_VERSION" > "$pins"
 say "pip download: $(tr '\n' ' ' < "$reqs")"
 "$python" -m pip download -q -d "$dir" -c "$root/constraints.txt" -c "$pins" -r "$reqs"
-# shellcheck disable=SC2046
-"$python" -m pip download -q --no-deps -d "$dir" $(awk '!/^#/ && NF == 2 { print $2 }' "$root/nodeps.txt")
+# what pip cannot resolve with the project's pins (llm-compressor), as `merge-tool setup` installs it
+nodeps=$("$python" -m merge_tool.cli setup --print) || die "$python -m merge_tool.cli setup --print failed: is the project installed there?"
+# shellcheck disable=SC2086
+[ -z "$nodeps" ] || "$python" -m pip download -q --no-deps -d "$dir" $nodeps
 
 ls "$dir"/torch-"$TORCH_VERSION"[-+]*.whl >/dev/null 2>&1 \
     || "$python" -m pip download -q --no-deps -d "$dir" "torch==$TORCH_VERSION"

@@ -87,13 +87,13 @@ RUN set -eu; \
     pip uninstall -y upload-driver
 
 # The project itself, at the versions installed above.
-COPY pyproject.toml constraints.txt nodeps.txt README.md /tmp/build/src/
+COPY pyproject.toml constraints.txt README.md /tmp/build/src/
 COPY tools/ /tmp/build/src/tools/
 COPY driver/ /tmp/build/src/driver/
 RUN set -eu; \
     sh /tmp/build/build-helper.sh pip-install --no-deps -c /tmp/build/src/constraints.txt "/tmp/build/src"; \
-    sh /tmp/build/build-helper.sh no-deps /tmp/build/src/nodeps.txt "$EXTRA"; \
-    sh /tmp/build/build-helper.sh pip-check /tmp/build/src/nodeps.txt; \
+    sh /tmp/build/build-helper.sh no-deps "$EXTRA"; \
+    sh /tmp/build/build-helper.sh pip-check; \
     torch=$(pip show torch 2>/dev/null | sed -n 's/^Version: //p'); \
     if [ -z "$TORCH_VERSION" ] && [ -n "$torch" ]; then \
         echo "$TOOL's image must not contain torch, but [$EXTRA] installed torch $torch" >&2; exit 1; \

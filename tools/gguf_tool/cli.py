@@ -47,6 +47,7 @@ def main(ctx, model, out, quants, outtype, imatrix, calibration, split_max_size,
     \b
     gguf-tool --model ./merged --out ./gguf --quant Q4_K_M --quant Q8_0
     gguf-tool setup            # once: llama.cpp's converter from the pinned sdist
+    gguf-tool setup --with-tools   # and llama-quantize, llama-imatrix now (else on first need)
     """
     if ctx.invoked_subcommand:
         return
@@ -71,11 +72,13 @@ def main(ctx, model, out, quants, outtype, imatrix, calibration, split_max_size,
 @main.command()
 @click.option("--sdist", type=click.Path(exists=True), default=None,
               help="A llama-cpp-python sdist of the installed version (default: pip downloads it).")
-@click.option("--with-tools", is_flag=True, help="Also build llama-quantize and llama-imatrix (needs cmake and a "
-              "C++ compiler; for --imatrix / --calibration).")
+@click.option("--with-tools", is_flag=True, help="Also build llama-quantize and llama-imatrix now (for --imatrix, "
+              "--calibration; needs cmake and a C++ compiler). Without it they are built the first time a step needs "
+              "them.")
 @report_errors
 def setup(sdist, with_tools):
-    """Extract llama.cpp's converter from the sdist of the installed llama-cpp-python."""
+    """Extract llama.cpp's converter from the sdist of the installed llama-cpp-python, and keep the
+    sdist to build llama-quantize and llama-imatrix from when first needed (or now: --with-tools)."""
     from .llama_tree import setup as do_setup
 
     click.echo(str(do_setup(sdist, with_tools=with_tools, log=log)))

@@ -14,7 +14,7 @@ from pathlib import Path
 from upload_common.cards import looks_like_repo_id
 from upload_common.contract import (atomic_output, check_free_space, check_output_free, describe_input, finish_manifest,
                                     library_versions, new_manifest, read_json_object, read_manifest, settle)
-from upload_common.errors import InvalidInput, Unsupported, UsageError
+from upload_common.errors import InvalidInput, UsageError
 from upload_common.st_io import model_specs, nbytes
 
 from . import llama_tree
@@ -69,11 +69,6 @@ def run(model_dir, out, *, quants=("Q8_0", "Q4_K_M"), outtype: str = "auto", ima
     for flag, given in (("--imatrix", imatrix), ("--calibration", calibration)):
         if given and not Path(given).is_file():
             raise UsageError(f"{flag} {given} does not exist")
-    tools = {"quantize": llama_tree.tool("llama-quantize"), "imatrix": llama_tree.tool("llama-imatrix")}
-    if (imatrix or calibration) and not (tools["quantize"] and (tools["imatrix"] or not calibration)):
-        raise Unsupported("an importance matrix needs llama.cpp's llama-quantize and llama-imatrix programs, which "
-                          "the library does not include: run `gguf-tool setup --with-tools` once (needs cmake and a "
-                          "C++ compiler), or use the gguf-tool image")
     if lora and not base:
         raise UsageError("--lora needs --base DIR: the base model folder the adapter was trained on")
     check_output_free(out, overwrite)
@@ -88,6 +83,8 @@ def run(model_dir, out, *, quants=("Q8_0", "Q4_K_M"), outtype: str = "auto", ima
     n_params = _params_count(specs)
     need = n_params * 2 + sum(int(n_params * BITS.get(q, 5) / 8) for q in wanted)
     disk = check_free_space(out, need)
+    # the library's C API cannot take an importance matrix: llama.cpp's programs do (built on first need)
+    tools = llama_tree.ensure_tools(log) if (imatrix or calibration) else {}
 
     params = {"quants": wanted, "intermediate": inter_type, "imatrix": bool(imatrix), "calibration": bool(calibration),
               "split_max_size": split_max_size,
@@ -126,7 +123,7 @@ def run(model_dir, out, *, quants=("Q8_0", "Q4_K_M"), outtype: str = "auto", ima
         if calibration:
             imx = partial / f"{name}.imatrix.gguf"
             log("computing the importance matrix from the calibration text")
-            compute_imatrix(tools["imatrix"], inter_first, Path(calibration), imx, nthread=os.cpu_count() or 1)
+            compute_imatrix(tools["llama-imatrix"], inter_first, Path(calibration), imx, nthread=os.cpu_count() or 1)
             manifest["timings"]["seconds"]["imatrix"] = round(time.monotonic() - t, 3)
         todo = [q for q in wanted if q != inter_type]
         workers = max(1, min(len(todo), (os.cpu_count() or 1) // 4))
@@ -137,8 +134,8 @@ def run(model_dir, out, *, quants=("Q8_0", "Q4_K_M"), outtype: str = "auto", ima
             dst = partial / (f"{name}-{q}" if split_max_size else f"{name}-{q}.gguf")
             log(f"quantizing to {q}")
             if imx:
-                quantize_with_imatrix(tools["quantize"], inter_first, dst, get_quant(q), nthread=nthread, imatrix=imx,
-                                      keep_split=bool(split_max_size))
+                quantize_with_imatrix(tools["llama-quantize"], inter_first, dst, get_quant(q), nthread=nthread,
+                                      imatrix=imx, keep_split=bool(split_max_size))
             else:
                 quantize(inter_first, dst, get_quant(q), nthread=nthread, keep_split=bool(split_max_size))
             settle_files(q)

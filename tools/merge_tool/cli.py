@@ -39,11 +39,12 @@ def main(ctx, adapter, out, base, method, dtype, max_shard_size, checkpoint, dev
     \b
     merge-tool --adapter ./sft_output --out ./merged --method merged_16bit
     merge-tool inspect ./sft_output
+    merge-tool setup           # once, for gptq/awq/fp8: llm-compressor without its transformers pin
     """
     if ctx.invoked_subcommand:
         return
     if not adapter or not out:
-        raise click.UsageError("--adapter and --out are required (or use: merge-tool inspect PATH)")
+        raise click.UsageError("--adapter and --out are required (or use: merge-tool inspect PATH, merge-tool setup)")
     from .core import run
 
     manifest = run(adapter, out, base=base, method=method, dtype=dtype, max_shard_size=max_shard_size,
@@ -61,6 +62,32 @@ def inspect(path, checkpoint):
     from upload_common.trainer_output import inspect_trainer_output
 
     click.echo(json.dumps(inspect_trainer_output(path, checkpoint=checkpoint), indent=2, default=str))
+
+
+@main.command()
+@click.option("--extra", "extras", multiple=True, metavar="EXTRA[,EXTRA...]",
+              help="Only what these extras need (default: every extra's), e.g. merge-quant.")
+@click.option("--print", "print_only", is_flag=True,
+              help="Print the pinned requirements, one a line, instead of installing them (for pip download, images).")
+@report_errors
+def setup(extras, print_only):
+    """Install what the extras need but pip cannot resolve with the project's pins, with --no-deps.
+
+    \b
+    llm-compressor (gptq, awq, fp8) pins an older transformers than the project's; its
+    quantization paths work with the project's, and what it really uses is in the merge-quant extra.
+    """
+    from .nodeps import entries, install
+
+    found = entries(list(extras) or None)
+    if print_only:
+        for e in found:
+            click.echo(e.requirement)
+        return
+    todo = [e for e in found if not e.installed()]
+    install(todo, log)
+    for e in found:
+        click.echo(f"{e.requirement}: {'installed' if e in todo else 'already installed'}")
 
 
 if __name__ == "__main__":  # pragma: no cover

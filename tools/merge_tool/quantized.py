@@ -24,12 +24,19 @@ VALIDATE_TOKENS = 128
 
 
 def require(module: str, extra: str, what: str):
-    """Import ``module`` or refuse before any work, saying which extra installs it."""
+    """Import ``module`` or refuse before any work, saying what installs it: ``merge-tool setup`` for
+    a package of nodeps.txt (pip cannot install it with the project's pins), else the extra."""
     import importlib
+
+    from .nodeps import entry_for
 
     try:
         return importlib.import_module(module)
     except ImportError as exc:
+        entry = entry_for(module)
+        if entry and (exc.name or "").partition(".")[0] == module:
+            raise Unsupported(f"{what} needs {entry.title}: run `merge-tool setup` once (it installs "
+                              f"{entry.requirement} without its {entry.without} pin)") from None
         raise Unsupported(f"{what} needs {module.replace('_', '-')} ({exc.name} is missing): pip install "
                           f"'upload-driver[{extra}]'") from None
 
