@@ -352,3 +352,18 @@ def test_kill_9_at_each_step_then_the_rerun_finishes_the_same(sft_output, tmp_pa
     again = drive("run", sft_output, "--work", work, "--formats", "lora,gguf", "--quant", "F16", "--push",
                   f"local:{site}", "--runtime", "local", "--json")
     assert all(skipped(again).values())
+
+
+def test_a_tokenizer_only_its_code_defines_stops_the_run_before_any_step(sft_output, tmp_path):
+    import shutil
+
+    run_dir = Path(shutil.copytree(sft_output, tmp_path / "run"))
+    marker = tmp_path / "ran"
+    (run_dir / "tok.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n")
+    cfg = json.loads((run_dir / "tokenizer_config.json").read_text())
+    cfg.update(auto_map={"AutoTokenizer": ["tok.EvilTokenizer", None]}, tokenizer_class="EvilTokenizer")
+    (run_dir / "tokenizer_config.json").write_text(json.dumps(cfg))
+    before = tree_hash(run_dir)
+    result = drive("run", run_dir, "--work", tmp_path / "w", "--runtime", "local")
+    assert "never runs code" in one_line_error(result, 1) and "EvilTokenizer" in result.output
+    assert not (tmp_path / "w" / "artifacts").exists() and not marker.exists() and tree_hash(run_dir) == before

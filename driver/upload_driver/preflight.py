@@ -94,6 +94,17 @@ def _names(req: dict) -> list[Finding]:
     return _catch("names", check)
 
 
+def _code(found: dict) -> list[Finding]:
+    """A tokenizer that only code in the trainer folder defines (merge-tool would refuse it after the
+    run started): refused now. References that can simply be dropped are dropped by merge-tool."""
+    from upload_common.remote_code import check_sanitizable
+
+    folder = (found.get("tokenizer") or {}).get("dir")
+    if not folder:
+        return []
+    return _catch("tokenizer", lambda: check_sanitizable(folder, ["tokenizer_config.json"], "upload-driver"))
+
+
 def _inputs(steps: list[dict], art: Path) -> list[Finding]:
     """Inputs the user named (a base folder, calibration text, importance matrix) exist."""
     out = []
@@ -217,11 +228,11 @@ def _disk(req: dict, steps: list[dict], will_run: set) -> tuple[list[Finding], i
     return [], need, free
 
 
-def check(req: dict, steps: list[dict], will_run: set) -> tuple[list[Finding], dict]:
+def check(req: dict, found_output: dict, steps: list[dict], will_run: set) -> tuple[list[Finding], dict]:
     """(findings, {"expected_bytes", "free_bytes"}) for the steps in ``will_run``."""
     art = Path(req["work"]) / "artifacts"
     running = [s for s in steps if s["name"] in will_run]
-    found = [*_gguf(req), *_names(req), *_inputs(running, art)]
+    found = [*_gguf(req), *_names(req), *_inputs(running, art), *_code(found_output)]
     why = _writable(Path(req["work"]))
     if why:
         found.append(Finding("--work", f"the work folder {req['work']}: {why}: pass another --work", usage=True))

@@ -77,7 +77,7 @@ def execute(req: dict, *, dry_run: bool = False, force=(), log=default_log) -> d
     if force - set(names):
         raise UsageError(f"--force {', '.join(sorted(force - set(names)))}: the steps are {', '.join(names)} (or all)")
     running = will_run(req, steps, force)
-    findings, disk = preflight.check(req, steps, running)
+    findings, disk = preflight.check(req, found, steps, running)
     if not dry_run:
         preflight.refuse(findings)  # every mistake that can be found now stops the run before any step
     runtime, c, why = choose_runtime(req, steps, log)

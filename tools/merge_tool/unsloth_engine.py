@@ -22,6 +22,6 @@ def write(adapter_dir, folder, dtype: str) -> None:  # pragma: no cover - needs 
     import torch
     from unsloth import FastLanguageModel
 
-    model, tokenizer = FastLanguageModel.from_pretrained(str(adapter_dir), load_in_4bit=False,
+    model, tokenizer = FastLanguageModel.from_pretrained(str(adapter_dir), load_in_4bit=False, trust_remote_code=False,
                                                          dtype={"BF16": torch.bfloat16, "F16": torch.float16}.get(dtype))
     model.save_pretrained_merged(str(folder), tokenizer, save_method="merged_16bit")

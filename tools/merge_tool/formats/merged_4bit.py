@@ -64,7 +64,7 @@ def quantize_with(merged_dir, folder, plan: dict, settings: dict, method: str) -
     on = quantized.device(plan)
     compute = CODES[plan["merge"]["out_dtype"]]
     extra = {"bnb_4bit_compute_dtype": getattr(torch, compute)} if settings.get("load_in_4bit") else {}
-    model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=getattr(torch, compute),
+    model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=getattr(torch, compute), trust_remote_code=False,
                                                  quantization_config=BitsAndBytesConfig(**settings, **extra),
                                                  device_map=on)
     model.save_pretrained(folder)
