@@ -121,7 +121,7 @@ def test_bad_quant_names_and_imatrix(trained_llama, tmp_path, monkeypatch):
     (tmp_path / "cal.txt").write_text("some text")
     from gguf_tool import llama_tree
 
-    monkeypatch.setattr(llama_tree, "tool", lambda name: None)
+    monkeypatch.setenv(llama_tree.ENV, str(tmp_path / "no-tree"))  # no programs, and nothing to build them from
     run_bad(trained_llama, tmp_path / "o", "--quant", "IQ2_XS", "--calibration", tmp_path / "cal.txt",
             needles=["llama-imatrix", "--with-tools"])
 

@@ -72,11 +72,12 @@ def _converter() -> dict:
         from gguf_tool.llama_tree import converter, tool
 
         folder = converter()
-        tools = "with llama-quantize/llama-imatrix" if tool("llama-quantize") else "without llama-quantize/llama-imatrix"
+        tools = "with llama-quantize/llama-imatrix" if tool("llama-quantize") else \
+            "llama-quantize/llama-imatrix: built when a step first needs an importance matrix"
         return _finding("llama.cpp (local)", True, f"converter in {folder} ({tools})")
     except Exception as exc:  # noqa: BLE001 - not installed, not set up: one remedy
         return _finding("llama.cpp (local)", None, getattr(exc, "message", str(exc)).split(":")[0],
-                        "gguf-tool setup --with-tools (or use the gguf-tool image)")
+                        "gguf-tool setup (or use the gguf-tool image)")
 
 
 def _token() -> dict:

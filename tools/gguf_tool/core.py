@@ -15,12 +15,13 @@ from upload_common.cards import looks_like_repo_id
 from upload_common.contract import (atomic_output, check_free_space, check_output_free, describe_input, finish_manifest,
                                     library_versions, new_manifest, read_json_object, read_manifest, settle)
 from upload_common.errors import InvalidInput, UsageError
+from upload_common.remote_code import refuse_code
 from upload_common.st_io import model_specs, nbytes
 
 from . import llama_tree
 from . import validate as val
 from .convert import convert_model
-from .lora import base_gguf, make_lora_gguf
+from .lora import base_gguf, check_inputs, make_lora_gguf
 from .quants import BITS, FLOAT_OUTTYPES, get_quant
 from .quantize import compute_imatrix, fallbacks, quantize, quantize_with_imatrix
 
@@ -72,6 +73,9 @@ def run(model_dir, out, *, quants=("Q8_0", "Q4_K_M"), outtype: str = "auto", ima
     if lora and not base:
         raise UsageError("--lora needs --base DIR: the base model folder the adapter was trained on")
     check_output_free(out, overwrite)
+    refuse_code(model_dir, TOOL)  # a folder that names code is refused before anything is converted
+    if lora:
+        check_inputs(Path(base))
     config = read_json_object(model_dir / "config.json", "model config", "pass a Hugging Face model folder")
     specs = model_specs(model_dir)
     thresholds = {**DEFAULT_MIN_TOP1, **(min_top1 or {})}

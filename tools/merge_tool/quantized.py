@@ -74,7 +74,7 @@ def _chat_renderer(tokenizer: dict):
     def load():
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(tokenizer["dir"])
+        return AutoTokenizer.from_pretrained(tokenizer["dir"], trust_remote_code=False)
 
     def render(turns: list[dict]) -> str:
         try:
@@ -120,7 +120,7 @@ def validate(reference_dir: Path, folder: Path, on: str) -> dict:
 
     ids, ref = reference(reference_dir, VALIDATION_TEXT, VALIDATE_TOKENS, device=on)
     gc.collect()  # the reference model is gone before the quantized one loads
-    model = AutoModelForCausalLM.from_pretrained(folder, device_map=on).eval()
+    model = AutoModelForCausalLM.from_pretrained(folder, device_map=on, trust_remote_code=False).eval()
     got = logprobs(model, ids)
     return {**compare(ref, got), "reference": "the 16-bit merge (fp32 compute)", "text": "built-in validation text"}
 
@@ -129,5 +129,5 @@ def load_merged(merged_dir: Path, on: str):
     """The 16-bit merge as a transformers model (its own dtype), and its tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype="auto", device_map=on)
-    return model, AutoTokenizer.from_pretrained(merged_dir)
+    model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype="auto", device_map=on, trust_remote_code=False)
+    return model, AutoTokenizer.from_pretrained(merged_dir, trust_remote_code=False)
