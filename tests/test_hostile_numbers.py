@@ -207,7 +207,8 @@ def test_gguf_validation_of_nan_model_fails_in_one_line(sft_output, llama_base, 
     from merge_tool.core import run as merge_run
 
     merged = tmp_path / "merged"
-    merge_run(sft_output, merged, base=str(llama_base))
+    with deadline(300):
+        merge_run(sft_output, merged, base=str(llama_base))
     rewrite_tensor(merged / "model.safetensors", LAYER_WEIGHT, set_first(float("nan")))  # broken after the merge
     before = tree_hash(merged)
     out = tmp_path / "steps" / "gguf"
@@ -292,7 +293,8 @@ def test_docs_tool_plot_into_a_full_disk(sft_output, tmp_path, monkeypatch):
     from merge_tool.core import run as merge_run
 
     lora = tmp_path / "lora"
-    merge_run(sft_output, lora, method="lora")
+    with deadline(300):
+        merge_run(sft_output, lora, method="lora")
     seen = []
     real_curve = plot.loss_curve
 
