@@ -93,7 +93,10 @@ def from_os_error(exc: BaseException, doing: str = "") -> "SystemFault | None":
     if isinstance(exc, UploadError) or not isinstance(exc, OSError) or exc.errno not in _OS_ERRORS:
         return None
     what, todo = _OS_ERRORS[exc.errno]
-    where = f" ({exc.filename})" if exc.filename else ""
+    # a copy (shutil.copyfile) names its source first and its destination second: a full or read-only
+    # disk is the destination's
+    named = (exc.filename2 or exc.filename) if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) else exc.filename
+    where = f" ({named})" if named else ""
     prefix = f"{doing}: " if doing else ""
     return SystemFault(f"{prefix}{what}{where}: {todo}", errno=errno.errorcode.get(exc.errno, str(exc.errno)),
-                       path=str(exc.filename) if exc.filename else None)
+                       path=str(named) if named else None)
