@@ -118,3 +118,17 @@ def run_docs(run_artifacts) -> Path:
     out = run_artifacts["root"] / "artifacts" / "docs"
     docs_run([run_artifacts[k] for k in ("lora", "merged", "gguf")], out, namespace="alice", name="Tiny-Chat")
     return out
+
+
+def start_until(cmd: list[str], ready, *, env: dict | None = None, timeout: float = 120, stderr=None):
+    """Start ``cmd`` and return it once ``ready()`` holds, it has ended, or ``timeout`` has passed
+    (tests that interrupt a run at a chosen moment)."""
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr or subprocess.DEVNULL, text=True,
+                            env={**os.environ, **(env or {})})
+    deadline = time.monotonic() + timeout
+    while not ready() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    return proc

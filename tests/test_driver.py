@@ -14,6 +14,7 @@ from pathlib import Path, PureWindowsPath
 import pytest
 from click.testing import CliRunner
 
+from conftest import start_until
 from upload_common.errors import InvalidInput, UsageError
 from upload_driver.cli import main
 from upload_driver.config import docker_bind_path, local_path, request
@@ -108,12 +109,8 @@ def test_killed_step_leaves_nothing_finished_and_the_rerun_completes(finished, s
     work = tmp_path / "work"
     cmd = [sys.executable, "-m", "upload_driver.cli", "run", str(sft_output), "--work", str(work), "--formats",
            "lora,merged_16bit", "--runtime", "local"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **NO_DOCKER})
     partial = work / "artifacts" / "merged_16bit.partial"
-    deadline = time.monotonic() + 120
-    while not partial.exists() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.005)
+    proc = start_until(cmd, partial.exists, env=NO_DOCKER, stderr=subprocess.PIPE)
     assert partial.exists(), "the merge step never started"
     for child in psutil.Process(proc.pid).children(recursive=True):
         child.send_signal(signal.SIGKILL)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import tree_hash
+from conftest import start_until, tree_hash
 from upload_driver.cli import main
 
 NO_DOCKER = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}
@@ -56,12 +56,8 @@ def test_a_second_run_on_the_same_work_folder_is_refused(sft_output, tmp_path):
     work = tmp_path / "work"
     cmd = [sys.executable, "-m", "upload_driver.cli", "run", str(sft_output), "--work", str(work), "--formats",
            "lora,merged_16bit", "--runtime", "local"]
-    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, **NO_DOCKER})
     lock = work / ".upload-driver" / "lock"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and first.poll() is None and not (lock.is_file() and lock.read_text()):
-        time.sleep(0.01)
+    first = start_until(cmd, lambda: lock.is_file() and lock.read_text(), env=NO_DOCKER, stderr=subprocess.PIPE)
     second = drive("run", sft_output, "--work", work, "--formats", "lora,merged_16bit", "--runtime", "local")
     line = one_line_error(second, 1)
     assert f"pid {first.pid}" in line and "in use by another upload-driver run" in line
@@ -329,11 +325,8 @@ def test_kill_9_at_each_step_then_the_rerun_finishes_the_same(sft_output, tmp_pa
            "lora,gguf", "--quant", "F16", "--push", f"local:{site}", "--runtime", "local"]
     killed = []
     for step in ("merged_16bit", "gguf", "docs", "publish-local"):
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **NO_DOCKER})
         partial = work / "artifacts" / f"{step}.partial"
-        deadline = time.monotonic() + 180
-        while not partial.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.002)
+        proc = start_until(cmd, partial.exists, env=NO_DOCKER, timeout=180)
         if proc.poll() is None:
             for p in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]:
                 p.kill()
@@ -367,3 +360,9 @@ def test_a_tokenizer_only_its_code_defines_stops_the_run_before_any_step(sft_out
     result = drive("run", run_dir, "--work", tmp_path / "w", "--runtime", "local")
     assert "never runs code" in one_line_error(result, 1) and "EvilTokenizer" in result.output
     assert not (tmp_path / "w" / "artifacts").exists() and not marker.exists() and tree_hash(run_dir) == before
+
+
+def test_a_local_target_inside_the_artifacts_is_refused(sft_output, tmp_path):
+    result = drive("run", sft_output, "--work", tmp_path / "w", "--runtime", "local", "--formats", "lora",
+                   "--push", f"local:{tmp_path / 'w' / 'artifacts' / 'site'}")
+    assert "overlaps the artifacts" in one_line_error(result, 2)

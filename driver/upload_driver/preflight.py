@@ -131,8 +131,11 @@ def _writable(folder: Path) -> str | None:
 
 
 def _local(target: Path, req: dict) -> list[Finding]:
-    for inner, what in ((req["trainer_output"], "the trainer output"), (Path(req["work"]), "the work folder")):
-        if is_inside(target, inner) or is_inside(inner, target):
+    work = Path(req["work"])
+    trainer = Path(req["trainer_output"])
+    for inner, what, both in ((trainer, "the trainer output", True), (work / "artifacts", "the artifacts", False),
+                              (work / ".upload-driver", "the driver's state", False)):
+        if is_inside(target, inner) or (both and is_inside(inner, target)):
             return [Finding("local:", f"local:{target} overlaps {what} ({inner}): publish into a folder of its own",
                             usage=True)]
     why = _writable(target)

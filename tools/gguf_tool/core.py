@@ -16,7 +16,7 @@ from upload_common.contract import (atomic_output, check_free_space, check_outpu
                                     library_versions, new_manifest, read_json_object, read_manifest, settle)
 from upload_common.errors import InvalidInput, UsageError
 from upload_common.remote_code import refuse_code
-from upload_common.st_io import model_specs, nbytes
+from upload_common.st_io import model_specs
 
 from . import llama_tree
 from . import validate as val
