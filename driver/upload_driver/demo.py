@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from upload_common.cli import log
+from upload_common.cli import debug_enabled, log
 
 NAME = "sample-chat"
 SAMPLE_CARD = "---\nlicense: apache-2.0\nlanguage:\n- en\n---\n\n# Sample base model\n\nRandom weights, briefly trained.\n"
@@ -21,6 +21,11 @@ def make_sample(folder: Path) -> Path:
     SFT-shaped run with checkpoints, under ``folder``."""
     from upload_common.sample import make_base, make_tokenizer, make_trainer_output, train_briefly
 
+    if not debug_enabled():  # transformers' own bars and warnings are not the demo's output
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
     if (folder / "sft_output" / "adapter_config.json").is_file():
         return folder / "sft_output"
     tmp = folder.with_name(folder.name + ".partial")
