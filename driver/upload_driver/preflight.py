@@ -34,7 +34,7 @@ class Finding:
 
 def estimate(step: dict, sizes: dict) -> int | None:
     """Bytes a step is expected to write (None when the base model is not at hand to measure)."""
-    from gguf_tool.quants import BITS
+    from upload_common.quants import BITS
 
     name = step["name"]
     if step["tool"] == "merge-tool":
@@ -62,7 +62,7 @@ def _catch(check: str, fn) -> list[Finding]:
 
 
 def _gguf(req: dict) -> list[Finding]:
-    from gguf_tool.quants import get_quant
+    from upload_common.quants import get_quant
 
     if "gguf" not in req["formats"]:
         return []
