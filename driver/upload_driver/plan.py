@@ -12,6 +12,7 @@ from pathlib import Path
 from upload_common import __version__
 from upload_common.errors import UsageError
 from upload_common.safety import hub_name
+from upload_common.sets import SETS, sets_of
 
 PUBLISH_KINDS = ("hf", "local", "ollama")
 
@@ -71,13 +72,10 @@ def naming(req: dict) -> tuple[str, str | None]:
 
 def plan(req: dict, found: dict) -> list[dict]:
     """The steps for ``req`` on the trainer output described by ``found`` (trainer_output.inspect)."""
-    from merge_tool.formats import FORMATS, get_format
-
     formats = list(dict.fromkeys(req["formats"]))
-    unknown = [f for f in formats if f not in FORMATS and f != "gguf"]
+    unknown = [f for f in formats if f not in SETS]
     if unknown or not formats:
-        raise UsageError(f"unknown format(s) {', '.join(unknown) or '(none)'}: choose among "
-                         f"{', '.join([*FORMATS, 'gguf'])}")
+        raise UsageError(f"unknown format(s) {', '.join(unknown) or '(none)'}: choose among {', '.join(SETS)}")
     targets = []
     for t in req["push"]:
         kind = t.split(":", 1)[0]
@@ -91,10 +89,11 @@ def plan(req: dict, found: dict) -> list[dict]:
     base = merge.get("base") or found.get("base_model")
     base_local = bool(base) and Path(str(base)).is_dir()
     steps, sets = [], {}
-    merge_formats = [f for f in FORMATS if f in formats or (f == "merged_16bit" and "gguf" in formats)]
-    for fmt in merge_formats:
-        module = get_format(fmt)
-        needs_base = module.NEEDS_BASE
+    needed = {*formats, *(c for f in formats for c in SETS[f].consumes)}  # a consumed set is made, not published
+    for fmt, spec in sets_of("merge-tool").items():
+        if fmt not in needed:
+            continue
+        needs_base = spec.needs_base
         inputs = {"adapter": trainer}
         args = ["--adapter", ("in", "adapter"), "--out", ("out",), "--method", fmt, "--device", ("device",)]
         if needs_base and base_local:
@@ -102,12 +101,12 @@ def plan(req: dict, found: dict) -> list[dict]:
             args += ["--base", ("in", "base")]
         elif needs_base and base:
             args += ["--base", str(base)]
-        if getattr(module, "CALIBRATION", False) and merge.get("calibration"):
+        if spec.calibration and merge.get("calibration"):
             inputs["calibration"] = Path(merge["calibration"])
             args += ["--calibration", ("in", "calibration")]
         args += _opts(merge, {"checkpoint": "--checkpoint", "dtype": "--dtype", "max_shard_size": "--max-shard-size",
                               "allow_pickle": "--allow-pickle"})
-        steps.append(_step(fmt, "merge-tool", "merge_tool.cli", art / fmt, args, inputs=inputs, gpu=True,
+        steps.append(_step(fmt, "merge-tool", "merge_tool.cli", art / fmt, args, inputs=inputs, gpu=spec.gpu,
                            network=needs_base and not base_local, token=needs_base and not base_local,
                            hf_cache=needs_base and not base_local))
         sets[fmt] = fmt
@@ -120,7 +119,8 @@ def plan(req: dict, found: dict) -> list[dict]:
                 inputs[key] = Path(gguf[key])
                 args += [f"--{key}", ("in", key)]
         args += _opts(gguf, {"split_max_size": "--split-max-size", "validate_tokens": "--validate-tokens"})
-        steps.append(_step("gguf", "gguf-tool", "gguf_tool.cli", art / "gguf", args, inputs=inputs, gpu=True))
+        steps.append(_step("gguf", "gguf-tool", "gguf_tool.cli", art / "gguf", args, inputs=inputs,
+                           gpu=SETS["gguf"].gpu))
         sets["gguf"] = "gguf"
     published = [s for s in sets if s in formats]
     inputs = {s: art / s for s in published}

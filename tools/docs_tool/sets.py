@@ -1,8 +1,8 @@
 """Artifact sets: what each step output is and how it is published (repo name, card metadata).
 
-merge-tool's formats say it in their registry row (``publish``); gguf-tool's set is the one row
-here. A step output is recognised by its manifest's tool name and method, so a format added to
-the registry is picked up with no change here."""
+Every set is a row of ``upload_common.sets`` (its ``publish`` facts). A step output is recognised
+by its manifest's tool name and method, so a set added to the registry is picked up with no change
+here."""
 
 from __future__ import annotations
 
@@ -11,20 +11,17 @@ from pathlib import Path
 from upload_common.contract import read_manifest
 from upload_common.errors import InvalidInput, UsageError
 from upload_common.safety import check_repo_id
+from upload_common.sets import SETS
 
-GGUF = {"suffix": "-GGUF", "relation": "quantized", "library": "gguf", "title": "GGUF files",
-        "tags": ["gguf", "llama.cpp"]}
 # Default file the Ollama Modelfile and the snippets point at, in order of preference.
 PREFERRED_QUANTS = ("Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "Q4_0", "F16", "BF16")
 MAX_NAME = 96  # the Hub's limit on a repo name (the part after the namespace)
 
 
 def set_specs() -> dict:
-    """Every publishable set: merge-tool's formats, then GGUF."""
-    from merge_tool.formats import FORMATS
-
-    return {**{k: {"tool": "merge-tool", **row["publish"]} for k, row in FORMATS.items() if "publish" in row},
-            "gguf": {"tool": "gguf-tool", **GGUF}}
+    """Every publishable set, in registry order (merge-tool's formats, then GGUF): its tool and
+    publish facts as a dict."""
+    return {k: {"tool": s.tool, **s.publish.as_dict()} for k, s in SETS.items()}
 
 
 def identify(folder) -> tuple[str, dict, dict]:
