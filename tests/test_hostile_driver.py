@@ -366,3 +366,10 @@ def test_a_local_target_inside_the_artifacts_is_refused(sft_output, tmp_path):
     result = drive("run", sft_output, "--work", tmp_path / "w", "--runtime", "local", "--formats", "lora",
                    "--push", f"local:{tmp_path / 'w' / 'artifacts' / 'site'}")
     assert "overlaps the artifacts" in one_line_error(result, 2)
+
+
+def test_doctor_asks_gguf_tool_itself_where_llama_cpp_is(tmp_path):
+    result = drive("doctor", "--json", "--work", tmp_path, env={"UPLOAD_DRIVER_LLAMA_CPP_DIR": str(tmp_path / "none")})
+    found = {f["check"]: f for f in json.loads(result.stdout)}["llama.cpp (local)"]
+    assert found["status"] == "warning" and "converter is not set up" in found["detail"]
+    assert found["remedy"].startswith("gguf-tool setup")

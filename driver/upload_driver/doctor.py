@@ -68,16 +68,21 @@ def _gpu_local() -> dict:
 
 
 def _converter() -> dict:
-    try:
-        from gguf_tool.llama_tree import converter, tool
+    """Asked of gguf-tool itself, as a process (the driver imports no tool)."""
+    import subprocess
+    import sys
 
-        folder = converter()
-        tools = "with llama-quantize/llama-imatrix" if tool("llama-quantize") else \
-            "llama-quantize/llama-imatrix: built when a step first needs an importance matrix"
-        return _finding("llama.cpp (local)", True, f"converter in {folder} ({tools})")
-    except Exception as exc:  # noqa: BLE001 - not installed, not set up: one remedy
-        return _finding("llama.cpp (local)", None, getattr(exc, "message", str(exc)).split(":")[0],
-                        "gguf-tool setup (or use the gguf-tool image)")
+    try:
+        proc = subprocess.run([sys.executable, "-m", "gguf_tool.cli", "status"], capture_output=True, text=True,
+                              timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return _finding("llama.cpp (local)", None, f"gguf-tool did not answer ({type(exc).__name__})",
+                        "pip install 'upload-driver[gguf]' && gguf-tool setup (or use the gguf-tool image)")
+    if proc.returncode == 0:
+        return _finding("llama.cpp (local)", True, proc.stdout.strip())
+    said = next((line[len("error: "):] for line in proc.stderr.splitlines() if line.startswith("error: ")),
+                "gguf-tool is not installed here")
+    return _finding("llama.cpp (local)", None, said.split(":")[0], "gguf-tool setup (or use the gguf-tool image)")
 
 
 def _token() -> dict:

@@ -70,6 +70,19 @@ def main(ctx, model, out, quants, outtype, imatrix, calibration, split_max_size,
 
 
 @main.command()
+@report_errors
+def status():
+    """Where llama.cpp's converter is, and whether llama-quantize/llama-imatrix are built (one line;
+    exit 1 when the converter is not set up)."""
+    from .llama_tree import converter, tool
+
+    folder = converter()
+    tools = "with llama-quantize/llama-imatrix" if tool("llama-quantize") else \
+        "llama-quantize/llama-imatrix: built when a step first needs an importance matrix"
+    click.echo(f"converter in {folder} ({tools})")
+
+
+@main.command()
 @click.option("--sdist", type=click.Path(exists=True), default=None,
               help="A llama-cpp-python sdist of the installed version (default: pip downloads it).")
 @click.option("--with-tools", is_flag=True, help="Also build llama-quantize and llama-imatrix now (for --imatrix, "
