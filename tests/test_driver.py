@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path, PureWindowsPath
 
 import pytest
@@ -70,11 +69,10 @@ def test_run_then_rerun_skips_everything(finished, sft_output):
     assert not any(r["skipped"] for r in first["steps"])
     assert (work.parent / "site" / "sft-output-uni" / "model.safetensors").is_file()  # a name the Hub would take
     before = {s: outputs(work, s) for s in ("lora", "merged_16bit", "docs")}
-    t = time.monotonic()
     result = drive("run", sft_output, "--work", work, "--formats", "lora,merged_16bit", "--push",
                    f"local:{work.parent / 'site'}", "--runtime", "local", "--json", env=NO_DOCKER)
     assert result.exit_code == 0, result.output
-    assert all(r["skipped"] for r in json.loads(result.stdout)["steps"]) and time.monotonic() - t < 10
+    assert all(r["skipped"] for r in json.loads(result.stdout)["steps"])  # (its speed: bench/driver.py)
     assert before == {s: outputs(work, s) for s in ("lora", "merged_16bit", "docs")}
 
 

@@ -20,12 +20,13 @@ import socket
 import struct
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Self
+from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
 __all__ = ["CHUNK", "Dropped", "HttpError", "LocalServer", "RequestHandler"]
 
 CHUNK = 1 << 20
+_S = TypeVar("_S", bound="LocalServer")  # a server's own class (typing.Self needs Python 3.11)
 
 
 class HttpError(Exception):
@@ -55,7 +56,7 @@ class LocalServer:
         self._conns: set[socket.socket] = set()
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> Self:
+    def start(self: _S) -> _S:
         server = ThreadingHTTPServer(("127.0.0.1", self._port), self._handler)
         server.daemon_threads = True
         server.owner = self  # type: ignore[attr-defined]
@@ -81,7 +82,7 @@ class LocalServer:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    def __enter__(self) -> Self:
+    def __enter__(self: _S) -> _S:
         return self.start()
 
     def __exit__(self, *exc) -> None:
