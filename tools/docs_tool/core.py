@@ -21,14 +21,13 @@ from upload_common.cards import looks_like_repo_id
 from upload_common.errors import InvalidInput, UsageError
 from upload_common.safety import check_namespace, check_repo_id, hub_name
 from upload_common.trainer_output import chat_template
+from upload_common.upload_manifest import (HUB_FILE_LIMIT, UPLOAD_MANIFEST, UPLOAD_SCHEMA,
+                                            UPLOAD_SCHEMA_VERSION, OllamaFields)
 
 from . import card as cards
 from .sets import MAX_NAME, PREFERRED_QUANTS, check_overrides, identify, repo_ids, set_specs
 
 TOOL = "docs-tool"
-UPLOAD_SCHEMA = "upload-driver/upload-manifest"
-UPLOAD_MANIFEST = "upload_manifest.json"
-HUB_FILE_LIMIT = 50 * 10**9  # the Hub refuses larger files; gguf-tool --split-max-size splits them
 
 
 def _given_name(name: str) -> str:
@@ -129,9 +128,10 @@ def _gguf_chat(path: Path) -> dict:
             "eos": token(value("tokenizer.ggml.eos_token_id")), "special": special}
 
 
-def _modelfile(folder: Path, gguf_dir: Path, filename: str, system: str | None, lic: dict | None,
+def _modelfile(folder: Path, gguf_dir: Path, filename: str, ollama_name: str, system: str | None, lic: dict | None,
                warnings: list) -> dict:
-    from .modelfile import modelfile_text, ollama_template
+    """The Ollama model's fields (the upload manifest's "ollama" object), and the Modelfile rendered from them."""
+    from .modelfile import _clean, modelfile_text, ollama_template
 
     chat = _gguf_chat(gguf_dir / filename)
     tpl = ollama_template(chat["chat_template"], bos_token=chat["bos"], eos_token=chat["eos"],
@@ -145,9 +145,16 @@ def _modelfile(folder: Path, gguf_dir: Path, filename: str, system: str | None, 
         license_text = lic.get("license_name") or lic["license"]
         if lic.get("license_link"):
             license_text += f"\n{lic['license_link']}"
-    text = modelfile_text(filename, template=tpl["template"], stop=tpl["stop"], system=system, license_text=license_text)
+    # the values as the Modelfile holds them: stops once each, texts without what a Modelfile cannot carry
+    stop = [s for s in dict.fromkeys(tpl["stop"] or []) if s]
+    fields = OllamaFields(file=filename, ollama_name=ollama_name, template=tpl["template"] or None,
+                          system=None if system is None else _clean(system),
+                          license=None if license_text is None else _clean(license_text),
+                          parameters={"stop": stop} if stop else {})
+    text = modelfile_text(filename, template=fields.template, stop=list(fields.stop), system=fields.system,
+                          license_text=fields.license)
     (folder / "Modelfile").write_text(text, encoding="utf-8")
-    return {"file": filename, "template": bool(tpl["template"]), "stop": tpl["stop"], "checked": tpl["checked"]}
+    return {**fields.to_json(), "checked": tpl["checked"]}
 
 
 def run(artifacts, out, *, name: str | None = None, namespace: str | None = None, repos: dict | None = None,
@@ -197,7 +204,7 @@ def run(artifacts, out, *, name: str | None = None, namespace: str | None = None
         "repos": repo_for, "specs": set_specs(),
         "manifest_sha": {s: sha256_file(folders[s] / MANIFEST) for s in order},
     }
-    upload = {"schema": UPLOAD_SCHEMA, "schema_version": 1, "name": name, "sets": {}}
+    upload = {"schema": UPLOAD_SCHEMA, "schema_version": UPLOAD_SCHEMA_VERSION, "name": name, "sets": {}}
     with atomic_output(out, overwrite=overwrite) as partial:
         for s in order:
             _, spec, art = sets[s]
@@ -262,8 +269,8 @@ def _document_set(s, spec, art, folder, partial, common, base_id, repo_for, name
             if split:
                 warnings.append(f"{quant} is split in several files: no Modelfile (Ollama imports single files)")
             else:
-                ctx["modelfile"] = _modelfile(docs, folder, filename, system, common["license"], warnings)
-                ctx["modelfile"]["ollama_name"] = ctx["ollama_name"]
+                ctx["modelfile"] = _modelfile(docs, folder, filename, ctx["ollama_name"], system, common["license"],
+                                              warnings)
     else:
         ctx["chat_template"] = bool(chat_template(folder))
     from .plot import loss_curve

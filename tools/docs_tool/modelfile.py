@@ -735,8 +735,8 @@ def _typed(name: str, raw: str):
 
 
 def parse_modelfile(text: str) -> dict:
-    """Inverse of modelfile_text (FROM, TEMPLATE, SYSTEM, LICENSE, PARAMETER lists) — used by the publisher to send
-    Ollama's structured /api/create fields.
+    """Inverse of modelfile_text (FROM, TEMPLATE, SYSTEM, LICENSE, PARAMETER lists), for the tests that read a
+    Modelfile back (the publisher takes the fields from the upload manifest instead).
 
     Returns {"from", "template", "system", "license" (a string; a list when several LICENSE lines),
     "parameters" ({name: typed value}, "stop" a list, as /api/create takes them), "messages" ([{role, content}]),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from upload_common.contract import atomic_output, describe_input, finish_manifest, library_versions, new_manifest
 from upload_common.errors import InvalidInput, UsageError
-from upload_common.safety import check_repo_id, join_inside
+from upload_common.safety import check_repo_id
 
 from . import net
 from .upload_plan import describe_plan, load_plan
@@ -72,15 +72,15 @@ def run(docs, artifacts, out, *, targets=("hf",), only=(), private: bool = False
     with atomic_output(out, overwrite=overwrite) as partial:
         for t in parsed:
             t1 = time.monotonic()
-            published[t["spec"]] = _publish(t, upload, local, Path(docs).absolute(), private=private,
-                                            ollama_push=ollama_push, retry=retry, log=log)
+            published[t["spec"]] = _publish(t, upload, local, private=private, ollama_push=ollama_push, retry=retry,
+                                            log=log)
             manifest["timings"]["seconds"][t["spec"]] = round(time.monotonic() - t1, 3)
         manifest["versions"] = library_versions("huggingface_hub", "ollama")
         finish_manifest(manifest, partial, None, t0)
     return manifest
 
 
-def _publish(target: dict, upload: dict, local: dict, docs: Path, *, private, ollama_push, retry, log) -> dict:
+def _publish(target: dict, upload: dict, local: dict, *, private, ollama_push, retry, log) -> dict:
     if target["kind"] == "local":
         from .local import push_set
 
@@ -89,8 +89,7 @@ def _publish(target: dict, upload: dict, local: dict, docs: Path, *, private, ol
         from .to_ollama import push_model
 
         s, entry = next((s, e) for s, e in upload["sets"].items() if e.get("ollama"))
-        modelfile = join_inside(docs, f"{s}/Modelfile", "the Modelfile")
-        return {s: push_model(entry, local[s], modelfile, name=target["name"], push=ollama_push, retry=retry, log=log)}
+        return {s: push_model(entry, local[s], name=target["name"], push=ollama_push, retry=retry, log=log)}
     from huggingface_hub import HfApi
 
     from .hub import check_token, push_set

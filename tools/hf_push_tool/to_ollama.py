@@ -1,6 +1,7 @@
 """The Ollama target, through the official client and Ollama's REST API: the GGUF uploaded as a blob
-(skipped when the server has it), the model created from structured fields read from docs-tool's
-Modelfile (template, stop parameters, system, licence), pushed to a registry when asked.
+(skipped when the server has it), the model created from the structured fields docs-tool wrote in
+the upload manifest (template, stop parameters, system, licence: what its Modelfile says), pushed
+to a registry when asked.
 OLLAMA_HOST is honoured (the client reads it)."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import os
 from pathlib import Path
 
 from upload_common.errors import InvalidInput, UploadError
+from upload_common.upload_manifest import OllamaFields
 
 from . import net
 from .retry import with_retries
@@ -25,19 +27,15 @@ def _has_blob(client, digest: str) -> bool:
     return answer.status_code == 200
 
 
-def push_model(entry: dict, local: dict[str, Path], modelfile: Path, *, name: str | None, push: bool, retry: dict,
-               log) -> dict:
+def push_model(entry: dict, local: dict[str, Path], *, name: str | None, push: bool, retry: dict, log) -> dict:
     import ollama
 
-    from docs_tool.modelfile import parse_modelfile
-
-    info = entry.get("ollama")
-    if not info:
+    if not entry.get("ollama"):
         raise InvalidInput("the GGUF set has no Modelfile (docs-tool writes one unless the file is split): "
                            "nothing to create in Ollama")
-    fields = parse_modelfile(modelfile.read_text(encoding="utf-8"))
-    filename = info["file"]
-    model = name or info["ollama_name"]
+    fields = OllamaFields.from_json(entry["ollama"])  # checked when the upload manifest was read
+    filename = fields.file
+    model = name or fields.ollama_name
     client = net.ollama_client(os.environ.get("OLLAMA_HOST") or None)  # None: the client's default
     host = str(client._client.base_url).rstrip("/")
     where = net.host_of(client._client.base_url)
@@ -62,9 +60,7 @@ def push_model(entry: dict, local: dict[str, Path], modelfile: Path, *, name: st
         sent = call("uploading the GGUF to Ollama", lambda: client.create_blob(local[filename]))
         if sent != digest:
             raise InvalidInput(f"{local[filename]} changed since gguf-tool wrote it (digest {sent}): rerun gguf-tool")
-    create = {k: v for k, v in (("template", fields.get("template")), ("system", fields.get("system")),
-                                ("license", fields.get("license")), ("parameters", fields.get("parameters") or None))
-              if v}
+    create = fields.create_fields()
     statuses = call(f"creating {model} in Ollama", lambda: [r.status for r in client.create(
         model=model, files={filename: digest}, stream=True, **create)])
     log(f"Ollama: {model}: {statuses[-1] if statuses else 'no status'}")
@@ -73,7 +69,7 @@ def push_model(entry: dict, local: dict[str, Path], modelfile: Path, *, name: st
         call(f"pushing {model} from Ollama", lambda: [r.status for r in client.push(model, stream=True)])
         pushed = True
     shown = call(f"checking {model} in Ollama", lambda: client.show(model))
-    if fields.get("template") and (shown.template or "") != fields["template"]:
+    if fields.template and (shown.template or "") != fields.template:
         raise OllamaError(f"Ollama holds another template for {model} than the Modelfile's: rerun the push")
     return {"model": model, "host": host, "digest": digest, "file": filename, "pushed": pushed,
             "sent": [] if stored else [filename], "unchanged": [filename] if stored else [],

@@ -1,17 +1,20 @@
 """What hf-push-tool is asked to publish: docs-tool's upload manifest, proven to be the one docs-tool
 wrote (its sha256 in docs-tool's step manifest), every name and path in it checked before use (a
 repo id by the Hub's rules, a path as a relative path inside its folder or repo), and every file
-found with the manifest's size; the docs files (cards, Modelfile: small) with its sha256 too."""
+found with the manifest's size; the docs files (cards, Modelfile: small) with its sha256 too. The
+gguf set's Ollama model comes as structured fields (upload_common.upload_manifest.OllamaFields),
+checked here too."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from docs_tool.core import HUB_FILE_LIMIT, UPLOAD_MANIFEST, UPLOAD_SCHEMA
 from upload_common.contract import MANIFEST, read_json_object, sha256_file
 from upload_common.errors import InputNotFound, InvalidInput, UsageError
 from upload_common.safety import check_repo_id, join_inside, relative_path
+from upload_common.upload_manifest import (HUB_FILE_LIMIT, UPLOAD_MANIFEST, UPLOAD_SCHEMA, UPLOAD_SCHEMA_VERSION,
+                                           OllamaFields)
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -41,7 +44,8 @@ def check_file_entry(docs: Path, s: str, f) -> dict:
 
 def check_entry(docs: Path, s, entry) -> dict:
     """One set: its name, repo id (namespace optional: the local target takes NAME alone), source,
-    files (no two with the same path in the repo) and the Ollama file it names."""
+    files (no two with the same path in the repo) and its Ollama model: fields of the right types,
+    made from a file of the set."""
     if not isinstance(s, str) or not _SET_NAME.match(s):
         raise _bad(docs, f"set name {s!r} is not a plain name")
     if not isinstance(entry, dict) or not isinstance(entry.get("files"), list) \
@@ -53,9 +57,13 @@ def check_entry(docs: Path, s, entry) -> dict:
     paths = [f["path_in_repo"] for f in files]
     if len(set(paths)) != len(paths):
         raise _bad(docs, f"the {s} set lists a path_in_repo twice", set=s)
-    ollama = entry.get("ollama")
-    if ollama is not None and (not isinstance(ollama, dict) or ollama.get("file") not in paths):
-        raise _bad(docs, f"the {s} set's Ollama entry names no file of the set", set=s)
+    if entry.get("ollama") is not None:
+        try:
+            ollama = OllamaFields.from_json(entry["ollama"])
+        except ValueError as exc:
+            raise _bad(docs, f"the {s} set's Ollama entry is malformed ({exc})", set=s) from None
+        if ollama.file not in paths:
+            raise _bad(docs, f"the {s} set's Ollama entry names no file of the set", set=s)
     return entry
 
 
@@ -80,6 +88,10 @@ def read_upload_manifest(docs: Path) -> dict:
                               "pass the output folder of docs-tool with --docs")
     if upload.get("schema") != UPLOAD_SCHEMA or not isinstance(upload.get("sets"), dict):
         raise InvalidInput(f"{docs / UPLOAD_MANIFEST} is not an upload-driver upload manifest", path=str(docs))
+    if upload.get("schema_version") != UPLOAD_SCHEMA_VERSION:
+        raise InvalidInput(f"{docs / UPLOAD_MANIFEST} has schema version {upload.get('schema_version')!r}, this "
+                           f"hf-push-tool reads {UPLOAD_SCHEMA_VERSION}: rerun docs-tool of the same version",
+                           path=str(docs))
     for s, entry in upload["sets"].items():
         check_entry(docs, s, entry)
     return upload
@@ -131,17 +143,12 @@ def load_plan(docs, artifacts, only=()) -> tuple[dict, dict]:
                                 "docs-tool", set=s)
         local[s] = {f["path_in_repo"]: _local_file(f, docs if f["origin"] == "docs" else folder)
                     for f in entry["files"]}
-    written = check_docs_manifest(docs)
+    check_docs_manifest(docs)
     for s, entry in chosen.items():
-        for f in entry["files"]:
+        for f in entry["files"]:  # the Modelfile among them: what a local target copies
             if f["origin"] == "docs" and sha256_file(local[s][f["path_in_repo"]]) != f["sha256"]:
                 raise InvalidInput(f"{local[s][f['path_in_repo']]} changed since docs-tool wrote it (sha256 differs "
                                    "from the upload manifest): rerun docs-tool", path=str(local[s][f["path_in_repo"]]))
-        if entry.get("ollama"):
-            modelfile = join_inside(docs, f"{s}/Modelfile", "the Modelfile")
-            if not modelfile.is_file() or sha256_file(modelfile) != written.get(f"{s}/Modelfile"):
-                raise InvalidInput(f"{modelfile} is missing or changed since docs-tool wrote it: rerun docs-tool",
-                                   path=str(modelfile))
     return {**upload, "sets": chosen}, local
 
 
