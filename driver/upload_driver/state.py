@@ -19,11 +19,11 @@ from upload_common import __version__
 from upload_common.contract import (MANIFEST, canonical_sha256, describe_input, now_iso, read_manifest, sha256_file,
                                     write_json_atomic)
 from upload_common.errors import InvalidInput
+from upload_common.upload_manifest import UPLOAD_MANIFEST
 
 from .plan import render
 
 STATE = ".upload-driver/state.json"
-UPLOAD_MANIFEST = "upload_manifest.json"
 
 
 def _identity(path: Path) -> dict:
