@@ -125,7 +125,13 @@ def test_bad_trainer_folder_starts_no_container(docker_client, tmp_path):
 
 
 def test_token_never_in_container_metadata(docker_client, sample, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
     from servers.hub import HubServer
+
+    # the driver asks the Hub who the token belongs to before the first step, in this process, where
+    # huggingface_hub read HF_HUB_OFFLINE when it was imported
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
 
     token = "hf_container_secret_TOKEN_777"
     with HubServer(tmp_path / "hub", tokens={token: {"user": "alice", "orgs": [], "role": "write"}}) as hub:

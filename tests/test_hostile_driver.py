@@ -203,9 +203,10 @@ def hub(tmp_path, monkeypatch):
     from servers.hub import HubServer
 
     with HubServer(tmp_path / "hub", tokens=TOKENS) as server:
-        monkeypatch.setattr(constants, "ENDPOINT", server.url)
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
         monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token-file"))
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # read once, when huggingface_hub was imported
+        for key, value in server.client_env().items():  # as a publishing step's process would see them
+            monkeypatch.setenv(key, value)
         yield server
 
 

@@ -169,17 +169,19 @@ def _hub(req: dict) -> list[Finding]:
     if not get_token():
         return [Finding("hf:", "no Hugging Face token: set HF_TOKEN or log in with `hf auth login` (the token is "
                                "never read from the command line)")]
-    if constants.HF_HUB_OFFLINE:
+    offline = os.environ.get("HF_HUB_OFFLINE")  # as the publishing step's process will see it
+    if offline.strip().upper() in ("1", "ON", "YES", "TRUE") if offline is not None else constants.HF_HUB_OFFLINE:
         return [Finding("hf:", "HF_HUB_OFFLINE is set: publishing to the Hub needs the network: unset it")]
     _, namespace = naming(req)
+    endpoint = (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
     try:
-        info = _bounded("checking the Hugging Face token", constants.ENDPOINT, HfApi().whoami)
+        info = _bounded("checking the Hugging Face token", endpoint, HfApi(endpoint=endpoint).whoami)
     except UploadError as exc:
         return [Finding("hf:", exc.message)]
     except Exception as exc:  # noqa: BLE001 - 401 and friends: one line
         code = getattr(getattr(exc, "response", None), "status_code", None)
         why = "the Hub refused the token (401): set HF_TOKEN to a valid token" if code == 401 else \
-            f"the Hub at {constants.ENDPOINT} could not check the token ({type(exc).__name__}{f' {code}' if code else ''})"
+            f"the Hub at {endpoint} could not check the token ({type(exc).__name__}{f' {code}' if code else ''})"
         return [Finding("hf:", why)]
     if ((info.get("auth") or {}).get("accessToken") or {}).get("role") == "read":
         return [Finding("hf:", "the Hugging Face token is read-only: create one with write access and set HF_TOKEN")]

@@ -51,13 +51,14 @@ def _expected(step: dict) -> dict[Path, dict]:
     out = Path(step["out"])
     m = read_manifest(out) or {}
     files = {out / o["path"]: o for o in m.get("outputs") or [] if isinstance(o, dict) and "path" in o}
-    if step["rw"]:
+    if step["rw"]:  # a local publish: DIR/<repo id>/<path in repo>, DIR as this machine sees it (not the container)
         upload = read_manifest_file(Path(step["inputs"]["docs"]) / UPLOAD_MANIFEST)
+        site = Path(step["rw"]["site"])
         for sets in (m.get("published") or {}).values():
             for name, rec in sets.items():
-                entry = (upload.get("sets") or {}).get(name) if isinstance(rec, dict) and rec.get("path") else None
+                entry = (upload.get("sets") or {}).get(name) if isinstance(rec, dict) and rec.get("repo_id") else None
                 for f in (entry or {}).get("files") or []:
-                    files[Path(rec["path"]) / f["path_in_repo"]] = f
+                    files[site / entry["repo_id"] / f["path_in_repo"]] = f
     return files
 
 
