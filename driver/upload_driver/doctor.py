@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 from upload_common import __version__
+from upload_common.contract import nearest_existing
 
 TOOLS = ("merge-tool", "gguf-tool", "docs-tool", "hf-push-tool")
 
@@ -45,9 +46,7 @@ def checks(work: Path) -> list[dict]:
                             "install Docker (Docker Desktop on Windows, with WSL2) and start it"))
     out.append(_gpu_local())
     out.append(_converter())
-    probe = Path(work).absolute()
-    while not probe.exists():
-        probe = probe.parent
+    probe = nearest_existing(work)
     free = shutil.disk_usage(probe).free
     out.append(_finding("disk", free > 20e9 or None, f"{free / 1e9:.1f} GB free in {probe}",
                         "a 7B model needs ~15 GB merged plus ~5-8 GB per GGUF type: free space or choose --work"))

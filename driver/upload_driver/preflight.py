@@ -13,7 +13,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from upload_common.contract import SPACE_MARGIN
+from upload_common.contract import SPACE_MARGIN, nearest_existing
 from upload_common.errors import UploadError, UsageError
 from upload_common.safety import check_repo_id, is_inside
 
@@ -66,10 +66,12 @@ def _gguf(req: dict) -> list[Finding]:
 
     if "gguf" not in req["formats"]:
         return []
-    out = []
+    out, known = [], []
     for q in req["quants"]:
-        out += _catch("--quant", lambda q=q: get_quant(q))
-    known = [get_quant(q) for q in req["quants"] if not _catch("", lambda q=q: get_quant(q))]
+        try:
+            known.append(get_quant(q))
+        except UsageError as exc:
+            out.append(Finding("--quant", exc.message, usage=True))
     needy = [q["name"] for q in known if q["needs_imatrix"]]
     if needy and not (req["gguf"].get("imatrix") or req["gguf"].get("calibration")):
         out.append(Finding("--quant", f"{', '.join(needy)} need an importance matrix: set imatrix or calibration in "
@@ -117,9 +119,7 @@ def _inputs(steps: list[dict], art: Path) -> list[Finding]:
 
 def _writable(folder: Path) -> str | None:
     """Why nothing can be written under ``folder`` (probed in its nearest existing parent), or None."""
-    probe = Path(folder).absolute()
-    while not probe.exists():
-        probe = probe.parent
+    probe = nearest_existing(folder)
     if not probe.is_dir():
         return f"{probe} is a file"
     try:
@@ -222,9 +222,7 @@ def _disk(req: dict, steps: list[dict], will_run: set) -> tuple[list[Finding], i
     sizes: dict = {}
     expected = [(s["name"], estimate(s, sizes)) for s in steps]
     need = sum(b for name, b in expected if b and name in will_run)
-    probe = Path(req["work"]).absolute()
-    while not probe.exists():
-        probe = probe.parent
+    probe = nearest_existing(req["work"])
     free = shutil.disk_usage(probe).free
     if need and free < need + SPACE_MARGIN:
         return [Finding("disk", f"the plan writes ~{need / 1e9:.2f} GB (plus a {SPACE_MARGIN >> 20} MB margin) in "

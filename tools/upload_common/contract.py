@@ -197,13 +197,19 @@ def partial_path(out: Path) -> Path:
 SPACE_MARGIN = 64 << 20  # kept free beyond a step's estimate: manifests, logs, the file system's own needs
 
 
+def nearest_existing(path: Path) -> Path:
+    """``path`` or its nearest parent that exists: where a folder not made yet would be (its disk)."""
+    probe = Path(path).absolute()
+    while not probe.exists():
+        probe = probe.parent
+    return probe
+
+
 def check_free_space(out: Path, need: int) -> dict:
     """Refuse before writing anything when the disk holding ``out`` lacks ``need`` bytes."""
     from .errors import NotEnoughSpace
 
-    probe = Path(out).absolute().parent
-    while not probe.exists():
-        probe = probe.parent
+    probe = nearest_existing(Path(out).absolute().parent)
     free = shutil.disk_usage(probe).free
     if free < need + SPACE_MARGIN:
         raise NotEnoughSpace(f"{_size(need)} needed in {probe} (plus a {_size(SPACE_MARGIN)} margin) but only "
