@@ -38,11 +38,7 @@ def step_key(step: dict) -> str:
 
 
 def load(work: Path) -> dict:
-    try:
-        data = json.loads((Path(work) / STATE).read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
+    return _json_object(Path(work) / STATE)
 
 
 def _expected(step: dict) -> dict[Path, dict]:
@@ -52,7 +48,7 @@ def _expected(step: dict) -> dict[Path, dict]:
     m = read_manifest(out) or {}
     files = {out / o["path"]: o for o in m.get("outputs") or [] if isinstance(o, dict) and "path" in o}
     if step["rw"]:  # a local publish: DIR/<repo id>/<path in repo>, DIR as this machine sees it (not the container)
-        upload = read_manifest_file(Path(step["inputs"]["docs"]) / UPLOAD_MANIFEST)
+        upload = _json_object(Path(step["inputs"]["docs"]) / UPLOAD_MANIFEST)
         site = Path(step["rw"]["site"])
         for sets in (m.get("published") or {}).values():
             for name, rec in sets.items():
@@ -62,7 +58,8 @@ def _expected(step: dict) -> dict[Path, dict]:
     return files
 
 
-def read_manifest_file(path: Path) -> dict:
+def _json_object(path: Path) -> dict:
+    """A JSON file holding an object; {} when it is missing or unreadable (then nothing counts as done)."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         return data if isinstance(data, dict) else {}
