@@ -71,13 +71,11 @@ def test_atomic_output_success_and_failure(tmp_path):
         contract.finish_manifest(m, partial)
     assert contract.read_manifest(out)["outputs"][0]["path"] == "f.txt"
     assert not (tmp_path / "step.partial").exists()
-    with pytest.raises(OutputExists):
-        with contract.atomic_output(out):
-            pass
-    with pytest.raises(UploadError):
-        with contract.atomic_output(out, overwrite=True) as partial:
-            (partial / "half.bin").write_bytes(b"x" * 100)
-            raise UploadError("disk on fire", where="test")
+    with pytest.raises(OutputExists), contract.atomic_output(out):
+        pass
+    with pytest.raises(UploadError), contract.atomic_output(out, overwrite=True) as partial:
+        (partial / "half.bin").write_bytes(b"x" * 100)
+        raise UploadError("disk on fire", where="test")
     assert contract.read_manifest(out)["outputs"][0]["path"] == "f.txt"  # old output intact
     err = json.loads((tmp_path / "step.partial" / "error.json").read_text())["error"]
     assert err["message"] == "disk on fire" and err["where"] == "test"

@@ -83,10 +83,8 @@ def describe_input(path: Path, **extra) -> dict:
 def library_versions(*names: str) -> dict:
     found = {"python": platform.python_version(), "upload-driver": __version__}
     for name in names:
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             found[name] = version(name)
-        except PackageNotFoundError:
-            pass
     return found
 
 
@@ -245,6 +243,22 @@ def atomic_output(out: Path, *, overwrite: bool = False):
     out = Path(out).absolute()
     check_output_free(out, overwrite)
     partial = partial_path(out)
+    _fresh_folder(partial)
+    try:
+        yield partial
+    except BaseException as exc:
+        known = _record_failure(partial, out, exc)
+        if known is not None and known is not exc:
+            raise known from None
+        raise
+    if not (partial / MANIFEST).is_file():  # pragma: no cover - programming error in a tool
+        raise RuntimeError(f"step finished without writing {MANIFEST}")
+    _fsync_tree(partial)  # the data is on disk before the folder takes its final name
+    _replace_folder(partial, out)
+
+
+def _fresh_folder(partial: Path) -> None:
+    """An empty partial folder (whatever an earlier attempt left there is removed)."""
     try:
         if partial.exists():
             shutil.rmtree(partial)
@@ -254,23 +268,24 @@ def atomic_output(out: Path, *, overwrite: bool = False):
         if known is None:
             raise
         raise known from None
-    try:
-        yield partial
-    except BaseException as exc:
-        shutil.rmtree(partial, ignore_errors=True)
-        known = exc if isinstance(exc, UploadError) else from_os_error(exc, f"writing {out.name}")
-        if known is not None:
-            try:  # the partial folder was just emptied, so even a full disk has room for this
-                partial.mkdir(parents=True, exist_ok=True)
-                write_json_atomic(partial / ERROR_FILE, {"error": known.to_dict(), "time": now_iso()})
-            except OSError:
-                pass
-        if known is not None and known is not exc:
-            raise known from None
-        raise
-    if not (partial / MANIFEST).is_file():  # pragma: no cover - programming error in a tool
-        raise RuntimeError(f"step finished without writing {MANIFEST}")
-    _fsync_tree(partial)  # the data is on disk before the folder takes its final name
+
+
+def _record_failure(partial: Path, out: Path, exc: BaseException) -> UploadError | None:
+    """Empty the partial folder and, for a known error (an OSError the user can act on becomes one),
+    leave error.json there; return that known error, or None."""
+    shutil.rmtree(partial, ignore_errors=True)
+    known = exc if isinstance(exc, UploadError) else from_os_error(exc, f"writing {out.name}")
+    if known is not None:
+        try:  # the partial folder was just emptied, so even a full disk has room for this
+            partial.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(partial / ERROR_FILE, {"error": known.to_dict(), "time": now_iso()})
+        except OSError:
+            pass
+    return known
+
+
+def _replace_folder(partial: Path, out: Path) -> None:
+    """``partial`` takes the name ``out``; an earlier output there is moved aside first, then removed."""
     if out.exists():
         old = out.with_name(out.name + ".old")
         if old.exists():
