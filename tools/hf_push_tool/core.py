@@ -11,9 +11,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from upload_common.contract import atomic_output, describe_input, finish_manifest, library_versions, new_manifest
+from upload_common.contract import describe_input
 from upload_common.errors import InvalidInput, UsageError
 from upload_common.safety import check_repo_id
+from upload_common.step import Step
 
 from . import net
 from .upload_plan import describe_plan, load_plan
@@ -61,23 +62,20 @@ def run(docs, artifacts, out, *, targets=("hf",), only=(), private: bool = False
     if out is None:
         raise UsageError("--out is required (the step manifest recording what was published), unless --dry-run")
     out = Path(out)
-    inputs = {"docs": describe_input(Path(docs)), **{f"artifact_{s}": {"manifest_sha256": e["source"]["manifest_sha256"]}
-                                                     for s, e in upload["sets"].items()}}
+    sources = {f"artifact_{s}": {"manifest_sha256": e["source"]["manifest_sha256"]} for s, e in upload["sets"].items()}
+    inputs = {"docs": describe_input(Path(docs)), **sources}
     params = {"targets": [t["spec"] for t in parsed], "sets": sorted(upload["sets"]), "private": private,
               "ollama_push": ollama_push}
-    manifest = new_manifest(TOOL, inputs=inputs, parameters=params)
     retry = {"attempts": max(1, retries), "wait": retry_wait, "log": log}
-    published: dict = {}
-    manifest["published"] = published
-    with atomic_output(out, overwrite=overwrite) as partial:
+    with Step(TOOL, out, inputs=inputs, params=params, overwrite=overwrite, libraries=("huggingface_hub", "ollama"),
+              log=log, began=t0) as s:
+        published = s.manifest["published"] = {}
+        s.begin()  # from here a failed publish leaves error.json
         for t in parsed:
-            t1 = time.monotonic()
-            published[t["spec"]] = _publish(t, upload, local, private=private, ollama_push=ollama_push, retry=retry,
-                                            log=log)
-            manifest["timings"]["seconds"][t["spec"]] = round(time.monotonic() - t1, 3)
-        manifest["versions"] = library_versions("huggingface_hub", "ollama")
-        finish_manifest(manifest, partial, None, t0)
-    return manifest
+            with s.timed(t["spec"]):
+                published[t["spec"]] = _publish(t, upload, local, private=private, ollama_push=ollama_push,
+                                                retry=retry, log=log)
+    return s.manifest
 
 
 def _publish(target: dict, upload: dict, local: dict, *, private, ollama_push, retry, log) -> dict:
