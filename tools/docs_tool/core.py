@@ -13,18 +13,32 @@ Layout of the output folder::
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from upload_common.contract import (MANIFEST, atomic_output, canonical_sha256, check_output_free, describe_input,
-                                    finish_manifest, library_versions, new_manifest, sha256_file, write_json_atomic)
 from upload_common.cards import looks_like_repo_id
+from upload_common.contract import (
+    MANIFEST,
+    canonical_sha256,
+    check_output_free,
+    describe_input,
+    sha256_file,
+    write_json_atomic,
+)
 from upload_common.errors import InvalidInput, UsageError
 from upload_common.safety import check_namespace, check_repo_id, hub_name
+from upload_common.step import Step
 from upload_common.trainer_output import chat_template
-from upload_common.upload_manifest import (HUB_FILE_LIMIT, UPLOAD_MANIFEST, UPLOAD_SCHEMA,
-                                            UPLOAD_SCHEMA_VERSION, OllamaFields)
+from upload_common.upload_manifest import (
+    HUB_FILE_LIMIT,
+    UPLOAD_MANIFEST,
+    UPLOAD_SCHEMA,
+    UPLOAD_SCHEMA_VERSION,
+    OllamaFields,
+)
 
 from . import card as cards
+from .local_readme import local_readme
 from .sets import MAX_NAME, PREFERRED_QUANTS, check_overrides, identify, repo_ids, set_specs
 
 TOOL = "docs-tool"
@@ -122,8 +136,11 @@ def _gguf_chat(path: Path) -> dict:
     types = fields.get("tokenizer.ggml.token_type")
     vocab = [bytes(tokens.parts[i]).decode("utf-8", "replace") for i in tokens.data] if tokens else []
     kinds = [int(types.parts[i][0]) for i in types.data] if types else []
-    special = [t for t, k in zip(vocab, kinds) if k == 3]  # llama.cpp's CONTROL tokens
-    token = (lambda i: vocab[i] if i is not None and 0 <= i < len(vocab) else None)
+    special = [t for t, k in zip(vocab, kinds, strict=False) if k == 3]  # llama.cpp's CONTROL tokens
+
+    def token(i):
+        return vocab[i] if i is not None and 0 <= i < len(vocab) else None
+
     return {"chat_template": value("tokenizer.chat_template"), "bos": token(value("tokenizer.ggml.bos_token_id")),
             "eos": token(value("tokenizer.ggml.eos_token_id")), "special": special}
 
@@ -171,6 +188,31 @@ def run(artifacts, out, *, name: str | None = None, namespace: str | None = None
     given_name = None if name is None else _given_name(name)
     check_overrides(repos)
     check_output_free(out, overwrite)
+    sets, folders = _identify(artifacts)
+    order = [s for s in set_specs() if s in sets]
+    name = given_name or hub_name(_default_name(sets))
+    repo_for = repo_ids(name, namespace, order, repos)
+    params = {"name": name, "namespace": namespace, "repos": repo_for, "license": license, "license_link": license_link,
+              "base_model": base_model, "datasets": list(datasets), "languages": list(languages), "system": system,
+              "ollama_quant": ollama_quant}
+    inputs = {s: describe_input(folders[s]) for s in order}
+    with Step(TOOL, out, inputs=inputs, params=params, overwrite=overwrite,
+              libraries=("huggingface_hub", "matplotlib", "gguf"), log=log, began=t0) as step:
+        shared = _shared(params, sets, folders, order, step.warnings)
+        upload = {"schema": UPLOAD_SCHEMA, "schema_version": UPLOAD_SCHEMA_VERSION, "name": name, "sets": {}}
+        for s in order:
+            log(f"{s}: card for {repo_for[s]}")
+            upload["sets"][s] = _document_set(s, folders[s], step.folder, shared)
+        upload["total_bytes"] = sum(f["size"] for st in upload["sets"].values() for f in st["files"])
+        write_json_atomic(step.folder / UPLOAD_MANIFEST, upload)
+        (step.folder / "README.md").write_text(local_readme(name, upload, folders, shared.common["license"]),
+                                               encoding="utf-8")
+        step.manifest["sets"] = {s: {k: v for k, v in st.items() if k != "files"} for s, st in upload["sets"].items()}
+    return step.manifest
+
+
+def _identify(artifacts) -> tuple[dict[str, tuple], dict[str, Path]]:
+    """Each --artifact folder's set (name, spec, manifest) and folder, by set; one folder per set."""
     sets: dict[str, tuple] = {}
     folders: dict[str, Path] = {}
     for folder in artifacts:
@@ -179,121 +221,141 @@ def run(artifacts, out, *, name: str | None = None, namespace: str | None = None
         if set_name in sets:
             raise UsageError(f"two --artifact folders are both {set_name}: {folders[set_name]} and {folder}: pass one")
         sets[set_name], folders[set_name] = (set_name, spec, manifest), folder
-    order = [s for s in set_specs() if s in sets]
-    name = given_name or hub_name(_default_name(sets))
-    repo_for = repo_ids(name, namespace, order, repos)
-    params = {"name": name, "namespace": namespace, "repos": repo_for, "license": license, "license_link": license_link,
-              "base_model": base_model, "datasets": list(datasets), "languages": list(languages), "system": system,
-              "ollama_quant": ollama_quant}
-    inputs = {s: describe_input(folders[s]) for s in order}
-    manifest = new_manifest(TOOL, inputs=inputs, parameters=params)
-    warnings = manifest["warnings"]
+    return sets, folders
+
+
+@dataclass(frozen=True)
+class Shared:
+    """What every set's documentation shares: the run's name and repos, the options that shape the
+    cards, the sets found, the card context common to all, and the step's warnings (appended to)."""
+
+    name: str
+    repos: dict
+    system: str | None
+    ollama_quant: str | None
+    base_id: str | None
+    sets: dict
+    common: dict
+    warnings: list
+
+
+def _shared(params: dict, sets: dict, folders: dict, order: list, warnings: list) -> Shared:
     training_m = next((sets[s][2] for s in order if sets[s][2].get("training")), None)
     training = (training_m or {}).get("training") or {}
     base_cards = [(m.get("decisions") or {}).get("base", {}).get("card") or {} for _, _, m in sets.values()]
-    lic = _license(license, license_link, [*base_cards, training.get("card") or {}], warnings)
-    base_id, adapter_base = _base(sets, base_model, warnings)
+    lic = _license(params["license"], params["license_link"], [*base_cards, training.get("card") or {}], warnings)
+    base_id, adapter_base = _base(sets, params["base_model"], warnings)
     trainer_card = training.get("card") or {}
     common = {
         "license": lic, "trainer": training.get("trainer"), "summary": training.get("summary"),
         "adapter": training.get("adapter"), "adapter_base": adapter_base,
-        "datasets": list(datasets) or _as_list(trainer_card.get("datasets")),
-        "language": list(languages) or _as_list(trainer_card.get("language"))
+        "datasets": params["datasets"] or _as_list(trainer_card.get("datasets")),
+        "language": params["languages"] or _as_list(trainer_card.get("language"))
         or next((_as_list(c.get("language")) for c in base_cards if c.get("language")), []),
         "checkpoint_reason": ((training_m or {}).get("decisions") or {}).get("adapter", {}).get("reason"),
-        "repos": repo_for, "specs": set_specs(),
+        "repos": params["repos"], "specs": set_specs(),
         "manifest_sha": {s: sha256_file(folders[s] / MANIFEST) for s in order},
     }
-    upload = {"schema": UPLOAD_SCHEMA, "schema_version": UPLOAD_SCHEMA_VERSION, "name": name, "sets": {}}
-    with atomic_output(out, overwrite=overwrite) as partial:
-        for s in order:
-            _, spec, art = sets[s]
-            log(f"{s}: card for {repo_for[s]}")
-            upload["sets"][s] = _document_set(s, spec, art, folders[s], partial, common, base_id, repo_for, name,
-                                              system, ollama_quant, sets, warnings)
-        upload["total_bytes"] = sum(f["size"] for st in upload["sets"].values() for f in st["files"])
-        write_json_atomic(partial / UPLOAD_MANIFEST, upload)
-        (partial / "README.md").write_text(_local_readme(name, upload, sets, folders, lic), encoding="utf-8")
-        manifest["sets"] = {s: {k: v for k, v in st.items() if k != "files"} for s, st in upload["sets"].items()}
-        manifest["versions"] = library_versions("huggingface_hub", "matplotlib", "gguf")
-        finish_manifest(manifest, partial, None, t0)
-    for w in warnings:
-        log(f"WARNING: {w}")
-    return manifest
+    return Shared(name=params["name"], repos=params["repos"], system=params["system"],
+                  ollama_quant=params["ollama_quant"], base_id=base_id, sets=sets, common=common, warnings=warnings)
 
 
-def _document_set(s, spec, art, folder, partial, common, base_id, repo_for, name, system, ollama_quant, sets,
-                  warnings) -> dict:
+def _document_set(s: str, folder: Path, partial: Path, run: Shared) -> dict:
+    """One set's folder of documents (card, plot, Modelfile) and its entry in the upload manifest."""
+    _, spec, art = run.sets[s]
     docs = partial / s
     docs.mkdir()
-    ctx = {**common, "set": s, "spec": spec, "repo_id": repo_for[s], "versions": {}}
-    relation = spec["relation"]
-    ctx["base_display"] = base_id
-    if relation == "quantized":
-        # quantized from the merged model of this run (gguf-tool: matched by its manifest's hash; a
-        # merge-tool format: made from the same adapter and base): that is the base
-        made_from = ((art.get("inputs") or {}).get("model") or {}).get("manifest_sha256")
-        merged = next((m for m, (_, sp, m_art) in sets.items() if sp["relation"] == "finetune"
-                       and (common["manifest_sha"][m] == made_from or _same_merge(m_art, art))), None)
-        if merged and looks_like_repo_id(repo_for[merged]):
-            ctx["base_model"] = ctx["quantized_from"] = repo_for[merged]
-        else:  # merged weights not published here, or not under a Hub id (a local publish without a
-            # namespace): the Hub's base_model must be a Hub id, and "quantized of a fine-tune" is not
-            # expressible, so the card names the base the run was fine-tuned from
-            ctx["base_model"], relation = base_id, "finetune"
-            ctx["quantized_from"] = repo_for[merged] if merged else None
-    elif relation == "adapter":
-        ctx["base_model"] = common["adapter_base"] if looks_like_repo_id(common["adapter_base"]) and base_id else base_id
-        ctx["base_display"] = ctx["base_model"]
-    else:
-        ctx["base_model"] = base_id
-    ctx["relation"] = relation
+    ctx = {**run.common, "set": s, "spec": spec, "repo_id": run.repos[s], "versions": {}}
+    ctx.update(_relation(s, spec, art, run))
     versions = art.get("versions") or {}
     ctx["versions"] = {k: versions[k] for k in ("llama-cpp-python", "torch", "transformers", "peft", "bitsandbytes",
                                                 "llmcompressor", "compressed-tensors")
                        if k in versions and (k != "bitsandbytes" or "bitsandbytes" in spec.get("requires", ()))}
     ctx["quantization"], ctx["validation"] = art.get("quantization"), art.get("validation")
+    artifact_files = _artifact_files(art, folder)
+    if s == "gguf":
+        ctx.update(_gguf_context(art, folder, docs, run))
+    else:
+        ctx["chat_template"] = bool(chat_template(folder))
+    from .plot import loss_curve
+
+    kind = ((run.common.get("trainer") or {}).get("kind") or "").upper()
+    if loss_curve(run.common.get("summary"), docs / "loss.png", f"{run.name} {kind} training loss".replace("  ", " ")):
+        ctx["plot"] = "loss.png"
+    doc_files = [_described(p) for p in sorted(docs.iterdir())]  # the plot and the Modelfile, listed by the card
+    ctx["files"] = sorted([*artifact_files, *doc_files], key=lambda f: f["path"])
+    ctx["sizes"] = {f["path"]: f["size"] for f in ctx["files"]}
+    (docs / "README.md").write_text(cards.render(ctx), encoding="utf-8")
+    card = _described(docs / "README.md")
+    files = [{"path_in_repo": o["path"], "origin": "artifact", "path": o["path"], "size": o["size"],
+              "sha256": o["sha256"]} for o in artifact_files]
+    files += [{"path_in_repo": f["path"], "origin": "docs", "path": f"{s}/{f['path']}", "size": f["size"],
+               "sha256": f["sha256"]} for f in [*doc_files, card]]
+    return _entry(s, spec, art, ctx, files, card, run)
+
+
+def _relation(s: str, spec: dict, art: dict, run: Shared) -> dict:
+    """How the set relates to its base on the Hub: relation, base_model, base_display, quantized_from."""
+    relation, base_id = spec["relation"], run.base_id
+    found = {"base_display": base_id}
+    if relation == "quantized":
+        # quantized from the merged model of this run (gguf-tool: matched by its manifest's hash; a
+        # merge-tool format: made from the same adapter and base): that is the base
+        made_from = ((art.get("inputs") or {}).get("model") or {}).get("manifest_sha256")
+        merged = next((m for m, (_, sp, m_art) in run.sets.items() if sp["relation"] == "finetune"
+                       and (run.common["manifest_sha"][m] == made_from or _same_merge(m_art, art))), None)
+        if merged and looks_like_repo_id(run.repos[merged]):
+            found["base_model"] = found["quantized_from"] = run.repos[merged]
+        else:  # merged weights not published here, or not under a Hub id (a local publish without a
+            # namespace): the Hub's base_model must be a Hub id, and "quantized of a fine-tune" is not
+            # expressible, so the card names the base the run was fine-tuned from
+            found["base_model"], relation = base_id, "finetune"
+            found["quantized_from"] = run.repos[merged] if merged else None
+    elif relation == "adapter":
+        adapter_base = run.common["adapter_base"]
+        found["base_model"] = adapter_base if looks_like_repo_id(adapter_base) and base_id else base_id
+        found["base_display"] = found["base_model"]
+    else:
+        found["base_model"] = base_id
+    found["relation"] = relation
+    return found
+
+
+def _artifact_files(art: dict, folder: Path) -> list[dict]:
+    """The artifact's own files that go in the repo; one the Hub would refuse is refused now."""
     artifact_files = [o for o in art["outputs"] if o["path"] not in ("README.md", MANIFEST)]
     too_big = [o["path"] for o in artifact_files if o["size"] > HUB_FILE_LIMIT]
     if too_big:
         raise InvalidInput(f"{', '.join(too_big)} in {folder} exceed the Hub's 50 GB per-file limit: re-run gguf-tool "
                            "with --split-max-size 48G", files=too_big)
-    if s == "gguf":
-        ctx["gguf_files"] = art.get("files") or {}
-        ctx["chat_template"] = (art.get("decisions") or {}).get("chat_template")
-        ctx["default_gguf"] = _default_gguf(ctx["gguf_files"], ollama_quant)
-        if ctx["default_gguf"]:
-            quant, filename = ctx["default_gguf"]
-            ctx["ollama_name"] = f"{name.lower()}:{quant.lower()}"
-            split = len(ctx["gguf_files"][quant]["files"]) > 1
-            if split:
-                warnings.append(f"{quant} is split in several files: no Modelfile (Ollama imports single files)")
-            else:
-                ctx["modelfile"] = _modelfile(docs, folder, filename, ctx["ollama_name"], system, common["license"],
-                                              warnings)
-    else:
-        ctx["chat_template"] = bool(chat_template(folder))
-    from .plot import loss_curve
+    return artifact_files
 
-    kind = ((common.get("trainer") or {}).get("kind") or "").upper()
-    if loss_curve(common.get("summary"), docs / "loss.png", f"{name} {kind} training loss".replace("  ", " ")):
-        ctx["plot"] = "loss.png"
-    def described(p: Path) -> dict:
-        return {"path": p.name, "size": p.stat().st_size, "sha256": sha256_file(p)}
 
-    doc_files = [described(p) for p in sorted(docs.iterdir())]  # the plot and the Modelfile, listed by the card
-    ctx["files"] = sorted([*artifact_files, *doc_files], key=lambda f: f["path"])
-    ctx["sizes"] = {f["path"]: f["size"] for f in ctx["files"]}
-    (docs / "README.md").write_text(cards.render(ctx), encoding="utf-8")
-    card = described(docs / "README.md")
-    files = [{"path_in_repo": o["path"], "origin": "artifact", "path": o["path"], "size": o["size"], "sha256": o["sha256"]}
-             for o in artifact_files]
-    files += [{"path_in_repo": f["path"], "origin": "docs", "path": f"{s}/{f['path']}", "size": f["size"],
-               "sha256": f["sha256"]} for f in [*doc_files, card]]
-    entry = {"repo_id": repo_for[s], "title": spec["title"], "relation": relation, "base_model": ctx.get("base_model"),
-             "library": spec["library"], "source": {"tool": art["tool"]["name"],
-                                                    "manifest_sha256": common["manifest_sha"][s],
-                                                    "fingerprint": art.get("fingerprint")},
+def _gguf_context(art: dict, folder: Path, docs: Path, run: Shared) -> dict:
+    """The GGUF set's card facts: its files, the default quant for Ollama, and the Modelfile."""
+    ctx = {"gguf_files": art.get("files") or {}, "chat_template": (art.get("decisions") or {}).get("chat_template")}
+    ctx["default_gguf"] = _default_gguf(ctx["gguf_files"], run.ollama_quant)
+    if ctx["default_gguf"]:
+        quant, filename = ctx["default_gguf"]
+        ctx["ollama_name"] = f"{run.name.lower()}:{quant.lower()}"
+        if len(ctx["gguf_files"][quant]["files"]) > 1:
+            run.warnings.append(f"{quant} is split in several files: no Modelfile (Ollama imports single files)")
+        else:
+            ctx["modelfile"] = _modelfile(docs, folder, filename, ctx["ollama_name"], run.system,
+                                          run.common["license"], run.warnings)
+    return ctx
+
+
+def _described(p: Path) -> dict:
+    return {"path": p.name, "size": p.stat().st_size, "sha256": sha256_file(p)}
+
+
+def _entry(s: str, spec: dict, art: dict, ctx: dict, files: list, card: dict, run: Shared) -> dict:
+    """The set's entry in the upload manifest."""
+    entry = {"repo_id": run.repos[s], "title": spec["title"], "relation": ctx["relation"],
+             "base_model": ctx.get("base_model"), "library": spec["library"],
+             "source": {"tool": art["tool"]["name"], "manifest_sha256": run.common["manifest_sha"][s],
+                        "fingerprint": art.get("fingerprint")},
              "files": sorted(files, key=lambda f: f["path_in_repo"]), "card_sha256": card["sha256"]}
     if ctx.get("modelfile"):
         entry["ollama"] = ctx["modelfile"]
@@ -326,30 +388,3 @@ def _default_gguf(files: dict, wanted: str | None):
         if q in files and q != "LoRA":
             return q, files[q]["files"][0]
     return None
-
-
-def _local_readme(name: str, upload: dict, sets: dict, folders: dict, lic: dict | None) -> str:
-    lines = [f"# {name}: artifacts", "",
-             "Made by upload-driver from a fine-tuning run. Each folder is one artifact set, published as one "
-             "repository; `upload_manifest.json` lists every file with its size and SHA256, and where it goes.", "",
-             "| Set | Folder | Repository | Files | Size |", "|---|---|---|---|---|"]
-    for s, st in upload["sets"].items():
-        size = sum(f["size"] for f in st["files"])
-        lines.append(f"| {st['title']} | `{folders[s].name}/` | `{st['repo_id']}` | {len(st['files'])} | "
-                     f"{size / 1e6:.1f} MB |")
-    lines += ["", "The model card of each set is `<set>/README.md` here; it is uploaded as the repository's README.", ""]
-    how = {"peft": "PEFT: `AutoPeftModelForCausalLM.from_pretrained(\"{f}\")`",
-           "transformers": "transformers: `AutoModelForCausalLM.from_pretrained(\"{f}\")`",
-           "gguf": "llama.cpp: `llama-cli -m {f}/<file>.gguf`; Ollama: `gguf/Modelfile` names the GGUF as `FROM "
-                   "./<file>`, which Ollama resolves beside the Modelfile: copy it into `{f}/`, then "
-                   "`ollama create {n} -f {f}/Modelfile` (the local publish target lays them out together)"}
-    lines += ["## Use the files here", ""]
-    for s, st in upload["sets"].items():
-        lines.append(f"- {st['title']}: " + how.get(st["library"], "see its card").format(f=folders[s].name, n=name.lower()))
-    checked = [(st["title"], q, v) for st in upload["sets"].values() for q, v in (st.get("validation") or {}).items() if v]
-    if checked:
-        lines += ["", "## Validation", "", "Each quantized model against the model it came from, on the same text.", "",
-                  "| Set | Type | Top-1 agreement | Mean KL |", "|---|---|---|---|"]
-        lines += [f"| {t} | {q} | {v['top1_agreement']:.3f} | {v['mean_kl']:.5f} |" for t, q, v in checked]
-    lines += ["", f"Licence: {(lic or {}).get('license_name') or (lic or {}).get('license') or 'not known (see the base model)'}."]
-    return "\n".join(lines) + "\n"
