@@ -62,7 +62,7 @@ def will_run(req: dict, steps: list[dict], force: set) -> set:
         upstream = {outs[Path(p)] for p in step["inputs"].values() if Path(p) in outs}
         ready = all(Path(p).exists() for p in step["inputs"].values())
         if step["name"] in force or upstream & running or not ready or \
-                not st.up_to_date(req["work"], step, st.step_key(step)):
+                not st.up_to_date(req["work"], step, st.fingerprint(step)):
             running.add(step["name"])
     return running
 
@@ -108,8 +108,8 @@ def _steps(req, steps, force, runtime, c, gpu_choice, decided, log) -> dict:
         log("removed containers left by an interrupted run")
     rows, t_all = [], time.monotonic()
     for i, step in enumerate(steps, 1):
-        key = st.step_key(step)
-        if step["name"] not in force and st.up_to_date(work, step, key):
+        fp = st.fingerprint(step)
+        if step["name"] not in force and st.up_to_date(work, step, fp):
             log(f"[{i}/{len(steps)}] {step['name']}: up to date, skipped")
             rows.append(summary(step, None))
             continue
@@ -123,7 +123,7 @@ def _steps(req, steps, force, runtime, c, gpu_choice, decided, log) -> dict:
         else:
             local.run(step, device=device, log=log)
         seconds = time.monotonic() - t
-        st.record(work, step, key, seconds)
+        st.record(work, step, fp, seconds)
         log(f"[{i}/{len(steps)}] {step['name']}: done in {seconds:.1f} s")
         rows.append(summary(step, seconds))
     return {"runtime": runtime, "gpu": bool(decided and decided[0]), "work": str(work),

@@ -1,8 +1,13 @@
-"""Skipping work already done, by content: a step's key is the hash of its tool and version, its
-arguments (paths replaced by what they point at) and the identity of each input (a step output's
-manifest hash, a file's sha256, a folder's names/sizes/mtimes). A step is skipped when its output's
-manifest is the one recorded under the same key and its files are still what the manifest says;
-never because a folder exists.
+"""Skipping work already done, by content. A step's fingerprint is computed as the tools compute theirs
+(``contract.step_fingerprint``: tool, tool version, inputs described by ``contract.describe_input``
+without their paths, parameters), over what the driver asks of it: each input's identity (a step
+output's manifest hash, a file's sha256, a folder's names/sizes/mtimes) and, as parameters, its
+command line with every path replaced by the input it names (the device left out: it changes how,
+not what). The tool's own fingerprint, in its manifest, covers what the tool resolved from that
+command line (defaults, the base's revision, the device), which only the tool knows. A step is
+skipped when the state records the same fingerprint for it, beside the hash (and fingerprint) of the
+manifest it produced, and that manifest and its files are still there unchanged; never because a
+folder exists.
 
 A step is recorded as done only after every output file was checked against its manifest (size and
 sha256). A rerun checks them again cheaply (size and modification time; the sha256 again only where
@@ -16,8 +21,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from upload_common import __version__
-from upload_common.contract import (MANIFEST, canonical_sha256, describe_input, now_iso, read_manifest, sha256_file,
-                                    write_json_atomic)
+from upload_common.contract import (
+    MANIFEST,
+    describe_input,
+    now_iso,
+    read_manifest,
+    sha256_file,
+    step_fingerprint,
+    write_json_atomic,
+)
 from upload_common.errors import InvalidInput
 from upload_common.upload_manifest import UPLOAD_MANIFEST
 
@@ -26,15 +38,11 @@ from .plan import render
 STATE = ".upload-driver/state.json"
 
 
-def _identity(path: Path) -> dict:
-    return {k: v for k, v in describe_input(Path(path)).items() if k != "path"}
-
-
-def step_key(step: dict) -> str:
-    # where it publishes is part of what it does; the device changes how, not what
+def fingerprint(step: dict) -> str:
+    """The step's fingerprint as the driver asks for it (where it publishes is part of what it does)."""
     args = render(step, inp=lambda k: f"in:{k}", out=lambda: "out", rw=lambda k: f"rw:{step['rw'][k]}", device="")
-    return canonical_sha256({"tool": step["tool"], "version": __version__, "args": args,
-                             "inputs": {k: _identity(p) for k, p in sorted(step["inputs"].items())}})
+    inputs = {k: describe_input(Path(p)) for k, p in sorted(step["inputs"].items())}
+    return step_fingerprint(step["tool"], __version__, inputs, {"args": args})
 
 
 def load(work: Path) -> dict:
@@ -113,21 +121,24 @@ def _still_there(step: dict, recorded: dict) -> bool:
     return True
 
 
-def up_to_date(work: Path, step: dict, key: str) -> bool:
+def up_to_date(work: Path, step: dict, fp: str) -> bool:
+    """The state records fingerprint ``fp`` for the step, and its manifest and files are still the ones
+    recorded."""
     rec = load(work).get(step["name"])
     manifest = Path(step["out"]) / MANIFEST
-    return bool(rec) and rec.get("key") == key and manifest.is_file() and \
+    return bool(rec) and rec.get("fingerprint") == fp and manifest.is_file() and \
         sha256_file(manifest) == rec.get("manifest") and _still_there(step, rec.get("files") or {})
 
 
-def record(work: Path, step: dict, key: str, seconds: float) -> None:
-    """Mark the step done, after checking its files against its manifest."""
+def record(work: Path, step: dict, fp: str, seconds: float) -> None:
+    """Mark the step done under fingerprint ``fp``, after checking its files against its manifest."""
     files = verify(step)
     path = Path(work) / STATE
     path.parent.mkdir(parents=True, exist_ok=True)
     state = load(work)
-    state[step["name"]] = {"key": key, "manifest": sha256_file(Path(step["out"]) / MANIFEST), "finished": now_iso(),
-                           "seconds": round(seconds, 3), "files": files}
+    state[step["name"]] = {"fingerprint": fp, "manifest": sha256_file(Path(step["out"]) / MANIFEST),
+                           "manifest_fingerprint": (read_manifest(step["out"]) or {}).get("fingerprint"),
+                           "finished": now_iso(), "seconds": round(seconds, 3), "files": files}
     write_json_atomic(path, state)
 
 
