@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 from upload_common.cli import debug_enabled, log
+from upload_common.errors import Unsupported
 
 NAME = "sample-chat"
 SAMPLE_CARD = "---\nlicense: apache-2.0\nlanguage:\n- en\n---\n\n# Sample base model\n\nRandom weights, briefly trained.\n"
@@ -19,11 +20,15 @@ SAMPLE_CARD = "---\nlicense: apache-2.0\nlanguage:\n- en\n---\n\n# Sample base m
 def make_sample(folder: Path) -> Path:
     """Tokenizer, a briefly trained base model (so the GGUF checks mean something) with a card, and an
     SFT-shaped run with checkpoints, under ``folder``."""
-    from upload_common.sample import make_base, make_tokenizer, make_trainer_output, train_briefly
-
-    if not debug_enabled():  # transformers' own bars and warnings are not the demo's output
+    try:  # the sample is trained here, and every step runs here: [all] installs what they need
+        import torch  # noqa: F401
         from transformers.utils import logging as hf_logging
 
+        from upload_common.sample import make_base, make_tokenizer, make_trainer_output, train_briefly
+    except ImportError as exc:
+        raise Unsupported(f"upload-driver demo trains a sample model with torch and runs every step on this machine, "
+                          f"but {exc.name or 'torch'} is not installed: pip install 'upload-driver[all]'") from exc
+    if not debug_enabled():  # transformers' own bars and warnings are not the demo's output
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
     if (folder / "sft_output" / "adapter_config.json").is_file():

@@ -59,11 +59,12 @@ def _gpu_local() -> dict:
         import torch
 
         if torch.cuda.is_available():
-            return _finding("GPU (local)", True, f"{torch.cuda.get_device_name(0)} visible to torch {torch.__version__}")
+            return _finding("GPU (local)", True,
+                            f"{torch.cuda.get_device_name(0)} visible to torch {torch.__version__}")
         return _finding("GPU (local)", None, f"torch {torch.__version__} sees no CUDA GPU: local steps run on CPU",
                         "install a CUDA build of torch and the NVIDIA driver, or use the images")
     except ImportError:
-        return _finding("GPU (local)", None, "torch is not installed here", "pip install 'upload-driver[merge]'")
+        return _finding("GPU (local)", None, "torch is not installed here", "pip install 'upload-driver[all]'")
 
 
 def _converter() -> dict:

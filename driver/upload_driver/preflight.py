@@ -48,7 +48,7 @@ def estimate(step: dict, sizes: dict) -> int | None:
         merged = sizes.get("merged")
         if not merged:
             return None
-        quants = [a for a, prev in zip(step["args"][1:], step["args"]) if prev == "--quant"]
+        quants = [a for a, prev in zip(step["args"][1:], step["args"], strict=False) if prev == "--quant"]
         return int(merged + sum(merged / 2 * BITS.get(q.upper(), 5) / 8 for q in quants))
     return 1 << 20 if name == "docs" else None
 
@@ -99,12 +99,15 @@ def _names(req: dict) -> list[Finding]:
 def _code(found: dict) -> list[Finding]:
     """A tokenizer that only code in the trainer folder defines (merge-tool would refuse it after the
     run started): refused now. References that can simply be dropped are dropped by merge-tool."""
-    from upload_common.remote_code import check_sanitizable
-
     folder = (found.get("tokenizer") or {}).get("dir")
     if not folder:
         return []
-    return _catch("tokenizer", lambda: check_sanitizable(folder, ["tokenizer_config.json"], "upload-driver"))
+    try:
+        from upload_common.remote_code import check_sanitizable
+
+        return _catch("tokenizer", lambda: check_sanitizable(folder, ["tokenizer_config.json"], "upload-driver"))
+    except ImportError:  # no transformers beside the driver's extra: merge-tool makes this check first thing
+        return []
 
 
 def _inputs(steps: list[dict], art: Path) -> list[Finding]:

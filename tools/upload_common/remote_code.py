@@ -150,12 +150,22 @@ def read_config(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
+def _inspect_if_known(name: str, data: dict) -> Finding | None:
+    """``inspect_config``; without transformers (the driver's extra alone) the finding names no
+    ``needs_code``: what the driver says of it is a note, and merge-tool, which decides, looks itself."""
+    try:
+        return inspect_config(name, data)
+    except ImportError:
+        return Finding(name, CONFIG_FILES.get(name, "model"), tuple(code_references(data)))
+
+
 def scan(folder) -> list[Finding]:
-    """Every config file in ``folder`` that refers to code, with what only that code defines."""
+    """Every config file in ``folder`` that refers to code, with what only that code defines (where
+    transformers is installed: see ``_inspect_if_known``)."""
     findings = []
     for name in CONFIG_FILES:
         data = read_config(Path(folder) / name) if (Path(folder) / name).is_file() else None
-        found = inspect_config(name, data) if data else None
+        found = _inspect_if_known(name, data) if data else None
         if found:
             findings.append(found)
     return findings
