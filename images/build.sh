@@ -18,7 +18,8 @@
 #
 # Each tool's context is staged in images/.build/<tool>/ (git-ignored): the project sources,
 # build-helper.sh, wheels/ (the wheelhouse files that tool can use) and certs/, filtered by the root
-# .dockerignore. Pinned versions come from images/versions.env. DOCKER (default: docker) names the client.
+# .dockerignore. Pinned versions come from images/versions.env. DOCKER (default: docker) names the client;
+# PYTHON (default: python3, 3.10 or later) reads each tool's extras from the registry of sets.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -69,16 +70,21 @@ if [ "$revision" != unknown ] && [ -n "$(git -C "$root" status --porcelain -- to
 fi
 source_url=$(git -C "$root" remote get-url origin 2>/dev/null || echo upload-driver)
 
-# tool | Dockerfile | extra(s) | bases: gpu (follows --cuda/--cpu) or cpu (always a CPU base) | torch
+# tool | Dockerfile | bases: gpu (follows --cuda/--cpu) or cpu (always a CPU base) | torch
+# A tool's extras come from the registry of sets (the union of its rows' extras), not from this table.
 tool_table='
-gguf-tool    | gguf-tool.Dockerfile   | gguf            | gpu | yes
-merge-tool   | python-tool.Dockerfile | merge,merge-bnb,merge-quant | gpu | yes
-docs-tool    | python-tool.Dockerfile | docs            | cpu | no
-hf-push-tool | python-tool.Dockerfile | push            | cpu | no
+gguf-tool    | gguf-tool.Dockerfile   | gpu | yes
+merge-tool   | python-tool.Dockerfile | gpu | yes
+docs-tool    | python-tool.Dockerfile | cpu | no
+hf-push-tool | python-tool.Dockerfile | cpu | no
 '
 all_tools=$(echo "$tool_table" | awk -F'|' 'NF > 1 { gsub(/ /, "", $1); print $1 }')
 tool_field() {  # tool_field TOOL N: column N of TOOL's row
     echo "$tool_table" | awk -F'|' -v t="$1" -v n="$2" '{ gsub(/ /, "", $1) } $1 == t { gsub(/ /, "", $n); print $n }'
+}
+tool_extras() {  # the extras TOOL needs, comma-separated: upload_common.registry_cli, standard library only
+    PYTHONPATH="$root/tools" "${PYTHON:-python3}" -m upload_common.registry_cli extras "$1" \
+        || die "cannot read $1's extras from the registry (tools/upload_common/sets.py)"
 }
 
 cpu_base=${CPU_BASE:?set CPU_BASE in images/versions.env or pass --base-image}
@@ -153,9 +159,9 @@ declared() { grep -Eq "^ARG $2(=|\s|\$)" "$1"; }  # declared DOCKERFILE ARGNAME
 summary=()
 for tool in "${tools[@]}"; do
     dockerfile=$here/$(tool_field "$tool" 2)
-    extra=$(tool_field "$tool" 3)
-    kind=$(tool_field "$tool" 4)
-    torch=$(tool_field "$tool" 5)
+    extra=$(tool_extras "$tool")
+    kind=$(tool_field "$tool" 3)
+    torch=$(tool_field "$tool" 4)
     [ -f "$dockerfile" ] || die "no $dockerfile"
     check_defaults "$dockerfile"
 

@@ -90,13 +90,15 @@ RUN set -eu; . /tmp/build/plan; \
         sh /tmp/build/build-helper.sh pip install --verbose --find-links /tmp/build/wheels /tmp/build/sdist/llama_cpp_python-${LLAMA_CPP_PYTHON_VERSION}.tar.gz; \
     fi
 
-# The project with gguf-tool's extra, at the project's pinned versions.
+# The project with gguf-tool's extras (images/build.sh passes what the registry of sets names), at the
+# project's pinned versions.
+ARG EXTRA=gguf
 COPY pyproject.toml constraints.txt README.md /tmp/build/src/
 COPY tools/ /tmp/build/src/tools/
 COPY driver/ /tmp/build/src/driver/
 RUN set -eu; \
     sh /tmp/build/build-helper.sh pip-install -c /tmp/build/src/constraints.txt -c /tmp/build/pins.txt \
-        "/tmp/build/src[gguf]"; \
+        "/tmp/build/src[${EXTRA}]"; \
     pip freeze > /opt/venv/pip-freeze.txt
 
 # llama.cpp's converter files (convert_hf_to_gguf.py, conversion/, gguf-py/...) from the same sdist,

@@ -9,8 +9,9 @@
 #   --no-tree     do not pack the host's llama.cpp tree
 #
 # What it puts in DIR:
-#   - every dependency of the project's extras (merge, merge-bnb, merge-quant, gguf, docs, push, driver; not test)
-#     and its build backend (setuptools), at the pins of constraints.txt: `pip download`, so with this
+#   - every dependency of the extras the tool images install (the registry's:
+#     `python -m upload_common.registry_cli extras --images`, the extras they include expanded)
+#     and the project's build backend (setuptools), at the pins of constraints.txt: `pip download`, so with this
 #     host's pip configuration (torch: the CPU build, TORCH_VERSION); and what `merge-tool setup` installs
 #     without dependencies (its `--print` list: llmcompressor);
 #   - torch-<TORCH_VERSION>*.whl explicitly (`pip download torch==... --no-deps`);
@@ -59,19 +60,29 @@ for key in TORCH_VERSION LLAMA_CPP_PYTHON_VERSION; do
 done
 start=$SECONDS
 
-# The requirements of every extra but `test`, self-references expanded, plus the build backend.
+# The requirements of the extras the images install (self-references expanded), plus the build backend.
 reqs=$(mktemp) pins=$(mktemp)
 trap 'rm -f "$reqs" "$pins"' EXIT
-"$python" - "$root/pyproject.toml" > "$reqs" <<'EOF'
+image_extras=$(PYTHONPATH="$root/tools" "$python" -m upload_common.registry_cli extras --images) \
+    || die "cannot read the images' extras from the registry (tools/upload_common/sets.py)"
+"$python" - "$root/pyproject.toml" "$image_extras" > "$reqs" <<'EOF'
 import re, sys, tomllib
 data = tomllib.load(open(sys.argv[1], "rb"))
 name = data["project"]["name"]
 extras = data["project"].get("optional-dependencies", {})
 out = list(data["build-system"]["requires"]) + list(data["project"].get("dependencies", []))
-for extra, reqs in extras.items():
-    if extra == "test":
+todo, seen = sys.argv[2].split(","), set()
+while todo:
+    extra = todo.pop(0).strip()
+    if not extra or extra in seen:
         continue
-    out += [r for r in reqs if re.split(r"[\[<>=!~; ]", r, 1)[0].replace("_", "-") != name]
+    seen.add(extra)
+    for req in extras[extra]:
+        own = re.fullmatch(r"\s*([A-Za-z0-9._-]+)\s*\[([^\]]*)\]\s*", req)
+        if own and own.group(1).replace("_", "-") == name:
+            todo += own.group(2).split(",")
+        else:
+            out.append(req)
 print("\n".join(dict.fromkeys(out)))
 EOF
 printf 'torch==%s\nllama-cpp-python==%s\n' "$TORCH_VERSION" "$LLAMA_CPP_PYTHON_VERSION" > "$pins"

@@ -1,8 +1,9 @@
 # The pure-Python steps: merge-tool, docs-tool, hf-push-tool. One Dockerfile, one final stage per tool;
 # the build stage installs the project with the tool's extra into /opt/venv, nothing is compiled.
 #
-# Build it with images/build.sh, which maps each tool to its extra, base and stage and stages the
-# build context in images/.build/<tool>/:
+# Build it with images/build.sh, which maps each tool to its extras (from the registry of sets:
+# `python -m upload_common.registry_cli extras TOOL`), base and stage and stages the build context in
+# images/.build/<tool>/:
 #
 #   images/build.sh merge-tool                       # CUDA bases (a GPU step), torch from the index
 #   images/build.sh --cpu merge-tool                 # CPU base, torch from the wheelhouse if it has it
@@ -10,13 +11,14 @@
 #
 # By hand (context staged by build.sh first): --target <tool> and that tool's extra, e.g.
 #   docker build --network host -f images/python-tool.Dockerfile --target docs-tool \
-#     --build-arg TOOL=docs-tool --build-arg EXTRA=docs --build-arg TORCH_VERSION= \
+#     --build-arg TOOL=docs-tool --build-arg TORCH_VERSION= \
+#     --build-arg EXTRA="$(PYTHONPATH=tools python3 -m upload_common.registry_cli extras docs-tool)" \
 #     -t upload-driver/docs-tool:0.1.0 images/.build/docs-tool
 #
-#   tool          EXTRA             bases (build.sh)                       torch
-#   merge-tool    merge,merge-bnb,merge-quant   CUDA (--cuda, default) or CPU (--cpu)   TORCH_VERSION
-#   docs-tool     docs              CPU_BASE                                none (TORCH_VERSION=)
-#   hf-push-tool  push              CPU_BASE                                none (TORCH_VERSION=)
+#   tool          bases (build.sh)                        torch
+#   merge-tool    CUDA (--cuda, default) or CPU (--cpu)   TORCH_VERSION
+#   docs-tool     CPU_BASE                                none (TORCH_VERSION=)
+#   hf-push-tool  CPU_BASE                                none (TORCH_VERSION=)
 #
 # The ARG defaults below repeat images/versions.env (build.sh checks that they agree).
 # Context layout:  pyproject.toml constraints.txt README.md tools/ driver/ build-helper.sh
