@@ -1,6 +1,6 @@
 """docs_tool.modelfile: the Ollama TEMPLATE derived from Jinja chat templates (checked against transformers'
-rendering, and with Go's real text/template when ``go`` is installed), stop tokens, and the Modelfile writer and
-parser."""
+rendering, and with Go's real text/template when ``go`` is installed), stop tokens, and the Modelfile writer, read
+back as Ollama's parser reads it (servers.modelfile)."""
 
 from __future__ import annotations
 
@@ -11,188 +11,14 @@ import subprocess
 
 import pytest
 
-from docs_tool.modelfile import (modelfile_text, ollama_template, parse_modelfile, render_go_template)
+from docs_tool.chat_template import derive_parts
+from docs_tool.modelfile import clean, modelfile_text, ollama_template
+from servers.modelfile import parse_modelfile
+from chat_templates import (AWKWARD, CHATML, CONVERSATIONS, LLAMA2, LLAMA32, MISTRAL, QWEN, SYSTEM, TRANSLATABLE,
+                            hf_render, ollama_messages)
+from chat_templates import messages_of as _msgs
 from upload_common.errors import InvalidInput, Unsupported
 from upload_common.sample import CHAT_TEMPLATE as SAMPLE
-
-# Chat templates in the forms their model repos publish them (tool-calling branches left out).
-CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>'"
-          " + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
-QWEN = """{%- if messages[0]['role'] == 'system' %}
-    {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}
-{%- else %}
-    {{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}
-{%- endif %}
-{%- for message in messages %}
-    {%- if (message.role == "user") or (message.role == "system" and not loop.first) or (message.role == "assistant") %}
-        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}
-    {%- endif %}
-{%- endfor %}
-{%- if add_generation_prompt %}
-    {{- '<|im_start|>assistant\\n' }}
-{%- endif %}
-"""
-LLAMA3 = ("{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + "
-          "message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
-          "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}"
-          "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
-# Llama 3.1/3.2: the system block is always there (empty without a system message) and carries today's date.
-LLAMA32 = """{{- bos_token }}
-{%- if custom_tools is defined %}
-    {%- set tools = custom_tools %}
-{%- endif %}
-{%- if not tools_in_user_message is defined %}
-    {%- set tools_in_user_message = true %}
-{%- endif %}
-{%- if not date_string is defined %}
-    {%- if strftime_now is defined %}
-        {%- set date_string = strftime_now("%d %b %Y") %}
-    {%- else %}
-        {%- set date_string = "26 Jul 2024" %}
-    {%- endif %}
-{%- endif %}
-{%- if not tools is defined %}
-    {%- set tools = none %}
-{%- endif %}
-
-{#- This block extracts the system message, so we can slot it into the right place. #}
-{%- if messages[0]['role'] == 'system' %}
-    {%- set system_message = messages[0]['content']|trim %}
-    {%- set messages = messages[1:] %}
-{%- else %}
-    {%- set system_message = "" %}
-{%- endif %}
-
-{#- System message #}
-{{- "<|start_header_id|>system<|end_header_id|>\\n\\n" }}
-{%- if tools is not none %}
-    {{- "Environment: ipython\\n" }}
-{%- endif %}
-{{- "Cutting Knowledge Date: December 2023\\n" }}
-{{- "Today Date: " + date_string + "\\n\\n" }}
-{{- system_message }}
-{{- "<|eot_id|>" }}
-
-{%- for message in messages %}
-    {%- if not (message.role == 'ipython' or message.role == 'tool' or 'tool_calls' in message) %}
-        {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' }}
-    {%- endif %}
-{%- endfor %}
-{%- if add_generation_prompt %}
-    {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}
-{%- endif %}
-"""
-ZEPHYR = ("{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\n' + message['content'] + "
-          "eos_token }}\n{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] + eos_token }}\n"
-          "{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n"
-          "{% endif %}\n{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}")
-PHI3 = ("{% for message in messages %}{% if message['role'] == 'system' %}{{'<|system|>\n' + message['content'] + "
-        "'<|end|>\n'}}{% elif message['role'] == 'user' %}{{'<|user|>\n' + message['content'] + '<|end|>\n'}}"
-        "{% elif message['role'] == 'assistant' %}{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}{% endif %}"
-        "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}")
-GEMMA = ("{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
-         "{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
-         "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
-         "{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}"
-         "{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}"
-         "{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}")
-MISTRAL = """{%- if messages[0]['role'] == 'system' %}
-    {%- set system_message = messages[0]['content'] %}
-    {%- set loop_messages = messages[1:] %}
-{%- else %}
-    {%- set loop_messages = messages %}
-{%- endif %}
-
-{{- bos_token }}
-{%- for message in loop_messages %}
-    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}
-        {{- raise_exception('After the optional system message, conversation roles must alternate user/assistant/user/assistant/...') }}
-    {%- endif %}
-    {%- if message['role'] == 'user' %}
-        {%- if loop.last and system_message is defined %}
-            {{- '[INST] ' + system_message + '\\n\\n' + message['content'] + '[/INST]' }}
-        {%- else %}
-            {{- '[INST] ' + message['content'] + '[/INST]' }}
-        {%- endif %}
-    {%- elif message['role'] == 'assistant' %}
-        {{- ' ' + message['content'] + eos_token}}
-    {%- else %}
-        {{- raise_exception('Only user and assistant roles are supported, with the exception of an initial optional system message!') }}
-    {%- endif %}
-{%- endfor %}
-"""
-MISTRAL_V01 = ("{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
-               "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
-               "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
-               "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token}}{% else %}"
-               "{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}")
-LLAMA2 = ("{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% set system_message = "
-          "messages[0]['content'] %}{% else %}{% set loop_messages = messages %}{% set system_message = false %}{% endif %}"
-          "{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
-          "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
-          "{% if loop.index0 == 0 and system_message != false %}{% set content = '<<SYS>>\\n' + system_message + "
-          "'\\n<</SYS>>\\n\\n' + message['content'] %}{% else %}{% set content = message['content'] %}{% endif %}"
-          "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
-          "{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}")
-# Literal text Go and the Modelfile must not misread: braces, triple quotes, a tab, a carriage return, a zero-width
-# space, and a marker ending with "{" right before the content.
-AWKWARD = ("{% for message in messages %}{{ '{{' + message['role'] + '}} \"\"\"\t\r\u200b{' + message['content'] + "
-           "'\"\"\"\n' }}{% endfor %}{% if add_generation_prompt %}{{ '{{assistant}} \"\"\"\t\r\u200b{' }}{% endif %}")
-
-TRANSLATABLE = {
-    # name: (template, bos, eos, special tokens, system supported, stops that must be there)
-    "sample": (SAMPLE, "<s>", "</s>", ["<s>", "</s>"], True, ["</s>"]),
-    "chatml": (CHATML, None, "<|im_end|>", ["<|im_start|>", "<|im_end|>", "<|endoftext|>"], True,
-               ["<|im_end|>", "<|im_start|>"]),
-    "qwen": (QWEN, None, "<|im_end|>", ["<|im_start|>", "<|im_end|>", "<|endoftext|>"], True,
-             ["<|im_end|>", "<|im_start|>"]),
-    "llama3": (LLAMA3, "<|begin_of_text|>", "<|eot_id|>",
-               ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|end_of_text|>"],
-               True, ["<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"]),
-    "zephyr": (ZEPHYR, "<s>", "</s>", [], True, ["</s>", "<|user|>", "<|assistant|>", "<|system|>"]),
-    "phi3": (PHI3, "<s>", "<|endoftext|>", ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|endoftext|>"],
-             True, ["<|end|>", "<|endoftext|>"]),
-    "gemma": (GEMMA, "<bos>", "<eos>", ["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"], False,
-              ["<eos>", "<end_of_turn>", "<start_of_turn>"]),
-    "mistral_v0.1": (MISTRAL_V01, "<s>", "</s>", [], False, ["</s>"]),
-    "awkward": (AWKWARD, None, "</s>", [], True, ["</s>"]),
-}
-
-SYSTEM = 'You are terse.\nNever say "no".'
-CONVERSATIONS = {
-    "user": ([("user", "What is 2+2?")], True),
-    "system_user": ([("system", SYSTEM), ("user", "Hi {{ .System }} there")], True),
-    "multi_turn": ([("user", "One"), ("assistant", "Two\nlines"), ("user", 'Three "quoted"')], True),
-    "system_multi_turn": ([("system", SYSTEM), ("user", "a"), ("assistant", "b"), ("user", "c"), ("assistant", "d"),
-                           ("user", "e")], True),
-    "prefill": ([("user", "Write a haiku"), ("assistant", "Autumn moon")], False),
-    "system_prefill": ([("system", SYSTEM), ("user", "x"), ("assistant", "y"), ("user", "z"), ("assistant", "w")],
-                       False),
-}
-
-
-def _msgs(conv):
-    return [{"role": r, "content": c} for r, c in conv]
-
-
-def hf_render(template: str, conv, gen: bool, bos, eos) -> str:
-    """What transformers' apply_chat_template gives (continue_final_message for a conversation ending with the
-    assistant), minus the leading BOS that llama.cpp adds itself."""
-    from transformers.utils.chat_template_utils import render_jinja_template
-
-    rendered, _ = render_jinja_template(conversations=[_msgs(conv)], chat_template=template, add_generation_prompt=gen,
-                                        continue_final_message=not gen, bos_token=bos or "", eos_token=eos or "")
-    text = rendered[0]
-    return text[len(bos):] if bos and text.startswith(bos) else text
-
-
-def ollama_messages(conv, system: str | None):
-    """Ollama's chat handler: the Modelfile's SYSTEM goes first when the conversation has no system message."""
-    msgs = _msgs(conv)
-    if system and (not msgs or msgs[0]["role"] != "system"):
-        msgs = [{"role": "system", "content": system}, *msgs]
-    return msgs
-
 
 def _cases():
     for name, (tpl, bos, eos, special, system_ok, _) in TRANSLATABLE.items():
@@ -218,8 +44,10 @@ def test_translates_and_round_trips(name):
     assert set(r["checked"]) == want
     assert r["bos_stripped"] is ("bos_token" in tpl)
     assert "{{-" not in r["template"] and "-}}" not in r["template"]  # no trim marker eats template text
+    parts = derive_parts(tpl, bos_token=bos, eos_token=eos, special_tokens=special)
+    assert parts.go_template() == r["template"]  # what the template renders: real Go checks it below
     for _, t, b, e, _, conv, gen in [c for c in _cases() if c[0] == name]:
-        assert render_go_template(r["template"], _msgs(conv)) == hf_render(t, conv, gen, b, e)
+        assert parts.render(_msgs(conv)) == hf_render(t, conv, gen, b, e)
 
 
 def test_sample_template_exact():
@@ -235,12 +63,12 @@ def test_sample_template_exact():
 
 
 def test_default_system_prompt_only_without_a_system_message():
-    r = ollama_template(QWEN, bos_token=None, eos_token="<|im_end|>", special_tokens=["<|im_start|>", "<|im_end|>"])
+    parts = derive_parts(QWEN, bos_token=None, eos_token="<|im_end|>", special_tokens=["<|im_start|>", "<|im_end|>"])
     conv = [("user", "hi")]
-    out = render_go_template(r["template"], _msgs(conv))
+    out = parts.render(_msgs(conv))
     assert out.startswith("<|im_start|>system\nYou are Qwen") and out == hf_render(QWEN, conv, True, None, None)
     # a Modelfile SYSTEM replaces the default, as a system message would in transformers
-    out = render_go_template(r["template"], ollama_messages(conv, "Be brief."))
+    out = parts.render(ollama_messages(conv, "Be brief."))
     assert out == hf_render(QWEN, [("system", "Be brief."), *conv], True, None, None)
     assert "You are Qwen" not in out
 
@@ -294,7 +122,8 @@ def test_llama32_always_has_a_system_block():
                         special_tokens=["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"])
     assert len(r["checked"]) == 6 and any("today's date" in w for w in r["warnings"])
     assert r["stop"] == ["<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"]
-    out = render_go_template(r["template"], [{"role": "user", "content": "hi"}])
+    parts = derive_parts(LLAMA32, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>")
+    out = parts.render([{"role": "user", "content": "hi"}])
     assert out.startswith("<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n")
     assert "\n\n<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>" in out
 
@@ -378,6 +207,7 @@ def go_render(tmp_path_factory):
     return render
 
 
+@pytest.mark.go
 def test_real_go_text_template_renders_like_transformers(go_render):
     jobs, want = [], []
     templates = {name: ollama_template(t, bos_token=b, eos_token=e, special_tokens=s)["template"]
@@ -397,17 +227,20 @@ def test_real_go_text_template_renders_like_transformers(go_render):
         assert res["text"] == expected, (name, conv)
 
 
+@pytest.mark.go
 def test_real_go_agrees_with_the_python_evaluator(go_render):
+    """The renderer of the parts, which docs-tool compares with the Jinja rendering, is what Go renders."""
     jobs, mine = [], []
     for name, (t, b, e, s, *_) in TRANSLATABLE.items():
-        tpl = ollama_template(t, bos_token=b, eos_token=e, special_tokens=s)["template"]
+        parts = derive_parts(t, bos_token=b, eos_token=e, special_tokens=s)
         for conv in ([], [("assistant", "alone")], [("user", "u"), ("user", "again")], [("tool", "42")],
-                     [("user", "u"), ("system", "late system")]):
-            jobs.append({"template": tpl, "messages": _msgs(conv)})
-            mine.append(render_go_template(tpl, _msgs(conv)))
+                     [("user", "u"), ("system", "late system")], *(c for c, _ in CONVERSATIONS.values())):
+            jobs.append({"template": parts.go_template(), "messages": _msgs(conv)})
+            mine.append(parts.render(_msgs(conv)))
     assert [r.get("text") for r in go_render(jobs)] == mine
 
 
+@pytest.mark.go
 def test_modelfile_template_read_back_is_what_go_renders(go_render):
     r = ollama_template(AWKWARD, bos_token=None, eos_token="</s>")
     text = modelfile_text("m.gguf", template=r["template"], stop=r["stop"], system=SYSTEM)
@@ -476,3 +309,21 @@ def test_parse_modelfile_like_ollama():
                      ("FROM x\nPARAMETER use_mmap maybe\n", "invalid bool")):
         with pytest.raises(InvalidInput, match=msg):
             parse_modelfile(bad)
+
+
+AWKWARD_TEXTS = ['"', '""', '"""', '"quoted"', '""x', ' padded ', 'a\n"', 'a"\nb', 'a"""\nb', 'a """ \n b', '"""\n"""',
+                 'tab\tand\rreturn', 'x\n\n', '\n', '', '#not a comment', 'bell\x07 nbsp\u00a0', '\u200bzero width']
+
+
+@pytest.mark.parametrize("text", AWKWARD_TEXTS)
+def test_written_values_read_back_as_ollama_reads_them(text):
+    """Each value is written in a form Ollama's parser reads back as it was (cleaned), or refused."""
+    try:
+        written = modelfile_text("m.gguf", template=None, stop=[text] if clean(text) == text else [], system=text,
+                                 license_text=text)
+    except Unsupported:
+        assert any(line.rstrip().endswith('"""') for line in text.split("\n")[:-1]), text  # a line a value cannot hold
+        return
+    back = parse_modelfile(written)
+    assert back["system"] == clean(text) and back["license"] == clean(text)
+    assert back["parameters"].get("stop", []) == ([text] if text and clean(text) == text else [])

@@ -226,7 +226,8 @@ def test_blobs_survive_a_restart(tmp_path, model_file):
 
 def test_modelfile_fields_create_the_model(ol, client, model_file):
     """docs-tool's Modelfile, read back as structured fields, is what /api/create takes."""
-    from docs_tool.modelfile import modelfile_text, ollama_template, parse_modelfile
+    from docs_tool.modelfile import modelfile_text, ollama_template
+    from servers.modelfile import parse_modelfile
     from upload_common.sample import CHAT_TEMPLATE
 
     tpl = ollama_template(CHAT_TEMPLATE, bos_token="<s>", eos_token="</s>")

@@ -8,8 +8,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from docs_tool.modelfile import parse_modelfile
 from hf_push_tool.cli import main as push_main
+from servers.modelfile import parse_modelfile
 from servers.ollama import OllamaServer
 
 
