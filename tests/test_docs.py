@@ -95,7 +95,7 @@ def test_loss_plot_is_a_real_png(run_docs):
 
 
 def test_modelfile(run_docs):
-    from docs_tool.modelfile import parse_modelfile
+    from servers.modelfile import parse_modelfile
 
     text = (run_docs / "gguf" / "Modelfile").read_text()
     fields = parse_modelfile(text)
