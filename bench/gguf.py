@@ -102,7 +102,8 @@ def main() -> None:
           f"({size / 1e6:.0f} MB of GGUF)")
     print(f"gguf-tool (no validation) {tool_s:7.2f} s")
     print(f"converter + quantize      {direct_s:7.2f} s")
-    print(f"overhead                  {overhead * 100:+6.1f} %   (target <= 5%: {'PASS' if overhead <= 0.05 else 'MISS'})")
+    verdict = "PASS" if overhead <= 0.05 else "MISS"
+    print(f"overhead                  {overhead * 100:+6.1f} %   (target <= 5%: {verdict})")
     print(f"validation alone          {validate_s:7.2f} s")
     if a.json:
         print(json.dumps(figures, indent=2))

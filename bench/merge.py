@@ -224,7 +224,7 @@ def compare(base: Path, out1: Path, out2: Path, layers: int) -> list[dict]:
     return rows
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=Path("bench-work/merge"), help="work folder (default: %(default)s)")
     ap.add_argument("--size-gb", type=float, default=2.0, help="base model size in GB (default: %(default)s)")
@@ -232,33 +232,26 @@ def main() -> None:
     ap.add_argument("--skip-peft", action="store_true", help="run merge-tool only")
     ap.add_argument("--json", action="store_true", help="also print the figures as JSON")
     ap.add_argument("--_peft", nargs=3, metavar=("BASE", "ADAPTER", "OUT"), help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args._peft:
-        return peft_merge(*args._peft)
+    return ap.parse_args()
 
-    work = args.work.resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    layers = layers_for(args.size_gb)
-    params = {"v": STAMP_VERSION, "layers": layers, **DIMS, "rank": RANK}
-    base, adapter = work / "base", work / "adapter"
-    out1, out2 = work / "out-merge-tool", work / "out-peft"
-    log(f"base model: {layers} layers, {plan_bytes(model_plan(layers)) / GB:.2f} GB bf16")
-    ensure(base, params, lambda d: build_base(d, layers))
-    ensure(adapter, {**params, "base": str(base)}, lambda d: build_adapter(d, base, layers))
 
-    log("measuring disk (1 GB, fsync, cold read)")
-    write_gbs, read_gbs = disk_speed(work)
-    inputs = [p for p in files_in(base) if p.suffix == ".safetensors"] + [adapter / "adapter_model.safetensors"]
-    bytes_read = sum(p.stat().st_size for p in inputs)
-
+def commands(base: Path, adapter: Path, out1: Path, out2: Path, skip_peft: bool) -> dict:
+    """name -> (command, environment, output folder) of the tools measured."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tools"), str(REPO / "driver")] + (
         [env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     tools = {"merge-tool": ([sys.executable, "-m", "merge_tool.cli", "--adapter", str(adapter), "--base", str(base),
                              "--out", str(out1), "--method", "merged_16bit", "--overwrite"], env, out1)}
-    if not args.skip_peft:
+    if not skip_peft:
         tools["peft"] = ([sys.executable, str(Path(__file__).resolve()), "--_peft", str(base), str(adapter), str(out2)],
                          None, out2)
+    return tools
+
+
+def measure(tools: dict, inputs: list[Path], disk: tuple[float, float]) -> tuple[dict, dict]:
+    """Each tool run on a cold page cache: (figures by name, why a tool has none by name)."""
+    write_gbs, read_gbs = disk
+    bytes_read = sum(p.stat().st_size for p in inputs)
     results, status = {}, {}
     for name, (cmd, cmd_env, out) in tools.items():
         if name == "merge-tool" and not (REPO / "tools/merge_tool/cli.py").is_file():
@@ -278,24 +271,20 @@ def main() -> None:
         r["io_floor_s"] = bytes_read / (read_gbs * GB) + r["bytes_written"] / (write_gbs * GB)
         results[name] = r
         log(f"{name}: {r['wall_s']:.1f}s, peak RSS {r['peak_rss_gb']:.2f} GB")
+    return results, status
 
-    m, p = results.get("merge-tool"), results.get("peft")
+
+def targets(m: dict | None, p: dict | None) -> dict:
     ratios = {  # label -> (ratio, target, strict)
         "merge-tool peak RSS <= 25% of peft's": (m["peak_rss_gb"] / p["peak_rss_gb"], 0.25, False) if m and p else None,
         "merge-tool wall <= 1.5x its I/O floor": (m["wall_s"] / m["io_floor_s"], 1.5, False) if m else None,
         "merge-tool wall < peft's wall": (m["wall_s"] / p["wall_s"], 1.0, True) if m and p else None,
     }
-    checks = {k: None if c is None else {"ratio": c[0], "target": c[1],
-                                         "pass": c[0] < c[1] if c[2] else c[0] <= c[1]} for k, c in ratios.items()}
-    agree = []
-    if m and p:
-        try:
-            agree = compare(base, out1, out2, layers)
-        except Exception as e:  # e.g. a tensor missing from one output
-            agree = [{"error": f"{type(e).__name__}: {e}"}]
+    return {k: None if c is None else {"ratio": c[0], "target": c[1],
+                                       "pass": c[0] < c[1] if c[2] else c[0] <= c[1]} for k, c in ratios.items()}
 
-    print(f"\nbase {plan_bytes(model_plan(layers)) / GB:.2f} GB ({layers} layers), adapter r={RANK} on all linears; "
-          f"disk: write {write_gbs:.2f} GB/s (fsync), cold read {read_gbs:.2f} GB/s")
+
+def print_table(tools: dict, results: dict, status: dict, checks: dict) -> None:
     print(f"{'tool':<11} {'wall s':>8} {'peak RSS GB':>12} {'read GB':>8} {'written GB':>11} {'I/O floor s':>12} "
           f"{'wall/floor':>11}")
     for name in tools:
@@ -309,15 +298,55 @@ def main() -> None:
     for label, c in checks.items():
         verdict = "n/a " if c is None else ("PASS" if c["pass"] else "MISS")
         print(f"  {verdict}  {label}" + ("" if c is None else f"  (ratio {c['ratio']:.2f}, target {c['target']:g})"))
-    if agree:
-        print("\noutputs agree? (merge-tool vs peft, 3 merged tensors)")
-        for a in agree:
-            if "error" in a:
-                print(f"  could not compare: {a['error']}")
-                continue
-            ulp = "" if a["max_ulp_diff"] is None else f", max {a['max_ulp_diff']} ulp"
-            print(f"  {a['tensor']:<42} {a['dtypes']}: max |diff| {a['max_abs_diff']:.3g}{ulp}, "
-                  f"{a['frac_differ']:.2%} differ (merge changed base by up to {a['max_abs_vs_base']:.3g})")
+
+
+def print_agreement(agree: list[dict]) -> None:
+    if not agree:
+        return
+    print("\noutputs agree? (merge-tool vs peft, 3 merged tensors)")
+    for a in agree:
+        if "error" in a:
+            print(f"  could not compare: {a['error']}")
+            continue
+        ulp = "" if a["max_ulp_diff"] is None else f", max {a['max_ulp_diff']} ulp"
+        print(f"  {a['tensor']:<42} {a['dtypes']}: max |diff| {a['max_abs_diff']:.3g}{ulp}, "
+              f"{a['frac_differ']:.2%} differ (merge changed base by up to {a['max_abs_vs_base']:.3g})")
+
+
+def main() -> None:
+    args = parse_args()
+    if args._peft:
+        return peft_merge(*args._peft)
+
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    layers = layers_for(args.size_gb)
+    params = {"v": STAMP_VERSION, "layers": layers, **DIMS, "rank": RANK}
+    base, adapter = work / "base", work / "adapter"
+    out1, out2 = work / "out-merge-tool", work / "out-peft"
+    log(f"base model: {layers} layers, {plan_bytes(model_plan(layers)) / GB:.2f} GB bf16")
+    ensure(base, params, lambda d: build_base(d, layers))
+    ensure(adapter, {**params, "base": str(base)}, lambda d: build_adapter(d, base, layers))
+
+    log("measuring disk (1 GB, fsync, cold read)")
+    write_gbs, read_gbs = disk_speed(work)
+    inputs = [p for p in files_in(base) if p.suffix == ".safetensors"] + [adapter / "adapter_model.safetensors"]
+    tools = commands(base, adapter, out1, out2, args.skip_peft)
+    results, status = measure(tools, inputs, (write_gbs, read_gbs))
+
+    m, p = results.get("merge-tool"), results.get("peft")
+    checks = targets(m, p)
+    agree = []
+    if m and p:
+        try:
+            agree = compare(base, out1, out2, layers)
+        except Exception as e:  # e.g. a tensor missing from one output
+            agree = [{"error": f"{type(e).__name__}: {e}"}]
+
+    print(f"\nbase {plan_bytes(model_plan(layers)) / GB:.2f} GB ({layers} layers), adapter r={RANK} on all linears; "
+          f"disk: write {write_gbs:.2f} GB/s (fsync), cold read {read_gbs:.2f} GB/s")
+    print_table(tools, results, status, checks)
+    print_agreement(agree)
     if args.json:
         print(json.dumps({"size_gb": plan_bytes(model_plan(layers)) / GB, "layers": layers, "write_gbs": write_gbs,
                           "read_gbs": read_gbs, "results": results, "not_run_or_failed": status,

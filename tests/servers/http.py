@@ -14,6 +14,7 @@ and ``apply_fault``, and may override ``record``, ``on_request`` and ``answer_er
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
@@ -74,10 +75,8 @@ class LocalServer:
         with self._lock:
             conns, self._conns = list(self._conns), set()
         for conn in conns:  # keep-alive connections: their handler threads would wait for a next request
-            try:
+            with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         server.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)
@@ -136,10 +135,8 @@ class RequestHandler(BaseHTTPRequestHandler):
             self.owner._conns.add(self.connection)
 
     def finish(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             super().finish()
-        except OSError:
-            pass
         with self.owner._lock:
             self.owner._conns.discard(self.connection)
 
@@ -233,31 +230,37 @@ class RequestHandler(BaseHTTPRequestHandler):
             if fault is None or not self.apply_fault(fault):
                 self.route()
         except Dropped:
-            self._record_once()
-            self.close_connection = True
-            try:  # SO_LINGER 0: close sends a RST, the client sees its connection reset mid-request
-                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                self.connection.close()
-            except OSError:
-                pass
+            self._reset_connection()
         except HttpError as e:
-            if not self._body_done:
-                try:
-                    self.read_body()
-                except Exception:  # noqa: BLE001 - a broken body: answer and close
-                    self.close_connection = True
-            self.answer_error(e)
-        except (ConnectionError, TimeoutError, socket.timeout):
+            self._answer_http_error(e)
+        except (ConnectionError, TimeoutError):
             self.close_connection = True
         except Exception as e:  # noqa: BLE001 - a bug here must show as a 500, not a hang
-            self.close_connection = True
-            try:
-                if self._status is None:
-                    self.send_json(500, {"error": f"test {self.label} internal error: {type(e).__name__}: {e}"})
-            except OSError:
-                pass
+            self._answer_bug(e)
         finally:
             self._record_once()
+
+    def _reset_connection(self) -> None:
+        self._record_once()
+        self.close_connection = True
+        # SO_LINGER 0: close sends a RST, the client sees its connection reset mid-request
+        with contextlib.suppress(OSError):
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+
+    def _answer_http_error(self, e: HttpError) -> None:
+        if not self._body_done:
+            try:
+                self.read_body()
+            except Exception:  # noqa: BLE001 - a broken body: answer and close
+                self.close_connection = True
+        self.answer_error(e)
+
+    def _answer_bug(self, e: Exception) -> None:
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            if self._status is None:
+                self.send_json(500, {"error": f"test {self.label} internal error: {type(e).__name__}: {e}"})
 
     def _record_once(self) -> None:
         if not self._recorded:
