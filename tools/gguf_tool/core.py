@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
@@ -12,21 +11,21 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from upload_common.cards import looks_like_repo_id
-from upload_common.contract import (atomic_output, check_free_space, check_output_free, describe_input, finish_manifest,
-                                    library_versions, new_manifest, read_json_object, read_manifest, settle)
-from upload_common.errors import InvalidInput, UsageError
+from upload_common.contract import check_output_free, read_json_object, read_manifest, settle
+from upload_common.errors import InvalidInput
 from upload_common.remote_code import refuse_code
 from upload_common.st_io import model_specs
+from upload_common.step import Step
 
 from . import llama_tree
 from . import validate as val
 from .convert import convert_model
+from .job import DEFAULT_MIN_TOP1, GgufJob, intermediate_type, wanted_quants
 from .lora import base_gguf, check_inputs, make_lora_gguf
-from .quants import BITS, FLOAT_OUTTYPES, get_quant
 from .quantize import compute_imatrix, fallbacks, quantize, quantize_with_imatrix
+from .quants import FLOAT_OUTTYPES, get_quant
 
 TOOL = "gguf-tool"
-DEFAULT_MIN_TOP1 = {"F32": 0.99, "F16": 0.99, "BF16": 0.99, "Q8_0": 0.97, "LoRA": 0.99}
 
 
 def _name(model_dir: Path, name: str | None) -> str:
@@ -52,149 +51,140 @@ def _metadata(model_dir: Path, name: str) -> dict:
     return meta
 
 
-def _params_count(specs: dict) -> int:
-    return sum(math.prod(s["shape"]) for s in specs.values())
-
-
 def run(model_dir, out, *, quants=("Q8_0", "Q4_K_M"), outtype: str = "auto", imatrix=None, calibration=None,
-        split_max_size: str | None = None, lora=None, base=None, validate_tokens: int = 128, validate: bool = True, name: str | None = None,
-        min_top1: dict | None = None, overwrite: bool = False, log=lambda m: None) -> dict:
+        split_max_size: str | None = None, lora=None, base=None, validate_tokens: int = 128, validate: bool = True,
+        name: str | None = None, min_top1: dict | None = None, overwrite: bool = False, log=lambda m: None) -> dict:
     t0 = time.monotonic()
     model_dir, out = Path(model_dir).absolute(), Path(out)
-    wanted = list(dict.fromkeys(get_quant(q)["name"] for q in quants))
-    if not wanted:
-        raise UsageError("no --quant given: name at least one, e.g. --quant Q4_K_M")
-    needy = [q for q in wanted if get_quant(q)["needs_imatrix"]]
-    if needy and not (imatrix or calibration):
-        raise UsageError(f"{', '.join(needy)} need an importance matrix: pass --imatrix FILE or --calibration TEXTFILE")
-    for flag, given in (("--imatrix", imatrix), ("--calibration", calibration)):
-        if given and not Path(given).is_file():
-            raise UsageError(f"{flag} {given} does not exist")
-    if lora and not base:
-        raise UsageError("--lora needs --base DIR: the base model folder the adapter was trained on")
+    wanted = wanted_quants(quants, imatrix, calibration, lora, base)
     check_output_free(out, overwrite)
     refuse_code(model_dir, TOOL)  # a folder that names code is refused before anything is converted
     if lora:
         check_inputs(Path(base))
     config = read_json_object(model_dir / "config.json", "model config", "pass a Hugging Face model folder")
     specs = model_specs(model_dir)
-    thresholds = {**DEFAULT_MIN_TOP1, **(min_top1 or {})}
-    name = _name(model_dir, name)
-    floats = [q for q in wanted if q in FLOAT_OUTTYPES]
-    inter_type = floats[0] if floats else {"auto": None, **{v: k for k, v in FLOAT_OUTTYPES.items()}}.get(outtype)
-    if inter_type is None:
-        inter_type = "BF16" if str(config.get("dtype") or config.get("torch_dtype")) == "bfloat16" else "F16"
-    n_params = _params_count(specs)
-    need = n_params * 2 + sum(int(n_params * BITS.get(q, 5) / 8) for q in wanted)
-    disk = check_free_space(out, need)
-    # the library's C API cannot take an importance matrix: llama.cpp's programs do (built on first need)
-    tools = llama_tree.ensure_tools(log) if (imatrix or calibration) else {}
+    job = GgufJob(model_dir=model_dir, name=_name(model_dir, name), wanted=wanted,
+                  inter_type=intermediate_type(wanted, outtype, config),
+                  thresholds={**DEFAULT_MIN_TOP1, **(min_top1 or {})},
+                  imatrix=Path(imatrix) if imatrix else None, calibration=Path(calibration) if calibration else None,
+                  split_max_size=split_max_size, lora=Path(lora) if lora else None, base=Path(base) if base else None,
+                  validate=validate, validate_tokens=validate_tokens)
+    with Step(TOOL, out, inputs=job.inputs(), params=job.params(), overwrite=overwrite,
+              libraries=("llama-cpp-python", "torch", "transformers", "gguf"), log=log, began=t0) as s:
+        s.reserve(job.estimate(specs))
+        # llama.cpp's programs (for an importance matrix) are built on first need, before anything is written
+        tools = llama_tree.ensure_tools(log) if job.needs_tools else {}
+        files = s.manifest["files"] = {}
+        tool_log = _debug_log(log)  # the converter's own log lines, shown with UPLOAD_DRIVER_DEBUG
+        inter_first = _convert(job, s, log, tool_log)
+        with s.timed("quantize"):
+            imx = _importance_matrix(job, s, tools, inter_first, log)
+            s.outputs(_quantize_all(job, s.folder, inter_first, imx, tools.get("llama-quantize"), log))
+        if job.inter_type not in job.wanted:
+            for f in _outputs(s.folder, job.name, job.inter_type):
+                f.unlink()
+        files.update(_describe_files(job, s.folder, s.warn))
+        work = s.folder / "_work"
+        if job.lora:
+            files["LoRA"] = make_lora_gguf(job.lora, job.base, s.folder / f"{job.name}-LoRA-F16.gguf", work, tool_log)
+            files["LoRA"]["files"] = [files["LoRA"].pop("file")]
+        if job.validate:
+            with s.timed("validate"):
+                _validate(job, s.folder, files, work, log, tool_log)
+            _judge(files, job.thresholds)
+        shutil.rmtree(work, ignore_errors=True)
+    return s.manifest
 
-    params = {"quants": wanted, "intermediate": inter_type, "imatrix": bool(imatrix), "calibration": bool(calibration),
-              "split_max_size": split_max_size,
-              "validate": validate, "validate_tokens": validate_tokens, "min_top1": thresholds, "name": name}
-    inputs = {"model": describe_input(model_dir)}
-    for key, given in (("imatrix", imatrix), ("calibration", calibration)):
-        if given:
-            inputs[key] = describe_input(Path(given))
-    if lora:
-        inputs.update(lora=describe_input(Path(lora)), lora_base=describe_input(Path(base)))
-    manifest = new_manifest(TOOL, inputs=inputs, parameters=params)
-    warnings, files = manifest["warnings"], {}
-    manifest["decisions"]["disk"] = disk
-    manifest["files"] = files
-    tool_log = _debug_log(log)  # the converter's own log lines, shown with UPLOAD_DRIVER_DEBUG
-    with atomic_output(out, overwrite=overwrite) as partial:
-        meta_path = partial / "_metadata.json"
-        meta_path.write_text(json.dumps(_metadata(model_dir, name)))
-        t = time.monotonic()
-        inter = partial / f"{name}-{inter_type}.gguf"
+
+def _convert(job: GgufJob, s: Step, log, tool_log) -> Path:
+    """The model in the intermediate float type (its first file, if split); whether it has a chat template."""
+    with s.timed("convert"):
+        meta_path = s.folder / "_metadata.json"
+        meta_path.write_text(json.dumps(_metadata(job.model_dir, job.name)))
+        inter = s.folder / f"{job.name}-{job.inter_type}.gguf"
         # the converter checks the architecture and the tokenizer (pre-tokenizer included) before it
         # computes any tensor data, so those failures come within seconds, before the long part
-        log(f"converting to {inter_type} with llama.cpp's converter")
-        convert_model(model_dir, inter, FLOAT_OUTTYPES[inter_type], name=name, metadata=meta_path,
-                      split_max_size=split_max_size, log=tool_log)
+        log(f"converting to {job.inter_type} with llama.cpp's converter")
+        convert_model(job.model_dir, inter, FLOAT_OUTTYPES[job.inter_type], name=job.name, metadata=meta_path,
+                      split_max_size=job.split_max_size, log=tool_log)
         meta_path.unlink()
-        inter_first = _first_split(partial, name, inter_type)
+        inter_first = _first_split(s.folder, job.name, job.inter_type)
         template = _chat_template(inter_first)
         if not template:
-            warnings.append("the tokenizer has no chat template: chat front-ends will not format prompts correctly")
-        manifest["decisions"]["chat_template"] = bool(template)
-        manifest["timings"]["seconds"]["convert"] = round(time.monotonic() - t, 3)
+            s.warn("the tokenizer has no chat template: chat front-ends will not format prompts correctly")
+        s.manifest["decisions"]["chat_template"] = bool(template)
+    return inter_first
 
-        t = time.monotonic()
-        imx = Path(imatrix).absolute() if imatrix else None
-        if calibration:
-            imx = partial / f"{name}.imatrix.gguf"
-            log("computing the importance matrix from the calibration text")
-            compute_imatrix(tools["llama-imatrix"], inter_first, Path(calibration), imx, nthread=os.cpu_count() or 1)
-            manifest["timings"]["seconds"]["imatrix"] = round(time.monotonic() - t, 3)
-        todo = [q for q in wanted if q != inter_type]
-        workers = max(1, min(len(todo), (os.cpu_count() or 1) // 4))
-        nthread = max(1, (os.cpu_count() or 1) // workers)
 
-        def one(q: str) -> Path:
+def _importance_matrix(job: GgufJob, s: Step, tools: dict, inter_first: Path, log) -> Path | None:
+    """The importance matrix given, or one computed from the calibration text (kept in the output)."""
+    if not job.calibration:
+        return job.imatrix.absolute() if job.imatrix else None
+    with s.timed("imatrix"):
+        imx = s.folder / f"{job.name}.imatrix.gguf"
+        log("computing the importance matrix from the calibration text")
+        compute_imatrix(tools["llama-imatrix"], inter_first, job.calibration, imx, nthread=os.cpu_count() or 1)
+    return imx
+
+
+def _quantize_all(job: GgufJob, folder: Path, inter_first: Path, imx: Path | None, quantize_tool, log) -> dict:
+    """Every wanted type from the intermediate, a few at a time; returns each file's sha256 (hashed and
+    flushed in the background while the next file is made)."""
+    todo = [q for q in job.wanted if q != job.inter_type]
+    workers = max(1, min(len(todo), (os.cpu_count() or 1) // 4))
+    nthread = max(1, (os.cpu_count() or 1) // workers)
+    with ThreadPoolExecutor(1) as finisher:
+        settling = {}
+
+        def settle_files(q: str) -> None:
+            for f in _outputs(folder, job.name, q):
+                settling[f.name] = finisher.submit(settle, f)
+
+        def one(q: str) -> None:
             # with keep_split llama.cpp appends -0000i-of-0000N.gguf to the name it is given
-            dst = partial / (f"{name}-{q}" if split_max_size else f"{name}-{q}.gguf")
+            dst = folder / (f"{job.name}-{q}" if job.split_max_size else f"{job.name}-{q}.gguf")
             log(f"quantizing to {q}")
+            split = bool(job.split_max_size)
             if imx:
-                quantize_with_imatrix(tools["llama-quantize"], inter_first, dst, get_quant(q), nthread=nthread,
-                                      imatrix=imx, keep_split=bool(split_max_size))
+                quantize_with_imatrix(quantize_tool, inter_first, dst, get_quant(q), nthread=nthread, imatrix=imx,
+                                      keep_split=split)
             else:
-                quantize(inter_first, dst, get_quant(q), nthread=nthread, keep_split=bool(split_max_size))
+                quantize(inter_first, dst, get_quant(q), nthread=nthread, keep_split=split)
             settle_files(q)
-            return dst
 
-        with ThreadPoolExecutor(1) as finisher:  # hashes and flushes each file while the next is made
-            settling = {}
+        if job.inter_type in job.wanted:
+            settle_files(job.inter_type)
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(one, todo))
+        return {fname: fut.result() for fname, fut in settling.items()}
 
-            def settle_files(q: str) -> None:
-                for f in _outputs(partial, name, q):
-                    settling[f.name] = finisher.submit(settle, f)
 
-            if inter_type in wanted:
-                settle_files(inter_type)
-            with ThreadPoolExecutor(workers) as pool:
-                list(pool.map(one, todo))
-            known = {fname: fut.result() for fname, fut in settling.items()}
-        manifest["timings"]["seconds"]["quantize"] = round(time.monotonic() - t, 3)
-        if inter_type not in wanted:
-            for f in _outputs(partial, name, inter_type):
-                f.unlink()
+def _describe_files(job: GgufJob, folder: Path, warn) -> dict:
+    """Each type's files, and the tensors llama.cpp stored in another type than asked (with a warning)."""
+    files = {}
+    for q in job.wanted:
+        first = _first_split(folder, job.name, q)
+        info = {"quant": q, "files": [p.name for p in _outputs(folder, job.name, q)]}
+        fb = fallbacks(first, get_quant(q))
+        if fb:
+            info["fallbacks"] = fb
+            warn(f"{q}: {len(fb)} tensors have rows not a multiple of 256 and were stored as "
+                 f"{', '.join(sorted({f['type'] for f in fb}))} instead")
+        files[q] = info
+    return files
 
-        for q in wanted:
-            first = _first_split(partial, name, q)
-            info = {"quant": q, "files": [p.name for p in _outputs(partial, name, q)]}
-            fb = fallbacks(first, get_quant(q))
-            if fb:
-                info["fallbacks"] = fb
-                warnings.append(f"{q}: {len(fb)} tensors have rows not a multiple of 256 and were stored as "
-                                f"{', '.join(sorted({f['type'] for f in fb}))} instead")
-            files[q] = info
 
-        work = partial / "_work"
-        if lora:
-            files["LoRA"] = make_lora_gguf(Path(lora), Path(base), partial / f"{name}-LoRA-F16.gguf", work, tool_log)
-            files["LoRA"]["files"] = [files["LoRA"].pop("file")]
-        if validate:
-            t = time.monotonic()
-            log(f"validating against the Hugging Face model ({validate_tokens} tokens)")
-            ids, ref = val.reference(model_dir, val.VALIDATION_TEXT, validate_tokens)
-            checks = [(q, _first_split(partial, name, q), None) for q in wanted]
-            if lora:  # the adapter over the base must compute what the merged model computes
-                checks.append(("LoRA", base_gguf(Path(base), work, tool_log), partial / files["LoRA"]["files"][0]))
-            for q, path, adapter in checks:
-                figures = val.validate(path, ids, ref, val.VALIDATION_TEXT, lora=adapter)
-                files[q]["validation"] = figures
-                log(f"  {q}: top-1 {figures['top1_agreement']:.3f}, mean KL {figures['mean_kl']:.5f}")
-            manifest["timings"]["seconds"]["validate"] = round(time.monotonic() - t, 3)
-            _judge(files, thresholds)
-        shutil.rmtree(work, ignore_errors=True)
-        manifest["versions"] = library_versions("llama-cpp-python", "torch", "transformers", "gguf")
-        finish_manifest(manifest, partial, known, t0)
-    for w in warnings:
-        log(f"WARNING: {w}")
-    return manifest
+def _validate(job: GgufJob, folder: Path, files: dict, work: Path, log, tool_log) -> None:
+    """Each file's next-token figures against the Hugging Face model, into files[type]["validation"]."""
+    log(f"validating against the Hugging Face model ({job.validate_tokens} tokens)")
+    ids, ref = val.reference(job.model_dir, val.VALIDATION_TEXT, job.validate_tokens)
+    checks = [(q, _first_split(folder, job.name, q), None) for q in job.wanted]
+    if job.lora:  # the adapter over the base must compute what the merged model computes
+        checks.append(("LoRA", base_gguf(job.base, work, tool_log), folder / files["LoRA"]["files"][0]))
+    for q, path, adapter in checks:
+        figures = val.validate(path, ids, ref, val.VALIDATION_TEXT, lora=adapter)
+        files[q]["validation"] = figures
+        log(f"  {q}: top-1 {figures['top1_agreement']:.3f}, mean KL {figures['mean_kl']:.5f}")
 
 
 def _judge(files: dict, thresholds: dict) -> None:
