@@ -50,14 +50,25 @@ def no_finished_output(out: Path) -> bool:
     return not Path(out).exists() and not list(Path(out).parent.glob("**/manifest.json"))
 
 
-@pytest.fixture(scope="session")
-def trained_llama(tmp_path_factory, tokenizer_dir) -> Path:
-    """Hidden 256 / intermediate 512 (so k-quants are real), briefly trained so top-1 means something."""
-    from upload_common.sample import make_base, train_briefly
+@pytest.fixture(scope="session", autouse=True)
+def sample_cache(tmp_path_factory) -> Path:
+    """One trained sample per test run: `trained_llama` and the demo (through its cache variable, in this
+    process and in those it starts) take the sample's trained base model from here."""
+    from upload_driver.demo import SAMPLE_CACHE_ENV
 
-    folder = make_base(tmp_path_factory.mktemp("trained") / "tiny-llama", "llama", hidden=256, intermediate=512,
-                       heads=4, kv_heads=2, tokenizer_dir=tokenizer_dir)
-    return train_briefly(folder, steps=300)
+    cache = tmp_path_factory.mktemp("sample-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(SAMPLE_CACHE_ENV, str(cache))
+        yield cache
+
+
+@pytest.fixture(scope="session")
+def trained_llama(tmp_path_factory, tokenizer_dir, sample_cache) -> Path:
+    """The demo's sample base model: hidden 256 / intermediate 512 (so k-quants are real), briefly trained
+    so top-1 means something."""
+    from upload_common.sample import make_trained_base
+
+    return make_trained_base(tmp_path_factory.mktemp("trained") / "tiny-llama", tokenizer_dir, cache=sample_cache)
 
 
 BASE_ID = "acme-base/Tiny-Llama-3"
@@ -132,3 +143,53 @@ def start_until(cmd: list[str], ready, *, env: dict | None = None, timeout: floa
     while not ready() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)
     return proc
+
+
+# ------------------------------------------------------------------ the Hub server (tests/servers/hub.py)
+
+@pytest.fixture
+def hub_tokens() -> dict:
+    """The tokens the Hub server knows; the first is put in HF_TOKEN. A module needing others overrides this."""
+    return {"hf_hub_write_TOKEN_1": {"user": "alice", "orgs": ["acme"], "role": "write"}}
+
+
+@pytest.fixture
+def hub_backoff_waits() -> bool:
+    """Whether huggingface_hub's own backoff sleeps are waited; by default they are skipped (fast retry
+    tests). A module whose tests measure them overrides this to True."""
+    return False
+
+
+def point_hub_client(monkeypatch, tmp_path: Path, url: str, token: str) -> None:
+    """huggingface_hub pointed at the Hub at ``url`` (HTTP, no Xet, no telemetry, ``token``, no token file), both in
+    this process (the constants it read when imported) and in the processes a test starts (the environment, as a
+    publishing step sees it); timeouts and retry budget at their defaults."""
+    from huggingface_hub import constants
+
+    from servers.hub import client_env
+
+    monkeypatch.setattr(constants, "ENDPOINT", url)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token-file"))
+    for key, value in client_env(url, token).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("UPLOAD_DRIVER_NET_TIMEOUT", raising=False)
+    monkeypatch.delenv("UPLOAD_DRIVER_RETRY_BUDGET", raising=False)
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch, hub_tokens, hub_backoff_waits):
+    """Our Hub server with ``hub_tokens``, and huggingface_hub pointed at it (see ``point_hub_client``)."""
+    import types
+
+    from huggingface_hub.utils import _http
+
+    from servers.hub import HubServer
+
+    with HubServer(tmp_path / "hub-storage", tokens=hub_tokens) as server:
+        point_hub_client(monkeypatch, tmp_path, server.url, next(iter(hub_tokens)))
+        if not hub_backoff_waits:  # `_http` uses `time` only for the backoff sleep
+            monkeypatch.setattr(_http, "time", types.SimpleNamespace(sleep=lambda s: None))
+        yield server

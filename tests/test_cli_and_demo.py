@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 from click.testing import CliRunner
-from conftest import tree_hash
 
+from conftest import tree_hash
 from merge_tool.cli import main as merge_main
 from upload_driver.cli import main as driver_main
 

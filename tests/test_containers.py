@@ -17,6 +17,8 @@ from upload_driver.cli import main
 from upload_driver.containers import LABEL, DockerUnavailable, client, missing_images, work_id
 from upload_driver.plan import image
 
+pytestmark = pytest.mark.docker
+
 TOOLS = ("merge-tool", "gguf-tool", "docs-tool", "hf-push-tool")
 
 

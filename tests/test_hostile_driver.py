@@ -197,17 +197,9 @@ TOKENS = {"hf_w": {"user": "alice", "orgs": ["acme"], "role": "write"},
 
 
 @pytest.fixture
-def hub(tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
-    from servers.hub import HubServer
-
-    with HubServer(tmp_path / "hub", tokens=TOKENS) as server:
-        monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token-file"))
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # read once, when huggingface_hub was imported
-        for key, value in server.client_env().items():  # as a publishing step's process would see them
-            monkeypatch.setenv(key, value)
-        yield server
+def hub_tokens():
+    """The `hub` fixture (conftest.py) with these tokens."""
+    return TOKENS
 
 
 @pytest.mark.parametrize("token, target, says", [

@@ -13,39 +13,28 @@ import socket
 import subprocess
 import threading
 import time
-import types
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import point_hub_client
 
 from hf_push_tool.cli import main as push_main
-from servers.hub import HubServer
 
 TOKEN = "hf_hostile_write_TOKEN_77"
 TOKENS = {TOKEN: {"user": "alice", "orgs": [], "role": "write"}}
 
 
 @pytest.fixture
-def hub(tmp_path, monkeypatch):
-    """The Hub server, and huggingface_hub in this process pointed at it (as in test_push_hub.py, but
-    the client's own backoff sleeps are real: their length is part of what is tested)."""
-    with HubServer(tmp_path / "hub-storage", tokens=TOKENS) as server:
-        _point_hub_client(monkeypatch, tmp_path, server.url)
-        yield server
+def hub_tokens():
+    """The `hub` fixture (conftest.py) with these tokens; TOKEN in HF_TOKEN."""
+    return TOKENS
 
 
-def _point_hub_client(monkeypatch, tmp_path: Path, url: str) -> None:
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "ENDPOINT", url)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token-file"))
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    monkeypatch.delenv("UPLOAD_DRIVER_NET_TIMEOUT", raising=False)
-    monkeypatch.delenv("UPLOAD_DRIVER_RETRY_BUDGET", raising=False)
+@pytest.fixture
+def hub_backoff_waits():
+    """The client's own backoff sleeps are real here: their length is part of what is tested."""
+    return True
 
 
 class StallServer:
@@ -261,7 +250,7 @@ def test_planted_temporary_links_are_replaced_not_followed(run_docs, run_artifac
 
 def test_stalled_whoami_ends_with_exit_3(run_docs, run_artifacts, tmp_path, monkeypatch):
     with StallServer() as stall:
-        _point_hub_client(monkeypatch, tmp_path, f"http://127.0.0.1:{stall.port}")
+        point_hub_client(monkeypatch, tmp_path, f"http://127.0.0.1:{stall.port}", TOKEN)
         t0 = time.monotonic()
         result = push_lora(run_artifacts, run_docs, tmp_path, "--timeout", "2")
         took = time.monotonic() - t0

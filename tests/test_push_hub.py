@@ -8,13 +8,11 @@ import os
 import re
 import subprocess
 import sys
-import types
 
 import pytest
 from click.testing import CliRunner
 
 from hf_push_tool.cli import main as push_main
-from servers.hub import HubServer
 
 TOKEN = "hf_secret_write_TOKEN_4242"
 TOKENS = {TOKEN: {"user": "alice", "orgs": ["acme"], "role": "write"},
@@ -24,21 +22,9 @@ SETS = ("lora", "merged", "gguf")
 
 
 @pytest.fixture
-def hub(tmp_path, monkeypatch):
-    """The server, and huggingface_hub in this process pointed at it (HTTP, no Xet, no telemetry);
-    the client's own backoff sleeps are recorded instead of waited."""
-    from huggingface_hub import constants
-    from huggingface_hub.utils import _http
-
-    with HubServer(tmp_path / "hub-storage", tokens=TOKENS) as server:
-        monkeypatch.setattr(constants, "ENDPOINT", server.url)
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-        monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
-        monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token-file"))
-        monkeypatch.setattr(_http, "time", types.SimpleNamespace(sleep=lambda s: None))
-        monkeypatch.setenv("HF_TOKEN", TOKEN)
-        yield server
+def hub_tokens():
+    """The `hub` fixture (conftest.py) with these tokens; TOKEN in HF_TOKEN."""
+    return TOKENS
 
 
 def push(run_docs, run_artifacts, out, *extra, sets=SETS):

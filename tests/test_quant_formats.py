@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from conftest import no_finished_output, tree_hash
-from test_push_hub import hub  # noqa: F401 (the Hub server fixture)
 
 # format -> what its config.json's quantization_config must say, and the module class it loads as
 EXPECT = {

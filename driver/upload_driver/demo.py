@@ -7,6 +7,7 @@ container engine is there, and the publish target is a folder."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -14,7 +15,11 @@ from upload_common.cli import debug_enabled, log
 from upload_common.errors import Unsupported
 
 NAME = "sample-chat"
-SAMPLE_CARD = "---\nlicense: apache-2.0\nlanguage:\n- en\n---\n\n# Sample base model\n\nRandom weights, briefly trained.\n"
+# A folder where the sample's trained base model is kept and taken from (checked by its files' sha256):
+# trained once for many demos, e.g. once per test run.
+SAMPLE_CACHE_ENV = "UPLOAD_DRIVER_SAMPLE_CACHE"
+SAMPLE_CARD = ("---\nlicense: apache-2.0\nlanguage:\n- en\n---\n\n"
+               "# Sample base model\n\nRandom weights, briefly trained.\n")
 
 
 def make_sample(folder: Path) -> Path:
@@ -24,7 +29,7 @@ def make_sample(folder: Path) -> Path:
         import torch  # noqa: F401
         from transformers.utils import logging as hf_logging
 
-        from upload_common.sample import make_base, make_tokenizer, make_trainer_output, train_briefly
+        from upload_common.sample import make_tokenizer, make_trained_base, make_trainer_output
     except ImportError as exc:
         raise Unsupported(f"upload-driver demo trains a sample model with torch and runs every step on this machine, "
                           f"but {exc.name or 'torch'} is not installed: pip install 'upload-driver[all]'") from exc
@@ -36,9 +41,10 @@ def make_sample(folder: Path) -> Path:
     tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tok = make_tokenizer(tmp / "tokenizer")
-    base = make_base(tmp / "base_model", "llama", hidden=256, intermediate=512, tokenizer_dir=tok)
-    log("training the sample base model briefly (once; about half a minute)")
-    train_briefly(base, steps=200)
+    cache = os.environ.get(SAMPLE_CACHE_ENV)
+    log(f"the sample base model: trained once, kept in {cache}" if cache else
+        "training the sample base model briefly (once; about half a minute)")
+    base = make_trained_base(tmp / "base_model", tok, cache=Path(cache) if cache else None)
     (base / "README.md").write_text(SAMPLE_CARD)
     make_trainer_output(tmp / "sft_output", base, kind="sft", tokenizer_dir=tok, lora_scale=0.02,
                         base_name=str((folder / "base_model").absolute()))
@@ -69,4 +75,5 @@ def next_steps(result: dict) -> list[str]:
             f"  published as the Hub would hold it: {work / 'published'}",
             "Next, your own trainer output (see the plan and its checks first):",
             "  upload-driver run ./your_sft_output --dry-run",
-            "  upload-driver run ./your_sft_output --push local:./published      # or --push hf:ORG/NAME with HF_TOKEN set"]
+            "  upload-driver run ./your_sft_output --push local:./published"
+            "      # or --push hf:ORG/NAME with HF_TOKEN set"]

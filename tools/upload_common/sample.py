@@ -7,9 +7,18 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 import shutil
 from pathlib import Path
+
+from .contract import canonical_sha256, sha256_file
+
+# The sample's base model (the demo's and the tests'): hidden 256 / intermediate 512 so that k-quants are real,
+# briefly trained so that top-1 comparisons mean something.
+SAMPLE_SHAPE = {"hidden": 256, "intermediate": 512, "heads": 4, "kv_heads": 2}
+SAMPLE_STEPS = 200
+SUMS_FILE = "sha256sums.json"
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -18,7 +27,7 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
 )
 
-_WORDS = (
+_WORDS = (  # noqa: SIM905 - a sentence reads better than a list of words
     "the model reads a short story about a small robot who learns to paint the sea at night "
     "while the city sleeps and the lights of boats move slowly across the quiet harbour "
     "every answer is checked twice before it is written down in the old blue notebook"
@@ -207,3 +216,53 @@ def train_briefly(model_dir: Path, steps: int = 200, seed: int = 0, lr: float = 
     model.eval()
     model.save_pretrained(model_dir)
     return Path(model_dir)
+
+
+def make_trained_base(folder: Path, tokenizer_dir: Path, *, steps: int = SAMPLE_STEPS,
+                      cache: Path | None = None) -> Path:
+    """The sample's base model with the tokenizer of ``tokenizer_dir``, briefly trained, at ``folder``.
+
+    With ``cache`` (a folder) it is trained once: kept there under the hash of what makes it (this module's
+    code, the tokenizer's files, the steps, the torch and transformers versions) with the sha256 of each of
+    its files, and copied from there while those still match."""
+    if cache is None:
+        return _train_base(Path(folder), tokenizer_dir, steps)
+    entry = Path(cache) / _recipe_key(Path(tokenizer_dir), steps)
+    if not _intact(entry):
+        shutil.rmtree(entry, ignore_errors=True)
+        partial = entry.with_name(f"{entry.name}.partial-{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        _train_base(partial, tokenizer_dir, steps)
+        sums = {p.name: sha256_file(p) for p in sorted(partial.iterdir())}
+        (partial / SUMS_FILE).write_text(json.dumps(sums, indent=2))
+        try:
+            partial.rename(entry)
+        except OSError:  # another process kept the same sample first
+            shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(entry, folder, ignore=shutil.ignore_patterns(SUMS_FILE))
+    return Path(folder)
+
+
+def _train_base(folder: Path, tokenizer_dir: Path, steps: int) -> Path:
+    make_base(folder, "llama", tokenizer_dir=tokenizer_dir, **SAMPLE_SHAPE)
+    return train_briefly(folder, steps=steps)
+
+
+def _recipe_key(tokenizer_dir: Path, steps: int) -> str:
+    from importlib.metadata import version
+
+    return canonical_sha256({
+        "code": sha256_file(Path(__file__)), "shape": SAMPLE_SHAPE, "steps": steps,
+        "tokenizer": {p.name: sha256_file(p) for p in sorted(tokenizer_dir.iterdir()) if p.is_file()},
+        "versions": {lib: version(lib) for lib in ("torch", "transformers")},
+    })
+
+
+def _intact(entry: Path) -> bool:
+    """The cached model's files are exactly those recorded with it, with the same sha256."""
+    try:
+        sums = json.loads((entry / SUMS_FILE).read_text())
+        files = {p.name for p in entry.iterdir() if p.name != SUMS_FILE}
+    except (OSError, ValueError):
+        return False
+    return files == set(sums) and all(sha256_file(entry / name) == digest for name, digest in sums.items())
