@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import point_hub_client
 
+from conftest import point_hub_client
 from hf_push_tool.cli import main as push_main
 
 TOKEN = "hf_hostile_write_TOKEN_77"
