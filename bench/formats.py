@@ -6,10 +6,12 @@
 
 Builds (or reuses) a sample in --work: a sentencepiece tokenizer, a base model trained for a few
 hundred steps (so top-1 agreement means something) and an SFT-shaped trainer output with a LoRA
-adapter. Then runs merge-tool for merged_16bit and every quantized format of the registry, each in
-its own process with ``--device``, and prints wall time, peak RSS (exact, from the kernel), peak GPU
-memory in use (nvidia-smi, sampled, when there is a GPU), output size and the format's own
-validation against the 16-bit merge (top-1 agreement, mean KL), plus where it quantized. On a GPU
+adapter. Then runs merge-tool for merged_16bit once and every quantized format of the registry from
+that merge (``--model``), each in its own process with ``--device``, and prints wall time, peak RSS
+(exact, from the kernel), peak GPU memory in use (nvidia-smi, sampled, when there is a GPU), output
+size and the format's own validation against the 16-bit merge (top-1 agreement, mean KL), plus where
+it quantized, and the merge time saved: before quantization became its own step, each quantized
+format re-ran the 16-bit merge in a scratch folder, so N formats cost N extra merges. On a GPU
 machine, ``--device cuda`` is the check that the formats run there (exit 1 if one fails); progress
 goes to stderr, the table to stdout.
 """
@@ -101,16 +103,23 @@ def main() -> int:
         out = a.work / "out" / fmt
         shutil.rmtree(out, ignore_errors=True)
         log(f"{fmt} on {a.device}")
-        row = {"format": fmt, **measure([sys.executable, "-m", "merge_tool.cli", "--adapter", str(trainer), "--base",
-                                        str(base), "--out", str(out), "--method", fmt, "--device", a.device])}
+        source = (["--adapter", str(trainer), "--base", str(base)] if fmt == "merged_16bit" else
+                  ["--model", str(a.work / "out" / "merged_16bit")])
+        row = {"format": fmt, **measure([sys.executable, "-m", "merge_tool.cli", *source, "--out", str(out),
+                                        "--method", fmt, "--device", a.device])}
         if row["rc"] == 0:
             m = json.loads((out / "manifest.json").read_text())
             v, q = m.get("validation") or {}, m.get("quantization") or {}
             row.update(size_mb=round(sum(o["size"] for o in m["outputs"]) / 1e6, 1), top1=v.get("top1_agreement"),
+                       write_s=m["timings"]["seconds"].get("write"),
                        mean_kl=v.get("mean_kl"), quantized_on=q.get("quantized_on", "-"))
         rows.append(row)
+    made_from_merge = [r for r in rows if r["format"] != "merged_16bit" and not r["rc"]]
+    merge_s = rows[0].get("write_s")  # the merge itself, as each format's scratch merge used to repeat it
+    saved = round(merge_s * len(made_from_merge), 1) if merge_s is not None else None
     if a.json:
-        print(json.dumps({"device": a.device, "hidden": a.hidden, "layers": a.layers, "rows": rows}, indent=2))
+        print(json.dumps({"device": a.device, "hidden": a.hidden, "layers": a.layers, "rows": rows,
+                          "merge_seconds_saved": saved}, indent=2))
     else:
         print(f"device {a.device}, sample hidden {a.hidden}, {a.layers} layers")
         print(f"{'format':<13}{'s':>7}{'RSS MB':>8}{'GPU MB':>8}{'size MB':>9}{'top-1':>8}{'mean KL':>10}  on")
@@ -122,6 +131,10 @@ def main() -> int:
             kl = f"{r['mean_kl']:.5f}" if r.get("mean_kl") is not None else "-"
             print(f"{r['format']:<13}{r['seconds']:>7}{r['peak_rss_mb']:>8}{r['peak_gpu_mb'] or '-':>8}"
                   f"{r['size_mb']:>9}{top1:>8}{kl:>10}  {r['quantized_on']}")
+        if saved is not None:
+            print(f"one merge served {len(made_from_merge)} formats: {saved} s of merging saved "
+                  f"({len(made_from_merge)} x the {merge_s} s merge, which each format "
+                  "used to repeat in a scratch folder)")
     return 1 if any(r["rc"] for r in rows) else 0
 
 

@@ -36,7 +36,6 @@ PROJECT = {"upload_common", *PACKAGES.values()}
 # Imports a tool's extras do not install, on purpose; each says why.
 BEYOND_THE_EXTRA = {
     ("merge_tool.unsloth_engine", "unsloth"): "--engine unsloth, optional: the module checks for it first",
-    ("upload_driver.run", "torch"): "--runtime local runs every step in this environment, which needs [all]",
 }
 _GUARDS = {"ImportError", "ModuleNotFoundError"}
 
@@ -224,7 +223,8 @@ def test_an_import_outside_the_extra_is_found_and_a_guarded_one_is_not():
     assert ("upload_common.remote_code", "scan") in reached
     assert ("upload_common.remote_code", "_needs_code") not in reached
     assert ("upload_common.remote_code", "_needs_code") in _reached("merge_tool")  # through sanitize
-    assert "torch" in [t for t, _ in reached[("upload_driver.run", "choose_gpu")].imports]
+    assert "torch" not in [t for t, _ in reached[("upload_driver.run", "choose_gpu")].imports]  # guarded
+    assert "unsloth" in [t for u in _reached("merge_tool").values() for t, _ in u.imports]
     assert "transformers" not in _installed_by(["driver"]) and "torch" in _installed_by(["all"])
 
 

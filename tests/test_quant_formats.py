@@ -4,6 +4,7 @@ applied by peft, and bad situations are refused before anything looks finished."
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -50,17 +51,25 @@ def peft_reference(quant_trainer, trained_llama):
 
 @pytest.fixture(scope="session")
 def quant_outputs(tmp_path_factory, quant_trainer, trained_llama) -> dict:
-    """Each format run once by merge-tool's CLI (in its own process, as the driver runs it)."""
+    """The merge made once, then each format made from it, by merge-tool's CLI (in its own process,
+    as the driver runs it)."""
     root = tmp_path_factory.mktemp("qout")
-    outs = {}
-    for fmt in ["merged_16bit", *EXPECT]:
-        out = root / fmt
-        r = subprocess.run([sys.executable, "-m", "merge_tool.cli", "--adapter", str(quant_trainer), "--base",
-                            str(trained_llama), "--out", str(out), "--method", fmt, "--device", "cpu", "--json"],
+    merged = root / "merged_16bit"
+    outs = {"merged_16bit": merged}
+    first = ["--adapter", str(quant_trainer), "--base", str(trained_llama), "--out", str(merged),
+             "--method", "merged_16bit"]
+    for fmt, args in [("merged_16bit", first),
+                      *[(f, ["--model", str(merged), "--out", str(root / f), "--method", f]) for f in EXPECT]]:
+        r = subprocess.run([sys.executable, "-m", "merge_tool.cli", *args, "--device", "cpu", "--json"],
                            capture_output=True, text=True)
         assert r.returncode == 0, r.stderr[-3000:]
-        outs[fmt] = out
+        outs[fmt] = root / fmt
     return outs
+
+
+@pytest.fixture()
+def merged(quant_outputs) -> Path:
+    return quant_outputs["merged_16bit"]
 
 
 @pytest.mark.parametrize("fmt", list(EXPECT))
@@ -75,7 +84,10 @@ def test_quantized_output_loads_and_its_recorded_validation_is_true(fmt, quant_o
     qconfig = json.loads((out / "config.json").read_text())["quantization_config"]
     want, cls = EXPECT[fmt]
     assert {k: qconfig.get(k) for k in want} == want
-    assert not (out / ".merged-16bit").exists()
+    # made from the merged set, named by its manifest's hash; nothing of a merge inside
+    merged_sha = hashlib.sha256((quant_outputs["merged_16bit"] / "manifest.json").read_bytes()).hexdigest()
+    assert manifest["inputs"]["model"]["manifest_sha256"] == merged_sha and "adapter" not in manifest["inputs"]
+    assert manifest["training"] == json.loads((quant_outputs["merged_16bit"] / "manifest.json").read_text())["training"]
     assert {"tokenizer.model", "tokenizer_config.json", "model.safetensors"} <= {p.name for p in out.iterdir()}
     listed = {o["path"] for o in manifest["outputs"]}
     assert "model.safetensors" in listed and not any(p.startswith(".merged") for p in listed)
@@ -95,42 +107,40 @@ def test_quantized_output_loads_and_its_recorded_validation_is_true(fmt, quant_o
     assert manifest["quantization"]["method"] and manifest["parameters"]["method"] == fmt
 
 
-def test_bitsandbytes_without_cpu_support_is_refused_before_any_work(quant_trainer, trained_llama, tmp_path,
-                                                                     monkeypatch):
+def test_bitsandbytes_without_cpu_support_is_refused_before_any_work(merged, tmp_path, monkeypatch):
     import bitsandbytes.functional as F
 
-    from merge_tool.core import run
+    from merge_tool.from_merged import run
     from upload_common.errors import Unsupported
 
     def no_cpu(*a, **k):  # fault injection: a bitsandbytes build without a CPU backend
         raise RuntimeError("no kernel for CPU")
 
     monkeypatch.setattr(F, "quantize_4bit", no_cpu)
-    before = tree_hash(quant_trainer)
+    before = tree_hash(merged)
     with pytest.raises(Unsupported, match="merged_4bit needs a CUDA GPU here"):
-        run(quant_trainer, tmp_path / "q", base=str(trained_llama), method="merged_4bit", device="cpu")
-    assert no_finished_output(tmp_path / "q") and tree_hash(quant_trainer) == before
+        run(merged, tmp_path / "q", method="merged_4bit", device="cpu")
+    assert no_finished_output(tmp_path / "q") and tree_hash(merged) == before
 
 
-def test_a_result_below_the_bar_fails_and_leaves_nothing_finished(quant_trainer, trained_llama, tmp_path,
-                                                                  monkeypatch):
-    from merge_tool.core import run
+def test_a_result_below_the_bar_fails_and_leaves_nothing_finished(merged, tmp_path, monkeypatch):
+    from merge_tool.from_merged import run
     from merge_tool.formats import merged_4bit
     from upload_common.errors import InvalidInput
 
     monkeypatch.setattr(merged_4bit, "MIN_TOP1", 1.01)
     with pytest.raises(InvalidInput, match="validation failed: the quantized model agrees"):
-        run(quant_trainer, tmp_path / "q", base=str(trained_llama), method="merged_4bit", device="cpu")
+        run(merged, tmp_path / "q", method="merged_4bit", device="cpu")
     assert no_finished_output(tmp_path / "q")
 
 
-def test_a_missing_library_names_the_extra_to_install(quant_trainer, trained_llama, tmp_path, monkeypatch):
-    from merge_tool.core import run
+def test_a_missing_library_names_the_extra_to_install(merged, tmp_path, monkeypatch):
+    from merge_tool.from_merged import run
     from upload_common.errors import Unsupported
 
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)
     with pytest.raises(Unsupported, match=r"pip install 'upload-driver\[merge-quant\]'"):
-        run(quant_trainer, tmp_path / "q", base=str(trained_llama), method="merged_4bit", device="cpu")
+        run(merged, tmp_path / "q", method="merged_4bit", device="cpu")
     assert no_finished_output(tmp_path / "q")
 
 
@@ -256,18 +266,16 @@ def test_token_samples_cut_the_stream_into_fixed_length_sequences(tokenizer_dir)
     assert len(few) == 1 and few[0][-1] == tok.eos_token_id
 
 
-def test_gptq_uses_the_calibration_given_and_refuses_a_bad_one(quant_trainer, trained_llama, tmp_path):
-    from merge_tool.core import run
+def test_gptq_uses_the_calibration_given_and_refuses_a_bad_one(merged, tmp_path):
+    from merge_tool.from_merged import run
     from upload_common.errors import InvalidInput
 
     (tmp_path / "cal.txt").write_text("\n\n".join(["the cat sat on the mat near the door"] * 40))
-    m = run(quant_trainer, tmp_path / "q", base=str(trained_llama), method="gptq", device="cpu",
-            calibration=tmp_path / "cal.txt")
+    m = run(merged, tmp_path / "q", method="gptq", device="cpu", calibration=tmp_path / "cal.txt")
     assert m["quantization"]["calibration"] == str(tmp_path / "cal.txt") and not m["warnings"]
     assert m["inputs"]["calibration"]["sha256"] and m["validation"]["top1_agreement"] >= 0.8
     with pytest.raises(InvalidInput, match="does not exist"):
-        run(quant_trainer, tmp_path / "bad" / "q", base=str(trained_llama), method="gptq",
-            calibration=tmp_path / "nope.txt")
+        run(merged, tmp_path / "bad" / "q", method="gptq", calibration=tmp_path / "nope.txt")
     assert no_finished_output(tmp_path / "bad" / "q")
 
 
@@ -289,6 +297,8 @@ def test_the_driver_runs_gptq_from_the_registry_with_its_calibration(quant_train
     assert rows["gptq"]["figures"].startswith("top-1 ")
     manifest = json.loads((tmp_path / "w" / "artifacts" / "gptq" / "manifest.json").read_text())
     assert manifest["inputs"]["calibration"]["sha256"] and manifest["quantization"]["calibration"].endswith("cal.txt")
+    merged_manifest = (tmp_path / "w" / "artifacts" / "merged_16bit" / "manifest.json").read_bytes()
+    assert manifest["inputs"]["model"]["manifest_sha256"] == hashlib.sha256(merged_manifest).hexdigest()
     site = tmp_path / "site" / "Tiny-GPTQ"
     assert (site / "config.json").is_file() and "## Quantization" in (site / "README.md").read_text()
     cal.write_text(cal.read_text() + "\n\none more paragraph about harbours")
@@ -344,3 +354,18 @@ def test_hf_push_tool_publishes_a_quantized_set_under_its_registry_name(quant_ou
     assert stored["model.safetensors"] == (quant_outputs["gptq"] / "model.safetensors").read_bytes()
     card = ModelCard(stored["README.md"].decode())
     assert card.data.base_model == "alice/Tiny-Chat" and card.data.base_model_relation == "quantized"
+
+
+def test_a_quantized_format_is_made_from_the_merged_model_and_says_so(quant_trainer, merged, tmp_path):
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "merge_tool.cli", *args, "--out", str(tmp_path / "o")],
+                              capture_output=True, text=True)
+
+    r = cli("--adapter", str(quant_trainer), "--method", "gptq")
+    assert r.returncode == 2 and "make that once (merge-tool --method merged_16bit)" in r.stderr
+    assert "Traceback (most recent" not in r.stderr and r.stderr.count("error:") == 1
+    r = cli("--model", str(merged), "--method", "lora")
+    assert r.returncode == 2 and "lora reads --adapter" in r.stderr
+    r = cli("--model", str(quant_trainer), "--method", "fp8")  # a trainer output is not a model folder
+    assert r.returncode != 0 and "config.json" in r.stderr and "--model" in r.stderr
+    assert no_finished_output(tmp_path / "o")

@@ -140,3 +140,24 @@ def test_plan_and_docs_tool_import_no_other_tool(path):
     own = path.parent.name
     others = {*TOOLS, "upload_driver"} - {own}
     assert not _imported_packages(path) & others
+
+
+def test_one_merge_serves_every_quantized_format(tmp_path):
+    """--formats merged_4bit,gptq,awq,fp8,gguf: the plan makes merged_16bit once (not published), and
+    every format made from it reads that one folder as its --model; none reads the adapter or base."""
+    from upload_driver.plan import plan
+
+    made_from_merge = [k for k, s in SETS.items() if s.consumes == ("merged_16bit",)]
+    assert {"merged_4bit", "merged_8bit", "gptq", "awq", "fp8", "gguf"} <= set(made_from_merge)
+    req = {"formats": made_from_merge, "push": [], "work": str(tmp_path / "w"), "trainer_output": str(tmp_path),
+           "merge": {"base": str(tmp_path), "calibration": str(tmp_path / "cal.txt")}, "gguf": {}, "docs": {},
+           "publish": {}, "quants": ["Q8_0"], "name": "m"}
+    steps = {s["name"]: s for s in plan(req, {})}
+    merged = tmp_path / "w" / "artifacts" / "merged_16bit"
+    assert [s for s in steps if s == "merged_16bit"] == ["merged_16bit"] and steps["merged_16bit"]["out"] == merged
+    for name in made_from_merge:
+        step = steps[name]
+        assert step["inputs"]["model"] == merged and "adapter" not in step["inputs"] and "base" not in step["inputs"]
+        assert not step["network"] and not step["token"]
+        assert ("calibration" in step["inputs"]) is SETS[name].calibration
+    assert "merged_16bit" not in steps["docs"]["inputs"] and set(made_from_merge) <= set(steps["docs"]["inputs"])

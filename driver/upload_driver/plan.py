@@ -12,7 +12,7 @@ from pathlib import Path
 from upload_common import __version__
 from upload_common.errors import UsageError
 from upload_common.safety import hub_name
-from upload_common.sets import SETS, sets_of
+from upload_common.sets import SETS
 
 PUBLISH_KINDS = ("hf", "local", "ollama")
 
@@ -70,59 +70,81 @@ def naming(req: dict) -> tuple[str, str | None]:
     return hub_name(req.get("name") or Path(req["trainer_output"]).name), None
 
 
-def plan(req: dict, found: dict) -> list[dict]:
-    """The steps for ``req`` on the trainer output described by ``found`` (trainer_output.inspect)."""
+def _check(req: dict) -> tuple[list[str], list[str]]:
+    """(formats, publish targets) as asked, each known."""
     formats = list(dict.fromkeys(req["formats"]))
     unknown = [f for f in formats if f not in SETS]
     if unknown or not formats:
         raise UsageError(f"unknown format(s) {', '.join(unknown) or '(none)'}: choose among {', '.join(SETS)}")
-    targets = []
     for t in req["push"]:
-        kind = t.split(":", 1)[0]
-        if kind not in PUBLISH_KINDS:
+        if t.split(":", 1)[0] not in PUBLISH_KINDS:
             raise UsageError(f"--push {t}: use hf:ORG/NAME, local:DIR or ollama[:NAME]")
-        targets.append(t)
-    name, namespace = naming(req)
-    art = Path(req["work"]) / "artifacts"
-    merge, gguf, docs, pub = req["merge"], req["gguf"], req["docs"], req["publish"]
-    trainer = Path(req["trainer_output"])
+    return formats, list(req["push"])
+
+
+def _merge_args(spec, req: dict, found: dict) -> tuple[dict, list, dict]:
+    """merge-tool's inputs and arguments for the set ``spec`` (from the adapter, or from the merged
+    set it consumes), and whether it reaches the network for the base."""
+    merge, trainer = req["merge"], Path(req["trainer_output"])
+    if spec.consumes:
+        inputs, args = {}, ["--model", ("in", "model")]
+    else:
+        inputs, args = {"adapter": trainer}, ["--adapter", ("in", "adapter")]
+    args += ["--out", ("out",), "--method", spec.name, "--device", ("device",)]
     base = merge.get("base") or found.get("base_model")
     base_local = bool(base) and Path(str(base)).is_dir()
-    steps, sets = [], {}
-    needed = {*formats, *(c for f in formats for c in SETS[f].consumes)}  # a consumed set is made, not published
-    for fmt, spec in sets_of("merge-tool").items():
-        if fmt not in needed:
-            continue
-        needs_base = spec.needs_base
-        inputs = {"adapter": trainer}
-        args = ["--adapter", ("in", "adapter"), "--out", ("out",), "--method", fmt, "--device", ("device",)]
-        if needs_base and base_local:
-            inputs["base"] = Path(base)
-            args += ["--base", ("in", "base")]
-        elif needs_base and base:
-            args += ["--base", str(base)]
-        if spec.calibration and merge.get("calibration"):
-            inputs["calibration"] = Path(merge["calibration"])
-            args += ["--calibration", ("in", "calibration")]
+    remote = spec.needs_base and not base_local  # resolved on the Hub (from the adapter's config when not named)
+    if spec.needs_base and base_local:
+        inputs["base"] = Path(base)
+        args += ["--base", ("in", "base")]
+    elif remote and base:
+        args += ["--base", str(base)]
+    if spec.calibration and merge.get("calibration"):
+        inputs["calibration"] = Path(merge["calibration"])
+        args += ["--calibration", ("in", "calibration")]
+    if not spec.consumes:
         args += _opts(merge, {"checkpoint": "--checkpoint", "dtype": "--dtype", "max_shard_size": "--max-shard-size",
                               "allow_pickle": "--allow-pickle"})
-        steps.append(_step(fmt, "merge-tool", "merge_tool.cli", art / fmt, args, inputs=inputs, gpu=spec.gpu,
-                           network=needs_base and not base_local, token=needs_base and not base_local,
-                           hf_cache=needs_base and not base_local))
-        sets[fmt] = fmt
-    if "gguf" in formats:
-        inputs = {"model": art / "merged_16bit"}
-        args = ["--model", ("in", "model"), "--out", ("out",), *[a for q in req["quants"] for a in ("--quant", q)],
-                "--name", name]
-        for key in ("imatrix", "calibration"):
-            if gguf.get(key):
-                inputs[key] = Path(gguf[key])
-                args += [f"--{key}", ("in", key)]
-        args += _opts(gguf, {"split_max_size": "--split-max-size", "validate_tokens": "--validate-tokens"})
-        steps.append(_step("gguf", "gguf-tool", "gguf_tool.cli", art / "gguf", args, inputs=inputs,
-                           gpu=SETS["gguf"].gpu))
-        sets["gguf"] = "gguf"
-    published = [s for s in sets if s in formats]
+    return inputs, args, {"network": remote, "token": remote, "hf_cache": remote}
+
+
+def _gguf_args(spec, req: dict, found: dict) -> tuple[dict, list, dict]:
+    """gguf-tool's inputs and arguments: the merged set it consumes, the quantization types."""
+    gguf = req["gguf"]
+    inputs = {}
+    args = ["--model", ("in", "model"), "--out", ("out",), *[a for q in req["quants"] for a in ("--quant", q)],
+            "--name", naming(req)[0]]
+    for key in ("imatrix", "calibration"):
+        if gguf.get(key):
+            inputs[key] = Path(gguf[key])
+            args += [f"--{key}", ("in", key)]
+    args += _opts(gguf, {"split_max_size": "--split-max-size", "validate_tokens": "--validate-tokens"})
+    return inputs, args, {}
+
+
+MAKERS = {"merge-tool": ("merge_tool.cli", _merge_args), "gguf-tool": ("gguf_tool.cli", _gguf_args)}
+
+
+def _set_steps(formats: list[str], req: dict, found: dict) -> list[dict]:
+    """A step for each set asked for or consumed by one asked for, in registry order (a consumed set
+    comes first); a set made from another reads that one's folder as ``model``."""
+    art = Path(req["work"]) / "artifacts"
+    needed = {*formats, *(c for f in formats for c in SETS[f].consumes)}  # a consumed set is made, not published
+    steps = []
+    for name, spec in SETS.items():
+        if name not in needed:
+            continue
+        module, make = MAKERS[spec.tool]
+        inputs, args, access = make(spec, req, found)
+        if spec.consumes:
+            inputs = {"model": art / spec.consumes[0], **inputs}
+        steps.append(_step(name, spec.tool, module, art / name, args, inputs=inputs, gpu=spec.gpu, **access))
+    return steps
+
+
+def _docs_step(published: list[str], req: dict) -> dict:
+    art, docs = Path(req["work"]) / "artifacts", req["docs"]
+    name, namespace = naming(req)
     inputs = {s: art / s for s in published}
     args = [*[a for s in published for a in ("--artifact", ("in", s))], "--out", ("out",), "--name", name]
     if namespace:
@@ -132,20 +154,35 @@ def plan(req: dict, found: dict) -> list[dict]:
     args += _opts(docs, {"license": "--license", "license_link": "--license-link", "base_model": "--base-model",
                          "datasets": "--dataset", "language": "--language", "system": "--system",
                          "ollama_quant": "--ollama-quant"})
-    steps.append(_step("docs", "docs-tool", "docs_tool.cli", art / "docs", args, inputs=inputs))
+    return _step("docs", "docs-tool", "docs_tool.cli", art / "docs", args, inputs=inputs)
+
+
+def _publish_steps(targets: list[str], published: list[str], req: dict) -> list[dict]:
+    art = Path(req["work"]) / "artifacts"
+    steps = []
     for i, target in enumerate(targets):
         kind, _, arg = target.partition(":")
-        pinputs = {"docs": art / "docs", **inputs}
-        pargs = ["--docs", ("in", "docs"), *[a for s in published for a in ("--artifact", ("in", s))],
-                 "--out", ("out",)]
+        inputs = {"docs": art / "docs", **{s: art / s for s in published}}
+        args = ["--docs", ("in", "docs"), *[a for s in published for a in ("--artifact", ("in", s))],
+                "--out", ("out",)]
         rw = {}
         if kind == "local":
             rw = {"site": Path(arg)}
-            pargs += ["--to", ("rw", "site", "local:")]
+            args += ["--to", ("rw", "site", "local:")]
         else:  # hf: the repos are in docs-tool's upload manifest; ollama[:NAME] as given
-            pargs += ["--to", "hf" if kind == "hf" else target]
-        pargs += _opts(pub, {"private": "--private", "ollama_push": "--ollama-push"})
-        step_name = f"publish-{kind}" if sum(t.startswith(kind) for t in targets) == 1 else f"publish-{kind}-{i}"
-        steps.append(_step(step_name, "hf-push-tool", "hf_push_tool.cli", art / step_name, pargs, inputs=pinputs,
+            args += ["--to", "hf" if kind == "hf" else target]
+        args += _opts(req["publish"], {"private": "--private", "ollama_push": "--ollama-push"})
+        name = f"publish-{kind}" if sum(t.startswith(kind) for t in targets) == 1 else f"publish-{kind}-{i}"
+        steps.append(_step(name, "hf-push-tool", "hf_push_tool.cli", art / name, args, inputs=inputs,
                            network=kind != "local", token=kind == "hf", rw=rw))
     return steps
+
+
+def plan(req: dict, found: dict) -> list[dict]:
+    """The steps for ``req`` on the trainer output described by ``found`` (trainer_output.inspect):
+    one per set (registry order), docs-tool over the sets asked for, one publish step per target."""
+    formats, targets = _check(req)
+    naming(req)  # an ill-formed hf: target is refused before anything else
+    steps = _set_steps(formats, req, found)
+    published = [s["name"] for s in steps if s["name"] in formats]
+    return [*steps, _docs_step(published, req), *_publish_steps(targets, published, req)]

@@ -42,6 +42,8 @@ def estimate(step: dict, sizes: dict) -> int | None:
             base = sum(p.stat().st_size for p in Path(step["inputs"]["base"]).glob("*.safetensors"))
             sizes["merged"] = base
             return base
+        if "model" in step["inputs"]:  # a format made from the merge: at most the merge's size
+            return sizes.get("merged")
         adapter = next(iter(Path(step["inputs"]["adapter"]).glob("adapter_model.*")), None)
         return adapter.stat().st_size if adapter and name == "lora" else None
     if name == "gguf":

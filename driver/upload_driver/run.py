@@ -8,7 +8,7 @@ from pathlib import Path
 
 from upload_common.cli import log as default_log
 from upload_common.contract import read_manifest
-from upload_common.errors import UsageError, from_os_error
+from upload_common.errors import Unsupported, UsageError, from_os_error
 from upload_common.trainer_output import inspect_trainer_output
 
 from . import containers, local, preflight
@@ -45,8 +45,11 @@ def choose_gpu(req: dict, runtime: str, c, steps: list[dict], work: Path) -> tup
     if req["gpus"] == "none" or not gpu_steps:
         return False, "cpu", "GPU: not used" + (" (--gpus none)" if gpu_steps else "")
     if runtime == "local":
-        import torch
-
+        try:
+            import torch
+        except ImportError:
+            raise Unsupported("--runtime local runs every step on this machine, which needs the tools' libraries: "
+                              "pip install 'upload-driver[all]' (or build the images: images/build.sh)") from None
         if torch.cuda.is_available():
             return True, "cuda", f"GPU: {torch.cuda.get_device_name(0)}"
         return False, "cpu", "GPU: none visible to torch here: running on CPU"

@@ -7,12 +7,16 @@ import json
 import click
 
 from upload_common.cli import emit, json_option, log, overwrite_option, report_errors
+from upload_common.sets import SETS
 
 from .formats import FORMATS
 
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--adapter", "adapter", type=click.Path(), help="Adapter folder or a whole trainer output folder.")
+@click.option("--model", "model", type=click.Path(),
+              help="A merged 16-bit model folder (the merged_16bit output), for the formats made from it: "
+                   + ", ".join(k for k, s in SETS.items() if s.tool == "merge-tool" and s.consumes) + ".")
 @click.option("--out", "out", type=click.Path(), help="Output folder (model files at its top level).")
 @click.option("--base", default=None, help="Base model: local folder or Hub id (default: from adapter_config.json).")
 @click.option("--method", default="merged_16bit", show_default=True,
@@ -32,19 +36,28 @@ from .formats import FORMATS
 @json_option
 @click.pass_context
 @report_errors
-def main(ctx, adapter, out, base, method, dtype, max_shard_size, checkpoint, device, engine, calibration, allow_pickle,
+def main(ctx, adapter, model, out, base, method, dtype, max_shard_size, checkpoint, device, engine, calibration, allow_pickle,
          overwrite, as_json):
     """Export a LoRA adapter as-is or merged into its base model.
 
     \b
     merge-tool --adapter ./sft_output --out ./merged --method merged_16bit
+    merge-tool --model ./merged --out ./gptq --method gptq
     merge-tool inspect ./sft_output
     merge-tool setup           # once, for gptq/awq/fp8: llm-compressor without its transformers pin
     """
     if ctx.invoked_subcommand:
         return
-    if not adapter or not out:
-        raise click.UsageError("--adapter and --out are required (or use: merge-tool inspect PATH, merge-tool setup)")
+    if not out or bool(adapter) == bool(model):
+        raise click.UsageError("--out and one of --adapter (the trainer output) or --model (a merged model, for the "
+                               "quantized formats) are required (or use: merge-tool inspect PATH, merge-tool setup)")
+    if model:
+        from .from_merged import run as run_from_merged
+
+        manifest = run_from_merged(model, out, method=method, device=device, calibration=calibration,
+                                   overwrite=overwrite, log=log)
+        emit(manifest if as_json else str(click.format_filename(out)), as_json)
+        return
     from .core import run
 
     manifest = run(adapter, out, base=base, method=method, dtype=dtype, max_shard_size=max_shard_size,

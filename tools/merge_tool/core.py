@@ -19,6 +19,7 @@ from upload_common.contract import (atomic_output, check_free_space, check_outpu
 from upload_common.errors import InvalidInput, UsageError
 from upload_common.progress import byte_progress
 from upload_common.remote_code import CONFIG_FILES, check_sanitizable, python_files, read_config, sanitize, scan
+from upload_common.sets import get_set
 from upload_common.trainer_output import inspect_trainer_output
 
 from .adapter import pickle_to_safetensors, read_adapter
@@ -49,6 +50,17 @@ def copy_tokenizer(found: dict, base: dict | None, folder: Path, warnings: list)
         gen = base["path"] / "generation_config.json"
         if gen.is_file():
             _copy_without_code(gen, folder / "generation_config.json", warnings)
+    return copied
+
+
+def copy_model_files(model_dir: Path, folder: Path, warnings: list) -> dict:
+    """The tokenizer and generation config of a model folder (merge-tool's merged_16bit output, which
+    has them from the trainer and the base), into a format made from it."""
+    copied = {}
+    for name in (*TOKENIZER_FILES, "generation_config.json"):
+        if (model_dir / name).is_file():
+            _copy_without_code(model_dir / name, folder / name, warnings)
+            copied[name] = str(model_dir)
     return copied
 
 
@@ -92,6 +104,9 @@ def run(adapter_path, out, *, base: str | None = None, method: str = "merged_16b
     """Export or merge; returns the step manifest written beside the output files."""
     t0 = time.monotonic()
     fmt = get_format(method)
+    if get_set(method).consumes:
+        raise UsageError(f"{method} is made from the merged 16-bit model: make that once (merge-tool --method "
+                         f"merged_16bit) and pass its folder as --model (upload-driver run does both)", method=method)
     out = Path(out)
     if dtype not in ("auto", "bf16", "fp16", "fp32"):
         raise UsageError(f"unknown dtype {dtype!r}: choose auto, bf16, fp16 or fp32")
@@ -134,22 +149,30 @@ def run(adapter_path, out, *, base: str | None = None, method: str = "merged_16b
         manifest["training"] = {"trainer": found["trainer"], "summary": found["training"],
                                 "card": front_matter(adapter_dir, TRAINER_KEYS) or front_matter(found["root"], TRAINER_KEYS),
                                 "adapter": _adapter_summary(adapter["config"])}
-        with atomic_output(out, overwrite=overwrite) as partial:
-            t1 = time.monotonic()
-            with byte_progress(f"{method} -> {out.name}", plan["estimated_bytes"]) as advance:
-                hashes = fmt.write(plan, partial, advance)
-            manifest["decisions"]["tokenizer"] = copy_tokenizer(found, resolved, partial, manifest["warnings"])
-            _drop_code(partial, manifest["warnings"])
-            manifest["timings"]["seconds"]["write"] = round(time.monotonic() - t1, 3)
-            for key in ("quantization", "validation"):  # what a quantized format measured while writing
-                if key in plan.get("report", {}):
-                    manifest[key] = plan["report"][key]
-            manifest["versions"] = library_versions("torch", "safetensors", "huggingface_hub", "bitsandbytes",
-                                                    *getattr(fmt, "LIBRARIES", ()))
-            finish_manifest(manifest, partial, hashes, t0)
+        produce(fmt, method, plan, manifest, out, overwrite, t0,
+                lambda folder, warnings: copy_tokenizer(found, resolved, folder, warnings))
     for w in manifest["warnings"]:
         log(f"WARNING: {w}")
     return manifest
+
+
+def produce(fmt, method: str, plan: dict, manifest: dict, out: Path, overwrite: bool, t0: float, tokenizer) -> None:
+    """The format's files written into ``<out>.partial``, then ``tokenizer(folder, warnings)`` (the
+    tokenizer files copied in, returning what came from where), no code left, the manifest finished
+    and the folder renamed to ``out``."""
+    with atomic_output(out, overwrite=overwrite) as partial:
+        t1 = time.monotonic()
+        with byte_progress(f"{method} -> {out.name}", plan["estimated_bytes"]) as advance:
+            hashes = fmt.write(plan, partial, advance)
+        manifest["decisions"]["tokenizer"] = tokenizer(partial, manifest["warnings"])
+        _drop_code(partial, manifest["warnings"])
+        manifest["timings"]["seconds"]["write"] = round(time.monotonic() - t1, 3)
+        for key in ("quantization", "validation"):  # what a quantized format measured while writing
+            if key in plan.get("report", {}):
+                manifest[key] = plan["report"][key]
+        manifest["versions"] = library_versions("torch", "safetensors", "huggingface_hub", "bitsandbytes",
+                                                *getattr(fmt, "LIBRARIES", ()))
+        finish_manifest(manifest, partial, hashes, t0)
 
 
 def _adapter_summary(config: dict) -> dict:

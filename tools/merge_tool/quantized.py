@@ -1,26 +1,27 @@
-"""What every quantized format shares: the adapter is merged at 16 bit into a scratch folder inside
-the partial output, the format quantizes that, and the result is loaded back the way users load it
-and compared with the 16-bit merge on the validation text (top-1 agreement, KL). A result below
-the format's bar fails the step; the figures go into the manifest (``validation``) beside the
-format's own summary (``quantization``).
+"""What every quantized format shares: it reads a merged 16-bit model (the ``merged_16bit`` set, made
+once by its own step and given as ``--model``), quantizes it, and the result is loaded back the way
+users load it and compared with the 16-bit model on the validation text (top-1 agreement, KL). A
+result below the format's bar fails the step; the figures go into the manifest (``validation``)
+beside the format's own summary (``quantization``).
 
-A format module using it defines ``quantize(merged_dir, folder, plan) -> summary`` and passes it to
-:func:`write`. Everything runs where the 16-bit merge's plan put the merge (``plan["merge"]["device"]``)."""
+A format module using it defines ``quantize(model_dir, folder, plan) -> summary`` and passes it to
+:func:`write`. Everything runs on ``plan["device"]`` (``--device``, and the GPU's free memory)."""
 
 from __future__ import annotations
 
 import os
-import shutil
+from collections import Counter
 from pathlib import Path
 
 from upload_common.errors import InvalidInput, Unsupported
 from upload_common.quality import VALIDATION_TEXT, compare, logprobs, reference
+from upload_common.st_io import nbytes
 
 from . import calibration
-from .formats import merged_16bit
+from .device import pick_device
 
-SCRATCH = ".merged-16bit"
 VALIDATE_TOKENS = 128
+FLOATS = ("BF16", "F16", "F32")
 
 
 def require(module: str, extra: str, what: str):
@@ -42,16 +43,24 @@ def require(module: str, extra: str, what: str):
 
 
 def device(plan: dict) -> str:
-    """Where the format works: the device the merge's plan chose (``--device``, GPU memory)."""
-    return plan["merge"]["device"]
+    """Where the format works: ``--device``, or the GPU when it has room."""
+    return plan["device"]
 
 
 def plan(job: dict, *, min_top1: float, bits: float) -> dict:
-    """The 16-bit merge's plan, with room for the scratch copy and the quantized files."""
-    merge = merged_16bit.plan(job)
-    sixteen = merge["estimated_bytes"]
-    return {"job": job, "merge": merge, "min_top1": min_top1, "estimated_bytes": sixteen + int(sixteen * bits / 16),
-            "warnings": merge["warnings"], "decisions": dict(merge["decisions"])}
+    """What quantizing the model of ``job["model"]`` needs: where it runs, its 16-bit dtype, room for
+    the quantized files."""
+    specs = job["model"]["specs"]
+    floats = Counter(s["dtype"] for s in specs.values() if s["dtype"] in FLOATS)
+    if not floats:
+        raise InvalidInput(f"{job['model']['path']} holds no 16- or 32-bit float weights: pass a merged 16-bit "
+                           "model (merge-tool --method merged_16bit)", path=str(job["model"]["path"]))
+    largest = max(nbytes({"dtype": "F32", "shape": s["shape"]}) for s in specs.values())
+    on, device_info = pick_device(job["params"]["device"], largest)
+    sixteen = sum(nbytes({"dtype": "BF16", "shape": s["shape"]}) for s in specs.values())
+    return {"job": job, "model_dir": Path(job["model"]["path"]), "specs": specs, "dtype": floats.most_common(1)[0][0],
+            "device": on, "min_top1": min_top1, "estimated_bytes": int(sixteen * bits / 16) + (4 << 20),
+            "warnings": [], "decisions": {"device": device_info}}
 
 
 def calibration_plan(job: dict) -> dict:
@@ -87,18 +96,10 @@ def _chat_renderer(tokenizer: dict):
 
 
 def write(plan: dict, folder: Path, progress, quantize) -> dict:
-    """Merge into ``folder/.merged-16bit``, quantize into ``folder``, validate, drop the scratch copy."""
-    from .core import copy_tokenizer
-
-    job = plan["job"]
-    scratch = folder / SCRATCH
-    scratch.mkdir()
-    merged_16bit.write(plan["merge"], scratch, progress)
-    copy_tokenizer(job["found"], job["base"], scratch, [])
-    summary = quantize(scratch, folder, plan)
+    """Quantize the model into ``folder``, then validate it against the model it came from."""
+    summary = quantize(plan["model_dir"], folder, plan)
     progress(sum(p.stat().st_size for p in folder.iterdir() if p.is_file()))
-    figures = validate(scratch, folder, device(plan))
-    shutil.rmtree(scratch)
+    figures = validate(plan["model_dir"], folder, device(plan))
     for p in folder.rglob("*"):  # some savers create their files private (0600)
         if p.is_file():
             os.chmod(p, 0o644)
@@ -113,7 +114,7 @@ def write(plan: dict, folder: Path, progress, quantize) -> dict:
 
 
 def validate(reference_dir: Path, folder: Path, on: str) -> dict:
-    """The quantized model in ``folder`` against the 16-bit one, as transformers loads each."""
+    """The quantized model in ``folder`` against the 16-bit one it came from, as transformers loads each."""
     import gc
 
     from transformers import AutoModelForCausalLM
@@ -126,7 +127,7 @@ def validate(reference_dir: Path, folder: Path, on: str) -> dict:
 
 
 def load_merged(merged_dir: Path, on: str):
-    """The 16-bit merge as a transformers model (its own dtype), and its tokenizer."""
+    """The 16-bit model as a transformers model (its own dtype), and its tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype="auto", device_map=on, trust_remote_code=False)

@@ -70,6 +70,13 @@ def _format(name: str, summary: str, publish: Publish, *, needs_base: bool, cali
                    calibration=calibration, gpu=True, extra=extra)
 
 
+def _quantized(name: str, summary: str, publish: Publish, *, calibration: bool = False,
+               extra: str = "merge-quant") -> SetSpec:
+    """A merge-tool format made from the merged 16-bit set (``--model``): one merge serves them all."""
+    return SetSpec(name, "merge-tool", summary, publish, module=f"merge_tool.formats.{name}", needs_base=False,
+                   calibration=calibration, gpu=True, extra=extra, consumes=("merged_16bit",))
+
+
 _CT = ("compressed-tensors",)  # what users need to load an llm-compressor checkpoint
 _LLMC = ("compressed-tensors", "llm-compressor")
 
@@ -80,26 +87,21 @@ SETS: dict[str, SetSpec] = {s.name: s for s in (
     _format("merged_16bit", "the adapter merged into the base, 16-bit safetensors, streamed",
             Publish("", "finetune", "transformers", "merged 16-bit model", ("merged",)),
             needs_base=True, calibration=False, extra="merge"),
-    _format("merged_4bit", "the merge quantized to 4-bit NF4 by bitsandbytes, loadable by transformers",
-            Publish("-bnb-4bit", "quantized", "transformers", "4-bit (bitsandbytes NF4) model",
-                    ("bitsandbytes", "4-bit", "nf4"), requires=("bitsandbytes",)),
-            needs_base=True, calibration=False, extra="merge-quant"),
-    _format("merged_8bit", "the merge quantized to 8 bit (LLM.int8) by bitsandbytes, loadable by transformers",
-            Publish("-bnb-8bit", "quantized", "transformers", "8-bit (bitsandbytes LLM.int8) model",
-                    ("bitsandbytes", "8-bit"), requires=("bitsandbytes",)),
-            needs_base=True, calibration=False, extra="merge-quant"),
-    _format("gptq", "the merge quantized to 4 bit by GPTQ (llm-compressor), compressed-tensors for vLLM/transformers",
-            Publish("-GPTQ", "quantized", "transformers", "GPTQ 4-bit model", ("gptq", "4-bit", *_LLMC),
-                    requires=_CT, vllm=True),
-            needs_base=True, calibration=True, extra="merge-quant"),
-    _format("awq", "the merge quantized to 4 bit after AWQ smoothing (llm-compressor), compressed-tensors",
-            Publish("-AWQ", "quantized", "transformers", "AWQ 4-bit model", ("awq", "4-bit", *_LLMC),
-                    requires=_CT, vllm=True),
-            needs_base=True, calibration=True, extra="merge-quant"),
-    _format("fp8", "the merge with FP8 weights and dynamic FP8 activations (llm-compressor), compressed-tensors",
-            Publish("-FP8-Dynamic", "quantized", "transformers", "FP8 model", ("fp8", *_LLMC),
-                    requires=_CT, vllm=True),
-            needs_base=True, calibration=False, extra="merge-quant"),
+    _quantized("merged_4bit", "the merge quantized to 4-bit NF4 by bitsandbytes, loadable by transformers",
+               Publish("-bnb-4bit", "quantized", "transformers", "4-bit (bitsandbytes NF4) model",
+                       ("bitsandbytes", "4-bit", "nf4"), requires=("bitsandbytes",))),
+    _quantized("merged_8bit", "the merge quantized to 8 bit (LLM.int8) by bitsandbytes, loadable by transformers",
+               Publish("-bnb-8bit", "quantized", "transformers", "8-bit (bitsandbytes LLM.int8) model",
+                       ("bitsandbytes", "8-bit"), requires=("bitsandbytes",))),
+    _quantized("gptq", "the merge quantized to 4 bit by GPTQ (llm-compressor), compressed-tensors for vLLM/transformers",
+               Publish("-GPTQ", "quantized", "transformers", "GPTQ 4-bit model", ("gptq", "4-bit", *_LLMC),
+                       requires=_CT, vllm=True), calibration=True),
+    _quantized("awq", "the merge quantized to 4 bit after AWQ smoothing (llm-compressor), compressed-tensors",
+               Publish("-AWQ", "quantized", "transformers", "AWQ 4-bit model", ("awq", "4-bit", *_LLMC),
+                       requires=_CT, vllm=True), calibration=True),
+    _quantized("fp8", "the merge with FP8 weights and dynamic FP8 activations (llm-compressor), compressed-tensors",
+               Publish("-FP8-Dynamic", "quantized", "transformers", "FP8 model", ("fp8", *_LLMC),
+                       requires=_CT, vllm=True)),
     SetSpec("gguf", "gguf-tool", "the merged 16-bit model converted to GGUF by llama.cpp, quantized, validated",
             Publish("-GGUF", "quantized", "gguf", "GGUF files", ("gguf", "llama.cpp")),
             module=None, needs_base=False, calibration=False, gpu=True, extra="gguf", consumes=("merged_16bit",)),

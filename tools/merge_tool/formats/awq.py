@@ -14,7 +14,7 @@ import contextlib
 from .. import quantized
 from .gptq import llmcompressor_plan, oneshot
 
-NEEDS_BASE = True
+NEEDS_BASE = False  # it reads the merged_16bit set (--model), not the adapter and base
 CALIBRATION = True
 LIBRARIES = ("transformers", "llmcompressor", "compressed-tensors")
 MIN_TOP1 = 0.80

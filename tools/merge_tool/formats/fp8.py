@@ -5,10 +5,9 @@ and later) and weight-only elsewhere; transformers loads it too. Half the size o
 
 from __future__ import annotations
 
-from .. import quantized
-from .gptq import llmcompressor_plan, oneshot
+from .gptq import llmcompressor_plan, preset_write
 
-NEEDS_BASE = True
+NEEDS_BASE = False  # it reads the merged_16bit set (--model), not the adapter and base
 LIBRARIES = ("transformers", "llmcompressor", "compressed-tensors")
 MIN_TOP1 = 0.85  # activations are quantized too: a little below int8 weight-only (bf16 compute moves near-ties)
 PRESET = {"name": "FP8_DYNAMIC", "bits": 8, "weights": "fp8 e4m3, a scale per output channel",
@@ -20,10 +19,4 @@ def plan(job: dict) -> dict:
 
 
 def write(plan: dict, folder, progress) -> dict:
-    return quantized.write(plan, folder, progress, lambda src, dst, p: oneshot(src, dst, p, _recipe))
-
-
-def _recipe(plan: dict):
-    from llmcompressor.modifiers.quantization import QuantizationModifier
-
-    return [QuantizationModifier(targets="Linear", scheme=plan["scheme"], ignore=["lm_head"])]
+    return preset_write(plan, folder, progress)

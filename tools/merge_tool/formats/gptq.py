@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .. import calibration, quantized
 
-NEEDS_BASE = True
+NEEDS_BASE = False  # it reads the merged_16bit set (--model), not the adapter and base
 CALIBRATION = True
 LIBRARIES = ("transformers", "llmcompressor", "compressed-tensors")
 MIN_TOP1 = 0.80  # a broken quantization agrees at chance level; a sound 4-bit one at 0.9 and more
@@ -27,6 +27,18 @@ def _recipe(plan: dict):
     from llmcompressor.modifiers.quantization import GPTQModifier
 
     return [GPTQModifier(config_groups={"group_0": plan["scheme"]}, ignore=["lm_head"])]
+
+
+def preset_write(plan: dict, folder, progress) -> dict:
+    """``write`` of a format that applies one of llm-compressor's preset schemes without calibration
+    (``plan["scheme"]``, e.g. FP8_DYNAMIC, W8A16) to every Linear layer but the output layer."""
+    return quantized.write(plan, folder, progress, lambda src, dst, p: oneshot(src, dst, p, _preset_recipe))
+
+
+def _preset_recipe(plan: dict):
+    from llmcompressor.modifiers.quantization import QuantizationModifier
+
+    return [QuantizationModifier(targets="Linear", scheme=plan["scheme"], ignore=["lm_head"])]
 
 
 def llmcompressor_plan(job: dict, fmt: str, method: str, *, min_top1: float, calibrate: bool = True,
@@ -49,7 +61,7 @@ def llmcompressor_plan(job: dict, fmt: str, method: str, *, min_top1: float, cal
         plan["decisions"]["quantization"] = {"library": f"llmcompressor {version('llmcompressor')}",
                                              "scheme": preset["name"], **{k: v for k, v in preset.items() if k != "name"}}
         return plan
-    widths = {s["shape"][1] for name, s in plan["merge"]["out_specs"].items()
+    widths = {s["shape"][1] for name, s in plan["specs"].items()
               if name.endswith(".weight") and len(s["shape"]) == 2 and "embed" not in name and name != "lm_head.weight"}
     group = next((g for g in GROUP_SIZES if all(w % g == 0 for w in widths)), None)
     if group is None:

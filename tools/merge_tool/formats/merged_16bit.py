@@ -68,32 +68,24 @@ def _check_lora_shapes(module: str, roles: dict, aspecs: dict, wshape: list, fan
     return r
 
 
-def plan(job: dict) -> dict:
-    adapter, base = job["adapter"], job["base"]
-    config = adapter["config"]
-    check_mergeable(config)
-    specs = model_specs(base["path"])
-    if base.get("quantized"):
-        specs = bnb.logical_specs(specs)
-    aspecs, fan = adapter["specs"], bool(config.get("fan_in_fan_out"))
-    warnings: list[str] = []
-    recipes = {name: {"src": name} for name in specs}
-    embed = next((n for n in EMBEDDINGS if n in specs), None)
-    tied = embed is not None and (HEAD not in specs or base["config"].get("tie_word_embeddings") is True)
-    touched = set()
+def _target(name: str, what: str, specs: dict, recipes: dict, embed: str | None, tied: bool) -> str:
+    """The base tensor an adapter tensor applies to (the tied output layer reads the embedding)."""
+    if tied and name == HEAD:
+        recipes.setdefault(HEAD, {})["src"] = embed
+        return HEAD
+    found = _base_name(name, specs)
+    if not found:
+        raise InvalidInput(f"adapter {what} targets {name}, which the base model does not have: this adapter "
+                           "was trained for a different base; pass the right one with --base", tensor=name)
+    return found
 
-    def target(name: str, what: str) -> str:
-        if tied and name == HEAD:
-            recipes.setdefault(HEAD, {})["src"] = embed
-            return HEAD
-        found = _base_name(name, specs)
-        if not found:
-            raise InvalidInput(f"adapter {what} targets {name}, which the base model does not have: this adapter "
-                               "was trained for a different base; pass the right one with --base", tensor=name)
-        return found
 
+def _apply_lora(adapter: dict, specs: dict, recipes: dict, embed: str | None, tied: bool) -> set:
+    """Each LoRA module's recipe (its matrices and scale, a trained bias); returns the tensors touched."""
+    config, aspecs = adapter["config"], adapter["specs"]
+    fan, touched = bool(config.get("fan_in_fan_out")), set()
     for module, roles in sorted(adapter["modules"].items()):
-        wname = target(module + ".weight", f"module {module}")
+        wname = _target(module + ".weight", f"module {module}", specs, recipes, embed, tied)
         src_shape = specs[recipes[wname]["src"]]["shape"]
         rank = _check_lora_shapes(module, roles, aspecs, src_shape, fan)
         scale = module_scale(config, module, rank)
@@ -104,27 +96,27 @@ def plan(job: dict) -> dict:
             if not bname:
                 raise Unsupported(f"adapter trains a bias for {module} (lora_bias) but the base layer has none")
             recipes[bname].update(bias_add=roles["B_bias"], scale=scale)
+    return touched
+
+
+def _apply_replacements(adapter: dict, specs: dict, recipes: dict, embed: str | None, tied: bool) -> set:
+    """Tensors the adapter saved whole (modules_to_save, resized embeddings); returns those touched."""
+    touched = set()
     for name, key in sorted(adapter["replacements"].items()):
-        tname = target(name, f"tensor {key}")
+        tname = _target(name, f"tensor {key}", specs, recipes, embed, tied)
         recipes[tname]["replace"] = key
         touched.add(tname)
-        old, new = specs.get(recipes[tname]["src"], {}).get("shape"), aspecs[key]["shape"]
+        old, new = specs.get(recipes[tname]["src"], {}).get("shape"), adapter["specs"][key]["shape"]
         if old != new and tname not in (embed, HEAD):
             raise InvalidInput(f"adapter tensor {key} has shape {new} but the base's {tname} has shape {old}: "
                                "this adapter was trained for a different base; pass the right one with --base",
                                tensor=key, shapes=[new, old])
+    return touched
 
-    untie = tied and bool(touched & {embed, HEAD})
-    if untie:  # peft applies an embedding update to the input side only: keep the output side apart
-        recipes.setdefault(HEAD, {"src": embed})
-        warnings.append("the base ties its input and output embeddings and the adapter changes one of them: "
-                        "the merged model stores both (tie_word_embeddings=false), as the adapter computed them")
-    out_dtype, dtype_reason = _output_dtype(job["params"]["dtype"], base, specs)
-    out_specs = {}
-    for name, rec in recipes.items():
-        src = aspecs[rec["replace"]] if "replace" in rec else specs[rec["src"]]
-        dtype = out_dtype if src["dtype"] in _FLOATS else src["dtype"]
-        out_specs[name] = {"dtype": dtype, "shape": list(src["shape"])}
+
+def _model_config(base: dict, specs: dict, out_specs: dict, embed: str | None, untie: bool, out_dtype: str,
+                  warnings: list) -> dict:
+    """The merged model's config.json: the base's, unquantized, with its dtype and vocabulary size."""
     model_config = {k: v for k, v in base["config"].items() if k not in ("quantization_config", "_pre_quantization_dtype")}
     if untie:
         model_config["tie_word_embeddings"] = False
@@ -137,10 +129,13 @@ def plan(job: dict) -> dict:
         if vocab != specs[embed]["shape"][0]:
             model_config["vocab_size"] = vocab
             warnings.append(f"vocabulary resized during training: {specs[embed]['shape'][0]} -> {vocab}")
-    dtype_name = CODES[out_dtype]
-    model_config["dtype"] = dtype_name
+    model_config["dtype"] = CODES[out_dtype]
     if "torch_dtype" in model_config:
-        model_config["torch_dtype"] = dtype_name
+        model_config["torch_dtype"] = CODES[out_dtype]
+    return model_config
+
+
+def _notes(job: dict, base: dict, warnings: list) -> None:
     if base.get("quantized"):
         warnings.append(f"merged into the DEQUANTIZED {base['quantized']} base {base['requested']}: quality is that "
                         "of the quantized model; pass the 16-bit original with --base for a better merge")
@@ -148,6 +143,34 @@ def plan(job: dict) -> dict:
         from ..unsloth_engine import check_available
 
         warnings.append(f"merged by unsloth {check_available()} instead of the streaming merge")
+
+
+def plan(job: dict) -> dict:
+    adapter, base = job["adapter"], job["base"]
+    check_mergeable(adapter["config"])
+    specs = model_specs(base["path"])
+    if base.get("quantized"):
+        specs = bnb.logical_specs(specs)
+    warnings: list[str] = []
+    recipes = {name: {"src": name} for name in specs}
+    embed = next((n for n in EMBEDDINGS if n in specs), None)
+    tied = embed is not None and (HEAD not in specs or base["config"].get("tie_word_embeddings") is True)
+    touched = _apply_lora(adapter, specs, recipes, embed, tied) | _apply_replacements(adapter, specs, recipes, embed,
+                                                                                      tied)
+    untie = tied and bool(touched & {embed, HEAD})
+    if untie:  # peft applies an embedding update to the input side only: keep the output side apart
+        recipes.setdefault(HEAD, {"src": embed})
+        warnings.append("the base ties its input and output embeddings and the adapter changes one of them: "
+                        "the merged model stores both (tie_word_embeddings=false), as the adapter computed them")
+    out_dtype, dtype_reason = _output_dtype(job["params"]["dtype"], base, specs)
+    out_specs = {}
+    for name, rec in recipes.items():
+        src = adapter["specs"][rec["replace"]] if "replace" in rec else specs[rec["src"]]
+        dtype = out_dtype if src["dtype"] in _FLOATS else src["dtype"]
+        out_specs[name] = {"dtype": dtype, "shape": list(src["shape"])}
+    model_config = _model_config(base, specs, out_specs, embed, untie, out_dtype, warnings)
+    dtype_name = CODES[out_dtype]
+    _notes(job, base, warnings)
     largest = max(nbytes({"dtype": "F32", "shape": s["shape"]}) for s in out_specs.values())
     device, device_info = pick_device(job["params"]["device"], largest)
     shards = plan_shards(out_specs, job["params"]["max_shard_size"])

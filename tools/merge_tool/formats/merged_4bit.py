@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from .. import quantized
 
-NEEDS_BASE = True
+NEEDS_BASE = False  # it reads the merged_16bit set (--model), not the adapter and base
 LIBRARIES = ("transformers", "accelerate")
 MIN_TOP1 = 0.80  # a broken quantization agrees at chance level; a sound 4-bit one at 0.9 and more
 SETTINGS = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True}
@@ -62,7 +62,7 @@ def quantize_with(merged_dir, folder, plan: dict, settings: dict, method: str) -
     from upload_common.st_io import CODES
 
     on = quantized.device(plan)
-    compute = CODES[plan["merge"]["out_dtype"]]
+    compute = CODES[plan["dtype"]]
     extra = {"bnb_4bit_compute_dtype": getattr(torch, compute)} if settings.get("load_in_4bit") else {}
     model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=getattr(torch, compute), trust_remote_code=False,
                                                  quantization_config=BitsAndBytesConfig(**settings, **extra),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from .merged_4bit import bnb_plan, bnb_write
 
-NEEDS_BASE = True
+NEEDS_BASE = False  # it reads the merged_16bit set (--model), not the adapter and base
 LIBRARIES = ("transformers", "accelerate")
 MIN_TOP1 = 0.90  # int8 stays close (mean KL ~1e-3) but computes in fp16, which alone moves near-ties
 SETTINGS = {"load_in_8bit": True}

@@ -1,0 +1,64 @@
+"""merge-tool's step for the formats made from the merged model (``merged_4bit``, ``merged_8bit``,
+``gptq``, ``awq``, ``fp8``: the registry rows that consume ``merged_16bit``): a merged 16-bit model
+folder in (``--model``, normally the merged_16bit step's output, named in the manifest by its
+manifest's hash like any step output), one quantized format out. The merge is made once, by its own
+step, and serves every format.
+
+The folder is read as it is: one that refers to code is refused, nothing from it runs. What the
+merged set's manifest says of the adapter, the base and the training is carried over, so each
+format's manifest stands alone (docs-tool's cards, licences)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from upload_common.contract import (check_free_space, check_output_free, describe_input, new_manifest,
+                                    read_json_object, read_manifest)
+from upload_common.errors import UsageError
+from upload_common.remote_code import refuse_code
+from upload_common.sets import SETS, get_set
+from upload_common.st_io import model_specs
+from upload_common.trainer_output import chat_template
+
+from .base import TOOL
+from .core import copy_model_files, produce
+from .formats import get_format
+
+CARRIED = ("adapter", "base")  # the merged set's decisions a format made from it repeats
+
+
+def run(model_dir, out, *, method: str, device: str = "auto", calibration=None, overwrite: bool = False,
+        log=lambda m: None) -> dict:
+    """Quantize the merged model in ``model_dir`` into ``out``; returns the step manifest."""
+    t0 = time.monotonic()
+    fmt, spec = get_format(method), get_set(method)
+    if not spec.consumes:
+        made = ", ".join(k for k, s in SETS.items() if s.tool == TOOL and s.consumes)
+        raise UsageError(f"--model is for the formats made from the merged model ({made}): {method} reads --adapter")
+    model_dir, out = Path(model_dir).absolute(), Path(out)
+    check_output_free(out, overwrite)
+    read_json_object(model_dir / "config.json", "model config",
+                     "pass merge-tool's merged_16bit output (a model folder) as --model")
+    refuse_code(model_dir, TOOL)
+    params = {"method": method, "device": device, "calibration": str(calibration) if calibration else None}
+    tokenizer = {"dir": str(model_dir), "chat_template": chat_template(model_dir)}
+    job = {"model": {"path": model_dir, "specs": model_specs(model_dir)}, "params": params,
+           "found": {"tokenizer": tokenizer}}
+    plan = fmt.plan(job)
+    inputs = {"model": describe_input(model_dir)}
+    if calibration and spec.calibration:
+        inputs["calibration"] = describe_input(Path(calibration))
+    manifest = new_manifest(TOOL, inputs=inputs, parameters=params)
+    source = read_manifest(model_dir) or {}
+    decisions = source.get("decisions") or {}
+    manifest["decisions"] = {**{k: decisions[k] for k in CARRIED if k in decisions}, **plan["decisions"]}
+    manifest["decisions"]["disk"] = check_free_space(out, plan["estimated_bytes"])
+    manifest["warnings"] = plan["warnings"]
+    if source.get("training"):
+        manifest["training"] = source["training"]
+    produce(fmt, method, plan, manifest, out, overwrite, t0,
+            lambda folder, warnings: copy_model_files(model_dir, folder, warnings))
+    for w in manifest["warnings"]:
+        log(f"WARNING: {w}")
+    return manifest
