@@ -70,18 +70,27 @@ def _kernel_release() -> str:
 def load_config(path) -> dict:
     """A TOML config: top-level keys as in DEFAULTS plus trainer_output; relative paths are relative to
     the config file's folder."""
+    path = local_path(path)
+    data = _read_toml(path)
+    _check_keys(path, data)
+    return _relative_paths(data, path.parent)
+
+
+def _read_toml(path: Path) -> dict:
     try:
         import tomllib
     except ModuleNotFoundError:  # pragma: no cover - Python 3.10
         import tomli as tomllib
-    path = local_path(path)
     if not path.is_file():
         raise UsageError(f"config file {path} does not exist: pass the path of a TOML file", path=str(path))
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"config file {path} is not valid TOML ({' '.join(str(exc).split())}): fix it",
                          path=str(path)) from None
+
+
+def _check_keys(path: Path, data: dict) -> None:
     unknown = sorted(set(data) - KEYS)
     if unknown:
         raise UsageError(f"config file {path}: unknown key(s) {', '.join(unknown)}: valid keys are "
@@ -89,7 +98,11 @@ def load_config(path) -> dict:
     for key in ("merge", "gguf", "docs", "publish"):
         if not isinstance(data.get(key, {}), dict):
             raise UsageError(f"config file {path}: {key} must be a table ([{key}])", path=str(path))
-    base = path.parent
+
+
+def _relative_paths(data: dict, base: Path) -> dict:
+    """The config's paths made relative to its folder ``base``; a merge base is a path only when it
+    exists or looks like one (otherwise it is a Hub model id)."""
 
     def rel(value):
         p = local_path(value)
@@ -101,11 +114,14 @@ def load_config(path) -> dict:
     for section, keys in (("merge", ("base", "calibration")), ("gguf", ("imatrix", "calibration"))):
         for key in keys:
             value = (data.get(section) or {}).get(key)
-            if value and (key != "base" or local_path(value).exists() or str(value).startswith((".", "/"))
-                          or _DRIVE.match(str(value))):
+            if value and (key != "base" or _looks_like_path(value)):
                 data[section][key] = rel(value)
     data["push"] = [_rel_target(t, rel) for t in data.get("push") or []]
     return data
+
+
+def _looks_like_path(value) -> bool:
+    return local_path(value).exists() or str(value).startswith((".", "/")) or bool(_DRIVE.match(str(value)))
 
 
 def _rel_target(target: str, rel) -> str:
@@ -118,7 +134,21 @@ SECTION_OPTIONS = {"base_model": "docs", "allow_pickle": "merge"}  # options tha
 
 def request(trainer_output=None, *, config=None, **options) -> dict:
     """Defaults, then the config file, then every option given on the command line (None = not given)."""
-    req = {k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v) for k, v in DEFAULTS.items()}
+    req = _layered(config, options)
+    _resolve_paths(req, trainer_output)
+    if isinstance(req["formats"], str):
+        req["formats"] = [f.strip() for f in req["formats"].split(",") if f.strip()]
+    req["push"] = _push_targets(req["push"])
+    for key, choices in (("runtime", ("auto", "docker", "local")), ("gpus", ("auto", "all", "none"))):
+        if req[key] not in choices:
+            raise UsageError(f"{key} {req[key]!r}: choose {', '.join(choices)}")
+    return req
+
+
+def _layered(config, options: dict) -> dict:
+    """DEFAULTS (copied), the config file over them (tables merged key by key), the options over both."""
+    req = {k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
+           for k, v in DEFAULTS.items()}
     if config:
         for key, value in load_config(config).items():
             req[key] = {**req[key], **value} if isinstance(req.get(key), dict) else value
@@ -129,6 +159,12 @@ def request(trainer_output=None, *, config=None, **options) -> dict:
     for key, value in options.items():
         if value not in (None, (), []):
             req[key] = list(value) if isinstance(value, tuple) else value
+    return req
+
+
+def _resolve_paths(req: dict, trainer_output) -> None:
+    """trainer_output (the argument over the config) and work made absolute; work defaults to
+    ``<trainer output>-upload`` beside it."""
     if trainer_output:
         req["trainer_output"] = local_path(trainer_output)
     if not req.get("trainer_output"):
@@ -138,13 +174,11 @@ def request(trainer_output=None, *, config=None, **options) -> dict:
     work = req.get("work")
     req["work"] = Path(os.path.abspath(local_path(work) if work else
                                        req["trainer_output"].with_name(req["trainer_output"].name + "-upload")))
-    if isinstance(req["formats"], str):
-        req["formats"] = [f.strip() for f in req["formats"].split(",") if f.strip()]
-    for t in req["push"]:
+
+
+def _push_targets(targets: list) -> list[str]:
+    """The publish targets with each local folder made absolute; ``local:`` without a folder is refused."""
+    for t in targets:
         if str(t).partition(":")[0] == "local" and not str(t).partition(":")[2].strip():
             raise UsageError(f"--push {t}: name the folder to publish into, e.g. local:./published")
-    req["push"] = [_rel_target(t, lambda v: Path(os.path.abspath(local_path(v)))) for t in req["push"]]
-    for key, choices in (("runtime", ("auto", "docker", "local")), ("gpus", ("auto", "all", "none"))):
-        if req[key] not in choices:
-            raise UsageError(f"{key} {req[key]!r}: choose {', '.join(choices)}")
-    return req
+    return [_rel_target(t, lambda v: Path(os.path.abspath(local_path(v)))) for t in targets]
