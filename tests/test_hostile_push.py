@@ -251,12 +251,9 @@ def test_planted_temporary_links_are_replaced_not_followed(run_docs, run_artifac
 def test_stalled_whoami_ends_with_exit_3(run_docs, run_artifacts, tmp_path, monkeypatch):
     with StallServer() as stall:
         point_hub_client(monkeypatch, tmp_path, f"http://127.0.0.1:{stall.port}", TOKEN)
-        t0 = time.monotonic()
         result = push_lora(run_artifacts, run_docs, tmp_path, "--timeout", "2")
-        took = time.monotonic() - t0
-    line = one_line_error(result, 3, f"checking the token: 127.0.0.1:{stall.port} did not answer within 2 s",
-                          "run the same command again later")
-    assert took < 30, line
+    one_line_error(result, 3, f"checking the token: 127.0.0.1:{stall.port} did not answer within 2 s",
+                   "run the same command again later")
     assert len(stall.requests) == 3 and all(b"whoami" in r for _, r in stall.requests)
     assert not (tmp_path / "push").exists()
 
@@ -265,12 +262,10 @@ def test_stalled_commit_ends_with_exit_3(hub, run_docs, run_artifacts, tmp_path)
     """The Hub answers everything but the commit: the commit is retried until the budget (five
     timeouts) is spent, then one line naming the host and the operation."""
     stall = hub.add_fault(method="POST", path=r"/commit/", action="delay", delay=40, times=None)
-    t0 = time.monotonic()
     result = push_lora(run_artifacts, run_docs, tmp_path, "--timeout", "2")
-    took = time.monotonic() - t0
     port = hub.url.rsplit(":", 1)[1]
     one_line_error(result, 3, f"pushing alice/Tiny-Chat-lora: 127.0.0.1:{port} did not answer within 2 s")
-    assert took < 30 and 2 <= stall["hits"] <= 4
+    assert 2 <= stall["hits"] <= 4
     assert hub.stats["commits"] == {} and not (tmp_path / "push").exists()
     assert (tmp_path / "push.partial" / "error.json").is_file()
 
@@ -279,12 +274,10 @@ def test_stalled_ollama_ends_with_exit_3(run_docs, run_artifacts, tmp_path, monk
     with StallServer() as stall:
         monkeypatch.setenv("OLLAMA_HOST", f"127.0.0.1:{stall.port}")
         monkeypatch.setenv("UPLOAD_DRIVER_NET_TIMEOUT", "2")  # the environment variable, no option
-        t0 = time.monotonic()
         result = invoke(*sets_args(run_artifacts, run_docs, tmp_path / "push", "gguf"), "--set", "gguf",
                         "--to", "ollama")
-        took = time.monotonic() - t0
     one_line_error(result, 3, f"asking Ollama for the GGUF: 127.0.0.1:{stall.port} did not answer within 2 s")
-    assert took < 30 and stall.requests and all(r.startswith(b"HEAD /api/blobs/") for _, r in stall.requests)
+    assert stall.requests and all(r.startswith(b"HEAD /api/blobs/") for _, r in stall.requests)
     assert not (tmp_path / "push").exists()
 
 
@@ -296,24 +289,26 @@ def test_bad_timeout_is_a_usage_error(run_docs, run_artifacts, tmp_path, monkeyp
     one_line_error(result, 2, "--timeout")
 
 
-def test_retry_after_is_honoured(hub, run_docs, run_artifacts, tmp_path):
+def test_retry_after_is_honoured(hub, run_docs, run_artifacts, tmp_path, monkeypatch):
+    from hf_push_tool import retry
+
+    slept = []
+    monkeypatch.setattr(retry.time, "sleep", slept.append)  # the waits hf-push-tool makes, recorded, not taken
     hub.add_fault(method="POST", path=r"^/api/repos/create$", status=429, headers={"Retry-After": "3"}, times=1,
                   body={"error": "slow down"})
     result = push_lora(run_artifacts, run_docs, tmp_path, "--retry-wait", "0.01")
     assert result.exit_code == 0, result.output
     creates = [r for r in hub.stats["requests"] if r["path"] == "/api/repos/create"]
     assert [r["status"] for r in creates] == [429, 200]
-    assert creates[1]["time"] - creates[0]["time"] >= 3.0
+    assert slept == [3.0]  # the server's Retry-After, not --retry-wait
     assert "HTTP 429; retrying in 3.0 s" in result.stderr
 
 
 def test_retry_after_beyond_the_budget_gives_up_at_once(hub, run_docs, run_artifacts, tmp_path):
     hub.add_fault(method="POST", path=r"^/api/repos/create$", status=429, headers={"Retry-After": "86400"},
                   times=None)
-    t0 = time.monotonic()
     result = push_lora(run_artifacts, run_docs, tmp_path, "--timeout", "2")
     one_line_error(result, 3, "creating alice/Tiny-Chat-lora: 127.0.0.1:", "asked to wait 86400 s")
-    assert time.monotonic() - t0 < 10
     assert len([r for r in hub.stats["requests"] if r["path"] == "/api/repos/create"]) == 1
 
 
@@ -321,12 +316,10 @@ def test_library_retries_are_bounded_by_the_budget(hub, run_docs, run_artifacts,
     """huggingface_hub retries the preupload call itself (on 5xx, with its own backoff); with a 4 s
     budget the guarded transport refuses its next attempt, and hf-push-tool gives up."""
     hub.add_fault(method="POST", path=r"/preupload/", status=503, times=None)
-    t0 = time.monotonic()
     result = push_lora(run_artifacts, run_docs, tmp_path, "--retry-budget", "4")
-    took = time.monotonic() - t0
     one_line_error(result, 3, "pushing alice/Tiny-Chat-lora: 127.0.0.1:", "answered HTTP 503")
     preuploads = [r for r in hub.stats["requests"] if "/preupload/" in r["path"]]
-    assert took < 20 and 2 <= len(preuploads) <= 5  # the library alone would try 6 times, 23 s of backoff
+    assert 2 <= len(preuploads) <= 5  # the library alone would try 6 times, 23 s of backoff
 
 
 # ------------------------------------------------------------------------------------ read-only, full disk
