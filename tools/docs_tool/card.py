@@ -11,16 +11,19 @@ from upload_common.errors import InvalidInput
 RELATIONS = ("adapter", "merge", "quantized", "finetune")
 # Licence identifiers the Hub accepts in `license:` (its list of repository licences); anything else is
 # `license: other` with `license_name` and `license_link`.
-HUB_LICENSES = frozenset("""
-apache-2.0 mit openrail bigscience-openrail-m creativeml-openrail-m bigscience-bloom-rail-1.0 bigcode-openrail-m
-afl-3.0 artistic-2.0 bsl-1.0 bsd bsd-2-clause bsd-3-clause bsd-3-clause-clear c-uda cc cc0-1.0 cc-by-2.0
-cc-by-2.5 cc-by-3.0 cc-by-4.0 cc-by-sa-3.0 cc-by-sa-4.0 cc-by-nc-2.0 cc-by-nc-3.0 cc-by-nc-4.0 cc-by-nd-4.0
-cc-by-nc-nd-3.0 cc-by-nc-nd-4.0 cc-by-nc-sa-2.0 cc-by-nc-sa-3.0 cc-by-nc-sa-4.0 cdla-sharing-1.0
-cdla-permissive-1.0 cdla-permissive-2.0 wtfpl ecl-2.0 epl-1.0 epl-2.0 etalab-2.0 eupl-1.1 eupl-1.2 agpl-3.0
-gfdl gpl gpl-2.0 gpl-3.0 lgpl lgpl-2.1 lgpl-3.0 isc h-research intel-research lppl-1.3c ms-pl apple-ascl
-apple-amlr mpl-2.0 odc-by odbl openmdw-1.0 openrail++ osl-3.0 postgresql ofl-1.1 ncsa unlicense zlib pddl
-lgpl-lr deepfloyd-if-license fair-noncommercial-research-license llama2 llama3 llama3.1 llama3.2 llama3.3
-llama4 gemma unknown other""".split())
+HUB_LICENSES = frozenset([
+    "apache-2.0", "mit", "openrail", "bigscience-openrail-m", "creativeml-openrail-m", "bigscience-bloom-rail-1.0",
+    "bigcode-openrail-m", "afl-3.0", "artistic-2.0", "bsl-1.0", "bsd", "bsd-2-clause", "bsd-3-clause",
+    "bsd-3-clause-clear", "c-uda", "cc", "cc0-1.0", "cc-by-2.0", "cc-by-2.5", "cc-by-3.0", "cc-by-4.0", "cc-by-sa-3.0",
+    "cc-by-sa-4.0", "cc-by-nc-2.0", "cc-by-nc-3.0", "cc-by-nc-4.0", "cc-by-nd-4.0", "cc-by-nc-nd-3.0",
+    "cc-by-nc-nd-4.0", "cc-by-nc-sa-2.0", "cc-by-nc-sa-3.0", "cc-by-nc-sa-4.0", "cdla-sharing-1.0",
+    "cdla-permissive-1.0", "cdla-permissive-2.0", "wtfpl", "ecl-2.0", "epl-1.0", "epl-2.0", "etalab-2.0", "eupl-1.1",
+    "eupl-1.2", "agpl-3.0", "gfdl", "gpl", "gpl-2.0", "gpl-3.0", "lgpl", "lgpl-2.1", "lgpl-3.0", "isc", "h-research",
+    "intel-research", "lppl-1.3c", "ms-pl", "apple-ascl", "apple-amlr", "mpl-2.0", "odc-by", "odbl", "openmdw-1.0",
+    "openrail++", "osl-3.0", "postgresql", "ofl-1.1", "ncsa", "unlicense", "zlib", "pddl", "lgpl-lr",
+    "deepfloyd-if-license", "fair-noncommercial-research-license", "llama2", "llama3", "llama3.1", "llama3.2",
+    "llama3.3", "llama4", "gemma", "unknown", "other",
+])
 
 
 def metadata(ctx: dict) -> dict:
@@ -53,6 +56,16 @@ def check(text: str) -> list[str]:
         data = ModelCard(text).data.to_dict()
     except Exception as exc:  # noqa: BLE001 - ValueError or a YAML error, both mean "not a valid card"
         return [f"the card's metadata does not parse: {' '.join(str(exc).split())}"]
+    problems = [*_base_problems(data), *_license_problems(data)]
+    for tag in data.get("tags") or []:
+        if not isinstance(tag, str) or not tag or any(c.isspace() for c in tag):
+            problems.append(f"tag {tag!r} is empty or holds spaces")
+    if not data.get("library_name"):
+        problems.append("no library_name: the Hub cannot show how to load the model")
+    return problems
+
+
+def _base_problems(data: dict) -> list[str]:
     problems = []
     base, relation = data.get("base_model"), data.get("base_model_relation")
     for b in base if isinstance(base, list) else [base] if base else []:
@@ -62,17 +75,17 @@ def check(text: str) -> list[str]:
         problems.append(f"base_model_relation {relation!r} is not one of {', '.join(RELATIONS)}")
     if relation and not base:
         problems.append("base_model_relation without base_model")
+    return problems
+
+
+def _license_problems(data: dict) -> list[str]:
+    problems = []
     lic = data.get("license")
     if lic and lic not in HUB_LICENSES:
         problems.append(f"license {lic!r} is not a Hub licence id: use license: other with license_name and "
                         "license_link")
     if lic == "other" and not (data.get("license_name") and data.get("license_link")):
         problems.append("license: other needs license_name and license_link")
-    for tag in data.get("tags") or []:
-        if not isinstance(tag, str) or not tag or any(c.isspace() for c in tag):
-            problems.append(f"tag {tag!r} is empty or holds spaces")
-    if not data.get("library_name"):
-        problems.append("no library_name: the Hub cannot show how to load the model")
     return problems
 
 
@@ -160,8 +173,9 @@ def _quantization(ctx: dict) -> str:
                   for k, val in q.items() if val not in (None, "", [], {})]
     if v:
         lines += ["", f"Loaded with transformers and compared with the 16-bit merge on the same text "
-                      f"({v['positions']} positions): top-1 agreement **{v['top1_agreement']:.3f}** (share of positions "
-                      f"where both pick the same next token), mean KL divergence **{v['mean_kl']:.5f}** (0 = identical)."]
+                      f"({v['positions']} positions): top-1 agreement **{v['top1_agreement']:.3f}** (share of "
+                      f"positions where both pick the same next token), mean KL divergence "
+                      f"**{v['mean_kl']:.5f}** (0 = identical)."]
     return "\n".join(lines)
 
 
@@ -182,7 +196,8 @@ def _usage(ctx: dict) -> str:
         note = "" if looks_like_repo_id(ctx.get("adapter_base")) else (
             "\n\nThe adapter's config names its base model as a local path; pass the base explicitly "
             "(`PeftModel.from_pretrained(base_model, ...)`) where that path does not exist.")
-        return f"## Usage\n\nWith [PEFT](https://github.com/huggingface/peft) and transformers:\n\n```python\n{code}\n```{note}"
+        return (f"## Usage\n\nWith [PEFT](https://github.com/huggingface/peft) and transformers:\n\n"
+                f"```python\n{code}\n```{note}")
     if lib == "gguf":
         return _usage_gguf(ctx)
     code = (f'from transformers import AutoModelForCausalLM, AutoTokenizer\n\n'
@@ -192,7 +207,8 @@ def _usage(ctx: dict) -> str:
     pip = f" (`pip install {' '.join(needs)}`)" if needs else ""
     text = f"## Usage\n\nWith transformers{pip}:\n\n```python\n{code}\n```"
     if ctx["spec"].get("vllm"):
-        text += f"\n\nWith [vLLM](https://github.com/vllm-project/vllm), which reads this format natively:\n\n```sh\nvllm serve {repo}\n```"
+        text += (f"\n\nWith [vLLM](https://github.com/vllm-project/vllm), which reads this format natively:\n\n"
+                 f"```sh\nvllm serve {repo}\n```")
     return text
 
 
@@ -206,14 +222,20 @@ def _usage_gguf(ctx: dict) -> str:
         'print(llm("Hello!", max_tokens=64)["choices"][0]["text"])'
     parts = ["## Usage",
              f"llama.cpp:\n\n```sh\nllama-cli -hf {repo}:{quant}\n```",
-             "[llama-cpp-python](https://github.com/abetlen/llama-cpp-python):\n\n```python\nfrom llama_cpp import Llama\n\n"
+             "[llama-cpp-python](https://github.com/abetlen/llama-cpp-python):\n\n"
+             "```python\nfrom llama_cpp import Llama\n\n"
              f'llm = Llama.from_pretrained(repo_id="{repo}", filename="{filename}")\n{chat}\n```']
     if ctx.get("modelfile"):
-        parts.append(f"[Ollama](https://ollama.com), straight from the Hub:\n\n```sh\nollama run hf.co/{repo}:{quant}\n```\n\n"
+        parts.append(f"[Ollama](https://ollama.com), straight from the Hub:\n\n"
+                     f"```sh\nollama run hf.co/{repo}:{quant}\n```\n\n"
                      f"or with the `Modelfile` of this repo (chat template and stop tokens of the tokenizer), in a "
                      f"folder holding it and `{filename}`:\n\n```sh\nollama create {ctx['ollama_name']} -f Modelfile\n"
                      f"ollama run {ctx['ollama_name']}\n```")
     return "\n\n".join(parts)
+
+
+_SUMMARY_ROWS = (("epoch", "Epochs", "{:.2f}"), ("train_batch_size", "Batch size per device", "{}"),
+                 ("final_loss", "Final training loss", "{:.4f}"), ("train_runtime", "Training time (s)", "{:.0f}"))
 
 
 def _training(ctx: dict) -> str:
@@ -224,26 +246,10 @@ def _training(ctx: dict) -> str:
     if kind and kind != "unknown":
         rows.append(("Method", f"{kind.upper()} (detected: {trainer.get('evidence', '')})"))
     if adapter:
-        desc = f"{adapter.get('peft_type', 'LORA')} r={adapter.get('r')}, alpha={adapter.get('lora_alpha')}"
-        flags = [f for f in ("use_rslora", "use_dora") if adapter.get(f)]
-        if flags:
-            desc += " (" + ", ".join(f.removeprefix("use_") for f in flags) + ")"
-        targets = adapter.get("target_modules")
-        if targets:
-            desc += f" on {', '.join(targets) if isinstance(targets, list) else targets}"
-        rows.append(("Adapter", desc))
+        rows.append(("Adapter", _adapter_desc(adapter)))
     if ctx.get("checkpoint_reason"):  # merge-tool's reason, less its command-line hint
         rows.append(("Checkpoint", re.sub(r";? ?pick one with --checkpoint N", "", ctx["checkpoint_reason"])))
-    steps = summary.get("global_step")
-    if steps is not None:
-        rows.append(("Steps", f"{steps}" + (f" of {summary['max_steps']}" if summary.get("max_steps") else "")))
-    for key, label, fmt in (("epoch", "Epochs", "{:.2f}"), ("train_batch_size", "Batch size per device", "{}"),
-                            ("final_loss", "Final training loss", "{:.4f}"), ("train_runtime", "Training time (s)", "{:.0f}")):
-        if isinstance(summary.get(key), (int, float)):
-            rows.append((label, fmt.format(summary[key])))
-    evals = summary.get("eval_loss_history") or []
-    if evals:
-        rows.append(("Final evaluation loss", f"{evals[-1][1]:.4f}"))
+    rows += _summary_rows(summary)
     if ctx.get("datasets"):
         rows.append(("Datasets", ", ".join(ctx["datasets"])))
     if not rows:
@@ -252,6 +258,33 @@ def _training(ctx: dict) -> str:
     if ctx.get("plot"):
         text += f"\n\n![Training loss]({ctx['plot']})"
     return text
+
+
+def _adapter_desc(adapter: dict) -> str:
+    """``LORA r=16, alpha=32 (rslora) on q_proj, v_proj``."""
+    desc = f"{adapter.get('peft_type', 'LORA')} r={adapter.get('r')}, alpha={adapter.get('lora_alpha')}"
+    flags = [f for f in ("use_rslora", "use_dora") if adapter.get(f)]
+    if flags:
+        desc += " (" + ", ".join(f.removeprefix("use_") for f in flags) + ")"
+    targets = adapter.get("target_modules")
+    if targets:
+        desc += f" on {', '.join(targets) if isinstance(targets, list) else targets}"
+    return desc
+
+
+def _summary_rows(summary: dict) -> list[tuple[str, str]]:
+    """The trainer's figures: steps, epochs, batch size, losses, time."""
+    rows = []
+    steps = summary.get("global_step")
+    if steps is not None:
+        rows.append(("Steps", f"{steps}" + (f" of {summary['max_steps']}" if summary.get("max_steps") else "")))
+    for key, label, fmt in _SUMMARY_ROWS:
+        if isinstance(summary.get(key), (int, float)):
+            rows.append((label, fmt.format(summary[key])))
+    evals = summary.get("eval_loss_history") or []
+    if evals:
+        rows.append(("Final evaluation loss", f"{evals[-1][1]:.4f}"))
+    return rows
 
 
 def _provenance(ctx: dict) -> str:
