@@ -106,7 +106,8 @@ def load_tensor(file: Path, name: str, rows: tuple[int, int] | None = None):
                 return f.get_tensor(name)
             return f.get_slice(name)[rows[0]:rows[1]]
     except (SafetensorError, OSError) as exc:
-        raise InvalidInput(f"cannot read tensor {name} from {file} ({exc}): the file is corrupt", path=str(file)) from None
+        raise InvalidInput(f"cannot read tensor {name} from {file} ({exc}): the file is corrupt",
+                           path=str(file)) from None
 
 
 class NonFiniteTensor(InvalidInput):
@@ -203,9 +204,23 @@ def write_stream(path: Path, names: list[str], specs: dict[str, dict], produce, 
     raises ``NonFiniteTensor`` and is not written. An OSError of the writing thread (a full disk) is
     raised here as it was, errno intact and the file named, once the file is closed and the thread
     has ended. Returns the file's sha256."""
-    import queue
-    import threading
+    raw = _header_bytes(names, specs, metadata)
+    h = hashlib.sha256()
+    try:
+        with _closed_after(path) as f:
+            for chunk in (struct.pack("<Q", len(raw)), raw):
+                f.write(chunk)
+                h.update(chunk)
+            _write_threaded(f, h, names, specs, produce, on_bytes)
+    except OSError as exc:
+        if exc.filename is None and not isinstance(exc, UploadError):
+            exc.filename = str(path)  # buffered writes and close() name no file: say which one
+        raise
+    return h.hexdigest()
 
+
+def _header_bytes(names: list[str], specs: dict[str, dict], metadata: dict | None) -> bytes:
+    """The JSON header planned from the shapes, tensors in the order given, padded to 8 bytes."""
     header, offset = {"__metadata__": metadata or {"format": "pt"}}, 0
     for name in names:
         size = nbytes(specs[name])
@@ -213,55 +228,62 @@ def write_stream(path: Path, names: list[str], specs: dict[str, dict], produce, 
                         "data_offsets": [offset, offset + size]}
         offset += size
     raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    h = hashlib.sha256()
+    return raw + b" " * (-len(raw) % 8)
+
+
+@contextlib.contextmanager
+def _closed_after(path: Path):
+    """``path`` opened for writing, closed at the end; on an error the first error is the one to
+    report, not close()'s echo of it."""
+    f = open(path, "wb")  # noqa: SIM115 - closed below, with close()'s own error kept apart on failure
+    try:
+        yield f
+    except BaseException:
+        with contextlib.suppress(OSError):
+            f.close()
+        raise
+    f.close()
+
+
+def _write_threaded(f, h, names: list[str], specs: dict[str, dict], produce, on_bytes) -> None:
+    """Produce the blocks here while ``writer`` checks, writes and hashes them in a second thread; at
+    most two blocks wait between the two, so memory stays at a few blocks."""
+    import queue
+    import threading
+
     pending: queue.Queue = queue.Queue(maxsize=2)
     failed: list[BaseException] = []
-
-    def writer(f):
-        kicked = 0
-        while (item := pending.get()) is not None:
-            if failed:
-                continue  # keep draining, so the producing thread never blocks on a full queue
-            name, code, data = item
-            try:
-                if bad := nonfinite_in(data, code):  # checked here, overlapping the next block's computation
-                    raise NonFiniteTensor(f"{name} would be written with {bad} NaN/infinite value(s)", tensor=name,
-                                          nonfinite=bad)
-                f.write(data)
-                h.update(data)
-                if on_bytes:
-                    on_bytes(data.nbytes)
-                if f.tell() - kicked >= WRITEBACK_BYTES:
-                    kicked = _start_writeback(f, kicked)
-            except BaseException as exc:  # reported by the producing thread
-                failed.append(exc)
-
+    thread = threading.Thread(target=writer, args=(f, h, pending, failed, on_bytes), daemon=True)
+    thread.start()
     try:
-        f = open(path, "wb")
+        _feed(names, specs, produce, pending, failed)
+    finally:
+        pending.put(None)
+        thread.join()
+    if failed:
+        raise failed[0]
+
+
+def writer(f, h, pending, failed: list[BaseException], on_bytes) -> None:
+    """The writing thread of ``write_stream``: each queued block checked for NaN and infinity, written,
+    hashed and counted until ``None``; its first error goes to ``failed`` for the producing thread."""
+    kicked = 0
+    while (item := pending.get()) is not None:
+        if failed:
+            continue  # keep draining, so the producing thread never blocks on a full queue
+        name, code, data = item
         try:
-            for chunk in (struct.pack("<Q", len(raw)), raw):
-                f.write(chunk)
-                h.update(chunk)
-            thread = threading.Thread(target=writer, args=(f,), daemon=True)
-            thread.start()
-            try:
-                _feed(names, specs, produce, pending, failed)
-            finally:
-                pending.put(None)
-                thread.join()
-            if failed:
-                raise failed[0]
-        except BaseException:
-            with contextlib.suppress(OSError):  # the first error is the one to report, not close()'s echo of it
-                f.close()
-            raise
-        f.close()
-    except OSError as exc:
-        if exc.filename is None and not isinstance(exc, UploadError):
-            exc.filename = str(path)  # buffered writes and close() name no file: say which one
-        raise
-    return h.hexdigest()
+            if bad := nonfinite_in(data, code):  # checked here, overlapping the next block's computation
+                raise NonFiniteTensor(f"{name} would be written with {bad} NaN/infinite value(s)", tensor=name,
+                                      nonfinite=bad)
+            f.write(data)
+            h.update(data)
+            if on_bytes:
+                on_bytes(data.nbytes)
+            if f.tell() - kicked >= WRITEBACK_BYTES:
+                kicked = _start_writeback(f, kicked)
+        except BaseException as exc:  # reported by the producing thread
+            failed.append(exc)
 
 
 def _feed(names: list[str], specs: dict[str, dict], produce, pending, failed: list) -> None:
