@@ -258,53 +258,26 @@ def _code_notes(tokenizer: dict) -> list[str]:
 
 def inspect_trainer_output(path, checkpoint: int | None = None) -> dict:
     """Describe an adapter folder or a whole trainer output folder (see the module docstring)."""
-    root = Path(os.path.abspath(path))
-    if not root.exists():
-        raise InputNotFound(f"{root} does not exist: pass the trainer output folder or the adapter folder",
-                            path=str(root))
-    if not root.is_dir():
-        raise InvalidInput(f"{root} is a file: pass the folder that holds {ADAPTER_CONFIG}", path=str(root))
+    root = _root_folder(path)
     notes: list[str] = []
     candidates = _find_adapters(root)
     if not candidates:
         raise InputNotFound(_no_adapter_message(root), path=str(root))
     steps = sorted(c["step"] for c in candidates if c["source"] == "checkpoint")
-
-    def load_state(folder: Path):
-        f = folder / "trainer_state.json"
-        data = _read_json(f, "trainer_state.json", notes) if f.is_file() else None
-        return (data, f) if isinstance(data, dict) else None
-
-    states: dict[Path, tuple | None] = {}
-
-    def state_of(folder: Path):
-        if folder not in states:
-            states[folder] = load_state(folder)
-        return states[folder]
-
+    states = _States(notes)
     latest = root / f"checkpoint-{steps[-1]}" if steps else None
-    best_from = state_of(root) or (state_of(latest) if latest else None)
+    best_from = states.of(root) or states.of(latest)
     chosen = _choose(root, candidates, checkpoint, best_from[0].get("best_model_checkpoint") if best_from else None,
                      notes)
     adapter_dir = Path(chosen["path"])
     _check_links(root, dict.fromkeys((root, adapter_dir, latest or root)))
-    found = state_of(root) or state_of(adapter_dir) or (state_of(latest) if latest else None)
+    found = states.of(root) or states.of(adapter_dir) or states.of(latest)
     if found and found[1].parent != root:
         notes.append(f"trainer_state.json taken from {found[1].parent.name}/ (none at the root)")
     state, state_file = found if found else (None, None)
-    config = _read_json(adapter_dir / ADAPTER_CONFIG, ADAPTER_CONFIG)
-    if not isinstance(config, dict):
-        raise InvalidInput(f"{adapter_dir / ADAPTER_CONFIG} holds a {type(config).__name__}, not an object: "
-                           "fix or replace the file", path=str(adapter_dir))
+    config = _adapter_config(adapter_dir)
     weights, fmt = _check_weights(adapter_dir)
-    if fmt == "pickle":
-        notes.append(f"the adapter weights are a pickle ({weights}): not read here")
-    for c in candidates:
-        if c["path"] != chosen["path"] and not any((Path(c["path"]) / n).is_file() for n, _ in WEIGHTS):
-            notes.append(f"{Path(c['path']).name}/ has {ADAPTER_CONFIG} but no weights")
-    for folder in dict.fromkeys((root, adapter_dir)):
-        if (folder / "training_args.bin").is_file():
-            notes.append(f"training_args.bin present in {folder.name}/: not read (pickle)")
+    notes += _file_notes(root, chosen, candidates, weights, fmt)
     tokenizer = _tokenizer(adapter_dir, root, notes)
     notes += _code_notes(tokenizer)
     trainer = (_kind_from_readme(dict.fromkeys((root, adapter_dir))) or _kind_from_args(root, notes)
@@ -321,3 +294,53 @@ def inspect_trainer_output(path, checkpoint: int | None = None) -> dict:
         "training": _summary(state, state_file) if state is not None else None,
         "notes": notes,
     }
+
+
+def _root_folder(path) -> Path:
+    root = Path(os.path.abspath(path))
+    if not root.exists():
+        raise InputNotFound(f"{root} does not exist: pass the trainer output folder or the adapter folder",
+                            path=str(root))
+    if not root.is_dir():
+        raise InvalidInput(f"{root} is a file: pass the folder that holds {ADAPTER_CONFIG}", path=str(root))
+    return root
+
+
+class _States:
+    """A folder's trainer_state.json as (data, file), read once; None when absent or not an object (a
+    file that is not JSON noted in ``notes`` when first read)."""
+
+    def __init__(self, notes: list[str]) -> None:
+        self.notes, self.read = notes, {}
+
+    def of(self, folder: Path | None) -> tuple[dict, Path] | None:
+        if folder is None:
+            return None
+        if folder not in self.read:
+            f = folder / "trainer_state.json"
+            data = _read_json(f, "trainer_state.json", self.notes) if f.is_file() else None
+            self.read[folder] = (data, f) if isinstance(data, dict) else None
+        return self.read[folder]
+
+
+def _adapter_config(adapter_dir: Path) -> dict:
+    config = _read_json(adapter_dir / ADAPTER_CONFIG, ADAPTER_CONFIG)
+    if not isinstance(config, dict):
+        raise InvalidInput(f"{adapter_dir / ADAPTER_CONFIG} holds a {type(config).__name__}, not an object: "
+                           "fix or replace the file", path=str(adapter_dir))
+    return config
+
+
+def _file_notes(root: Path, chosen: dict, candidates: list[dict], weights: str, fmt: str) -> list[str]:
+    """What the user may expect to be used and is not: pickled weights, other adapters without weights,
+    training_args.bin."""
+    adapter_dir, notes = Path(chosen["path"]), []
+    if fmt == "pickle":
+        notes.append(f"the adapter weights are a pickle ({weights}): not read here")
+    for c in candidates:
+        if c["path"] != chosen["path"] and not any((Path(c["path"]) / n).is_file() for n, _ in WEIGHTS):
+            notes.append(f"{Path(c['path']).name}/ has {ADAPTER_CONFIG} but no weights")
+    for folder in dict.fromkeys((root, adapter_dir)):
+        if (folder / "training_args.bin").is_file():
+            notes.append(f"training_args.bin present in {folder.name}/: not read (pickle)")
+    return notes
