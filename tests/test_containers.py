@@ -28,7 +28,7 @@ def docker_client():
         c = client()
     except DockerUnavailable as exc:
         pytest.skip(f"no Docker engine: {exc.message}")
-    missing = missing_images(c, [{"image": image(t)} for t in TOOLS])
+    missing = missing_images(c, [image(t) for t in TOOLS])
     if missing:
         pytest.skip(f"images not built: {', '.join(missing)} (images/build.sh --cpu)")
     return c

@@ -38,14 +38,14 @@ def test_plan_from_the_request(sft_output, tmp_path):
     req = request(sft_output, work=str(tmp_path / "w"), formats="lora,gguf",
                   push=("hf:acme/tiny", f"local:{tmp_path / 'site'}", "ollama"))
     steps = plan(req, found)
-    assert [s["name"] for s in steps] == ["lora", "merged_16bit", "gguf", "docs", "publish-hf", "publish-local",
+    assert [s.name for s in steps] == ["lora", "merged_16bit", "gguf", "docs", "publish-hf", "publish-local",
                                           "publish-ollama"]
-    by = {s["name"]: s for s in steps}
-    assert by["merged_16bit"]["inputs"]["base"] == Path(found["base_model"])  # local base: mounted, not downloaded
-    assert set(by["docs"]["inputs"]) == {"lora", "gguf"}  # merged_16bit is made for the GGUF, not published
-    assert ["--namespace", "acme"] == by["docs"]["args"][by["docs"]["args"].index("--namespace"):][:2]
-    assert by["publish-hf"]["network"] and by["publish-hf"]["token"] and not by["publish-local"]["network"]
-    assert not any(s["network"] for s in steps[:4]) and by["gguf"]["gpu"] and not by["docs"]["gpu"]
+    by = {s.name: s for s in steps}
+    assert by["merged_16bit"].inputs["base"] == Path(found["base_model"])  # local base: mounted, not downloaded
+    assert set(by["docs"].inputs) == {"lora", "gguf"}  # merged_16bit is made for the GGUF, not published
+    assert ["--namespace", "acme"] == list(by["docs"].args[by["docs"].args.index("--namespace"):][:2])
+    assert by["publish-hf"].network and by["publish-hf"].token and not by["publish-local"].network
+    assert not any(s.network for s in steps[:4]) and by["gguf"].gpu and not by["docs"].gpu
     assert naming({"push": [], "name": None, "trainer_output": "/x/sft out"}) == ("sft-out", None)
     for bad, message in ((dict(formats="exl2"), "unknown format"), (dict(push=("ftp:x",)), "hf:ORG/NAME"),
                          (dict(push=("hf:noslash",)), "hf:ORG/NAME"), (dict(push=("hf:a/b", "hf:c/d")), "one ORG/NAME")):

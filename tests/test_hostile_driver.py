@@ -19,6 +19,7 @@ from click.testing import CliRunner
 
 from conftest import start_until, tree_hash
 from upload_driver.cli import main
+from upload_driver.plan import PlannedStep
 
 NO_DOCKER = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}
 
@@ -99,7 +100,7 @@ def test_a_step_is_never_recorded_done_when_its_files_differ_from_its_manifest(d
 
     root, _ = done
     out = root / "work" / "artifacts" / "lora"
-    step = {"name": "lora", "out": out, "rw": {}, "inputs": {}}
+    step = PlannedStep("lora", "merge-tool", "merge_tool.cli", out)
     assert state.verify(step)  # what the run recorded holds
     cfg = out / "adapter_config.json"
     text = cfg.read_text()
@@ -230,13 +231,15 @@ def test_only_publishing_steps_see_the_token(monkeypatch):
     from upload_driver.local import environment
 
     base = {"HF_TOKEN": "hf_x", "HUGGING_FACE_HUB_TOKEN": "hf_y", "PATH": "/bin"}
-    merge = environment({"token": False}, base)
+    lora = PlannedStep("lora", "merge-tool", "merge_tool.cli", Path("out"))
+    publish = PlannedStep("publish-hf", "hf-push-tool", "hf_push_tool.cli", Path("out"), token=True)
+    merge = environment(lora, base)
     assert "HF_TOKEN" not in merge and "HUGGING_FACE_HUB_TOKEN" not in merge and not Path(merge["HF_TOKEN_PATH"]).exists()
-    assert environment({"token": True}, base)["HF_TOKEN"] == "hf_x"
+    assert environment(publish, base)["HF_TOKEN"] == "hf_x"
     monkeypatch.delenv("UPLOAD_DRIVER_DEBUG", raising=False)
-    assert environment({"token": False}, base)["TRANSFORMERS_VERBOSITY"] == "error"
+    assert environment(lora, base)["TRANSFORMERS_VERBOSITY"] == "error"
     monkeypatch.setenv("UPLOAD_DRIVER_DEBUG", "1")
-    assert "TQDM_DISABLE" not in environment({"token": False}, base)
+    assert "TQDM_DISABLE" not in environment(lora, base)
 
 
 def test_a_killed_step_takes_what_it_started_with_it(tmp_path, monkeypatch):
@@ -253,8 +256,7 @@ def test_a_killed_step_takes_what_it_started_with_it(tmp_path, monkeypatch):
         os.kill(os.getpid(), signal.SIGKILL)
     """))
     monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    step = {"name": "gguf", "tool": "gguf-tool", "module": "fakestep", "args": [], "inputs": {}, "rw": {},
-            "out": tmp_path / "out", "token": False}
+    step = PlannedStep("gguf", "gguf-tool", "fakestep", tmp_path / "out")
     with pytest.raises(UploadError) as err:
         local.run(step, device="cpu", log=lambda m: None)
     assert "was killed (signal 9)" in err.value.message and "message above" not in err.value.message
@@ -290,9 +292,9 @@ def test_run_options_reach_the_steps(sft_output, tmp_path):
 
     req = request(sft_output, work=str(tmp_path / "w"), formats="merged_16bit", allow_pickle=True,
                   base_model="acme/base")
-    steps = {s["name"]: s for s in plan(req, inspect_trainer_output(sft_output))}
-    assert "--allow-pickle" in steps["merged_16bit"]["args"]
-    assert steps["docs"]["args"][steps["docs"]["args"].index("--base-model") + 1] == "acme/base"
+    steps = {s.name: s for s in plan(req, inspect_trainer_output(sft_output))}
+    assert "--allow-pickle" in steps["merged_16bit"].args
+    assert steps["docs"].args[steps["docs"].args.index("--base-model") + 1] == "acme/base"
 
 
 def test_the_demo_says_what_to_do_next(tmp_path):
@@ -334,7 +336,7 @@ def test_kill_9_at_each_step_then_the_rerun_finishes_the_same(sft_output, tmp_pa
     steps = [r["step"] for r in json.loads(final.stdout)["steps"]]
     assert steps == ["lora", "merged_16bit", "gguf", "docs", "publish-local"] and set(recorded) == set(steps)
     for name in ("lora", "merged_16bit", "gguf", "docs"):
-        assert state.verify({"name": name, "out": work / "artifacts" / name, "rw": {}, "inputs": {}})
+        assert state.verify(PlannedStep(name, "merge-tool", "merge_tool.cli", work / "artifacts" / name))
     again = drive("run", sft_output, "--work", work, "--formats", "lora,gguf", "--quant", "F16", "--push",
                   f"local:{site}", "--runtime", "local", "--json")
     assert all(skipped(again).values())

@@ -152,12 +152,12 @@ def test_one_merge_serves_every_quantized_format(tmp_path):
     req = {"formats": made_from_merge, "push": [], "work": str(tmp_path / "w"), "trainer_output": str(tmp_path),
            "merge": {"base": str(tmp_path), "calibration": str(tmp_path / "cal.txt")}, "gguf": {}, "docs": {},
            "publish": {}, "quants": ["Q8_0"], "name": "m"}
-    steps = {s["name"]: s for s in plan(req, {})}
+    steps = {s.name: s for s in plan(req, {})}
     merged = tmp_path / "w" / "artifacts" / "merged_16bit"
-    assert [s for s in steps if s == "merged_16bit"] == ["merged_16bit"] and steps["merged_16bit"]["out"] == merged
+    assert [s for s in steps if s == "merged_16bit"] == ["merged_16bit"] and steps["merged_16bit"].out == merged
     for name in made_from_merge:
         step = steps[name]
-        assert step["inputs"]["model"] == merged and "adapter" not in step["inputs"] and "base" not in step["inputs"]
-        assert not step["network"] and not step["token"]
-        assert ("calibration" in step["inputs"]) is SETS[name].calibration
-    assert "merged_16bit" not in steps["docs"]["inputs"] and set(made_from_merge) <= set(steps["docs"]["inputs"])
+        assert step.inputs["model"] == merged and "adapter" not in step.inputs and "base" not in step.inputs
+        assert not step.network and not step.token
+        assert ("calibration" in step.inputs) is SETS[name].calibration
+    assert "merged_16bit" not in steps["docs"].inputs and set(made_from_merge) <= set(steps["docs"].inputs)

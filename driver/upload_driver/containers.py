@@ -15,6 +15,7 @@ import os
 import shlex
 import sys
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from upload_common.cli import debug_enabled
@@ -22,7 +23,7 @@ from upload_common.errors import UploadError
 
 from .config import docker_bind_path
 from .local import QUIET_ENV, failure
-from .plan import render
+from .plan import PlannedStep, render
 
 LABEL = "upload-driver.work"
 PASS_ENV = ("HF_ENDPOINT", "HF_HUB_DISABLE_XET", "HF_HUB_DISABLE_TELEMETRY", "HF_HUB_OFFLINE", "HF_HUB_ETAG_TIMEOUT",
@@ -49,11 +50,11 @@ def client():
         raise DockerUnavailable(f"no Docker engine answers ({' '.join(str(exc).split())[:160]})") from None
 
 
-def missing_images(c, steps: list[dict]) -> list[str]:
+def missing_images(c, images: Iterable[str]) -> list[str]:
     import docker
 
     missing = []
-    for name in dict.fromkeys(s["image"] for s in steps):
+    for name in dict.fromkeys(images):
         try:
             c.images.get(name)
         except docker.errors.ImageNotFound:
@@ -104,26 +105,26 @@ def gpu_available(c, image_name: str, work: Path) -> tuple[bool, str]:
                 pass
 
 
-def _in_path(step: dict, key: str) -> str:
+def _in_path(step: PlannedStep, key: str) -> str:
     """An input keeps its own name inside the container (/work/in/<key>/<name>): tools record and show
     folder names (the run's name, the trainer's README), so both runtimes write the same files."""
-    return f"/work/in/{key}/{Path(step['inputs'][key]).name}"
+    return f"/work/in/{key}/{step.inputs[key].name}"
 
 
-def spec(step: dict, *, device: str, gpu: bool, work: Path, token_file: Path | None) -> dict:
+def spec(step: PlannedStep, *, device: str, gpu: bool, work: Path, token_file: Path | None) -> dict:
     """Everything the container is created with (also what --dry-run shows)."""
     from docker.types import Mount
 
-    mounts = [Mount(_in_path(step, k), docker_bind_path(p), type="bind", read_only=True) for k, p in step["inputs"].items()]
-    mounts.append(Mount("/work/out", docker_bind_path(Path(step["out"]).parent), type="bind"))
-    mounts += [Mount(f"/work/rw/{k}", docker_bind_path(p), type="bind") for k, p in step["rw"].items()]
+    mounts = [Mount(_in_path(step, k), docker_bind_path(p), type="bind", read_only=True) for k, p in step.inputs.items()]
+    mounts.append(Mount("/work/out", docker_bind_path(step.out.parent), type="bind"))
+    mounts += [Mount(f"/work/rw/{k}", docker_bind_path(p), type="bind") for k, p in step.rw.items()]
     env = {k: os.environ[k] for k in PASS_ENV if k in os.environ}
     if not debug_enabled():
         env = {**QUIET_ENV, **env}
     if token_file is not None:
         mounts.append(Mount("/run/secrets/hf_token", docker_bind_path(token_file), type="bind", read_only=True))
         env["HF_TOKEN_PATH"] = "/run/secrets/hf_token"
-    if step["hf_cache"]:
+    if step.hf_cache:
         from huggingface_hub import constants
 
         cache = Path(constants.HF_HUB_CACHE)
@@ -132,12 +133,12 @@ def spec(step: dict, *, device: str, gpu: bool, work: Path, token_file: Path | N
         env["HF_HUB_CACHE"] = "/work/hf-cache"
     uid = os.getuid() if hasattr(os, "getuid") else 1000
     gid = os.getgid() if hasattr(os, "getgid") else 1000
-    command = render(step, inp=lambda k: _in_path(step, k), out=lambda: f"/work/out/{Path(step['out']).name}",
+    command = render(step, inp=lambda k: _in_path(step, k), out=lambda: f"/work/out/{step.out.name}",
                      rw=lambda k: f"/work/rw/{k}", device=device)
-    return {"image": step["image"], "command": [*command, "--overwrite"],
+    return {"image": step.image, "command": [*command, "--overwrite"],
             "user": f"{uid}:{gid}", "mounts": mounts, "environment": env,
-            "network_mode": "host" if step["network"] else "none", "working_dir": "/work",
-            "labels": {LABEL: work_id(work), "upload-driver.step": step["name"]},
+            "network_mode": "host" if step.network else "none", "working_dir": "/work",
+            "labels": {LABEL: work_id(work), "upload-driver.step": step.name},
             "device_requests": _gpu_request() if gpu else None}
 
 
@@ -177,13 +178,13 @@ class _Token:
             os.rmdir(self.dir)
 
 
-def run(c, step: dict, *, device: str, gpu: bool, work: Path, log) -> None:
+def run(c, step: PlannedStep, *, device: str, gpu: bool, work: Path, log) -> None:
     import docker
 
     keep = os.environ.get("UPLOAD_DRIVER_KEEP_CONTAINERS", "") not in ("", "0")
-    for folder in (Path(step["out"]).parent, *step["rw"].values()):  # bind sources must exist
-        Path(folder).mkdir(parents=True, exist_ok=True)
-    with _Token(step["token"]) as token_file:
+    for folder in (step.out.parent, *step.rw.values()):  # bind sources must exist
+        folder.mkdir(parents=True, exist_ok=True)
+    with _Token(step.token) as token_file:
         s = spec(step, device=device, gpu=gpu, work=work, token_file=token_file)
         try:
             ct = c.containers.create(s["image"], s["command"], user=s["user"], mounts=s["mounts"],
@@ -191,9 +192,9 @@ def run(c, step: dict, *, device: str, gpu: bool, work: Path, log) -> None:
                                      working_dir=s["working_dir"], labels=s["labels"],
                                      device_requests=s["device_requests"])
         except docker.errors.APIError as exc:
-            raise UploadError(f"Docker refused the container of step {step['name']}: "
+            raise UploadError(f"Docker refused the container of step {step.name}: "
                               f"{' '.join(str(exc.explanation or exc).split())[:300]}: check `upload-driver doctor`",
-                              step=step["name"]) from None
+                              step=step.name) from None
         try:
             ct.start()
             for chunk in ct.logs(stream=True, follow=True, stdout=False, stderr=True):
@@ -211,4 +212,4 @@ def run(c, step: dict, *, device: str, gpu: bool, work: Path, log) -> None:
                     pass
     if code:
         killed = code - 128 if code in (137, 143) else None
-        raise UploadError(failure(step, killed, code, where=step["image"]), step=step["name"], exit=code)
+        raise UploadError(failure(step, killed, code, where=step.image), step=step.name, exit=code)

@@ -26,20 +26,20 @@ QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": 
 NO_TOKEN_FILE = os.path.join(tempfile.gettempdir(), "upload-driver-no-token", "token")  # never created
 
 
-def command(step: dict, device: str) -> list[str]:
-    args = plan.render(step, inp=lambda k: str(step["inputs"][k]), out=lambda: str(step["out"]),
-                       rw=lambda k: str(step["rw"][k]), device=device)
-    return [sys.executable, "-m", step["module"], *args, "--overwrite"]
+def command(step: plan.PlannedStep, device: str) -> list[str]:
+    args = plan.render(step, inp=lambda k: str(step.inputs[k]), out=lambda: str(step.out),
+                       rw=lambda k: str(step.rw[k]), device=device)
+    return [sys.executable, "-m", step.module, *args, "--overwrite"]
 
 
-def describe(step: dict, device: str) -> str:
-    return shlex.join([step["tool"], *command(step, device)[3:]])
+def describe(step: plan.PlannedStep, device: str) -> str:
+    return shlex.join([step.tool, *command(step, device)[3:]])
 
 
-def environment(step: dict, base: dict | None = None) -> dict:
+def environment(step: plan.PlannedStep, base: dict | None = None) -> dict:
     """The step's environment: without any token unless it publishes or downloads; quiet unless debugging."""
     env = dict(os.environ if base is None else base)
-    if not step["token"]:
+    if not step.token:
         for key in TOKEN_ENV:
             env.pop(key, None)
         env["HF_TOKEN_PATH"] = NO_TOKEN_FILE  # huggingface_hub's token file is not read either
@@ -55,7 +55,7 @@ def _end_group(pgid: int) -> None:
         pass
 
 
-def run(step: dict, *, device: str, log) -> None:
+def run(step: plan.PlannedStep, *, device: str, log) -> None:
     group = sys.platform != "win32"
     proc = subprocess.Popen(command(step, device), stdout=subprocess.DEVNULL, env=environment(step),
                             start_new_session=group)
@@ -69,13 +69,13 @@ def run(step: dict, *, device: str, log) -> None:
         if group:  # what the step started and left behind (a converter whose parent was killed)
             _end_group(proc.pid)
     if code:
-        raise UploadError(failure(step, -code if code < 0 else None, code), step=step["name"], exit=code)
+        raise UploadError(failure(step, -code if code < 0 else None, code), step=step.name, exit=code)
 
 
-def failure(step: dict, signal_number: int | None, code: int, where: str = "") -> str:
+def failure(step: plan.PlannedStep, signal_number: int | None, code: int, where: str = "") -> str:
     """One line for a step that failed: killed by a signal (it could say nothing), or failed after
     printing its own one-line error (or traceback) above."""
-    name = f"step {step['name']} ({where or step['tool']})"
+    name = f"step {step.name} ({where or step.tool})"
     if signal_number:
         why = " - often the system running out of memory" if signal_number == signal.SIGKILL else ""
         return f"{name} was killed (signal {signal_number}){why}: nothing of it was kept; rerun to resume, " \

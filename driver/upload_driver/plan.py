@@ -1,13 +1,17 @@
 """The plan: which steps a request needs, each with every path explicit.
 
-A step is a plain dict: the tool and its module, its image, named inputs (folders or files, read
+A step is a ``PlannedStep``: the tool and its module, its image, named inputs (folders or files, read
 only), its output folder, and its arguments, where a path is a placeholder (``("in", key)``,
-``("out",)``, ``("rw", key, prefix)``) that each runtime renders: host paths for a local process,
-mount points for a container. Only the driver knows the artifact layout: ``WORK/artifacts/<step>``."""
+``("out",)``, ``("rw", key, prefix)``, ``("device",)``) that each runtime renders: host paths for a
+local process, mount points for a container. Only the driver knows the artifact layout:
+``WORK/artifacts/<step>``."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 from upload_common import __version__
 from upload_common.errors import UsageError
@@ -21,17 +25,43 @@ def image(tool: str) -> str:
     return f"upload-driver/{tool}:{__version__}"
 
 
-def _step(name, tool, module, out, args, *, inputs=None, gpu=False, network=False, token=False, rw=None,
-          hf_cache=False) -> dict:
-    return {"name": name, "tool": tool, "module": module, "image": image(tool), "inputs": inputs or {}, "out": out,
-            "args": args, "gpu": gpu, "network": network, "token": token, "rw": rw or {}, "hf_cache": hf_cache}
+Placeholder = tuple[str, ...]  # ("in", key), ("out",), ("rw", key, prefix) or ("device",)
+Arg = str | Placeholder
 
 
-def render(step: dict, *, inp, out, rw, device: str) -> list[str]:
+@dataclass(frozen=True)
+class PlannedStep:
+    """One step of the plan. ``inputs`` are read only; ``rw`` are folders the step writes beside its
+    output (a local publish target); ``network``/``token``/``hf_cache``: what the step may reach."""
+
+    name: str
+    tool: str
+    module: str
+    out: Path
+    args: tuple[Arg, ...] = ()
+    inputs: Mapping[str, Path] = field(default_factory=dict)
+    rw: Mapping[str, Path] = field(default_factory=dict)
+    gpu: bool = False
+    network: bool = False
+    token: bool = False
+    hf_cache: bool = False
+
+    def __post_init__(self):  # read-only, and every path a Path
+        object.__setattr__(self, "out", Path(self.out))
+        object.__setattr__(self, "args", tuple(self.args))
+        for key in ("inputs", "rw"):
+            object.__setattr__(self, key, MappingProxyType({k: Path(p) for k, p in getattr(self, key).items()}))
+
+    @property
+    def image(self) -> str:
+        return image(self.tool)
+
+
+def render(step: PlannedStep, *, inp, out, rw, device: str) -> list[str]:
     """The step's arguments with each placeholder replaced: ``inp(key)``, ``out()`` and ``rw(key)``
     say where those paths are for whoever runs (or identifies) the step."""
     rendered = []
-    for a in step["args"]:
+    for a in step.args:
         if isinstance(a, str):
             rendered.append(a)
         elif a[0] == "in":
@@ -125,7 +155,7 @@ def _gguf_args(spec, req: dict, found: dict) -> tuple[dict, list, dict]:
 MAKERS = {"merge-tool": ("merge_tool.cli", _merge_args), "gguf-tool": ("gguf_tool.cli", _gguf_args)}
 
 
-def _set_steps(formats: list[str], req: dict, found: dict) -> list[dict]:
+def _set_steps(formats: list[str], req: dict, found: dict) -> list[PlannedStep]:
     """A step for each set asked for or consumed by one asked for, in registry order (a consumed set
     comes first); a set made from another reads that one's folder as ``model``."""
     art = Path(req["work"]) / "artifacts"
@@ -138,11 +168,11 @@ def _set_steps(formats: list[str], req: dict, found: dict) -> list[dict]:
         inputs, args, access = make(spec, req, found)
         if spec.consumes:
             inputs = {"model": art / spec.consumes[0], **inputs}
-        steps.append(_step(name, spec.tool, module, art / name, args, inputs=inputs, gpu=spec.gpu, **access))
+        steps.append(PlannedStep(name, spec.tool, module, art / name, args, inputs, gpu=spec.gpu, **access))
     return steps
 
 
-def _docs_step(published: list[str], req: dict) -> dict:
+def _docs_step(published: list[str], req: dict) -> PlannedStep:
     art, docs = Path(req["work"]) / "artifacts", req["docs"]
     name, namespace = naming(req)
     inputs = {s: art / s for s in published}
@@ -154,10 +184,10 @@ def _docs_step(published: list[str], req: dict) -> dict:
     args += _opts(docs, {"license": "--license", "license_link": "--license-link", "base_model": "--base-model",
                          "datasets": "--dataset", "language": "--language", "system": "--system",
                          "ollama_quant": "--ollama-quant"})
-    return _step("docs", "docs-tool", "docs_tool.cli", art / "docs", args, inputs=inputs)
+    return PlannedStep("docs", "docs-tool", "docs_tool.cli", art / "docs", args, inputs)
 
 
-def _publish_steps(targets: list[str], published: list[str], req: dict) -> list[dict]:
+def _publish_steps(targets: list[str], published: list[str], req: dict) -> list[PlannedStep]:
     art = Path(req["work"]) / "artifacts"
     steps = []
     for i, target in enumerate(targets):
@@ -173,16 +203,16 @@ def _publish_steps(targets: list[str], published: list[str], req: dict) -> list[
             args += ["--to", "hf" if kind == "hf" else target]
         args += _opts(req["publish"], {"private": "--private", "ollama_push": "--ollama-push"})
         name = f"publish-{kind}" if sum(t.startswith(kind) for t in targets) == 1 else f"publish-{kind}-{i}"
-        steps.append(_step(name, "hf-push-tool", "hf_push_tool.cli", art / name, args, inputs=inputs,
-                           network=kind != "local", token=kind == "hf", rw=rw))
+        steps.append(PlannedStep(name, "hf-push-tool", "hf_push_tool.cli", art / name, args, inputs, rw,
+                                 network=kind != "local", token=kind == "hf"))
     return steps
 
 
-def plan(req: dict, found: dict) -> list[dict]:
+def plan(req: dict, found: dict) -> tuple[PlannedStep, ...]:
     """The steps for ``req`` on the trainer output described by ``found`` (trainer_output.inspect):
     one per set (registry order), docs-tool over the sets asked for, one publish step per target."""
     formats, targets = _check(req)
     naming(req)  # an ill-formed hf: target is refused before anything else
     steps = _set_steps(formats, req, found)
-    published = [s["name"] for s in steps if s["name"] in formats]
-    return [*steps, _docs_step(published, req), *_publish_steps(targets, published, req)]
+    published = [s.name for s in steps if s.name in formats]
+    return (*steps, _docs_step(published, req), *_publish_steps(targets, published, req))

@@ -10,6 +10,7 @@ import os
 import tempfile
 import threading
 import urllib.request
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from upload_common.contract import SPACE_MARGIN, nearest_existing
 from upload_common.errors import UploadError, UsageError
 from upload_common.safety import check_repo_id, is_inside
 
-from .plan import naming
+from .plan import PlannedStep, naming
 
 NET_WAIT = float(os.environ.get("UPLOAD_DRIVER_PREFLIGHT_TIMEOUT", "20"))
 OLLAMA_DEFAULT = "http://127.0.0.1:11434"
@@ -32,25 +33,25 @@ class Finding:
     usage: bool = False
 
 
-def estimate(step: dict, sizes: dict) -> int | None:
+def estimate(step: PlannedStep, sizes: dict) -> int | None:
     """Bytes a step is expected to write (None when the base model is not at hand to measure)."""
     from upload_common.quants import BITS
 
-    name = step["name"]
-    if step["tool"] == "merge-tool":
-        if "base" in step["inputs"]:
-            base = sum(p.stat().st_size for p in Path(step["inputs"]["base"]).glob("*.safetensors"))
+    name = step.name
+    if step.tool == "merge-tool":
+        if "base" in step.inputs:
+            base = sum(p.stat().st_size for p in step.inputs["base"].glob("*.safetensors"))
             sizes["merged"] = base
             return base
-        if "model" in step["inputs"]:  # a format made from the merge: at most the merge's size
+        if "model" in step.inputs:  # a format made from the merge: at most the merge's size
             return sizes.get("merged")
-        adapter = next(iter(Path(step["inputs"]["adapter"]).glob("adapter_model.*")), None)
+        adapter = next(iter(step.inputs["adapter"].glob("adapter_model.*")), None)
         return adapter.stat().st_size if adapter and name == "lora" else None
     if name == "gguf":
         merged = sizes.get("merged")
         if not merged:
             return None
-        quants = [a for a, prev in zip(step["args"][1:], step["args"], strict=False) if prev == "--quant"]
+        quants = [a for a, prev in zip(step.args[1:], step.args, strict=False) if prev == "--quant"]
         return int(merged + sum(merged / 2 * BITS.get(q.upper(), 5) / 8 for q in quants))
     return 1 << 20 if name == "docs" else None
 
@@ -112,13 +113,13 @@ def _code(found: dict) -> list[Finding]:
         return []
 
 
-def _inputs(steps: list[dict], art: Path) -> list[Finding]:
+def _inputs(steps: Iterable[PlannedStep], art: Path) -> list[Finding]:
     """Inputs the user named (a base folder, calibration text, importance matrix) exist."""
     out = []
     for step in steps:
-        for key, path in step["inputs"].items():
+        for key, path in step.inputs.items():
             if not is_inside(path, art) and not Path(path).exists():
-                out.append(Finding(step["name"], f"{key} {path} does not exist: fix the path", usage=True))
+                out.append(Finding(step.name, f"{key} {path} does not exist: fix the path", usage=True))
     return out
 
 
@@ -221,11 +222,11 @@ def _ollama() -> list[Finding]:
                                   "OLLAMA_HOST to where it runs")]
 
 
-def _disk(req: dict, steps: list[dict], will_run: set) -> tuple[list[Finding], int, int]:
+def _disk(req: dict, steps: Sequence[PlannedStep], will_run: set) -> tuple[list[Finding], int, int]:
     import shutil
 
     sizes: dict = {}
-    expected = [(s["name"], estimate(s, sizes)) for s in steps]
+    expected = [(s.name, estimate(s, sizes)) for s in steps]
     need = sum(b for name, b in expected if b and name in will_run)
     probe = nearest_existing(req["work"])
     free = shutil.disk_usage(probe).free
@@ -236,20 +237,20 @@ def _disk(req: dict, steps: list[dict], will_run: set) -> tuple[list[Finding], i
     return [], need, free
 
 
-def check(req: dict, found_output: dict, steps: list[dict], will_run: set) -> tuple[list[Finding], dict]:
+def check(req: dict, found_output: dict, steps: Sequence[PlannedStep], will_run: set) -> tuple[list[Finding], dict]:
     """(findings, {"expected_bytes", "free_bytes"}) for the steps in ``will_run``."""
     art = Path(req["work"]) / "artifacts"
-    running = [s for s in steps if s["name"] in will_run]
+    running = [s for s in steps if s.name in will_run]
     found = [*_gguf(req), *_names(req), *_inputs(running, art), *_code(found_output)]
     why = _writable(Path(req["work"]))
     if why:
         found.append(Finding("--work", f"the work folder {req['work']}: {why}: pass another --work", usage=True))
     for step in running:
-        if step["rw"]:
-            found += _local(Path(step["rw"]["site"]), req)
-        elif step["token"] and step["tool"] == "hf-push-tool":
+        if step.rw:
+            found += _local(step.rw["site"], req)
+        elif step.token and step.tool == "hf-push-tool":
             found += _hub(req)
-        elif step["name"].startswith("publish-ollama"):
+        elif step.name.startswith("publish-ollama"):
             found += _ollama()
     disk, need, free = _disk(req, steps, will_run)
     return [*found, *disk], {"expected_bytes": need, "free_bytes": free}

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from upload_common.cli import log as default_log
@@ -14,10 +15,10 @@ from upload_common.trainer_output import inspect_trainer_output
 from . import containers, local, preflight
 from . import state as st
 from .lock import hold
-from .plan import plan
+from .plan import PlannedStep, plan
 
 
-def choose_runtime(req: dict, steps: list[dict], log) -> tuple[str, object, str]:
+def choose_runtime(req: dict, steps: Sequence[PlannedStep], log) -> tuple[str, object, str]:
     """("docker", client, why) or ("local", None, why). auto: Docker when an engine answers and every
     image is there, else local processes."""
     wanted = req["runtime"]
@@ -25,7 +26,7 @@ def choose_runtime(req: dict, steps: list[dict], log) -> tuple[str, object, str]
         return "local", None, "local processes (--runtime local)"
     try:
         c = containers.client()
-        missing = containers.missing_images(c, steps)
+        missing = containers.missing_images(c, [s.image for s in steps])
     except containers.DockerUnavailable as exc:
         if wanted == "docker":
             raise UsageError(f"--runtime docker: {exc.message}: start Docker (Docker Desktop on Windows), or use "
@@ -39,9 +40,9 @@ def choose_runtime(req: dict, steps: list[dict], log) -> tuple[str, object, str]
     return "docker", c, "Docker containers"
 
 
-def choose_gpu(req: dict, runtime: str, c, steps: list[dict], work: Path) -> tuple[bool, str, str]:
+def choose_gpu(req: dict, runtime: str, c, steps: Sequence[PlannedStep], work: Path) -> tuple[bool, str, str]:
     """(GPU steps get the GPU, merge-tool --device, one line saying so)."""
-    gpu_steps = [s for s in steps if s["gpu"]]
+    gpu_steps = [s for s in steps if s.gpu]
     if req["gpus"] == "none" or not gpu_steps:
         return False, "cpu", "GPU: not used" + (" (--gpus none)" if gpu_steps else "")
     if runtime == "local":
@@ -53,20 +54,20 @@ def choose_gpu(req: dict, runtime: str, c, steps: list[dict], work: Path) -> tup
         if torch.cuda.is_available():
             return True, "cuda", f"GPU: {torch.cuda.get_device_name(0)}"
         return False, "cpu", "GPU: none visible to torch here: running on CPU"
-    ok, why = containers.gpu_available(c, gpu_steps[0]["image"], work)
+    ok, why = containers.gpu_available(c, gpu_steps[0].image, work)
     return ok, "auto" if ok else "cpu", f"GPU: {why}"
 
 
-def will_run(req: dict, steps: list[dict], force: set) -> set:
+def will_run(req: dict, steps: Sequence[PlannedStep], force: set) -> set:
     """The steps that will not be skipped: forced, not up to date, or fed by one that runs."""
     running: set = set()
-    outs = {Path(s["out"]): s["name"] for s in steps}
+    outs = {s.out: s.name for s in steps}
     for step in steps:
-        upstream = {outs[Path(p)] for p in step["inputs"].values() if Path(p) in outs}
-        ready = all(Path(p).exists() for p in step["inputs"].values())
-        if step["name"] in force or upstream & running or not ready or \
+        upstream = {outs[p] for p in step.inputs.values() if p in outs}
+        ready = all(p.exists() for p in step.inputs.values())
+        if step.name in force or upstream & running or not ready or \
                 not st.up_to_date(req["work"], step, st.fingerprint(step)):
-            running.add(step["name"])
+            running.add(step.name)
     return running
 
 
@@ -75,7 +76,7 @@ def execute(req: dict, *, dry_run: bool = False, force=(), log=default_log) -> d
     found = inspect_trainer_output(req["trainer_output"], checkpoint=(req["merge"] or {}).get("checkpoint"))
     log(f"trainer output: {found['root']} ({found['trainer']['kind']}; adapter: {found['adapter']['reason']})")
     steps = plan(req, found)
-    names = [s["name"] for s in steps]
+    names = [s.name for s in steps]
     force = set(names) if "all" in force else set(force)
     if force - set(names):
         raise UsageError(f"--force {', '.join(sorted(force - set(names)))}: the steps are {', '.join(names)} (or all)")
@@ -112,22 +113,22 @@ def _steps(req, steps, force, runtime, c, gpu_choice, decided, log) -> dict:
     rows, t_all = [], time.monotonic()
     for i, step in enumerate(steps, 1):
         fp = st.fingerprint(step)
-        if step["name"] not in force and st.up_to_date(work, step, fp):
-            log(f"[{i}/{len(steps)}] {step['name']}: up to date, skipped")
+        if step.name not in force and st.up_to_date(work, step, fp):
+            log(f"[{i}/{len(steps)}] {step.name}: up to date, skipped")
             rows.append(summary(step, None))
             continue
-        st.forget(work, step["name"])
-        gpu, device = gpu_choice() if step["gpu"] else (False, "cpu")
+        st.forget(work, step.name)
+        gpu, device = gpu_choice() if step.gpu else (False, "cpu")
         where = "container" if runtime == "docker" else "local process"
-        log(f"[{i}/{len(steps)}] {step['name']}: {step['tool']} ({where}{', GPU' if gpu and step['gpu'] else ''})")
+        log(f"[{i}/{len(steps)}] {step.name}: {step.tool} ({where}{', GPU' if gpu and step.gpu else ''})")
         t = time.monotonic()
         if runtime == "docker":
-            containers.run(c, step, device=device, gpu=gpu and step["gpu"], work=work, log=log)
+            containers.run(c, step, device=device, gpu=gpu and step.gpu, work=work, log=log)
         else:
             local.run(step, device=device, log=log)
         seconds = time.monotonic() - t
         st.record(work, step, fp, seconds)
-        log(f"[{i}/{len(steps)}] {step['name']}: done in {seconds:.1f} s")
+        log(f"[{i}/{len(steps)}] {step.name}: done in {seconds:.1f} s")
         rows.append(summary(step, seconds))
     return {"runtime": runtime, "gpu": bool(decided and decided[0]), "work": str(work),
             "seconds": round(time.monotonic() - t_all, 3), "steps": rows}
@@ -137,20 +138,20 @@ def _dry_run(req, steps, runtime, gpu, device, force, running, findings, disk) -
     rows, sizes = [], {}
     for step in steps:
         if runtime == "docker":
-            cmd = containers.describe(containers.spec(step, device=device, gpu=gpu and step["gpu"], work=req["work"],
-                                                      token_file=Path("TOKEN-FILE") if step["token"] else None))
+            cmd = containers.describe(containers.spec(step, device=device, gpu=gpu and step.gpu, work=req["work"],
+                                                      token_file=Path("TOKEN-FILE") if step.token else None))
         else:
             cmd = local.describe(step, device)
-        status = "forced" if step["name"] in force else ("will run" if step["name"] in running else "up to date")
-        rows.append({"step": step["name"], "status": status, "command": cmd, "output": str(step["out"]),
+        status = "forced" if step.name in force else ("will run" if step.name in running else "up to date")
+        rows.append({"step": step.name, "status": status, "command": cmd, "output": str(step.out),
                      "expected_bytes": preflight.estimate(step, sizes)})
     return {"dry_run": True, "runtime": runtime, "gpu": gpu, "steps": rows, **disk,
             "problems": [{"check": f.check, "problem": f.problem, "usage": f.usage} for f in findings]}
 
 
-def summary(step: dict, seconds: float | None) -> dict:
-    m = read_manifest(step["out"]) or {}
-    row = {"step": step["name"], "output": str(step["out"]), "files": len(m.get("outputs", [])),
+def summary(step: PlannedStep, seconds: float | None) -> dict:
+    m = read_manifest(step.out) or {}
+    row = {"step": step.name, "output": str(step.out), "files": len(m.get("outputs", [])),
            "bytes": sum(o["size"] for o in m.get("outputs", [])), "seconds": None if seconds is None else round(seconds, 1),
            "skipped": seconds is None, "figures": "", "published": ""}
     if m.get("files"):  # gguf-tool: validation per type

@@ -33,31 +33,31 @@ from upload_common.contract import (
 from upload_common.errors import InvalidInput
 from upload_common.upload_manifest import UPLOAD_MANIFEST
 
-from .plan import render
+from .plan import PlannedStep, render
 
 STATE = ".upload-driver/state.json"
 
 
-def fingerprint(step: dict) -> str:
+def fingerprint(step: PlannedStep) -> str:
     """The step's fingerprint as the driver asks for it (where it publishes is part of what it does)."""
-    args = render(step, inp=lambda k: f"in:{k}", out=lambda: "out", rw=lambda k: f"rw:{step['rw'][k]}", device="")
-    inputs = {k: describe_input(Path(p)) for k, p in sorted(step["inputs"].items())}
-    return step_fingerprint(step["tool"], __version__, inputs, {"args": args})
+    args = render(step, inp=lambda k: f"in:{k}", out=lambda: "out", rw=lambda k: f"rw:{step.rw[k]}", device="")
+    inputs = {k: describe_input(p) for k, p in sorted(step.inputs.items())}
+    return step_fingerprint(step.tool, __version__, inputs, {"args": args})
 
 
 def load(work: Path) -> dict:
     return _json_object(Path(work) / STATE)
 
 
-def _expected(step: dict) -> dict[Path, dict]:
+def _expected(step: PlannedStep) -> dict[Path, dict]:
     """Every file the step's output should hold, {path: {"size", "sha256"}}: the manifest's outputs,
     and for a local publish the files it laid out in the target."""
-    out = Path(step["out"])
+    out = step.out
     m = read_manifest(out) or {}
     files = {out / o["path"]: o for o in m.get("outputs") or [] if isinstance(o, dict) and "path" in o}
-    if step["rw"]:  # a local publish: DIR/<repo id>/<path in repo>, DIR as this machine sees it (not the container)
-        upload = _json_object(Path(step["inputs"]["docs"]) / UPLOAD_MANIFEST)
-        site = Path(step["rw"]["site"])
+    if step.rw:  # a local publish: DIR/<repo id>/<path in repo>, DIR as this machine sees it (not the container)
+        upload = _json_object(step.inputs["docs"] / UPLOAD_MANIFEST)
+        site = step.rw["site"]
         for sets in (m.get("published") or {}).values():
             for name, rec in sets.items():
                 entry = (upload.get("sets") or {}).get(name) if isinstance(rec, dict) and rec.get("repo_id") else None
@@ -83,7 +83,7 @@ def _stat(path: Path):
         return None
 
 
-def verify(step: dict) -> dict[str, list]:
+def verify(step: PlannedStep) -> dict[str, list]:
     """Check every output file against the manifest (size, sha256, in parallel); return what the
     state records of each ({path: [size, mtime_ns]}). InvalidInput when a file differs."""
     files = _expected(step)
@@ -100,13 +100,13 @@ def verify(step: dict) -> dict[str, list]:
     with ThreadPoolExecutor(4) as pool:
         bad = [b for b in pool.map(check, files.items()) if b]
     if bad:
-        raise InvalidInput(f"step {step['name']}: its output does not match its manifest ({bad[0]}"
+        raise InvalidInput(f"step {step.name}: its output does not match its manifest ({bad[0]}"
                            f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}): something else wrote to it; "
-                           f"rerun with --force {step['name']}", step=step["name"], mismatches=bad[:20])
+                           f"rerun with --force {step.name}", step=step.name, mismatches=bad[:20])
     return {str(p): list(_stat(p)) for p in files}
 
 
-def _still_there(step: dict, recorded: dict) -> bool:
+def _still_there(step: PlannedStep, recorded: dict) -> bool:
     """The cheap re-check of a done step: every file still has its recorded size and time, or, where
     the time changed, still the sha256 of the manifest."""
     files = _expected(step)
@@ -121,24 +121,24 @@ def _still_there(step: dict, recorded: dict) -> bool:
     return True
 
 
-def up_to_date(work: Path, step: dict, fp: str) -> bool:
+def up_to_date(work: Path, step: PlannedStep, fp: str) -> bool:
     """The state records fingerprint ``fp`` for the step, and its manifest and files are still the ones
     recorded."""
-    rec = load(work).get(step["name"])
-    manifest = Path(step["out"]) / MANIFEST
+    rec = load(work).get(step.name)
+    manifest = step.out / MANIFEST
     return bool(rec) and rec.get("fingerprint") == fp and manifest.is_file() and \
         sha256_file(manifest) == rec.get("manifest") and _still_there(step, rec.get("files") or {})
 
 
-def record(work: Path, step: dict, fp: str, seconds: float) -> None:
+def record(work: Path, step: PlannedStep, fp: str, seconds: float) -> None:
     """Mark the step done under fingerprint ``fp``, after checking its files against its manifest."""
     files = verify(step)
     path = Path(work) / STATE
     path.parent.mkdir(parents=True, exist_ok=True)
     state = load(work)
-    state[step["name"]] = {"fingerprint": fp, "manifest": sha256_file(Path(step["out"]) / MANIFEST),
-                           "manifest_fingerprint": (read_manifest(step["out"]) or {}).get("fingerprint"),
-                           "finished": now_iso(), "seconds": round(seconds, 3), "files": files}
+    state[step.name] = {"fingerprint": fp, "manifest": sha256_file(step.out / MANIFEST),
+                        "manifest_fingerprint": (read_manifest(step.out) or {}).get("fingerprint"),
+                        "finished": now_iso(), "seconds": round(seconds, 3), "files": files}
     write_json_atomic(path, state)
 
 
