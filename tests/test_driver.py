@@ -18,6 +18,7 @@ from upload_common.errors import InvalidInput, UsageError
 from upload_driver.cli import main
 from upload_driver.config import docker_bind_path, local_path, request
 from upload_driver.plan import naming, plan
+from upload_driver.request import Request
 
 NO_DOCKER = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}
 
@@ -46,7 +47,7 @@ def test_plan_from_the_request(sft_output, tmp_path):
     assert ["--namespace", "acme"] == list(by["docs"].args[by["docs"].args.index("--namespace"):][:2])
     assert by["publish-hf"].network and by["publish-hf"].token and not by["publish-local"].network
     assert not any(s.network for s in steps[:4]) and by["gguf"].gpu and not by["docs"].gpu
-    assert naming({"push": [], "name": None, "trainer_output": "/x/sft out"}) == ("sft-out", None)
+    assert naming(Request(trainer_output=Path("/x/sft out"), work=tmp_path / "w")) == ("sft-out", None)
     for bad, message in ((dict(formats="exl2"), "unknown format"), (dict(push=("ftp:x",)), "hf:ORG/NAME"),
                          (dict(push=("hf:noslash",)), "hf:ORG/NAME"), (dict(push=("hf:a/b", "hf:c/d")), "one ORG/NAME")):
         with pytest.raises(UsageError, match=message):

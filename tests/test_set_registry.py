@@ -146,12 +146,12 @@ def test_one_merge_serves_every_quantized_format(tmp_path):
     """--formats merged_4bit,gptq,awq,fp8,gguf: the plan makes merged_16bit once (not published), and
     every format made from it reads that one folder as its --model; none reads the adapter or base."""
     from upload_driver.plan import plan
+    from upload_driver.request import Request
 
     made_from_merge = [k for k, s in SETS.items() if s.consumes == ("merged_16bit",)]
     assert {"merged_4bit", "merged_8bit", "gptq", "awq", "fp8", "gguf"} <= set(made_from_merge)
-    req = {"formats": made_from_merge, "push": [], "work": str(tmp_path / "w"), "trainer_output": str(tmp_path),
-           "merge": {"base": str(tmp_path), "calibration": str(tmp_path / "cal.txt")}, "gguf": {}, "docs": {},
-           "publish": {}, "quants": ["Q8_0"], "name": "m"}
+    req = Request(formats=made_from_merge, work=tmp_path / "w", trainer_output=tmp_path, quants=["Q8_0"], name="m",
+                  merge={"base": str(tmp_path), "calibration": str(tmp_path / "cal.txt")})
     steps = {s.name: s for s in plan(req, {})}
     merged = tmp_path / "w" / "artifacts" / "merged_16bit"
     assert [s for s in steps if s == "merged_16bit"] == ["merged_16bit"] and steps["merged_16bit"].out == merged

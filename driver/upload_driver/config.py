@@ -10,6 +10,8 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from upload_common.errors import InvalidInput, UsageError
 
+from .request import Request
+
 DEFAULTS = {
     "work": None,  # default: <trainer output>-upload beside it
     "formats": ["lora", "merged_16bit", "gguf"],
@@ -132,7 +134,7 @@ def _rel_target(target: str, rel) -> str:
 SECTION_OPTIONS = {"base_model": "docs", "allow_pickle": "merge"}  # options that set one key of a config table
 
 
-def request(trainer_output=None, *, config=None, **options) -> dict:
+def request(trainer_output=None, *, config=None, **options) -> Request:
     """Defaults, then the config file, then every option given on the command line (None = not given)."""
     req = _layered(config, options)
     _resolve_paths(req, trainer_output)
@@ -142,7 +144,7 @@ def request(trainer_output=None, *, config=None, **options) -> dict:
     for key, choices in (("runtime", ("auto", "docker", "local")), ("gpus", ("auto", "all", "none"))):
         if req[key] not in choices:
             raise UsageError(f"{key} {req[key]!r}: choose {', '.join(choices)}")
-    return req
+    return Request(**req)
 
 
 def _layered(config, options: dict) -> dict:

@@ -18,6 +18,8 @@ from upload_common.errors import UsageError
 from upload_common.safety import hub_name
 from upload_common.sets import SETS
 
+from .request import Request
+
 PUBLISH_KINDS = ("hf", "local", "ollama")
 
 
@@ -87,9 +89,9 @@ def _opts(section: dict, names: dict) -> list:
     return out
 
 
-def naming(req: dict) -> tuple[str, str | None]:
+def naming(req: Request) -> tuple[str, str | None]:
     """(model name, Hub namespace): hf:ORG/NAME decides both; else --name or the run folder's name."""
-    hub = [t.split(":", 1)[1] for t in req["push"] if t.startswith("hf:")]
+    hub = [t.split(":", 1)[1] for t in req.push if t.startswith("hf:")]
     if len(set(hub)) > 1:
         raise UsageError(f"several hf: targets ({', '.join(hub)}): publish to one ORG/NAME per run")
     if hub:
@@ -97,25 +99,25 @@ def naming(req: dict) -> tuple[str, str | None]:
         if not sep or not org or not name or "/" in name:
             raise UsageError(f"hf:{hub[0]}: use hf:ORG/NAME (the repos become ORG/NAME, ORG/NAME-lora, ORG/NAME-GGUF)")
         return name, org
-    return hub_name(req.get("name") or Path(req["trainer_output"]).name), None
+    return hub_name(req.name or req.trainer_output.name), None
 
 
-def _check(req: dict) -> tuple[list[str], list[str]]:
+def _check(req: Request) -> tuple[list[str], list[str]]:
     """(formats, publish targets) as asked, each known."""
-    formats = list(dict.fromkeys(req["formats"]))
+    formats = list(dict.fromkeys(req.formats))
     unknown = [f for f in formats if f not in SETS]
     if unknown or not formats:
         raise UsageError(f"unknown format(s) {', '.join(unknown) or '(none)'}: choose among {', '.join(SETS)}")
-    for t in req["push"]:
+    for t in req.push:
         if t.split(":", 1)[0] not in PUBLISH_KINDS:
             raise UsageError(f"--push {t}: use hf:ORG/NAME, local:DIR or ollama[:NAME]")
-    return formats, list(req["push"])
+    return formats, list(req.push)
 
 
-def _merge_args(spec, req: dict, found: dict) -> tuple[dict, list, dict]:
+def _merge_args(spec, req: Request, found: dict) -> tuple[dict, list, dict]:
     """merge-tool's inputs and arguments for the set ``spec`` (from the adapter, or from the merged
     set it consumes), and whether it reaches the network for the base."""
-    merge, trainer = req["merge"], Path(req["trainer_output"])
+    merge, trainer = req.merge, req.trainer_output
     if spec.consumes:
         inputs, args = {}, ["--model", ("in", "model")]
     else:
@@ -138,11 +140,11 @@ def _merge_args(spec, req: dict, found: dict) -> tuple[dict, list, dict]:
     return inputs, args, {"network": remote, "token": remote, "hf_cache": remote}
 
 
-def _gguf_args(spec, req: dict, found: dict) -> tuple[dict, list, dict]:
+def _gguf_args(spec, req: Request, found: dict) -> tuple[dict, list, dict]:
     """gguf-tool's inputs and arguments: the merged set it consumes, the quantization types."""
-    gguf = req["gguf"]
+    gguf = req.gguf
     inputs = {}
-    args = ["--model", ("in", "model"), "--out", ("out",), *[a for q in req["quants"] for a in ("--quant", q)],
+    args = ["--model", ("in", "model"), "--out", ("out",), *[a for q in req.quants for a in ("--quant", q)],
             "--name", naming(req)[0]]
     for key in ("imatrix", "calibration"):
         if gguf.get(key):
@@ -155,10 +157,10 @@ def _gguf_args(spec, req: dict, found: dict) -> tuple[dict, list, dict]:
 MAKERS = {"merge-tool": ("merge_tool.cli", _merge_args), "gguf-tool": ("gguf_tool.cli", _gguf_args)}
 
 
-def _set_steps(formats: list[str], req: dict, found: dict) -> list[PlannedStep]:
+def _set_steps(formats: list[str], req: Request, found: dict) -> list[PlannedStep]:
     """A step for each set asked for or consumed by one asked for, in registry order (a consumed set
     comes first); a set made from another reads that one's folder as ``model``."""
-    art = Path(req["work"]) / "artifacts"
+    art = req.work / "artifacts"
     needed = {*formats, *(c for f in formats for c in SETS[f].consumes)}  # a consumed set is made, not published
     steps = []
     for name, spec in SETS.items():
@@ -172,8 +174,8 @@ def _set_steps(formats: list[str], req: dict, found: dict) -> list[PlannedStep]:
     return steps
 
 
-def _docs_step(published: list[str], req: dict) -> PlannedStep:
-    art, docs = Path(req["work"]) / "artifacts", req["docs"]
+def _docs_step(published: list[str], req: Request) -> PlannedStep:
+    art, docs = req.work / "artifacts", req.docs
     name, namespace = naming(req)
     inputs = {s: art / s for s in published}
     args = [*[a for s in published for a in ("--artifact", ("in", s))], "--out", ("out",), "--name", name]
@@ -187,8 +189,8 @@ def _docs_step(published: list[str], req: dict) -> PlannedStep:
     return PlannedStep("docs", "docs-tool", "docs_tool.cli", art / "docs", args, inputs)
 
 
-def _publish_steps(targets: list[str], published: list[str], req: dict) -> list[PlannedStep]:
-    art = Path(req["work"]) / "artifacts"
+def _publish_steps(targets: list[str], published: list[str], req: Request) -> list[PlannedStep]:
+    art = req.work / "artifacts"
     steps = []
     for i, target in enumerate(targets):
         kind, _, arg = target.partition(":")
@@ -201,14 +203,14 @@ def _publish_steps(targets: list[str], published: list[str], req: dict) -> list[
             args += ["--to", ("rw", "site", "local:")]
         else:  # hf: the repos are in docs-tool's upload manifest; ollama[:NAME] as given
             args += ["--to", "hf" if kind == "hf" else target]
-        args += _opts(req["publish"], {"private": "--private", "ollama_push": "--ollama-push"})
+        args += _opts(req.publish, {"private": "--private", "ollama_push": "--ollama-push"})
         name = f"publish-{kind}" if sum(t.startswith(kind) for t in targets) == 1 else f"publish-{kind}-{i}"
         steps.append(PlannedStep(name, "hf-push-tool", "hf_push_tool.cli", art / name, args, inputs, rw,
                                  network=kind != "local", token=kind == "hf"))
     return steps
 
 
-def plan(req: dict, found: dict) -> tuple[PlannedStep, ...]:
+def plan(req: Request, found: dict) -> tuple[PlannedStep, ...]:
     """The steps for ``req`` on the trainer output described by ``found`` (trainer_output.inspect):
     one per set (registry order), docs-tool over the sets asked for, one publish step per target."""
     formats, targets = _check(req)

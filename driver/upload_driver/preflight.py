@@ -19,6 +19,7 @@ from upload_common.errors import UploadError, UsageError
 from upload_common.safety import check_repo_id, is_inside
 
 from .plan import PlannedStep, naming
+from .request import Request
 
 NET_WAIT = float(os.environ.get("UPLOAD_DRIVER_PREFLIGHT_TIMEOUT", "20"))
 OLLAMA_DEFAULT = "http://127.0.0.1:11434"
@@ -64,37 +65,37 @@ def _catch(check: str, fn) -> list[Finding]:
         return [Finding(check, exc.message, isinstance(exc, UsageError))]
 
 
-def _gguf(req: dict) -> list[Finding]:
+def _gguf(req: Request) -> list[Finding]:
     from upload_common.quants import get_quant
 
-    if "gguf" not in req["formats"]:
+    if "gguf" not in req.formats:
         return []
     out, known = [], []
-    for q in req["quants"]:
+    for q in req.quants:
         try:
             known.append(get_quant(q))
         except UsageError as exc:
             out.append(Finding("--quant", exc.message, usage=True))
     needy = [q["name"] for q in known if q["needs_imatrix"]]
-    if needy and not (req["gguf"].get("imatrix") or req["gguf"].get("calibration")):
+    if needy and not (req.gguf.get("imatrix") or req.gguf.get("calibration")):
         out.append(Finding("--quant", f"{', '.join(needy)} need an importance matrix: set imatrix or calibration in "
                                       "the config's [gguf] table", usage=True))
-    wanted = req["docs"].get("ollama_quant")
+    wanted = req.docs.get("ollama_quant")
     if wanted and str(wanted).upper() not in {q["name"] for q in known}:
         out.append(Finding("ollama_quant", f"ollama_quant {wanted} is not one of the GGUF types asked for "
-                                           f"({', '.join(req['quants'])})", usage=True))
+                                           f"({', '.join(req.quants)})", usage=True))
     return out
 
 
-def _names(req: dict) -> list[Finding]:
+def _names(req: Request) -> list[Finding]:
     def check():
         name, namespace = naming(req)
         if namespace:  # a local target's name is a folder name made safe by naming(); the Hub's rules are stricter
             check_repo_id(f"{namespace}/{name}", "hf: target", namespace=True)
-        for s, repo in (req["docs"].get("repos") or {}).items():
+        for s, repo in (req.docs.get("repos") or {}).items():
             check_repo_id(repo, f"[docs] repos {s} =")
-        if req["docs"].get("base_model"):
-            check_repo_id(req["docs"]["base_model"], "--base-model", namespace=True)
+        if req.docs.get("base_model"):
+            check_repo_id(req.docs["base_model"], "--base-model", namespace=True)
 
     return _catch("names", check)
 
@@ -136,9 +137,9 @@ def _writable(folder: Path) -> str | None:
     return None
 
 
-def _local(target: Path, req: dict) -> list[Finding]:
-    work = Path(req["work"])
-    trainer = Path(req["trainer_output"])
+def _local(target: Path, req: Request) -> list[Finding]:
+    work = req.work
+    trainer = req.trainer_output
     for inner, what, both in ((trainer, "the trainer output", True), (work / "artifacts", "the artifacts", False),
                               (work / ".upload-driver", "the driver's state", False)):
         if is_inside(target, inner) or (both and is_inside(inner, target)):
@@ -169,7 +170,7 @@ def _bounded(what: str, host: str, fn):
     return box["value"]
 
 
-def _hub(req: dict) -> list[Finding]:
+def _hub(req: Request) -> list[Finding]:
     from huggingface_hub import HfApi, constants, get_token
 
     if not get_token():
@@ -222,13 +223,13 @@ def _ollama() -> list[Finding]:
                                   "OLLAMA_HOST to where it runs")]
 
 
-def _disk(req: dict, steps: Sequence[PlannedStep], will_run: set) -> tuple[list[Finding], int, int]:
+def _disk(req: Request, steps: Sequence[PlannedStep], will_run: set) -> tuple[list[Finding], int, int]:
     import shutil
 
     sizes: dict = {}
     expected = [(s.name, estimate(s, sizes)) for s in steps]
     need = sum(b for name, b in expected if b and name in will_run)
-    probe = nearest_existing(req["work"])
+    probe = nearest_existing(req.work)
     free = shutil.disk_usage(probe).free
     if need and free < need + SPACE_MARGIN:
         return [Finding("disk", f"the plan writes ~{need / 1e9:.2f} GB (plus a {SPACE_MARGIN >> 20} MB margin) in "
@@ -237,14 +238,14 @@ def _disk(req: dict, steps: Sequence[PlannedStep], will_run: set) -> tuple[list[
     return [], need, free
 
 
-def check(req: dict, found_output: dict, steps: Sequence[PlannedStep], will_run: set) -> tuple[list[Finding], dict]:
+def check(req: Request, found_output: dict, steps: Sequence[PlannedStep], will_run: set) -> tuple[list[Finding], dict]:
     """(findings, {"expected_bytes", "free_bytes"}) for the steps in ``will_run``."""
-    art = Path(req["work"]) / "artifacts"
+    art = req.work / "artifacts"
     running = [s for s in steps if s.name in will_run]
     found = [*_gguf(req), *_names(req), *_inputs(running, art), *_code(found_output)]
-    why = _writable(Path(req["work"]))
+    why = _writable(req.work)
     if why:
-        found.append(Finding("--work", f"the work folder {req['work']}: {why}: pass another --work", usage=True))
+        found.append(Finding("--work", f"the work folder {req.work}: {why}: pass another --work", usage=True))
     for step in running:
         if step.rw:
             found += _local(step.rw["site"], req)

@@ -16,12 +16,13 @@ from . import containers, local, preflight
 from . import state as st
 from .lock import hold
 from .plan import PlannedStep, plan
+from .request import Request
 
 
-def choose_runtime(req: dict, steps: Sequence[PlannedStep], log) -> tuple[str, object, str]:
+def choose_runtime(req: Request, steps: Sequence[PlannedStep], log) -> tuple[str, object, str]:
     """("docker", client, why) or ("local", None, why). auto: Docker when an engine answers and every
     image is there, else local processes."""
-    wanted = req["runtime"]
+    wanted = req.runtime
     if wanted == "local":
         return "local", None, "local processes (--runtime local)"
     try:
@@ -40,10 +41,10 @@ def choose_runtime(req: dict, steps: Sequence[PlannedStep], log) -> tuple[str, o
     return "docker", c, "Docker containers"
 
 
-def choose_gpu(req: dict, runtime: str, c, steps: Sequence[PlannedStep], work: Path) -> tuple[bool, str, str]:
+def choose_gpu(req: Request, runtime: str, c, steps: Sequence[PlannedStep], work: Path) -> tuple[bool, str, str]:
     """(GPU steps get the GPU, merge-tool --device, one line saying so)."""
     gpu_steps = [s for s in steps if s.gpu]
-    if req["gpus"] == "none" or not gpu_steps:
+    if req.gpus == "none" or not gpu_steps:
         return False, "cpu", "GPU: not used" + (" (--gpus none)" if gpu_steps else "")
     if runtime == "local":
         try:
@@ -58,7 +59,7 @@ def choose_gpu(req: dict, runtime: str, c, steps: Sequence[PlannedStep], work: P
     return ok, "auto" if ok else "cpu", f"GPU: {why}"
 
 
-def will_run(req: dict, steps: Sequence[PlannedStep], force: set) -> set:
+def will_run(req: Request, steps: Sequence[PlannedStep], force: set) -> set:
     """The steps that will not be skipped: forced, not up to date, or fed by one that runs."""
     running: set = set()
     outs = {s.out: s.name for s in steps}
@@ -66,14 +67,14 @@ def will_run(req: dict, steps: Sequence[PlannedStep], force: set) -> set:
         upstream = {outs[p] for p in step.inputs.values() if p in outs}
         ready = all(p.exists() for p in step.inputs.values())
         if step.name in force or upstream & running or not ready or \
-                not st.up_to_date(req["work"], step, st.fingerprint(step)):
+                not st.up_to_date(req.work, step, st.fingerprint(step)):
             running.add(step.name)
     return running
 
 
-def execute(req: dict, *, dry_run: bool = False, force=(), log=default_log) -> dict:
-    work = Path(req["work"])
-    found = inspect_trainer_output(req["trainer_output"], checkpoint=(req["merge"] or {}).get("checkpoint"))
+def execute(req: Request, *, dry_run: bool = False, force=(), log=default_log) -> dict:
+    work = req.work
+    found = inspect_trainer_output(req.trainer_output, checkpoint=req.merge.get("checkpoint"))
     log(f"trainer output: {found['root']} ({found['trainer']['kind']}; adapter: {found['adapter']['reason']})")
     steps = plan(req, found)
     names = [s.name for s in steps]
@@ -107,7 +108,7 @@ def execute(req: dict, *, dry_run: bool = False, force=(), log=default_log) -> d
 
 
 def _steps(req, steps, force, runtime, c, gpu_choice, decided, log) -> dict:
-    work = Path(req["work"])
+    work = req.work
     if c is not None and containers.remove_leftovers(c, work):
         log("removed containers left by an interrupted run")
     rows, t_all = [], time.monotonic()
@@ -138,7 +139,7 @@ def _dry_run(req, steps, runtime, gpu, device, force, running, findings, disk) -
     rows, sizes = [], {}
     for step in steps:
         if runtime == "docker":
-            cmd = containers.describe(containers.spec(step, device=device, gpu=gpu and step.gpu, work=req["work"],
+            cmd = containers.describe(containers.spec(step, device=device, gpu=gpu and step.gpu, work=req.work,
                                                       token_file=Path("TOKEN-FILE") if step.token else None))
         else:
             cmd = local.describe(step, device)
