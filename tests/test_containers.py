@@ -92,15 +92,16 @@ def test_pipeline_in_containers_writes_what_local_processes_write(docker_client,
 def test_a_quantized_format_runs_in_its_image_with_the_calibration_mounted(docker_client, sample, tmp_path):
     cal = tmp_path / "calibration.jsonl"
     cal.write_text("".join(json.dumps({"text": f"sample sentence number {i} about the sea"}) + "\n" for i in range(40)))
-    (tmp_path / "upload.toml").write_text('formats = ["merged_16bit", "gptq"]\n[merge]\ncalibration = "calibration.jsonl"\n')
+    (tmp_path / "upload.toml").write_text('formats = ["merged_16bit", "gptq"]\n'
+                                          '[merge]\ncalibration = "calibration.jsonl"\n')
     work = tmp_path / "w"
     result = drive("run", sample, "--config", tmp_path / "upload.toml", "--work", work, "--runtime", "docker", "--json")
     assert result.exit_code == 0, result.output
     m = json.loads((work / "artifacts" / "gptq" / "manifest.json").read_text())
     assert m["inputs"]["calibration"]["path"] == "/work/in/calibration/calibration.jsonl"  # read-only mount
     assert m["quantization"]["calibration_samples"] >= 1 and m["validation"]["top1_agreement"] >= 0.8
-    assert json.loads((work / "artifacts" / "gptq" / "config.json").read_text())["quantization_config"]["quant_method"] \
-        == "compressed-tensors"
+    config = json.loads((work / "artifacts" / "gptq" / "config.json").read_text())
+    assert config["quantization_config"]["quant_method"] == "compressed-tensors"
 
 
 def test_gpu_probe_without_a_gpu_runtime(docker_client, sample, tmp_path):

@@ -44,12 +44,13 @@ def test_plan_from_the_request(sft_output, tmp_path):
     by = {s.name: s for s in steps}
     assert by["merged_16bit"].inputs["base"] == Path(found["base_model"])  # local base: mounted, not downloaded
     assert set(by["docs"].inputs) == {"lora", "gguf"}  # merged_16bit is made for the GGUF, not published
-    assert ["--namespace", "acme"] == list(by["docs"].args[by["docs"].args.index("--namespace"):][:2])
+    assert list(by["docs"].args[by["docs"].args.index("--namespace"):][:2]) == ["--namespace", "acme"]
     assert by["publish-hf"].network and by["publish-hf"].token and not by["publish-local"].network
     assert not any(s.network for s in steps[:4]) and by["gguf"].gpu and not by["docs"].gpu
     assert naming(Request(trainer_output=Path("/x/sft out"), work=tmp_path / "w")) == ("sft-out", None)
     for bad, message in ((dict(formats="exl2"), "unknown format"), (dict(push=("ftp:x",)), "hf:ORG/NAME"),
-                         (dict(push=("hf:noslash",)), "hf:ORG/NAME"), (dict(push=("hf:a/b", "hf:c/d")), "one ORG/NAME")):
+                         (dict(push=("hf:noslash",)), "hf:ORG/NAME"),
+                         (dict(push=("hf:a/b", "hf:c/d")), "one ORG/NAME")):
         with pytest.raises(UsageError, match=message):
             plan(request(sft_output, work=str(tmp_path / "w"), **bad), found)
 

@@ -127,7 +127,8 @@ def no_token(tmp_path, monkeypatch):
     (["--quant", "IQ2_XS"], 2, "IQ2_XS need an importance matrix"),
     (["--push", "local:"], 2, "name the folder to publish into"),
     (["--push", "hf:acme/x"], 1, "no Hugging Face token"),
-    (["--config", "REPOS", "--push", "local:SITE"], 2, "[docs] repos gguf = '../../ESCAPED' is not a valid Hub repo id"),
+    (["--config", "REPOS", "--push", "local:SITE"], 2,
+     "[docs] repos gguf = '../../ESCAPED' is not a valid Hub repo id"),
     (["--base-model", "not a repo"], 2, "--base-model 'not a repo' is not a valid Hub repo id"),
     (["--config", "missing.toml"], 2, "config file"),
 ])
@@ -234,7 +235,8 @@ def test_only_publishing_steps_see_the_token(monkeypatch):
     lora = PlannedStep("lora", "merge-tool", "merge_tool.cli", Path("out"))
     publish = PlannedStep("publish-hf", "hf-push-tool", "hf_push_tool.cli", Path("out"), token=True)
     merge = environment(lora, base)
-    assert "HF_TOKEN" not in merge and "HUGGING_FACE_HUB_TOKEN" not in merge and not Path(merge["HF_TOKEN_PATH"]).exists()
+    assert "HF_TOKEN" not in merge and "HUGGING_FACE_HUB_TOKEN" not in merge
+    assert not Path(merge["HF_TOKEN_PATH"]).exists()
     assert environment(publish, base)["HF_TOKEN"] == "hf_x"
     monkeypatch.delenv("UPLOAD_DRIVER_DEBUG", raising=False)
     assert environment(lora, base)["TRANSFORMERS_VERBOSITY"] == "error"

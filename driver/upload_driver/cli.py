@@ -29,7 +29,8 @@ def main():
 @click.option("--base-model", default=None, metavar="ORG/NAME",
               help="Hub id of the base model, for the cards, when the adapter names a local folder.")
 @click.option("--allow-pickle", is_flag=True, default=None,
-              help="Accept an adapter saved only as a pickle (adapter_model.bin), read with torch.load(weights_only=True).")
+              help="Accept an adapter saved only as a pickle (adapter_model.bin), read with "
+                   "torch.load(weights_only=True).")
 @click.option("--config", type=click.Path(), default=None, help="TOML file with these settings (options override it).")
 @click.option("--dry-run", is_flag=True, help="Print the plan, the exact commands or containers and the disk use.")
 @click.option("--force", multiple=True, metavar="STEP", help="Redo this step even when up to date (repeatable; all).")
@@ -62,7 +63,8 @@ def _print_plan(result: dict) -> None:
         size = f"~{r['expected_bytes'] / 1e9:.2f} GB" if r["expected_bytes"] else "size unknown"
         click.echo(f"{r['step']:<16} {r['status']:<11} {size:>14}  {r['output']}")
         click.echo(f"    {r['command']}")
-    click.echo(f"expected disk use: ~{result['expected_bytes'] / 1e9:.2f} GB (free: {result['free_bytes'] / 1e9:.1f} GB)")
+    click.echo(f"expected disk use: ~{result['expected_bytes'] / 1e9:.2f} GB "
+               f"(free: {result['free_bytes'] / 1e9:.1f} GB)")
     for p in result["problems"]:
         click.echo(f"PROBLEM: {p['problem']}")
     if result["problems"]:

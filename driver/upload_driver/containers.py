@@ -10,6 +10,7 @@ are found and removed."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shlex
@@ -41,7 +42,8 @@ def client():
     try:
         import docker
     except ImportError:
-        raise DockerUnavailable("the docker Python package is not installed (pip install 'upload-driver[driver]')") from None
+        raise DockerUnavailable("the docker Python package is not installed "
+                                "(pip install 'upload-driver[driver]')") from None
     try:
         c = docker.from_env(timeout=30)
         c.ping()
@@ -99,10 +101,8 @@ def gpu_available(c, image_name: str, work: Path) -> tuple[bool, str]:
         return False, f"no GPU for containers: {why}; running on CPU"
     finally:
         if ct is not None:
-            try:
+            with contextlib.suppress(docker.errors.APIError):
                 ct.remove(force=True)
-            except docker.errors.APIError:
-                pass
 
 
 def _in_path(step: PlannedStep, key: str) -> str:
@@ -115,7 +115,8 @@ def spec(step: PlannedStep, *, device: str, gpu: bool, work: Path, token_file: P
     """Everything the container is created with (also what --dry-run shows)."""
     from docker.types import Mount
 
-    mounts = [Mount(_in_path(step, k), docker_bind_path(p), type="bind", read_only=True) for k, p in step.inputs.items()]
+    mounts = [Mount(_in_path(step, k), docker_bind_path(p), type="bind", read_only=True)
+              for k, p in step.inputs.items()]
     mounts.append(Mount("/work/out", docker_bind_path(step.out.parent), type="bind"))
     mounts += [Mount(f"/work/rw/{k}", docker_bind_path(p), type="bind") for k, p in step.rw.items()]
     env = {k: os.environ[k] for k in PASS_ENV if k in os.environ}
@@ -206,10 +207,8 @@ def run(c, step: PlannedStep, *, device: str, gpu: bool, work: Path, log) -> Non
             raise
         finally:
             if not keep:
-                try:
+                with contextlib.suppress(docker.errors.APIError):
                     ct.remove(force=True)
-                except docker.errors.APIError:
-                    pass
     if code:
         killed = code - 128 if code in (137, 143) else None
         raise UploadError(failure(step, killed, code, where=step.image), step=step.name, exit=code)

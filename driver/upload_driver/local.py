@@ -7,6 +7,7 @@ converter it started does not outlive it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
@@ -49,10 +50,8 @@ def environment(step: plan.PlannedStep, base: dict | None = None) -> dict:
 
 
 def _end_group(pgid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError, AttributeError):
         os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError, AttributeError):
-        pass
 
 
 def run(step: plan.PlannedStep, *, device: str, log) -> None:

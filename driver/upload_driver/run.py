@@ -153,8 +153,9 @@ def _dry_run(req, steps, runtime, gpu, device, force, running, findings, disk) -
 def summary(step: PlannedStep, seconds: float | None) -> dict:
     m = read_manifest(step.out) or {}
     row = {"step": step.name, "output": str(step.out), "files": len(m.get("outputs", [])),
-           "bytes": sum(o["size"] for o in m.get("outputs", [])), "seconds": None if seconds is None else round(seconds, 1),
-           "skipped": seconds is None, "figures": "", "published": ""}
+           "bytes": sum(o["size"] for o in m.get("outputs", [])),
+           "seconds": None if seconds is None else round(seconds, 1), "skipped": seconds is None, "figures": "",
+           "published": ""}
     if m.get("files"):  # gguf-tool: validation per type
         row["figures"] = ", ".join(f"{q} top-1 {v['validation']['top1_agreement']:.3f}" for q, v in m["files"].items()
                                    if v.get("validation"))
