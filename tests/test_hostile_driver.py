@@ -222,10 +222,10 @@ def test_a_stalled_hub_does_not_hang_the_driver(hub, sft_output, tmp_path, monke
     monkeypatch.setenv("HF_TOKEN", "hf_w")
     monkeypatch.setattr(preflight, "NET_WAIT", 1.0)
     hub.add_fault("GET", r"/api/whoami", action="delay", delay=8.0)
-    t = time.monotonic()
     result = drive("run", sft_output, "--work", tmp_path / "w", "--runtime", "local", "--push", "hf:alice/x")
-    assert time.monotonic() - t < 8.0
-    assert f"{hub.url.split('//')[1]}" in one_line_error(result, 1) or "did not answer within 1 s" in result.output
+    line = one_line_error(result, 1)  # given up on the driver's own 1 s bound, not after the server's 8 s
+    assert hub.url.split("//")[1] in line and "did not answer within 1 s" in line, line
+    assert not (tmp_path / "w" / "artifacts").exists()
 
 
 def test_only_publishing_steps_see_the_token(monkeypatch):
