@@ -50,8 +50,9 @@ def llmcompressor_plan(job: dict, fmt: str, method: str, *, min_top1: float, cal
 
     if not os.environ.get("UPLOAD_DRIVER_DEBUG"):  # llm-compressor logs every layer at INFO otherwise
         os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "WARNING")
-    for module in ("transformers", "compressed_tensors", "llmcompressor"):
-        quantized.require(module, "merge-quant", fmt)
+    with _stdout_to_stderr():  # llm-compressor's logger writes to what stdout is when it is first imported
+        for module in ("transformers", "compressed_tensors", "llmcompressor"):
+            quantized.require(module, "merge-quant", fmt)
     from importlib.metadata import version
 
     plan = quantized.plan(job, min_top1=min_top1, bits=(preset or {}).get("bits", 4) + 0.5)
@@ -80,6 +81,16 @@ def llmcompressor_plan(job: dict, fmt: str, method: str, *, min_top1: float, cal
         if cal["warning"]:
             plan["warnings"].append(cal["warning"])
     return plan
+
+
+def _stdout_to_stderr():
+    """llm-compressor sets up its (loguru) logging when first imported, with a sink on ``sys.stdout``
+    as it is then, and logs at once; merge-tool's stdout carries its result, so the first import
+    happens with stdout pointing at stderr, where its messages then stay."""
+    import contextlib
+    import sys
+
+    return contextlib.redirect_stdout(sys.stderr)
 
 
 def oneshot(merged_dir, folder, plan: dict, recipe) -> dict:
