@@ -23,6 +23,7 @@ EXPECT = {
     "gptq": ({"quant_method": "compressed-tensors", "format": "pack-quantized", "ignore": ["lm_head"]}, "Linear"),
     "awq": ({"quant_method": "compressed-tensors", "format": "pack-quantized", "ignore": ["lm_head"]}, "Linear"),
     "fp8": ({"quant_method": "compressed-tensors", "format": "float-quantized", "ignore": ["lm_head"]}, "Linear"),
+    "w8a16": ({"quant_method": "compressed-tensors", "ignore": ["lm_head"]}, "Linear"),
 }
 
 
@@ -63,6 +64,7 @@ def quant_outputs(tmp_path_factory, quant_trainer, trained_llama) -> dict:
         r = subprocess.run([sys.executable, "-m", "merge_tool.cli", *args, "--device", "cpu", "--json"],
                            capture_output=True, text=True)
         assert r.returncode == 0, r.stderr[-3000:]
+        assert json.loads(r.stdout)["parameters"]["method"] == fmt  # stdout holds the result only
         outs[fmt] = root / fmt
     return outs
 
@@ -102,7 +104,7 @@ def test_quantized_output_loads_and_its_recorded_validation_is_true(fmt, quant_o
     assert abs(recorded["top1_agreement"] - mine["top1_agreement"]) <= 0.03
     assert recorded["mean_kl"] == pytest.approx(mine["mean_kl"], rel=0.5, abs=5e-4)
     assert 0 < recorded["mean_kl"] < 0.05 and recorded["top1_agreement"] >= 0.85
-    if fmt == "merged_8bit":  # 8 bit must be much closer to the 16-bit model than any 4-bit format
+    if fmt in ("merged_8bit", "w8a16"):  # 8 bit must be much closer to the 16-bit model than any 4-bit format
         assert recorded["mean_kl"] < 0.002 and recorded["top1_agreement"] >= 0.9
     assert manifest["quantization"]["method"] and manifest["parameters"]["method"] == fmt
 
@@ -369,3 +371,13 @@ def test_a_quantized_format_is_made_from_the_merged_model_and_says_so(quant_trai
     r = cli("--model", str(quant_trainer), "--method", "fp8")  # a trainer output is not a model folder
     assert r.returncode != 0 and "config.json" in r.stderr and "--model" in r.stderr
     assert no_finished_output(tmp_path / "o")
+
+
+def test_w8a16_stores_int8_weights_with_16_bit_activations(quant_outputs):
+    out = quant_outputs["w8a16"]
+    group = json.loads((out / "config.json").read_text())["quantization_config"]["config_groups"]["group_0"]
+    assert group["weights"]["num_bits"] == 8 and group["weights"]["type"] == "int" and group["weights"]["symmetric"]
+    assert group["input_activations"] is None  # activations stay 16-bit
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["quantization"]["scheme"] == "W8A16" and "calibration" not in manifest["quantization"]
+    assert manifest["validation"]["top1_agreement"] >= 0.9 and not manifest["warnings"]

@@ -52,6 +52,13 @@ FORMATS_BEFORE = {
             "publish": {"suffix": "-FP8-Dynamic", "relation": "quantized", "library": "transformers",
                         "title": "FP8 model", "tags": ["fp8", "compressed-tensors", "llm-compressor"],
                         "requires": ["compressed-tensors"], "vllm": True}},
+    "w8a16": {"module": "merge_tool.formats.w8a16",
+              "summary": "the merge with 8-bit integer weights and 16-bit activations (llm-compressor), "
+                         "compressed-tensors",
+              "publish": {"suffix": "-W8A16", "relation": "quantized", "library": "transformers",
+                          "title": "8-bit (W8A16) model", "tags": ["w8a16", "8-bit", "compressed-tensors",
+                                                                   "llm-compressor"],
+                          "requires": ["compressed-tensors"], "vllm": True}},
 }
 GGUF_BEFORE = {"suffix": "-GGUF", "relation": "quantized", "library": "gguf", "title": "GGUF files",
                "tags": ["gguf", "llama.cpp"]}
@@ -79,8 +86,11 @@ def test_set_specs_are_unchanged():
 @pytest.mark.parametrize("name", [k for k, s in SETS.items() if s.tool == "merge-tool"])
 def test_each_format_module_agrees_with_its_row(name):
     spec = SETS[name]
+    from merge_tool.formats import Format, get_format
+
     module = importlib.import_module(spec.module)
-    assert module.__name__ == f"merge_tool.formats.{name}"
+    assert module.__name__ == f"merge_tool.formats.{name}" and get_format(name) is module
+    assert isinstance(module, Format)
     assert module.NEEDS_BASE is spec.needs_base
     assert getattr(module, "CALIBRATION", False) is spec.calibration
 

@@ -102,6 +102,9 @@ SETS: dict[str, SetSpec] = {s.name: s for s in (
     _quantized("fp8", "the merge with FP8 weights and dynamic FP8 activations (llm-compressor), compressed-tensors",
                Publish("-FP8-Dynamic", "quantized", "transformers", "FP8 model", ("fp8", *_LLMC),
                        requires=_CT, vllm=True)),
+    _quantized("w8a16", "the merge with 8-bit integer weights and 16-bit activations (llm-compressor), "
+               "compressed-tensors", Publish("-W8A16", "quantized", "transformers", "8-bit (W8A16) model",
+                                             ("w8a16", "8-bit", *_LLMC), requires=_CT, vllm=True)),
     SetSpec("gguf", "gguf-tool", "the merged 16-bit model converted to GGUF by llama.cpp, quantized, validated",
             Publish("-GGUF", "quantized", "gguf", "GGUF files", ("gguf", "llama.cpp")),
             module=None, needs_base=False, calibration=False, gpu=True, extra="gguf", consumes=("merged_16bit",)),
