@@ -299,11 +299,11 @@ def _relation(s: str, spec: dict, art: dict, run: Shared) -> dict:
     relation, base_id = spec["relation"], run.base_id
     found = {"base_display": base_id}
     if relation == "quantized":
-        # quantized from the merged model of this run (gguf-tool: matched by its manifest's hash; a
-        # merge-tool format: made from the same adapter and base): that is the base
+        # quantized from the merged model of this run: the set it consumed (its --model), named in its
+        # manifest by that set's manifest hash, is its base
         made_from = ((art.get("inputs") or {}).get("model") or {}).get("manifest_sha256")
-        merged = next((m for m, (_, sp, m_art) in run.sets.items() if sp["relation"] == "finetune"
-                       and (run.common["manifest_sha"][m] == made_from or _same_merge(m_art, art))), None)
+        merged = next((m for m, (_, sp, _m) in run.sets.items() if sp["relation"] == "finetune"
+                       and run.common["manifest_sha"][m] == made_from), None)
         if merged and looks_like_repo_id(run.repos[merged]):
             found["base_model"] = found["quantized_from"] = run.repos[merged]
         else:  # merged weights not published here, or not under a Hub id (a local publish without a
@@ -365,16 +365,6 @@ def _entry(s: str, spec: dict, art: dict, ctx: dict, files: list, card: dict, ru
         entry["validation"] = {s: ctx["validation"]}
     entry["content_sha256"] = canonical_sha256([[f["path_in_repo"], f["sha256"]] for f in entry["files"]])
     return entry
-
-
-def _same_merge(merged: dict, art: dict) -> bool:
-    """Whether two merge-tool outputs were made from the same adapter and base (wherever mounted)."""
-    def source(m):
-        inputs = m.get("inputs") or {}
-        return [{k: v for k, v in (inputs.get(key) or {}).items() if k != "path"} for key in ("adapter", "base")]
-
-    tools = {(m.get("tool") or {}).get("name") for m in (merged, art)}
-    return tools == {"merge-tool"} and source(merged) == source(art)
 
 
 def _default_gguf(files: dict, wanted: str | None):

@@ -65,10 +65,10 @@ def run_converter(script: str, args: list[str], log=lambda line: None) -> None:
     map known failures. Paths in ``args`` must be absolute: it runs in the converter's folder."""
     tree = converter()
     cmd = [sys.executable, "-m", "gguf_tool.launch", str(tree / script), *args]
-    with tempfile.TemporaryDirectory(prefix="gguf-tool-env-") as scratch:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tree,
-                                env=converter_env(dict(os.environ), tree, Path(scratch)))
-        lines = []
+    lines = []
+    with tempfile.TemporaryDirectory(prefix="gguf-tool-env-") as scratch, subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tree,
+            env=converter_env(dict(os.environ), tree, Path(scratch))) as proc:
         for line in proc.stdout:
             lines.append(line.rstrip())
             log(line.rstrip())
@@ -80,7 +80,7 @@ def run_converter(script: str, args: list[str], log=lambda line: None) -> None:
         m = re.search(pattern, text)
         if m:
             raise cls(message.format(m.group(1)))
-    last = next((l for l in reversed(lines) if l.strip()), "no output")
+    last = next((line for line in reversed(lines) if line.strip()), "no output")
     raise InvalidInput(f"llama.cpp's converter failed ({last.strip()[:200]}): set UPLOAD_DRIVER_DEBUG=1 and rerun "
                        "to see its whole log", log_tail=lines[-30:])
 

@@ -20,15 +20,29 @@ docs-tool and hf-push-tool present the format; ``upload_common.sets.Publish``).
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from upload_common.errors import UsageError
 from upload_common.sets import sets_of
+
+
+@runtime_checkable
+class Format(Protocol):
+    """What merge-tool needs of a format module (above); ``CALIBRATION`` and ``LIBRARIES`` are optional."""
+
+    NEEDS_BASE: bool
+
+    def plan(self, job: dict) -> dict: ...
+
+    def write(self, plan: dict, folder: Path, progress: Callable[[int], None]) -> dict: ...
 
 FORMATS = {name: {"module": s.module, "summary": s.summary, "publish": s.publish.as_dict()}
            for name, s in sets_of("merge-tool").items()}
 
 
-def get_format(name: str):
+def get_format(name: str) -> Format:
     key = (name or "").strip().lower()
     if key not in FORMATS:
         raise UsageError(f"unknown format {name!r}: choose one of {', '.join(sorted(FORMATS))}", format=name)
