@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import no_finished_output, tree_hash
 
+from conftest import no_finished_output, tree_hash
 from upload_common.contract import partial_path
 from upload_common.errors import InvalidInput, SystemFault
 from upload_common.sample import make_lora_adapter
@@ -252,8 +252,8 @@ def test_write_stream_full_disk_raises_the_writers_oserror(tmp_path):
 def test_merge_on_a_disk_that_fills_up(adapter, llama_base, tmp_path, monkeypatch, method, written):
     """The up-front space check passes, then the disk fills (another program): one line naming the
     file being written (not the input), exit 1, error.json, nothing finished."""
-    from merge_tool import core
     from merge_tool.cli import main
+    from upload_common import step as core  # the Step makes the disk check
 
     real_check = core.check_free_space
     with tmpfs(tmp_path / "disk", "80m") as disk:

@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 
 from upload_common.cards import BASE_KEYS, TRAINER_KEYS, front_matter
-from upload_common.contract import (atomic_output, check_free_space, check_output_free, describe_input, finish_manifest,
-                                    library_versions, new_manifest)
+from upload_common.contract import check_output_free, describe_input
 from upload_common.errors import InvalidInput, UsageError
 from upload_common.progress import byte_progress
 from upload_common.remote_code import CONFIG_FILES, check_sanitizable, python_files, read_config, sanitize, scan
 from upload_common.sets import get_set
+from upload_common.step import Step
 from upload_common.trainer_output import inspect_trainer_output
 
 from .adapter import pickle_to_safetensors, read_adapter
@@ -134,45 +134,45 @@ def run(adapter_path, out, *, base: str | None = None, method: str = "merged_16b
                                             revision=resolved.get("revision"))
         if calibration and getattr(fmt, "CALIBRATION", False):
             inputs["calibration"] = describe_input(Path(calibration))
-        manifest = new_manifest(TOOL, inputs=inputs, parameters=params)
-        manifest["decisions"] = {"adapter": found["adapter"] | {"config": None}, **plan["decisions"]}
-        if resolved:
-            manifest["decisions"]["base"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in resolved.items()
-                                             if k not in ("config", "warnings")}
-            card = front_matter(resolved["path"], BASE_KEYS)
-            if "license" not in card and isinstance(resolved["config"].get("license"), str):
-                card["license"] = resolved["config"]["license"]  # some configs name it where the card does not
-            manifest["decisions"]["base"]["card"] = card
-        manifest["decisions"]["disk"] = check_free_space(out, plan["estimated_bytes"])
-        manifest["warnings"] = plan["warnings"]
-        manifest["warnings"][:0] = (resolved or {}).get("warnings", [])
-        manifest["training"] = {"trainer": found["trainer"], "summary": found["training"],
-                                "card": front_matter(adapter_dir, TRAINER_KEYS) or front_matter(found["root"], TRAINER_KEYS),
-                                "adapter": _adapter_summary(adapter["config"])}
-        produce(fmt, method, plan, manifest, out, overwrite, t0,
-                lambda folder, warnings: copy_tokenizer(found, resolved, folder, warnings))
-    for w in manifest["warnings"]:
-        log(f"WARNING: {w}")
-    return manifest
+        with Step(TOOL, out, inputs=inputs, params=params, overwrite=overwrite, libraries=libraries(fmt), log=log,
+                  began=t0) as s:
+            manifest = s.manifest
+            manifest["decisions"] = {"adapter": found["adapter"] | {"config": None}, **plan["decisions"]}
+            if resolved:
+                manifest["decisions"]["base"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in resolved.items()
+                                                 if k not in ("config", "warnings")}
+                card = front_matter(resolved["path"], BASE_KEYS)
+                if "license" not in card and isinstance(resolved["config"].get("license"), str):
+                    card["license"] = resolved["config"]["license"]  # some configs name it where the card does not
+                manifest["decisions"]["base"]["card"] = card
+            s.reserve(plan["estimated_bytes"])
+            manifest["warnings"] = plan["warnings"]
+            manifest["warnings"][:0] = (resolved or {}).get("warnings", [])
+            manifest["training"] = {"trainer": found["trainer"], "summary": found["training"],
+                                    "card": front_matter(adapter_dir, TRAINER_KEYS)
+                                    or front_matter(found["root"], TRAINER_KEYS),
+                                    "adapter": _adapter_summary(adapter["config"])}
+            write_format(fmt, method, plan, s,
+                         lambda folder, warnings: copy_tokenizer(found, resolved, folder, warnings))
+    return s.manifest
 
 
-def produce(fmt, method: str, plan: dict, manifest: dict, out: Path, overwrite: bool, t0: float, tokenizer) -> None:
-    """The format's files written into ``<out>.partial``, then ``tokenizer(folder, warnings)`` (the
-    tokenizer files copied in, returning what came from where), no code left, the manifest finished
-    and the folder renamed to ``out``."""
-    with atomic_output(out, overwrite=overwrite) as partial:
-        t1 = time.monotonic()
-        with byte_progress(f"{method} -> {out.name}", plan["estimated_bytes"]) as advance:
-            hashes = fmt.write(plan, partial, advance)
-        manifest["decisions"]["tokenizer"] = tokenizer(partial, manifest["warnings"])
-        _drop_code(partial, manifest["warnings"])
-        manifest["timings"]["seconds"]["write"] = round(time.monotonic() - t1, 3)
-        for key in ("quantization", "validation"):  # what a quantized format measured while writing
-            if key in plan.get("report", {}):
-                manifest[key] = plan["report"][key]
-        manifest["versions"] = library_versions("torch", "safetensors", "huggingface_hub", "bitsandbytes",
-                                                *getattr(fmt, "LIBRARIES", ()))
-        finish_manifest(manifest, partial, hashes, t0)
+def libraries(fmt) -> tuple[str, ...]:
+    return ("torch", "safetensors", "huggingface_hub", "bitsandbytes", *getattr(fmt, "LIBRARIES", ()))
+
+
+def write_format(fmt, method: str, plan: dict, s: Step, tokenizer) -> None:
+    """The format's files written into the step's folder, then ``tokenizer(folder, warnings)`` (the
+    tokenizer files copied in, returning what came from where), no code left, and what a quantized
+    format measured while writing recorded."""
+    with s.timed("write"):
+        with byte_progress(f"{method} -> {s.out.name}", plan["estimated_bytes"]) as advance:
+            s.outputs(fmt.write(plan, s.folder, advance) or {})
+        s.manifest["decisions"]["tokenizer"] = tokenizer(s.folder, s.warnings)
+        _drop_code(s.folder, s.warnings)
+    for key in ("quantization", "validation"):
+        if key in plan.get("report", {}):
+            s.manifest[key] = plan["report"][key]
 
 
 def _adapter_summary(config: dict) -> dict:

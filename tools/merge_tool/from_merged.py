@@ -13,16 +13,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from upload_common.contract import (check_free_space, check_output_free, describe_input, new_manifest,
-                                    read_json_object, read_manifest)
+from upload_common.contract import check_output_free, describe_input, read_json_object, read_manifest
 from upload_common.errors import UsageError
 from upload_common.remote_code import refuse_code
 from upload_common.sets import SETS, get_set
 from upload_common.st_io import model_specs
+from upload_common.step import Step
 from upload_common.trainer_output import chat_template
 
 from .base import TOOL
-from .core import copy_model_files, produce
+from .core import copy_model_files, libraries, write_format
 from .formats import get_format
 
 CARRIED = ("adapter", "base")  # the merged set's decisions a format made from it repeats
@@ -49,16 +49,14 @@ def run(model_dir, out, *, method: str, device: str = "auto", calibration=None, 
     inputs = {"model": describe_input(model_dir)}
     if calibration and spec.calibration:
         inputs["calibration"] = describe_input(Path(calibration))
-    manifest = new_manifest(TOOL, inputs=inputs, parameters=params)
     source = read_manifest(model_dir) or {}
     decisions = source.get("decisions") or {}
-    manifest["decisions"] = {**{k: decisions[k] for k in CARRIED if k in decisions}, **plan["decisions"]}
-    manifest["decisions"]["disk"] = check_free_space(out, plan["estimated_bytes"])
-    manifest["warnings"] = plan["warnings"]
-    if source.get("training"):
-        manifest["training"] = source["training"]
-    produce(fmt, method, plan, manifest, out, overwrite, t0,
-            lambda folder, warnings: copy_model_files(model_dir, folder, warnings))
-    for w in manifest["warnings"]:
-        log(f"WARNING: {w}")
-    return manifest
+    with Step(TOOL, out, inputs=inputs, params=params, overwrite=overwrite, libraries=libraries(fmt), log=log,
+              began=t0) as s:
+        s.manifest["decisions"] = {**{k: decisions[k] for k in CARRIED if k in decisions}, **plan["decisions"]}
+        s.reserve(plan["estimated_bytes"])
+        s.manifest["warnings"] = plan["warnings"]
+        if source.get("training"):
+            s.manifest["training"] = source["training"]
+        write_format(fmt, method, plan, s, lambda folder, warnings: copy_model_files(model_dir, folder, warnings))
+    return s.manifest
