@@ -7,10 +7,10 @@ import shutil
 
 import pytest
 import torch
-from peft_helpers import read_tensors
 
 from merge_tool.base import resolve_base, unquantized_names
 from merge_tool.core import run
+from peft_helpers import read_tensors
 from upload_common.errors import BaseModelUnavailable
 from upload_common.sample import make_lora_adapter
 

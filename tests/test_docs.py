@@ -9,8 +9,8 @@ import sys
 
 import pytest
 from click.testing import CliRunner
-from conftest import BASE_ID, tree_hash
 
+from conftest import BASE_ID, tree_hash
 from docs_tool.card import check
 from docs_tool.cli import main as docs_main
 from docs_tool.core import run

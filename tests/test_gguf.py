@@ -8,8 +8,8 @@ import shutil
 
 import pytest
 from click.testing import CliRunner
-from conftest import no_finished_output, tree_hash
 
+from conftest import no_finished_output, tree_hash
 from gguf_tool.cli import main
 from gguf_tool.core import run
 from gguf_tool.llama_tree import converter
@@ -238,9 +238,8 @@ def test_setup_extracts_converter_from_sdist(tmp_path, monkeypatch):
 def test_lora_gguf_over_base_matches_merged_model(trained_llama, tmp_path):
     """The adapter GGUF loaded over the base GGUF in llama.cpp computes what the merged model does;
     for rsLoRA only because the converted copy carries alpha * sqrt(r)."""
-    from peft_helpers import make_peft_adapter
-
     from merge_tool.core import run as merge
+    from peft_helpers import make_peft_adapter
 
     adapter = make_peft_adapter(trained_llama, tmp_path / "adapter", r=16, lora_alpha=16, use_rslora=True,
                                 target_modules=["q_proj", "v_proj", "down_proj"])

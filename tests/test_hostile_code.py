@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import no_finished_output, tree_hash
 
+from conftest import no_finished_output, tree_hash
 from gguf_tool.cli import main as gguf_main
 from merge_tool.cli import main as merge_main
 from servers.http import LocalServer, RequestHandler

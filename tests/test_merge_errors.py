@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import no_finished_output, tree_hash
 
+from conftest import no_finished_output, tree_hash
 from merge_tool.cli import main
 from upload_common.sample import make_base, make_lora_adapter
 

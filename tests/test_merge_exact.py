@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
-from conftest import tree_hash
-from peft_helpers import make_peft_adapter, model_logits, peft_reference, read_tensors
 
+from conftest import tree_hash
 from merge_tool.core import run
+from peft_helpers import make_peft_adapter, model_logits, peft_reference, read_tensors
 from upload_common.sample import make_base
 
 LLAMA = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -10,15 +10,27 @@ import shutil
 import subprocess
 
 import pytest
+from chat_templates import (
+    AWKWARD,
+    CHATML,
+    CONVERSATIONS,
+    LLAMA2,
+    LLAMA32,
+    MISTRAL,
+    QWEN,
+    SYSTEM,
+    TRANSLATABLE,
+    hf_render,
+    ollama_messages,
+)
+from chat_templates import messages_of as _msgs
 
 from docs_tool.chat_template import derive_parts
 from docs_tool.modelfile import clean, modelfile_text, ollama_template
 from servers.modelfile import parse_modelfile
-from chat_templates import (AWKWARD, CHATML, CONVERSATIONS, LLAMA2, LLAMA32, MISTRAL, QWEN, SYSTEM, TRANSLATABLE,
-                            hf_render, ollama_messages)
-from chat_templates import messages_of as _msgs
 from upload_common.errors import InvalidInput, Unsupported
 from upload_common.sample import CHAT_TEMPLATE as SAMPLE
+
 
 def _cases():
     for name, (tpl, bos, eos, special, system_ok, _) in TRANSLATABLE.items():

@@ -76,7 +76,6 @@ def merged(quant_outputs) -> Path:
 
 @pytest.mark.parametrize("fmt", list(EXPECT))
 def test_quantized_output_loads_and_its_recorded_validation_is_true(fmt, quant_outputs, peft_reference):
-    import torch
     from transformers import AutoModelForCausalLM
 
     from upload_common.quality import compare, logprobs
@@ -126,8 +125,8 @@ def test_bitsandbytes_without_cpu_support_is_refused_before_any_work(merged, tmp
 
 
 def test_a_result_below_the_bar_fails_and_leaves_nothing_finished(merged, tmp_path, monkeypatch):
-    from merge_tool.from_merged import run
     from merge_tool.formats import merged_4bit
+    from merge_tool.from_merged import run
     from upload_common.errors import InvalidInput
 
     monkeypatch.setattr(merged_4bit, "MIN_TOP1", 1.01)

@@ -51,8 +51,19 @@ from pathlib import Path
 from .http import HttpError as _HttpError
 from .http import LocalServer
 from .modelfile import parameters_text, show_modelfile
-from .ollama_requests import (DIGEST, NAME, Handler, Models, StreamError, check_create, field_layers, full_name,
-                              gguf_meta, model_name, now)
+from .ollama_requests import (
+    DIGEST,
+    NAME,
+    Handler,
+    Models,
+    StreamError,
+    check_create,
+    field_layers,
+    full_name,
+    gguf_meta,
+    model_name,
+    now,
+)
 
 __all__ = ["OllamaServer", "VERSION"]
 

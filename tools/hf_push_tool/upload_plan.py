@@ -13,8 +13,13 @@ from pathlib import Path
 from upload_common.contract import MANIFEST, read_json_object, sha256_file
 from upload_common.errors import InputNotFound, InvalidInput, UsageError
 from upload_common.safety import check_repo_id, join_inside, relative_path
-from upload_common.upload_manifest import (HUB_FILE_LIMIT, UPLOAD_MANIFEST, UPLOAD_SCHEMA, UPLOAD_SCHEMA_VERSION,
-                                           OllamaFields)
+from upload_common.upload_manifest import (
+    HUB_FILE_LIMIT,
+    UPLOAD_MANIFEST,
+    UPLOAD_SCHEMA,
+    UPLOAD_SCHEMA_VERSION,
+    OllamaFields,
+)
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

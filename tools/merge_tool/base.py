@@ -33,8 +33,7 @@ def _looks_like_repo_id(name: str) -> bool:
 def download(repo_id: str) -> dict:
     """A Hub model through huggingface_hub (cache first; honours HF_HOME, HF_HUB_OFFLINE, the token)."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
-                                        RepositoryNotFoundError)
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     try:
         path = snapshot_download(repo_id, allow_patterns=MODEL_FILES)

@@ -12,8 +12,7 @@ def byte_progress(label: str, total: int):
     plain lines (25/50/75/100%) otherwise, so logs stay readable. ``total`` may be an estimate: a use
     that ends without an error always ends at 100%, one that fails does not claim it."""
     from rich.console import Console
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TransferSpeedColumn)
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
 
     console = Console(stderr=True)
     if not sys.stderr.isatty():

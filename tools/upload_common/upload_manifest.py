@@ -5,9 +5,10 @@ publisher sends them as they are and never reads a Modelfile back."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 UPLOAD_MANIFEST = "upload_manifest.json"
 UPLOAD_SCHEMA = "upload-driver/upload-manifest"

@@ -11,8 +11,16 @@ from __future__ import annotations
 import json
 
 from upload_common.errors import InvalidInput, Unsupported
-from upload_common.st_io import (CODES, NonFiniteTensor, load_tensor, model_specs, nbytes, plan_shards, write_index,
-                                 write_stream)
+from upload_common.st_io import (
+    CODES,
+    NonFiniteTensor,
+    load_tensor,
+    model_specs,
+    nbytes,
+    plan_shards,
+    write_index,
+    write_stream,
+)
 
 from .. import bnb
 from ..adapter import check_mergeable, module_scale
