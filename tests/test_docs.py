@@ -112,7 +112,8 @@ def test_same_inputs_same_outputs(run_docs, run_artifacts, tmp_path):
     run([run_artifacts[k] for k in ("lora", "merged", "gguf")], again, namespace="alice", name="Tiny-Chat")
     a = json.loads((run_docs / "upload_manifest.json").read_text())
     b = json.loads((again / "upload_manifest.json").read_text())
-    assert {s: e["content_sha256"] for s, e in a["sets"].items()} == {s: e["content_sha256"] for s, e in b["sets"].items()}
+    hashes_a, hashes_b = ({s: e["content_sha256"] for s, e in m["sets"].items()} for m in (a, b))
+    assert hashes_a == hashes_b
     assert before == {k: tree_hash(run_artifacts[k]) for k in ("lora", "merged", "gguf")}
 
 

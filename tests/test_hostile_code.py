@@ -7,6 +7,7 @@ runs (the payload loaded the way an unprotected caller would) prove each payload
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -130,7 +131,8 @@ def test_scan_and_sanitize_policy(tmp_path):
     (folder / "preprocessor_config.json").write_text(json.dumps(
         {"image_processor_type": "EvilImageProcessor", "auto_map": {"AutoImageProcessor": "proc.EvilImageProcessor"}}))
     (folder / "generation_config.json").write_text(json.dumps({"auto_map": {"AutoConfig": "g.G"}, "top_k": 5}))
-    (folder / "special_tokens_map.json").write_text(json.dumps({"auto_map": "ignored: not a config transformers reads"}))
+    (folder / "special_tokens_map.json").write_text(
+        json.dumps({"auto_map": "ignored: not a config transformers reads"}))
     (folder / "tok.py").write_text("raise SystemExit('never imported')\n")
     found = {f.file: f for f in remote_code.scan(folder)}
     assert set(found) == {"tokenizer_config.json", "config.json", "preprocessor_config.json", "generation_config.json"}
@@ -397,10 +399,8 @@ def test_llama_cpp_converter_asking_for_remote_code_runs_none(base, tmp_path, mo
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     args = [str(base), "--outfile", str(tmp_path / "x.gguf"), "--vocab-only"]
     lines = []
-    try:
-        convert.run_converter("convert_hf_to_gguf.py", args, lines.append)
-    except UploadError:
-        pass  # it cannot make this vocabulary without the code: fine, as long as the code did not run
+    with contextlib.suppress(UploadError):  # it cannot make this vocabulary without the code: fine, as long as
+        convert.run_converter("convert_hf_to_gguf.py", args, lines.append)  # the code did not run
     assert not marker.exists(), "\n".join(lines[-20:])
 
     proc = subprocess.run([sys.executable, str(convert.converter() / "convert_hf_to_gguf.py"), *args],

@@ -112,7 +112,8 @@ def rewrite_tensor(file: Path, name: str, change) -> None:
     from safetensors.torch import save_file
 
     with safe_open(str(file), "pt") as f:
-        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+        names = f.keys()  # safe_open lists its tensors but is not iterable itself
+        tensors, metadata = {k: f.get_tensor(k) for k in names}, f.metadata()
     tensors[name] = change(tensors[name].clone())
     save_file(tensors, str(file), metadata=metadata)
 

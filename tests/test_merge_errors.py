@@ -24,7 +24,7 @@ def merge_cli(*args):
 
 def assert_one_line_error(result, *needles):
     assert result.exit_code == 1, result.output
-    lines = [l for l in result.output.splitlines() if l.startswith("error:")]
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "Traceback" not in result.output, result.output
     for n in needles:
         assert n in lines[0], lines[0]
@@ -118,7 +118,8 @@ def test_unsupported_peft_type(tmp_path, llama_base):
     get_peft_model(model, IA3Config(target_modules=["k_proj", "down_proj"], feedforward_modules=["down_proj"])) \
         .save_pretrained(tmp_path / "run" / "ia3")
     run_bad(tmp_path / "run" / "ia3", tmp_path / "out", "--base", llama_base, needles=["IA3", "--method lora"])
-    assert merge_cli("--adapter", tmp_path / "run" / "ia3", "--out", tmp_path / "lora", "--method", "lora").exit_code == 0
+    lora = merge_cli("--adapter", tmp_path / "run" / "ia3", "--out", tmp_path / "lora", "--method", "lora")
+    assert lora.exit_code == 0
 
 
 def test_refused_config_fields(adapter_copy, llama_base, tmp_path):
@@ -193,7 +194,8 @@ def test_failure_leaves_error_json(adapter_copy, llama_base, tmp_path, monkeypat
 
 
 def test_unsloth_engine_refused_without_unsloth_or_gpu(adapter_copy, llama_base, tmp_path):
-    run_bad(adapter_copy, tmp_path / "out", "--base", llama_base, "--engine", "unsloth", needles=["unsloth", "streaming"])
+    run_bad(adapter_copy, tmp_path / "out", "--base", llama_base, "--engine", "unsloth",
+            needles=["unsloth", "streaming"])
 
 
 def test_device_cuda_refused_without_gpu(adapter_copy, llama_base, tmp_path):

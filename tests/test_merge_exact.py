@@ -91,7 +91,7 @@ def test_resized_vocabulary(bases, tmp_path):
     peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"],
                                                   modules_to_save=["embed_tokens", "lm_head"]))
     with torch.no_grad():
-        for n, p in peft_model.named_parameters():
+        for p in peft_model.parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.1)
     peft_model.save_pretrained(tmp_path / "adapter")

@@ -34,7 +34,7 @@ from upload_common.sample import CHAT_TEMPLATE as SAMPLE
 
 def _cases():
     for name, (tpl, bos, eos, special, system_ok, _) in TRANSLATABLE.items():
-        for cname, (conv, gen) in CONVERSATIONS.items():
+        for conv, gen in CONVERSATIONS.values():
             if conv[0][0] == "system" and not system_ok:
                 continue
             yield name, tpl, bos, eos, special, conv, gen
@@ -234,7 +234,7 @@ def test_real_go_text_template_renders_like_transformers(go_render):
         jobs.append({"template": templates[name], "messages": ollama_messages(conv, SYSTEM)})
         want.append((name, "SYSTEM", hf_render(tpl, [("system", SYSTEM), *conv], True, bos, eos)))
     got = go_render(jobs)
-    for (name, conv, expected), res in zip(want, got):
+    for (name, conv, expected), res in zip(want, got, strict=True):  # one result per job
         assert res.get("error") is None, (name, res)
         assert res["text"] == expected, (name, conv)
 
@@ -243,7 +243,7 @@ def test_real_go_text_template_renders_like_transformers(go_render):
 def test_real_go_agrees_with_the_python_evaluator(go_render):
     """The renderer of the parts, which docs-tool compares with the Jinja rendering, is what Go renders."""
     jobs, mine = [], []
-    for name, (t, b, e, s, *_) in TRANSLATABLE.items():
+    for t, b, e, s, *_ in TRANSLATABLE.values():
         parts = derive_parts(t, bos_token=b, eos_token=e, special_tokens=s)
         for conv in ([], [("assistant", "alone")], [("user", "u"), ("user", "again")], [("tool", "42")],
                      [("user", "u"), ("system", "late system")], *(c for c, _ in CONVERSATIONS.values())):
@@ -308,7 +308,8 @@ def test_modelfile_refusals():
 
 def test_parse_modelfile_like_ollama():
     text = ("# comment\nfrom llama3.2\nPARAMETER temperature 1\nPARAMETER stop <|eot_id|>\nparameter stop \"a b\"\n"
-            "PARAMETER seed 42\nPARAMETER use_mmap t\nPARAMETER mirostat 1\nTEMPLATE {{ .Prompt }}\nSYSTEM \"\"\"\n  spaced  \n\"\"\"\n"
+            "PARAMETER seed 42\nPARAMETER use_mmap t\nPARAMETER mirostat 1\nTEMPLATE {{ .Prompt }}\n"
+            "SYSTEM \"\"\"\n  spaced  \n\"\"\"\n"
             "MESSAGE user hi there\nMESSAGE assistant \"hello\"\nLICENSE one\nLICENSE \"\"\"two\nlines\"\"\"\n")
     mf = parse_modelfile(text)
     assert mf["from"] == "llama3.2" and mf["template"] == "{{ .Prompt }}" and mf["system"] == "\n  spaced  \n"

@@ -199,8 +199,7 @@ def test_gguf_tool_setup_with_tools_builds_with_progress_on_stderr(fake_llama):
 # From a fresh venv: `pip install '.[merge-quant]'`, then what merge-tool's message says
 
 def _run(cmd, timeout: int, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          timeout=timeout, **kw)
+    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, **kw)
 
 
 @pytest.mark.slow

@@ -140,8 +140,8 @@ def test_cards_and_modelfile_are_byte_identical(run_docs):
 
 
 def push(docs, run_artifacts, out, *extra):
-    return CliRunner().invoke(push_main, ["--docs", str(docs), "--artifact", str(run_artifacts["gguf"]), "--set", "gguf",
-                                          "--out", str(out), "--retry-wait", "0.01", *extra])
+    return CliRunner().invoke(push_main, ["--docs", str(docs), "--artifact", str(run_artifacts["gguf"]),
+                                          "--set", "gguf", "--out", str(out), "--retry-wait", "0.01", *extra])
 
 
 @pytest.mark.parametrize("which", ["run_docs", "odd_docs"])

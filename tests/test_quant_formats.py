@@ -244,7 +244,8 @@ def test_chat_calibration_is_rendered_by_the_models_own_chat_template(calibratio
     turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}]
     assert texts[0] == AutoTokenizer.from_pretrained(tokenizer_dir).apply_chat_template(turns, tokenize=False)
     assert "hello there" in texts[0] and texts[0] != "user: hi\nassistant: hello there"
-    assert quantized.calibration_plan({**job, "found": {"tokenizer": {}}})["texts"][0] == "user: hi\nassistant: hello there"
+    without_template = quantized.calibration_plan({**job, "found": {"tokenizer": {}}})
+    assert without_template["texts"][0] == "user: hi\nassistant: hello there"
     strict = calibration_sources / "strict-tok"  # a template that refuses, as many do for odd role orders
     shutil.copytree(tokenizer_dir, strict)
     (strict / "chat_template.jinja").write_text("{{ raise_exception('Conversation roles must alternate') }}")

@@ -68,8 +68,8 @@ def hold(work: Path, command: str = "run"):
         if not _try_lock(fd):
             who = _holder(fd)
             here = who.get("host") == socket.gethostname()
-            stale = " (that process is gone: its lock will be released in a moment)" if here and not _alive(who.get("pid")) \
-                else ""
+            gone = here and not _alive(who.get("pid"))
+            stale = " (that process is gone: its lock will be released in a moment)" if gone else ""
             raise WorkFolderBusy(f"{work} is in use by another upload-driver {who.get('command', 'run')} (pid "
                                  f"{who.get('pid', '?')} on {who.get('host', '?')}, since {who.get('since', '?')})"
                                  f"{stale}: wait for it to finish, or pass another --work", work=str(work),

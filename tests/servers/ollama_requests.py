@@ -55,7 +55,7 @@ class Models(dict):
         return super().__contains__(full_name(key)) if isinstance(key, str) else False
 
     def get(self, key, default=None):
-        return self[key] if key in self else default
+        return super().get(full_name(key), default) if isinstance(key, str) else default
 
 
 class StreamError(Exception):
@@ -233,8 +233,8 @@ class Handler(RequestHandler):
         if not streaming:
             last = {}
             try:
-                for last in steps():
-                    pass
+                for step in steps():
+                    last = step
             except StreamError as e:
                 return self.send_json(e.status or 500, {"error": e.message})
             return self.send_json(200, last)

@@ -29,7 +29,7 @@ def loss_curve(summary: dict | None, path: Path, title: str) -> bool:
     ax = fig.add_subplot()
     for points, label, style in ((train, "training loss", "-"), (evals, "evaluation loss", "o--")):
         if points:
-            steps, values = zip(*points)
+            steps, values = zip(*points, strict=True)  # (step, loss) pairs
             ax.plot(steps, values, style, label=label, markersize=3)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")

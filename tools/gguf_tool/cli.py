@@ -40,8 +40,8 @@ def _thresholds(values) -> dict:
 @json_option
 @click.pass_context
 @report_errors
-def main(ctx, model, out, quants, outtype, imatrix, calibration, split_max_size, lora, base, validate_tokens, no_validate,
-         min_top1, name, overwrite, as_json):
+def main(ctx, model, out, quants, outtype, imatrix, calibration, split_max_size, lora, base, validate_tokens,
+         no_validate, min_top1, name, overwrite, as_json):
     """Convert a model to GGUF with llama.cpp, quantize it, and validate every file.
 
     \b
@@ -62,7 +62,7 @@ def main(ctx, model, out, quants, outtype, imatrix, calibration, split_max_size,
     if as_json:
         emit(manifest, True)
     else:
-        for q, info in manifest["files"].items():
+        for info in manifest["files"].values():
             v = info.get("validation") or {}
             figures = f"  top-1 {v['top1_agreement']:.3f}  KL {v['mean_kl']:.5f}" if v else ""
             for f in info["files"]:

@@ -135,7 +135,7 @@ def run_with_progress(cmd: list[str], what: str, log, every: int = 10) -> None:
                 shown = pct - pct % every
                 log(f"{what}: {pct}%")
     if proc.returncode:
-        last = next((l.strip() for l in reversed(tail) if l.strip()), "no output")
+        last = next((line.strip() for line in reversed(tail) if line.strip()), "no output")
         raise Unsupported(f"{what} failed ({last[:200]}): set up a working cmake and C++ compiler, or use the "
                           "gguf-tool image", log_tail=list(tail))
 
@@ -177,7 +177,8 @@ def extract(sdist: Path, dest: Path) -> Path:
                 m.name = parts[1]
                 members.append(m)
         if not any(m.name == "convert_hf_to_gguf.py" for m in members):
-            raise InputNotFound(f"{sdist} holds no vendor/llama.cpp/convert_hf_to_gguf.py: pass a llama-cpp-python sdist")
+            raise InputNotFound(f"{sdist} holds no vendor/llama.cpp/convert_hf_to_gguf.py: "
+                                "pass a llama-cpp-python sdist")
         safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python < 3.11.4 lacks filters
         tar.extractall(tmp, members=members, **safe)
     if (dest / "bin").is_dir():

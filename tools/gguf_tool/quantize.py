@@ -29,8 +29,8 @@ def quantize(src: Path, dst: Path, quant: dict, *, nthread: int, keep_split: boo
     params.keep_split = keep_split
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0:
-        raise InvalidInput(f"llama.cpp could not quantize to {quant['name']} (code {rc}): set UPLOAD_DRIVER_DEBUG=1 for its log",
-                           quant=quant["name"])
+        raise InvalidInput(f"llama.cpp could not quantize to {quant['name']} (code {rc}): "
+                           "set UPLOAD_DRIVER_DEBUG=1 for its log", quant=quant["name"])
 
 
 def run_tool(cmd: list, what: str) -> None:
@@ -38,7 +38,7 @@ def run_tool(cmd: list, what: str) -> None:
 
     proc = subprocess.run([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if proc.returncode:
-        last = next((l for l in reversed(proc.stdout.splitlines()) if l.strip()), "no output")
+        last = next((line for line in reversed(proc.stdout.splitlines()) if line.strip()), "no output")
         raise InvalidInput(f"llama.cpp's {what} failed ({last.strip()[:200]})", log_tail=proc.stdout.splitlines()[-30:])
 
 

@@ -9,7 +9,8 @@ from upload_common.cli import emit, json_option, log, overwrite_option, report_e
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--docs", required=True, type=click.Path(), help="docs-tool's output folder (upload_manifest.json, cards).")
+@click.option("--docs", required=True, type=click.Path(),
+              help="docs-tool's output folder (upload_manifest.json, cards).")
 @click.option("--artifact", "artifacts", multiple=True, type=click.Path(),
               help="An artifact folder named in the upload manifest (repeatable); matched by its manifest's hash.")
 @click.option("--out", default=None, type=click.Path(), help="Output folder for the step manifest (what went where).")
@@ -19,8 +20,10 @@ from upload_common.cli import emit, json_option, log, overwrite_option, report_e
 @click.option("--private", is_flag=True, help="Create new Hub repos as private.")
 @click.option("--ollama-push", is_flag=True, help="After creating the Ollama model, push it to its registry.")
 @click.option("--dry-run", is_flag=True, help="Print what would be sent where, and send nothing.")
-@click.option("--retries", default=5, show_default=True, help="Attempts per request on 5xx, timeouts, dropped connections.")
-@click.option("--retry-wait", default=2.0, show_default=True, help="First backoff delay in seconds (doubles each time).")
+@click.option("--retries", default=5, show_default=True,
+              help="Attempts per request on 5xx, timeouts, dropped connections.")
+@click.option("--retry-wait", default=2.0, show_default=True,
+              help="First backoff delay in seconds (doubles each time).")
 @click.option("--timeout", type=float, default=None, metavar="SECONDS",
               help="Seconds without progress before a request fails (default: $UPLOAD_DRIVER_NET_TIMEOUT, else 60).")
 @click.option("--retry-budget", type=float, default=None, metavar="SECONDS",

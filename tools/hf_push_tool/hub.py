@@ -84,7 +84,7 @@ def _in_background(fn, items: list) -> list[Future]:
     """``fn`` over ``items`` on daemon threads (one per core): a failure elsewhere can stop the step at
     once, where a pool would wait for a multi-GB file to finish hashing before the process exits."""
     futures = [Future() for _ in items]
-    todo = iter(list(zip(futures, items)))
+    todo = iter(list(zip(futures, items, strict=True)))
     lock = threading.Lock()
 
     def worker():
@@ -115,7 +115,8 @@ def push_set(api, entry: dict, local: dict[str, Path], *, private: bool, retry: 
 
     def operation(f: dict):
         op = CommitOperationAdd(path_in_repo=f["path_in_repo"], path_or_fileobj=str(local[f["path_in_repo"]]))
-        op.upload_info.sha256  # the client hashes lazily and keeps it; hashlib releases the GIL: files hash in parallel
+        # the client hashes lazily and keeps it; hashlib releases the GIL: files hash in parallel
+        _ = op.upload_info.sha256
         return op
 
     log(f"{repo_id}: hashing {len(entry['files'])} files")
@@ -128,7 +129,7 @@ def push_set(api, entry: dict, local: dict[str, Path], *, private: bool, retry: 
             fut.cancel()
         raise
     ops = [fut.result() for fut in hashing]
-    for op, f in zip(ops, entry["files"]):
+    for op, f in zip(ops, entry["files"], strict=True):  # one operation per file
         if op.upload_info.sha256.hex() != f["sha256"] or op.upload_info.size != f["size"]:
             raise InvalidInput(f"{local[f['path_in_repo']]} changed since its step wrote it (sha256 differs from "
                                "the manifest): rerun that step; nothing was sent", path=str(local[f["path_in_repo"]]))

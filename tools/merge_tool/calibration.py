@@ -94,7 +94,8 @@ def _file_texts(path: Path, chat_template) -> list[str]:
         raise InvalidInput(f"calibration file {path} is not UTF-8 text: pass a text, JSON Lines, Parquet or CSV file",
                            path=str(path)) from None
     if not found:
-        raise InvalidInput(f"calibration file {path} is empty: pass text like the model's training data", path=str(path))
+        raise InvalidInput(f"calibration file {path} is empty: pass text like the model's training data",
+                           path=str(path))
     return found
 
 

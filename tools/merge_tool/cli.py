@@ -36,8 +36,8 @@ from .formats import FORMATS
 @json_option
 @click.pass_context
 @report_errors
-def main(ctx, adapter, model, out, base, method, dtype, max_shard_size, checkpoint, device, engine, calibration, allow_pickle,
-         overwrite, as_json):
+def main(ctx, adapter, model, out, base, method, dtype, max_shard_size, checkpoint, device, engine, calibration,
+         allow_pickle, overwrite, as_json):
     """Export a LoRA adapter as-is or merged into its base model.
 
     \b

@@ -22,6 +22,7 @@ def write(adapter_dir, folder, dtype: str) -> None:  # pragma: no cover - needs 
     import torch
     from unsloth import FastLanguageModel
 
+    torch_dtype = {"BF16": torch.bfloat16, "F16": torch.float16}.get(dtype)
     model, tokenizer = FastLanguageModel.from_pretrained(str(adapter_dir), load_in_4bit=False, trust_remote_code=False,
-                                                         dtype={"BF16": torch.bfloat16, "F16": torch.float16}.get(dtype))
+                                                         dtype=torch_dtype)
     model.save_pretrained_merged(str(folder), tokenizer, save_method="merged_16bit")

@@ -34,7 +34,8 @@ def front_matter(folder, keys=None) -> dict:
     try:
         from huggingface_hub import ModelCard
 
-        data = ModelCard(readme.read_text(encoding="utf-8", errors="replace"), ignore_metadata_errors=True).data.to_dict()
+        text = readme.read_text(encoding="utf-8", errors="replace")
+        data = ModelCard(text, ignore_metadata_errors=True).data.to_dict()
     except Exception:  # noqa: BLE001 - malformed YAML in someone else's card
         return {}
     data = {k: v for k, v in data.items() if v not in (None, "", [], {})}

@@ -63,5 +63,6 @@ def compare(ref, got, names: tuple[str, str] = ("reference", "exported")) -> dic
     check_finite(got, names[1], "the export lost the model's numbers: try another type or dtype")
     p = np.exp(ref)
     kl = (p * (ref - got)).sum(-1)
-    return {"positions": int(ref.shape[0]), "top1_agreement": round(float((ref.argmax(-1) == got.argmax(-1)).mean()), 4),
+    top1 = float((ref.argmax(-1) == got.argmax(-1)).mean())
+    return {"positions": int(ref.shape[0]), "top1_agreement": round(top1, 4),
             "mean_kl": round(float(kl.mean()), 6), "max_kl": round(float(kl.max()), 6)}

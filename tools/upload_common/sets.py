@@ -93,7 +93,8 @@ SETS: dict[str, SetSpec] = {s.name: s for s in (
     _quantized("merged_8bit", "the merge quantized to 8 bit (LLM.int8) by bitsandbytes, loadable by transformers",
                Publish("-bnb-8bit", "quantized", "transformers", "8-bit (bitsandbytes LLM.int8) model",
                        ("bitsandbytes", "8-bit"), requires=("bitsandbytes",))),
-    _quantized("gptq", "the merge quantized to 4 bit by GPTQ (llm-compressor), compressed-tensors for vLLM/transformers",
+    _quantized("gptq", "the merge quantized to 4 bit by GPTQ (llm-compressor), compressed-tensors for "
+                       "vLLM/transformers",
                Publish("-GPTQ", "quantized", "transformers", "GPTQ 4-bit model", ("gptq", "4-bit", *_LLMC),
                        requires=_CT, vllm=True), calibration=True),
     _quantized("awq", "the merge quantized to 4 bit after AWQ smoothing (llm-compressor), compressed-tensors",

@@ -60,7 +60,8 @@ def llmcompressor_plan(job: dict, fmt: str, method: str, *, min_top1: float, cal
     if preset:
         plan["scheme"] = preset["name"]
         plan["decisions"]["quantization"] = {"library": f"llmcompressor {version('llmcompressor')}",
-                                             "scheme": preset["name"], **{k: v for k, v in preset.items() if k != "name"}}
+                                             "scheme": preset["name"],
+                                             **{k: v for k, v in preset.items() if k != "name"}}
         return plan
     widths = {s["shape"][1] for name, s in plan["specs"].items()
               if name.endswith(".weight") and len(s["shape"]) == 2 and "embed" not in name and name != "lm_head.weight"}

@@ -72,7 +72,8 @@ def _check_lora_shapes(module: str, roles: dict, aspecs: dict, wshape: list, fan
         if got != expect[role]:
             raise InvalidInput(f"adapter tensor {roles[role]} has shape {got} but the base weight of {module} "
                                f"has shape {wshape} (expected {expect[role]}): this adapter was trained for a "
-                               "different base; pass the right one with --base", tensor=roles[role], shapes=[got, wshape])
+                               "different base; pass the right one with --base", tensor=roles[role],
+                               shapes=[got, wshape])
     return r
 
 
@@ -125,7 +126,8 @@ def _apply_replacements(adapter: dict, specs: dict, recipes: dict, embed: str | 
 def _model_config(base: dict, specs: dict, out_specs: dict, embed: str | None, untie: bool, out_dtype: str,
                   warnings: list) -> dict:
     """The merged model's config.json: the base's, unquantized, with its dtype and vocabulary size."""
-    model_config = {k: v for k, v in base["config"].items() if k not in ("quantization_config", "_pre_quantization_dtype")}
+    model_config = {k: v for k, v in base["config"].items()
+                    if k not in ("quantization_config", "_pre_quantization_dtype")}
     if untie:
         model_config["tie_word_embeddings"] = False
     if embed:
