@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -193,3 +195,101 @@ def hub(tmp_path, monkeypatch, hub_tokens, hub_backoff_waits):
         if not hub_backoff_waits:  # `_http` uses `time` only for the backoff sleep
             monkeypatch.setattr(_http, "time", types.SimpleNamespace(sleep=lambda s: None))
         yield server
+
+
+# ------------------------------------------------------------------ hostile inputs
+# (test_hostile_code.py, test_hostile_files.py)
+
+
+def payload(marker: Path) -> str:
+    """A module that, when imported, writes ``marker`` (with the token it sees) and defines the classes
+    an auto_map can name."""
+    return (f"import os, pathlib\n"
+            f"pathlib.Path({str(marker)!r}).write_text(os.environ.get('HF_TOKEN') or 'ran')\n"
+            "from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast\n"
+            "class EvilTokenizer(PreTrainedTokenizerFast):\n    pass\n"
+            "class EvilConfig(LlamaConfig):\n    pass\n"
+            "class EvilForCausalLM(LlamaForCausalLM):\n    pass\n")
+
+
+def merge_cli(*args):
+    from click.testing import CliRunner
+
+    from merge_tool.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def one_line_error(result, *needles) -> str:
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def no_code_in(folder: Path) -> None:
+    from upload_common import remote_code
+
+    assert not list(folder.rglob("*.py")), sorted(p.name for p in folder.rglob("*.py"))
+    assert remote_code.scan(folder) == []
+    for name in remote_code.CONFIG_FILES:
+        if (folder / name).is_file():
+            assert not {"auto_map", "custom_pipelines"} & json.loads((folder / name).read_text()).keys()
+
+
+@pytest.fixture
+def trainer(tmp_path, sft_output) -> Path:
+    """A copy of the SFT trainer output that a test may plant things in."""
+    return Path(shutil.copytree(sft_output, tmp_path / "run"))
+
+
+@pytest.fixture
+def base(tmp_path, llama_base) -> Path:
+    """A copy of the base model that a test may plant things in."""
+    return Path(shutil.copytree(llama_base, tmp_path / "base"))
+
+
+
+# ------------------------------------------------------------------ trainer folders written by hand
+# (test_trainer_output.py, test_trainer_kind.py)
+
+ADAPTER_BASE = "unsloth/tiny-base"
+
+
+def adapter(folder: Path, *, weights: str | None = "safetensors", base: str = ADAPTER_BASE) -> Path:
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "base_model_name_or_path": base,
+         "target_modules": ["q_proj", "v_proj"]}))
+    tensors = {"base_model.model.layers.0.q_proj.lora_A.weight": np.ones((4, 8), dtype=np.float32)}
+    if weights == "safetensors":
+        save_file(tensors, str(folder / "adapter_model.safetensors"))
+    elif weights == "bin":
+        (folder / "adapter_model.bin").write_bytes(b"\x80\x04 not really a pickle")
+    return folder
+
+
+def write_json(path: Path, data) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def log_history(extra: dict | None = None, steps=(100, 200, 300)) -> list[dict]:
+    rows = [{"step": s, "epoch": s / steps[-1], "loss": round(2.0 / (i + 1), 3), "learning_rate": 1e-4 / (i + 1),
+             "grad_norm": 0.5, **(extra or {})} for i, s in enumerate(steps)]
+    rows.append({"step": steps[1], "epoch": 0.66, "eval_loss": 1.5, "eval_runtime": 2.0})
+    rows.append({"step": steps[-1], "epoch": 1.0, "train_runtime": 321.5, "train_loss": 1.2, "total_flos": 1e12})
+    return rows
+
+
+def state(folder: Path, log=None, **extra) -> Path:
+    data = {"global_step": 300, "max_steps": 300, "epoch": 1.0, "num_train_epochs": 1, "train_batch_size": 4,
+            "best_metric": None, "best_model_checkpoint": None,
+            "log_history": log_history() if log is None else log, **extra}
+    return write_json(folder / "trainer_state.json", data)

@@ -1,16 +1,16 @@
-"""No code from a trainer folder or a base model ever runs, and no token reaches llama.cpp's converter.
+"""No code a trainer folder or a base model refers to ever runs, and no token reaches llama.cpp's converter.
 
 Each test plants a payload (Python that writes a marker file, with HF_TOKEN if it can see one) where
-transformers, torch.load or a careless copy would pick it up, then proves the marker never appears:
-the tools remove the code reference or refuse in one line, and the output carries no code. Control
-runs (the payload loaded the way an unprotected caller would) prove each payload is real."""
+transformers or llama.cpp's converter would pick it up through a config's auto_map, then proves the marker
+never appears: the tools remove the code reference or refuse in one line, and the output carries no code.
+Control runs (the payload loaded the way an unprotected caller would) prove each payload is real. Code that
+comes as files (Python beside the weights, pickles, links) is tested in test_hostile_files.py."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,9 +18,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import no_finished_output, tree_hash
+from conftest import merge_cli, no_code_in, no_finished_output, one_line_error, payload, tree_hash
 from gguf_tool.cli import main as gguf_main
-from merge_tool.cli import main as merge_main
 from servers.http import LocalServer, RequestHandler
 from upload_common import remote_code
 from upload_common.errors import InvalidInput, UploadError
@@ -28,17 +27,6 @@ from upload_common.errors import InvalidInput, UploadError
 TOKEN = "hf_plantedSecretToken"
 LOCAL_REF = "tok.EvilTokenizer"
 HUB_REF = "acme/evil--tok.EvilTokenizer"
-
-
-def payload(marker: Path) -> str:
-    """A module that, when imported, writes ``marker`` (with the token it sees) and defines the classes
-    an auto_map can name."""
-    return (f"import os, pathlib\n"
-            f"pathlib.Path({str(marker)!r}).write_text(os.environ.get('HF_TOKEN') or 'ran')\n"
-            "from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast\n"
-            "class EvilTokenizer(PreTrainedTokenizerFast):\n    pass\n"
-            "class EvilConfig(LlamaConfig):\n    pass\n"
-            "class EvilForCausalLM(LlamaForCausalLM):\n    pass\n")
 
 
 def edit_json(path: Path, **changes) -> dict:
@@ -57,29 +45,8 @@ def plant_tokenizer(folder: Path, marker: Path, ref: str = LOCAL_REF, tokenizer_
     return edit_json(folder / "tokenizer_config.json", **changes)
 
 
-def merge_cli(*args):
-    return CliRunner().invoke(merge_main, [str(a) for a in args])
-
-
 def gguf_cli(*args):
     return CliRunner().invoke(gguf_main, [str(a) for a in args])
-
-
-def one_line_error(result, *needles) -> str:
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in result.output, result.output
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
-
-
-def no_code_in(folder: Path) -> None:
-    assert not list(folder.rglob("*.py")), sorted(p.name for p in folder.rglob("*.py"))
-    assert remote_code.scan(folder) == []
-    for name in remote_code.CONFIG_FILES:
-        if (folder / name).is_file():
-            assert not {"auto_map", "custom_pipelines"} & json.loads((folder / name).read_text()).keys()
 
 
 class _Recorder(RequestHandler):
@@ -104,16 +71,6 @@ def hub_watch(monkeypatch):
     with HubWatch() as server:
         monkeypatch.setenv("HF_ENDPOINT", server.url)
         yield server
-
-
-@pytest.fixture
-def trainer(tmp_path, sft_output) -> Path:
-    return Path(shutil.copytree(sft_output, tmp_path / "run"))
-
-
-@pytest.fixture
-def base(tmp_path, llama_base) -> Path:
-    return Path(shutil.copytree(llama_base, tmp_path / "base"))
 
 
 # ------------------------------------------------------------------ what counts as code, and the policy
@@ -263,39 +220,6 @@ def test_base_only_its_code_defines_is_refused(trainer, base, tmp_path):
     assert no_finished_output(out) and tree_hash(base) == before and not marker.exists()
 
 
-def test_python_files_beside_the_weights_are_never_copied(trainer, base, tmp_path):
-    marker = tmp_path / "marker"
-    for folder in (trainer, trainer / "checkpoint-30", base):
-        (folder / "adapter_model.py").write_text(payload(marker))
-        (folder / "modeling_llama.py").write_text(payload(marker))
-    before = tree_hash(trainer)
-    for method in ("lora", "merged_16bit"):
-        out = tmp_path / method
-        result = merge_cli("--adapter", trainer, "--out", out, "--base", base, "--method", method)
-        assert result.exit_code == 0, result.output
-        no_code_in(out)
-    assert sorted(p.name for p in (tmp_path / "lora").iterdir()) == sorted(
-        ["adapter_config.json", "adapter_model.safetensors", "manifest.json",
-         *[p.name for p in trainer.iterdir() if p.name.startswith(("tokenizer", "special_tokens", "chat_template"))]])
-    assert tree_hash(trainer) == before and not marker.exists()
-
-
-def test_code_a_writer_leaves_in_an_output_is_removed(tmp_path):
-    """The last check before a manifest: whatever a format's writer (a library's save_pretrained) left."""
-    from merge_tool.core import _drop_code
-
-    out = tmp_path / "merged_16bit"
-    out.mkdir()
-    (out / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"],
-                                                 "auto_map": {"AutoModelForCausalLM": "modeling_x.X"}}))
-    (out / "modeling_x.py").write_text("raise SystemExit\n")
-    warnings = []
-    _drop_code(out, warnings)
-    no_code_in(out)
-    assert json.loads((out / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
-    assert len(warnings) == 2 and "modeling_x.py" in warnings[1]
-
-
 # ------------------------------------------------------------------ gguf-tool run by hand; the converter
 
 
@@ -406,71 +330,3 @@ def test_llama_cpp_converter_asking_for_remote_code_runs_none(base, tmp_path, mo
     proc = subprocess.run([sys.executable, str(convert.converter() / "convert_hf_to_gguf.py"), *args],
                           capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert marker.read_text() == TOKEN, proc.stdout[-2000:] + proc.stderr[-2000:]
-
-
-# ------------------------------------------------------------------ pickles
-
-
-def evil_pickle(path: Path, marker: Path, tensors: bool) -> None:
-    import torch
-
-    class Evil:
-        def __reduce__(self):
-            return exec, (f"import pathlib; pathlib.Path({str(marker)!r}).write_text('ran')",)
-
-    obj = {"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": Evil()} if tensors else Evil()
-    torch.save(obj, path)
-
-
-def test_pickles_never_run(trainer, base, tmp_path):
-    marker = tmp_path / "marker"
-    evil_pickle(trainer / "training_args.bin", marker, tensors=False)
-    out = tmp_path / "lora"
-    result = merge_cli("--adapter", trainer, "--out", out, "--method", "lora")
-    assert result.exit_code == 0, result.output
-    assert not (out / "training_args.bin").exists() and not marker.exists()
-
-    (trainer / "adapter_model.safetensors").unlink()
-    evil_pickle(trainer / "adapter_model.bin", marker, tensors=True)
-    before = tree_hash(trainer)
-    for extra, needle in (((), "--allow-pickle"), (("--allow-pickle",), "cannot read")):
-        out = tmp_path / "refused" / f"out{len(extra)}"
-        one_line_error(merge_cli("--adapter", trainer, "--out", out, "--base", base, *extra), "adapter_model.bin",
-                       needle)
-        assert no_finished_output(out)
-    assert tree_hash(trainer) == before and not marker.exists()
-
-    import torch  # control: an unrestricted load runs it
-
-    torch.load(trainer / "adapter_model.bin", weights_only=False)
-    assert marker.exists()
-
-
-# ------------------------------------------------------------------ symbolic links
-
-
-@pytest.mark.parametrize("target", ["absolute", "relative"])
-def test_link_out_of_the_trainer_folder_is_refused(trainer, base, tmp_path, target):
-    secret = tmp_path / "secret.txt"
-    secret.write_text("root:x:0:0")
-    link = trainer / "chat_template.jinja"
-    link.unlink(missing_ok=True)
-    link.symlink_to(secret if target == "absolute" else Path("..") / secret.name)
-    before = tree_hash(trainer)
-    out = tmp_path / "merged"
-    line = one_line_error(merge_cli("--adapter", trainer, "--out", out, "--base", base, "--method", "lora"),
-                          "chat_template.jinja", "outside the trainer folder", "replace the link with the file itself")
-    assert os.path.realpath(secret) in line
-    assert no_finished_output(out) and tree_hash(trainer) == before
-
-
-def test_link_inside_the_trainer_folder_is_followed(trainer, tmp_path):
-    (trainer / "templates").mkdir()
-    (trainer / "templates" / "chat.jinja").write_text("{{ messages[0]['content'] }}")
-    (trainer / "chat_template.jinja").unlink(missing_ok=True)
-    (trainer / "chat_template.jinja").symlink_to(Path("templates") / "chat.jinja")
-    out = tmp_path / "lora"
-    result = merge_cli("--adapter", trainer, "--out", out, "--method", "lora")
-    assert result.exit_code == 0, result.output
-    copied = out / "chat_template.jinja"
-    assert not copied.is_symlink() and copied.read_text() == "{{ messages[0]['content'] }}"

@@ -1,4 +1,6 @@
-"""inspect_trainer_output: which adapter is chosen, what run made it, and that nothing is touched."""
+"""inspect_trainer_output: which adapter is chosen, what the training logged, which tokenizer and chat
+template go with it, the inputs it refuses or notes, and that nothing is touched (the trainer kind is
+tested in test_trainer_kind.py)."""
 
 from __future__ import annotations
 
@@ -6,49 +8,14 @@ import hashlib
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from safetensors.numpy import save_file
 
+from conftest import ADAPTER_BASE as BASE
+from conftest import adapter, log_history, state, write_json
 from upload_common.errors import InputNotFound, InvalidInput
 from upload_common.trainer_output import inspect_trainer_output
 
-BASE = "unsloth/tiny-base"
 TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
-
-
-def adapter(folder: Path, *, weights: str | None = "safetensors", base: str = BASE) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "adapter_config.json").write_text(json.dumps(
-        {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "base_model_name_or_path": base,
-         "target_modules": ["q_proj", "v_proj"]}))
-    tensors = {"base_model.model.layers.0.q_proj.lora_A.weight": np.ones((4, 8), dtype=np.float32)}
-    if weights == "safetensors":
-        save_file(tensors, str(folder / "adapter_model.safetensors"))
-    elif weights == "bin":
-        (folder / "adapter_model.bin").write_bytes(b"\x80\x04 not really a pickle")
-    return folder
-
-
-def write_json(path: Path, data) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data))
-    return path
-
-
-def log_history(extra: dict | None = None, steps=(100, 200, 300)) -> list[dict]:
-    rows = [{"step": s, "epoch": s / steps[-1], "loss": round(2.0 / (i + 1), 3), "learning_rate": 1e-4 / (i + 1),
-             "grad_norm": 0.5, **(extra or {})} for i, s in enumerate(steps)]
-    rows.append({"step": steps[1], "epoch": 0.66, "eval_loss": 1.5, "eval_runtime": 2.0})
-    rows.append({"step": steps[-1], "epoch": 1.0, "train_runtime": 321.5, "train_loss": 1.2, "total_flos": 1e12})
-    return rows
-
-
-def state(folder: Path, log=None, **extra) -> Path:
-    data = {"global_step": 300, "max_steps": 300, "epoch": 1.0, "num_train_epochs": 1, "train_batch_size": 4,
-            "best_metric": None, "best_model_checkpoint": None,
-            "log_history": log_history() if log is None else log, **extra}
-    return write_json(folder / "trainer_state.json", data)
 
 
 def tokenizer(folder: Path, config: dict | None = None) -> Path:
@@ -202,95 +169,6 @@ def test_missing_explicit_checkpoint(tmp_path):
     assert "\n" not in e.value.message and e.value.fields["available"] == [100, 200, 300]
     with pytest.raises(InputNotFound, match="none"):
         inspect_trainer_output(adapter(tmp_path / "plain"), checkpoint=1)
-
-
-@pytest.mark.parametrize("kind, extra, evidence", [
-    ("kto", {"kl": 0.1, "rewards/chosen_sum": 1.0, "logps/chosen_sum": -4.0}, "rewards/* and kl"),
-    ("dpo", {"rewards/chosen": 1.0, "rewards/margins": 0.5, "rewards/accuracies": 0.7, "logps/chosen": -3.0},
-     "rewards/margins"),
-    ("orpo", {"rewards/margins": 0.5, "log_odds_ratio": -0.6, "log_odds_chosen": 0.3, "nll_loss": 1.1},
-     "log_odds_ratio"),
-    ("cpo", {"rewards/margins": 0.5, "nll_loss": 1.1}, "nll_loss"),
-    ("grpo", {"reward": 0.4, "reward_std": 0.1, "kl": 0.01, "rewards/accuracy/mean": 0.4,
-              "completions/mean_length": 80.0}, "GRPO"),
-    ("ppo", {"objective/kl": 0.2, "policy/approxkl_avg": 0.01}, "PPO"),
-    ("sft", {}, "only language-modelling loss logged"),
-])
-def test_kind_from_log_history(tmp_path, kind, extra, evidence):
-    root = adapter(tmp_path / "run")
-    state(root, log_history(extra))
-    found = inspect_trainer_output(root)
-    assert found["trainer"]["kind"] == kind
-    assert evidence in found["trainer"]["evidence"]
-
-
-def test_eval_prefixed_keys_count(tmp_path):
-    root = adapter(tmp_path / "run")
-    state(root, [{"step": 1, "eval_loss": 1.0, "eval_rewards/margins": 0.3}])
-    assert inspect_trainer_output(root)["trainer"]["kind"] == "dpo"
-
-
-@pytest.mark.parametrize("log", [[], [{"step": 1, "loss": 1.0, "custom_metric": 3}]])
-def test_kind_unknown(tmp_path, log):
-    root = adapter(tmp_path / "run")
-    state(root, log)
-    assert inspect_trainer_output(root)["trainer"]["kind"] == "unknown"
-
-
-@pytest.mark.parametrize("readme, kind", [
-    ("---\nbase_model: x\nlibrary_name: transformers\ntags:\n- generated_from_trainer\n- trl\n- kto\n"
-     "licence: license\n---\n\n# Model Card\n", "kto"),
-    ("---\ntags: [unsloth, trl, sft, dpo]\n---\nbody\n", "dpo"),
-    ("---\ntags:\n  - \"trl\"\n  - \"reward-trainer\"\n---\n", "reward"),
-    ("---\ntags:\n- trl\n- sft\n---\nThis model was trained with SFT.\n", "sft"),
-    ("---\nlibrary_name: peft\n---\n\nThis model was trained with ORPO, a method introduced in [x](y).\n", "orpo"),
-    ("# Card\n\nThis model was trained with GRPO.\n", "grpo"),
-])
-def test_kind_from_trl_readme(tmp_path, readme, kind):
-    root = adapter(tmp_path / "run")
-    (root / "README.md").write_text(readme)
-    state(root, log_history({"mean_token_accuracy": 0.5}))  # the README wins over the log
-    found = inspect_trainer_output(root)
-    assert found["trainer"]["kind"] == kind and "README.md" in found["trainer"]["evidence"]
-
-
-def test_readme_in_adapter_subfolder_and_plain_readme_ignored(tmp_path):
-    root = tmp_path / "run"
-    (root / "README.md").parent.mkdir()
-    (root / "README.md").write_text("# My project\n\nNothing about trainers here.\n")
-    adapter(root / "final")
-    (root / "final" / "README.md").write_text("---\ntags:\n- cpo\n---\n")
-    assert inspect_trainer_output(root)["trainer"]["kind"] == "cpo"
-
-
-@pytest.mark.parametrize("name, args, kind", [
-    ("training_args.json", {"trainer": "KTOTrainer", "beta": 0.1}, "kto"),
-    ("args.json", {"trainer_type": "reward_trainer"}, "reward"),
-    ("trainer_config.json", {"beta": 0.1, "desirable_weight": 1.0, "undesirable_weight": 1.0}, "kto"),
-    ("training_args.json", {"num_generations": 8, "beta": 0.04, "loss_type": "grpo"}, "grpo"),
-    ("training_args.json", {"beta": 0.1, "loss_type": "sigmoid", "cpo_alpha": 1.0}, "cpo"),
-    ("training_args.json", {"num_ppo_epochs": 4}, "ppo"),
-    ("training_args.json", {"center_rewards_coefficient": 0.01}, "reward"),
-    ("training_args.json", {"beta": 0.1, "loss_type": "sigmoid"}, "dpo"),
-    ("training_args.json", {"trainer": "CustomTrainer", "packing": False}, "sft"),
-])
-def test_kind_from_json_args(tmp_path, name, args, kind):
-    root = adapter(tmp_path / "run")
-    write_json(root / name, args)
-    state(root, log_history({"kl": 0.1, "rewards/chosen_sum": 1.0}))  # args win over the log
-    found = inspect_trainer_output(root)
-    assert found["trainer"]["kind"] == kind and name in found["trainer"]["evidence"]
-
-
-def test_unhelpful_or_bad_args_files_fall_through_to_log(tmp_path):
-    root = adapter(tmp_path / "run")
-    (root / "training_args.json").write_text("{not json")
-    write_json(root / "trainer_config.json", ["a", "list"])
-    write_json(root / "args.json", {"learning_rate": 1e-4})
-    state(root, log_history({"kl": 0.1, "rewards/chosen_sum": 1.0}))
-    found = inspect_trainer_output(root)
-    assert found["trainer"]["kind"] == "kto"
-    assert any("training_args.json" in n and "not valid JSON" in n for n in found["notes"])
 
 
 def test_chat_template_from_jinja(tmp_path):
