@@ -35,8 +35,8 @@ def log(msg: str) -> None:
 
 
 def sample(work: Path, hidden: int, layers: int, steps: int) -> tuple[Path, Path]:
-    from upload_common import sample as s
-
+    """The sample, built in a child process: a child's peak RSS counts its parent's at fork (Linux keeps
+    the high-water mark across exec), so this process stays small for the measured children's sake."""
     stamp = work / "sample.json"
     want = {"hidden": hidden, "layers": layers, "steps": steps}
     base, trainer = work / "base", work / "sft_output"
@@ -45,12 +45,20 @@ def sample(work: Path, hidden: int, layers: int, steps: int) -> tuple[Path, Path
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     log(f"building the sample: hidden {hidden}, {layers} layers, {steps} training steps")
+    subprocess.run([sys.executable, __file__, "--_sample", str(work), str(hidden), str(layers), str(steps)],
+                   check=True)
+    stamp.write_text(json.dumps(want))
+    return base, trainer
+
+
+def build_sample(work: Path, hidden: int, layers: int, steps: int) -> None:
+    from upload_common import sample as s
+
+    base, trainer = work / "base", work / "sft_output"
     tok = s.make_tokenizer(work / "tok")
     s.make_base(base, hidden=hidden, intermediate=hidden * 2, layers=layers, heads=8, kv_heads=4, tokenizer_dir=tok)
     s.train_briefly(base, steps=steps)
     s.make_trainer_output(trainer, base, tokenizer_dir=tok, lora_scale=0.02)
-    stamp.write_text(json.dumps(want))
-    return base, trainer
 
 
 def _gpu_used() -> int | None:
@@ -139,4 +147,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--_sample"]:
+        build_sample(Path(sys.argv[2]), *map(int, sys.argv[3:6]))
+        sys.exit(0)
     sys.exit(main())
