@@ -227,7 +227,10 @@ def test_a_fresh_merge_quant_install_follows_its_message_to_a_working_gptq(tmp_p
     # one layer: a random model's near-tied logits keep 4-bit top-1 agreement near the bar with two
     base = make_base(tmp_path / "base", "llama", hidden=256, intermediate=512, layers=1, tokenizer_dir=tok)
     run = make_trainer_output(tmp_path / "run", base, tokenizer_dir=tok)
-    gptq = [venv / "bin" / "merge-tool", "--adapter", run, "--base", base, "--method", "gptq", "--device", "cpu",
+    merged = tmp_path / "merged"  # the formats are made from the merged model, which needs no llm-compressor
+    merge = [venv / "bin" / "merge-tool", "--adapter", run, "--base", base, "--out", merged, "--device", "cpu"]
+    assert _run(merge, 300, env=env).returncode == 0
+    gptq = [venv / "bin" / "merge-tool", "--model", merged, "--method", "gptq", "--device", "cpu",
             "--out", tmp_path / "gptq"]
     refused = _run(gptq, 300, env=env)
     assert refused.returncode == 1 and not (tmp_path / "gptq").exists()
