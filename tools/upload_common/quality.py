@@ -64,5 +64,11 @@ def compare(ref, got, names: tuple[str, str] = ("reference", "exported")) -> dic
     p = np.exp(ref)
     kl = (p * (ref - got)).sum(-1)
     top1 = float((ref.argmax(-1) == got.argmax(-1)).mean())
-    return {"positions": int(ref.shape[0]), "top1_agreement": round(top1, 4),
-            "mean_kl": round(float(kl.mean()), 6), "max_kl": round(float(kl.max()), 6)}
+    return {"positions": int(ref.shape[0]), "top1_agreement": round(top1, 4), "mean_kl": _figure(kl.mean()),
+            "max_kl": _figure(kl.max())}
+
+
+def _figure(kl) -> float:
+    """A KL divergence to four significant digits (a near-lossless export such as F16 can be under 5e-7,
+    which a fixed six decimals would record as 0), never below 0 (float rounding of identical rows)."""
+    return max(0.0, float(f"{float(kl):.4g}"))
