@@ -1,5 +1,5 @@
-"""merge-tool's step for the formats made from the merged model (``merged_4bit``, ``merged_8bit``,
-``gptq``, ``awq``, ``fp8``: the registry rows that consume ``merged_16bit``): a merged 16-bit model
+"""merge-tool's step for the formats made from the merged model (the registry rows that consume
+``merged_16bit``: the bitsandbytes and llm-compressor formats): a merged 16-bit model
 folder in (``--model``, normally the merged_16bit step's output, named in the manifest by its
 manifest's hash like any step output), one quantized format out. The merge is made once, by its own
 step, and serves every format.
