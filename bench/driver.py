@@ -25,16 +25,28 @@ def one_run(trainer_output: Path, work: Path, runtime: str) -> dict:
     from upload_driver.config import request
     from upload_driver.run import execute
 
-    req = request(trainer_output, work=str(work), name="sample-chat", quants=("Q4_K_M", "Q8_0"), runtime=runtime,
-                  push=(f"local:{work / 'published'}",))
+    req = request(
+        trainer_output,
+        work=str(work),
+        name="sample-chat",
+        quants=("Q4_K_M", "Q8_0"),
+        runtime=runtime,
+        push=(f"local:{work / 'published'}",),
+    )
     t = time.perf_counter()
     result = execute(req, log=lambda m: None)
     total = time.perf_counter() - t
     steps = []
     for r in result["steps"]:
         own = (read_manifest(r["output"]) or {}).get("timings", {}).get("seconds", {}).get("total")
-        steps.append({"step": r["step"], "driver_s": r["seconds"], "tool_s": own,
-                      "overhead_s": None if r["seconds"] is None or own is None else r["seconds"] - own})
+        steps.append(
+            {
+                "step": r["step"],
+                "driver_s": r["seconds"],
+                "tool_s": own,
+                "overhead_s": None if r["seconds"] is None or own is None else r["seconds"] - own,
+            }
+        )
     return {"runtime": result["runtime"], "total_s": total, "steps": steps}
 
 
@@ -60,9 +72,29 @@ def main() -> int:
             continue
         # the rerun as a user runs it: the command, interpreter start and imports included
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "upload_driver.cli", "run", str(trainer_output), "--work", str(work),
-                        "--name", "sample-chat", "--quant", "Q4_K_M", "--quant", "Q8_0", "--runtime", runtime,
-                        "--push", f"local:{work / 'published'}"], check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "upload_driver.cli",
+                "run",
+                str(trainer_output),
+                "--work",
+                str(work),
+                "--name",
+                "sample-chat",
+                "--quant",
+                "Q4_K_M",
+                "--quant",
+                "Q8_0",
+                "--runtime",
+                runtime,
+                "--push",
+                f"local:{work / 'published'}",
+            ],
+            check=True,
+            capture_output=True,
+        )
         rerun = time.perf_counter() - t
         results[runtime] = {"first": first, "rerun_s": rerun, "rerun_share": rerun / first["total_s"]}
     if args.json:
@@ -78,8 +110,10 @@ def main() -> int:
             worst = max(worst, s["overhead_s"] or 0)
             print(f"  {s['step']:<15}{s['driver_s']:>10.2f}{s['tool_s']:>9.2f}{s['overhead_s']:>12.2f}")
         print(f"  worst overhead per step {worst:.2f} s (target <= 2 s): {'PASS' if worst <= 2 else 'MISS'}")
-        print(f"  rerun of the finished pipeline {r['rerun_s']:.2f} s = {100 * r['rerun_share']:.1f}% of the first "
-              f"(target < 5%): {'PASS' if r['rerun_share'] < 0.05 else 'MISS'}")
+        print(
+            f"  rerun of the finished pipeline {r['rerun_s']:.2f} s = {100 * r['rerun_share']:.1f}% of the first "
+            f"(target < 5%): {'PASS' if r['rerun_share'] < 0.05 else 'MISS'}"
+        )
     return 0
 
 

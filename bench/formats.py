@@ -45,8 +45,7 @@ def sample(work: Path, hidden: int, layers: int, steps: int) -> tuple[Path, Path
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     log(f"building the sample: hidden {hidden}, {layers} layers, {steps} training steps")
-    subprocess.run([sys.executable, __file__, "--_sample", str(work), str(hidden), str(layers), str(steps)],
-                   check=True)
+    subprocess.run([sys.executable, __file__, "--_sample", str(work), str(hidden), str(layers), str(steps)], check=True)
     stamp.write_text(json.dumps(want))
     return base, trainer
 
@@ -63,8 +62,12 @@ def build_sample(work: Path, hidden: int, layers: int, steps: int) -> None:
 
 def _gpu_used() -> int | None:
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=5).stdout.split()
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.split()
         return int(out[0]) if out else None
     except (OSError, subprocess.SubprocessError, ValueError):
         return None
@@ -88,8 +91,12 @@ def measure(cmd: list[str]) -> dict:
         sampler.start()
     r = run_measured(cmd)
     stop.set()
-    return {"seconds": round(r["wall_s"], 1), "peak_rss_mb": round(r["peak_rss_gb"] * 1e9 / 2**20),
-            "peak_gpu_mb": peak["gpu"], "rc": r["exit_code"]}
+    return {
+        "seconds": round(r["wall_s"], 1),
+        "peak_rss_mb": round(r["peak_rss_gb"] * 1e9 / 2**20),
+        "peak_gpu_mb": peak["gpu"],
+        "rc": r["exit_code"],
+    }
 
 
 def main() -> int:
@@ -111,23 +118,55 @@ def main() -> int:
         out = a.work / "out" / fmt
         shutil.rmtree(out, ignore_errors=True)
         log(f"{fmt} on {a.device}")
-        source = (["--adapter", str(trainer), "--base", str(base)] if fmt == "merged_16bit" else
-                  ["--model", str(a.work / "out" / "merged_16bit")])
-        row = {"format": fmt, **measure([sys.executable, "-m", "merge_tool.cli", *source, "--out", str(out),
-                                        "--method", fmt, "--device", a.device])}
+        source = (
+            ["--adapter", str(trainer), "--base", str(base)]
+            if fmt == "merged_16bit"
+            else ["--model", str(a.work / "out" / "merged_16bit")]
+        )
+        row = {
+            "format": fmt,
+            **measure(
+                [
+                    sys.executable,
+                    "-m",
+                    "merge_tool.cli",
+                    *source,
+                    "--out",
+                    str(out),
+                    "--method",
+                    fmt,
+                    "--device",
+                    a.device,
+                ]
+            ),
+        }
         if row["rc"] == 0:
             m = json.loads((out / "manifest.json").read_text())
             v, q = m.get("validation") or {}, m.get("quantization") or {}
-            row.update(size_mb=round(sum(o["size"] for o in m["outputs"]) / 1e6, 1), top1=v.get("top1_agreement"),
-                       write_s=m["timings"]["seconds"].get("write"),
-                       mean_kl=v.get("mean_kl"), quantized_on=q.get("quantized_on", "-"))
+            row.update(
+                size_mb=round(sum(o["size"] for o in m["outputs"]) / 1e6, 1),
+                top1=v.get("top1_agreement"),
+                write_s=m["timings"]["seconds"].get("write"),
+                mean_kl=v.get("mean_kl"),
+                quantized_on=q.get("quantized_on", "-"),
+            )
         rows.append(row)
     made_from_merge = [r for r in rows if r["format"] != "merged_16bit" and not r["rc"]]
     merge_s = rows[0].get("write_s")  # the merge itself, as each format's scratch merge used to repeat it
     saved = round(merge_s * len(made_from_merge), 1) if merge_s is not None else None
     if a.json:
-        print(json.dumps({"device": a.device, "hidden": a.hidden, "layers": a.layers, "rows": rows,
-                          "merge_seconds_saved": saved}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "device": a.device,
+                    "hidden": a.hidden,
+                    "layers": a.layers,
+                    "rows": rows,
+                    "merge_seconds_saved": saved,
+                },
+                indent=2,
+            )
+        )
     else:
         print(f"device {a.device}, sample hidden {a.hidden}, {a.layers} layers")
         print(f"{'format':<13}{'s':>7}{'RSS MB':>8}{'GPU MB':>8}{'size MB':>9}{'top-1':>8}{'mean KL':>10}  on")
@@ -137,12 +176,16 @@ def main() -> int:
                 continue
             top1 = f"{r['top1']:.3f}" if r.get("top1") is not None else "-"
             kl = f"{r['mean_kl']:.5f}" if r.get("mean_kl") is not None else "-"
-            print(f"{r['format']:<13}{r['seconds']:>7}{r['peak_rss_mb']:>8}{r['peak_gpu_mb'] or '-':>8}"
-                  f"{r['size_mb']:>9}{top1:>8}{kl:>10}  {r['quantized_on']}")
+            print(
+                f"{r['format']:<13}{r['seconds']:>7}{r['peak_rss_mb']:>8}{r['peak_gpu_mb'] or '-':>8}"
+                f"{r['size_mb']:>9}{top1:>8}{kl:>10}  {r['quantized_on']}"
+            )
         if saved is not None:
-            print(f"one merge served {len(made_from_merge)} formats: {saved} s of merging saved "
-                  f"({len(made_from_merge)} x the {merge_s} s merge, which each format "
-                  "used to repeat in a scratch folder)")
+            print(
+                f"one merge served {len(made_from_merge)} formats: {saved} s of merging saved "
+                f"({len(made_from_merge)} x the {merge_s} s merge, which each format "
+                "used to repeat in a scratch folder)"
+            )
     return 1 if any(r["rc"] for r in rows) else 0
 
 

@@ -46,8 +46,17 @@ def make_model(work: Path, hidden: int, layers: int) -> Path:
 
     log(f"making a Llama-shaped model: hidden {hidden}, {layers} layers")
     tok = make_tokenizer(work / "tokenizer")
-    make_base(model, "llama", hidden=hidden, intermediate=hidden * 11 // 4 // 256 * 256, layers=layers,
-              heads=hidden // 64, kv_heads=max(1, hidden // 256), dtype="bfloat16", tokenizer_dir=tok)
+    make_base(
+        model,
+        "llama",
+        hidden=hidden,
+        intermediate=hidden * 11 // 4 // 256 * 256,
+        layers=layers,
+        heads=hidden // 64,
+        kv_heads=max(1, hidden // 256),
+        dtype="bfloat16",
+        tokenizer_dir=tok,
+    )
     return model
 
 
@@ -69,8 +78,18 @@ def main() -> None:
 
     out = a.work / "tool"
     log("gguf-tool, validation off")
-    tool_s = timed(gguf_tool + ["--model", str(model), "--out", str(out), "--overwrite", "--no-validate",
-                                *sum((["--quant", q] for q in quants), [])])
+    tool_s = timed(
+        gguf_tool
+        + [
+            "--model",
+            str(model),
+            "--out",
+            str(out),
+            "--overwrite",
+            "--no-validate",
+            *sum((["--quant", q] for q in quants), []),
+        ]
+    )
     size = sum(p.stat().st_size for p in out.glob("*.gguf"))
 
     direct = a.work / "direct"
@@ -81,25 +100,63 @@ def main() -> None:
     log("converter + quantizations directly")
     t = time.perf_counter()
     f16 = direct / "m-F16.gguf"
-    subprocess.run([sys.executable, str(tree / "convert_hf_to_gguf.py"), str(model), "--outfile", str(f16),
-                    "--outtype", "f16"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    subprocess.run(
+        [sys.executable, str(tree / "convert_hf_to_gguf.py"), str(model), "--outfile", str(f16), "--outtype", "f16"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     for q in quants:
-        subprocess.run([sys.executable, "-c", QUANTIZE, str(f16), str(direct / f"m-{q}.gguf"), get_quant(q)["ftype"],
-                        str(os.cpu_count())], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                QUANTIZE,
+                str(f16),
+                str(direct / f"m-{q}.gguf"),
+                get_quant(q)["ftype"],
+                str(os.cpu_count()),
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     f16.unlink()
     direct_s = time.perf_counter() - t
 
     log("gguf-tool with validation (for the validation time)")
-    timed(gguf_tool + ["--model", str(model), "--out", str(out), "--overwrite", "--min-top1", "F16=0",
-                       "--min-top1", "Q8_0=0", *sum((["--quant", q] for q in quants), [])])
+    timed(
+        gguf_tool
+        + [
+            "--model",
+            str(model),
+            "--out",
+            str(out),
+            "--overwrite",
+            "--min-top1",
+            "F16=0",
+            "--min-top1",
+            "Q8_0=0",
+            *sum((["--quant", q] for q in quants), []),
+        ]
+    )
     manifest = json.loads((out / "manifest.json").read_text())
     validate_s = manifest["timings"]["seconds"]["validate"]
     overhead = tool_s / direct_s - 1
-    figures = {"model_params_bf16_bytes": sum(p.stat().st_size for p in model.glob("*.safetensors")),
-               "quants": quants, "gguf_bytes": size, "gguf_tool_s": round(tool_s, 2),
-               "direct_s": round(direct_s, 2), "overhead": round(overhead, 4), "validation_s": validate_s}
-    print(f"model {figures['model_params_bf16_bytes'] / 1e6:.0f} MB bf16 -> {', '.join(quants)} "
-          f"({size / 1e6:.0f} MB of GGUF)")
+    figures = {
+        "model_params_bf16_bytes": sum(p.stat().st_size for p in model.glob("*.safetensors")),
+        "quants": quants,
+        "gguf_bytes": size,
+        "gguf_tool_s": round(tool_s, 2),
+        "direct_s": round(direct_s, 2),
+        "overhead": round(overhead, 4),
+        "validation_s": validate_s,
+    }
+    print(
+        f"model {figures['model_params_bf16_bytes'] / 1e6:.0f} MB bf16 -> {', '.join(quants)} "
+        f"({size / 1e6:.0f} MB of GGUF)"
+    )
     print(f"gguf-tool (no validation) {tool_s:7.2f} s")
     print(f"converter + quantize      {direct_s:7.2f} s")
     verdict = "PASS" if overhead <= 0.05 else "MISS"

@@ -38,9 +38,15 @@ def linear_shapes(layer: int) -> dict[str, tuple[int, int]]:
     h, i = DIMS["hidden"], DIMS["intermediate"]
     kv = DIMS["kv_heads"] * (h // DIMS["heads"])
     p = f"model.layers.{layer}"
-    return {f"{p}.self_attn.q_proj": (h, h), f"{p}.self_attn.k_proj": (kv, h), f"{p}.self_attn.v_proj": (kv, h),
-            f"{p}.self_attn.o_proj": (h, h), f"{p}.mlp.gate_proj": (i, h), f"{p}.mlp.up_proj": (i, h),
-            f"{p}.mlp.down_proj": (h, i)}
+    return {
+        f"{p}.self_attn.q_proj": (h, h),
+        f"{p}.self_attn.k_proj": (kv, h),
+        f"{p}.self_attn.v_proj": (kv, h),
+        f"{p}.self_attn.o_proj": (h, h),
+        f"{p}.mlp.gate_proj": (i, h),
+        f"{p}.mlp.up_proj": (i, h),
+        f"{p}.mlp.down_proj": (h, i),
+    }
 
 
 def model_plan(layers: int) -> list[tuple[str, tuple[int, ...]]]:
@@ -81,14 +87,32 @@ def build_base(folder: Path, layers: int) -> None:
     from safetensors.torch import save_file
 
     h = DIMS["hidden"]
-    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "dtype": "bfloat16",
-              "hidden_size": h, "intermediate_size": DIMS["intermediate"], "num_hidden_layers": layers,
-              "num_attention_heads": DIMS["heads"], "num_key_value_heads": DIMS["kv_heads"],
-              "head_dim": h // DIMS["heads"], "vocab_size": DIMS["vocab"], "hidden_act": "silu",
-              "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-              "rope_scaling": None, "attention_bias": False, "attention_dropout": 0.0, "mlp_bias": False,
-              "initializer_range": 0.02, "tie_word_embeddings": False, "use_cache": True,
-              "bos_token_id": 1, "eos_token_id": 2, "pretraining_tp": 1}
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "dtype": "bfloat16",
+        "hidden_size": h,
+        "intermediate_size": DIMS["intermediate"],
+        "num_hidden_layers": layers,
+        "num_attention_heads": DIMS["heads"],
+        "num_key_value_heads": DIMS["kv_heads"],
+        "head_dim": h // DIMS["heads"],
+        "vocab_size": DIMS["vocab"],
+        "hidden_act": "silu",
+        "max_position_embeddings": 4096,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "rope_scaling": None,
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "mlp_bias": False,
+        "initializer_range": 0.02,
+        "tie_word_embeddings": False,
+        "use_cache": True,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pretraining_tp": 1,
+    }
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     plan = model_plan(layers)
     shards = [[]]  # split into ~1 GB shards up front: file names need the shard count
@@ -102,13 +126,15 @@ def build_base(folder: Path, layers: int) -> None:
         fname = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
         tensors = {}
         for name, shape in shard:  # one tensor at a time; at most one shard in memory (norms: ones)
-            tensors[name] = (torch.ones(shape) if len(shape) == 1 else torch.randn(shape, generator=gen) * 0.02
-                             ).to(torch.bfloat16)
+            tensors[name] = (torch.ones(shape) if len(shape) == 1 else torch.randn(shape, generator=gen) * 0.02).to(
+                torch.bfloat16
+            )
             weight_map[name] = fname
         save_file(tensors, str(folder / fname), metadata={"format": "pt"})
         log(f"  wrote {fname}")
     (folder / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": plan_bytes(plan)}, "weight_map": weight_map}, indent=2))
+        json.dumps({"metadata": {"total_size": plan_bytes(plan)}, "weight_map": weight_map}, indent=2)
+    )
 
 
 def build_adapter(folder: Path, base: Path, layers: int) -> None:
@@ -123,11 +149,26 @@ def build_adapter(folder: Path, base: Path, layers: int) -> None:
             tensors[f"{key}.lora_A.weight"] = torch.randn((RANK, in_f), generator=gen) * 0.02
             tensors[f"{key}.lora_B.weight"] = torch.randn((out_f, RANK), generator=gen) * 0.02
     save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
-    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": str(base),
-              "r": RANK, "lora_alpha": ALPHA, "lora_dropout": 0.0, "target_modules": list(TARGETS),
-              "fan_in_fan_out": False, "bias": "none", "use_rslora": False, "use_dora": False,
-              "modules_to_save": None, "rank_pattern": {}, "alpha_pattern": {}, "inference_mode": True,
-              "init_lora_weights": True, "layers_to_transform": None, "layers_pattern": None}
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": str(base),
+        "r": RANK,
+        "lora_alpha": ALPHA,
+        "lora_dropout": 0.0,
+        "target_modules": list(TARGETS),
+        "fan_in_fan_out": False,
+        "bias": "none",
+        "use_rslora": False,
+        "use_dora": False,
+        "modules_to_save": None,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        "inference_mode": True,
+        "init_lora_weights": True,
+        "layers_to_transform": None,
+        "layers_pattern": None,
+    }
     (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
 
 
@@ -210,17 +251,25 @@ def compare(base: Path, out1: Path, out2: Path, layers: int) -> list[dict]:
         i = t.contiguous().view(torch.int16).to(torch.int32)
         return torch.where(i < 0, -(i & 0x7FFF), i)
 
-    names = ["model.layers.0.self_attn.q_proj.weight", f"model.layers.{layers // 2}.self_attn.v_proj.weight",
-             f"model.layers.{layers - 1}.mlp.down_proj.weight"]
+    names = [
+        "model.layers.0.self_attn.q_proj.weight",
+        f"model.layers.{layers // 2}.self_attn.v_proj.weight",
+        f"model.layers.{layers - 1}.mlp.down_proj.weight",
+    ]
     rows = []
     for name in names:
         a, b, w = tensor_from(out1, name), tensor_from(out2, name), tensor_from(base, name)
         both_bf16 = a.dtype == b.dtype == torch.bfloat16
-        rows.append({"tensor": name, "dtypes": f"{a.dtype}/{b.dtype}".replace("torch.", ""),
-                     "max_abs_diff": (a.float() - b.float()).abs().max().item(),
-                     "max_ulp_diff": (ordered(a) - ordered(b)).abs().max().item() if both_bf16 else None,
-                     "frac_differ": (a != b).float().mean().item(),
-                     "max_abs_vs_base": (a.float() - w.float()).abs().max().item()})
+        rows.append(
+            {
+                "tensor": name,
+                "dtypes": f"{a.dtype}/{b.dtype}".replace("torch.", ""),
+                "max_abs_diff": (a.float() - b.float()).abs().max().item(),
+                "max_ulp_diff": (ordered(a) - ordered(b)).abs().max().item() if both_bf16 else None,
+                "frac_differ": (a != b).float().mean().item(),
+                "max_abs_vs_base": (a.float() - w.float()).abs().max().item(),
+            }
+        )
     return rows
 
 
@@ -238,13 +287,35 @@ def parse_args() -> argparse.Namespace:
 def commands(base: Path, adapter: Path, out1: Path, out2: Path, skip_peft: bool) -> dict:
     """name -> (command, environment, output folder) of the tools measured."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tools"), str(REPO / "driver")] + (
-        [env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    tools = {"merge-tool": ([sys.executable, "-m", "merge_tool.cli", "--adapter", str(adapter), "--base", str(base),
-                             "--out", str(out1), "--method", "merged_16bit", "--overwrite"], env, out1)}
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO / "tools"), str(REPO / "driver")] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+    )
+    tools = {
+        "merge-tool": (
+            [
+                sys.executable,
+                "-m",
+                "merge_tool.cli",
+                "--adapter",
+                str(adapter),
+                "--base",
+                str(base),
+                "--out",
+                str(out1),
+                "--method",
+                "merged_16bit",
+                "--overwrite",
+            ],
+            env,
+            out1,
+        )
+    }
     if not skip_peft:
-        tools["peft"] = ([sys.executable, str(Path(__file__).resolve()), "--_peft", str(base), str(adapter), str(out2)],
-                         None, out2)
+        tools["peft"] = (
+            [sys.executable, str(Path(__file__).resolve()), "--_peft", str(base), str(adapter), str(out2)],
+            None,
+            out2,
+        )
     return tools
 
 
@@ -280,20 +351,26 @@ def targets(m: dict | None, p: dict | None) -> dict:
         "merge-tool wall <= 1.5x its I/O floor": (m["wall_s"] / m["io_floor_s"], 1.5, False) if m else None,
         "merge-tool wall < peft's wall": (m["wall_s"] / p["wall_s"], 1.0, True) if m and p else None,
     }
-    return {k: None if c is None else {"ratio": c[0], "target": c[1],
-                                       "pass": c[0] < c[1] if c[2] else c[0] <= c[1]} for k, c in ratios.items()}
+    return {
+        k: None if c is None else {"ratio": c[0], "target": c[1], "pass": c[0] < c[1] if c[2] else c[0] <= c[1]}
+        for k, c in ratios.items()
+    }
 
 
 def print_table(tools: dict, results: dict, status: dict, checks: dict) -> None:
-    print(f"{'tool':<11} {'wall s':>8} {'peak RSS GB':>12} {'read GB':>8} {'written GB':>11} {'I/O floor s':>12} "
-          f"{'wall/floor':>11}")
+    print(
+        f"{'tool':<11} {'wall s':>8} {'peak RSS GB':>12} {'read GB':>8} {'written GB':>11} {'I/O floor s':>12} "
+        f"{'wall/floor':>11}"
+    )
     for name in tools:
         r = results.get(name)
         if not r:
             print(f"{name:<11} {status[name]}")
             continue
-        print(f"{name:<11} {r['wall_s']:>8.1f} {r['peak_rss_gb']:>12.2f} {r['bytes_read'] / GB:>8.2f} "
-              f"{r['bytes_written'] / GB:>11.2f} {r['io_floor_s']:>12.1f} {r['wall_s'] / r['io_floor_s']:>11.2f}")
+        print(
+            f"{name:<11} {r['wall_s']:>8.1f} {r['peak_rss_gb']:>12.2f} {r['bytes_read'] / GB:>8.2f} "
+            f"{r['bytes_written'] / GB:>11.2f} {r['io_floor_s']:>12.1f} {r['wall_s'] / r['io_floor_s']:>11.2f}"
+        )
     print("\ntargets:")
     for label, c in checks.items():
         verdict = "n/a " if c is None else ("PASS" if c["pass"] else "MISS")
@@ -309,8 +386,10 @@ def print_agreement(agree: list[dict]) -> None:
             print(f"  could not compare: {a['error']}")
             continue
         ulp = "" if a["max_ulp_diff"] is None else f", max {a['max_ulp_diff']} ulp"
-        print(f"  {a['tensor']:<42} {a['dtypes']}: max |diff| {a['max_abs_diff']:.3g}{ulp}, "
-              f"{a['frac_differ']:.2%} differ (merge changed base by up to {a['max_abs_vs_base']:.3g})")
+        print(
+            f"  {a['tensor']:<42} {a['dtypes']}: max |diff| {a['max_abs_diff']:.3g}{ulp}, "
+            f"{a['frac_differ']:.2%} differ (merge changed base by up to {a['max_abs_vs_base']:.3g})"
+        )
 
 
 def main() -> None:
@@ -343,14 +422,28 @@ def main() -> None:
         except Exception as e:  # e.g. a tensor missing from one output
             agree = [{"error": f"{type(e).__name__}: {e}"}]
 
-    print(f"\nbase {plan_bytes(model_plan(layers)) / GB:.2f} GB ({layers} layers), adapter r={RANK} on all linears; "
-          f"disk: write {write_gbs:.2f} GB/s (fsync), cold read {read_gbs:.2f} GB/s")
+    print(
+        f"\nbase {plan_bytes(model_plan(layers)) / GB:.2f} GB ({layers} layers), adapter r={RANK} on all linears; "
+        f"disk: write {write_gbs:.2f} GB/s (fsync), cold read {read_gbs:.2f} GB/s"
+    )
     print_table(tools, results, status, checks)
     print_agreement(agree)
     if args.json:
-        print(json.dumps({"size_gb": plan_bytes(model_plan(layers)) / GB, "layers": layers, "write_gbs": write_gbs,
-                          "read_gbs": read_gbs, "results": results, "not_run_or_failed": status,
-                          "agree": agree, "targets": checks}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "size_gb": plan_bytes(model_plan(layers)) / GB,
+                    "layers": layers,
+                    "write_gbs": write_gbs,
+                    "read_gbs": read_gbs,
+                    "results": results,
+                    "not_run_or_failed": status,
+                    "agree": agree,
+                    "targets": checks,
+                },
+                indent=2,
+            )
+        )
     if not args.keep:
         for out in (out1, out2):
             shutil.rmtree(out, ignore_errors=True)

@@ -63,8 +63,14 @@ def one(way: str, repo: str, work: Path) -> dict:
     else:
         local = {f["path_in_repo"]: work / "set" / f["path_in_repo"] for f in entry["files"]}
         check_token(api, lambda m: None)
-        rec = push_set(api, {**entry, "repo_id": repo}, local, private=False, retry={"attempts": 3, "wait": 1.0},
-                       log=lambda m: None)
+        rec = push_set(
+            api,
+            {**entry, "repo_id": repo},
+            local,
+            private=False,
+            retry={"attempts": 3, "wait": 1.0},
+            log=lambda m: None,
+        )
     return {"seconds": time.perf_counter() - t, "sent": rec.get("sent")}
 
 
@@ -99,8 +105,13 @@ def main() -> int:
                 if p.is_file() and p.stat().st_size > 1 << 20:
                     p.unlink()
             os.sync()
-            proc = subprocess.run([sys.executable, __file__, "--one", way, repo, str(work)], env=env,
-                                  capture_output=True, text=True, check=True)
+            proc = subprocess.run(
+                [sys.executable, __file__, "--one", way, repo, str(work)],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             return json.loads(proc.stdout)
 
         rows = []
@@ -110,34 +121,52 @@ def main() -> int:
             for way in order if run % 2 == 0 else order[::-1]:
                 timings[way] = timed(way, f"alice/bench-{way.replace('_', '-')}-{run}")["seconds"]
             rows.append(timings | {"ratio": timings["hf-push-tool"] / timings["upload_folder"]})
-            print(f"run {run + 1}: upload_folder {timings['upload_folder']:.2f} s, hf-push-tool "
-                  f"{timings['hf-push-tool']:.2f} s, ratio {rows[-1]['ratio']:.3f}", file=sys.stderr)
+            print(
+                f"run {run + 1}: upload_folder {timings['upload_folder']:.2f} s, hf-push-tool "
+                f"{timings['hf-push-tool']:.2f} s, ratio {rows[-1]['ratio']:.3f}",
+                file=sys.stderr,
+            )
         hub.reset_stats()
         again = timed("hf-push-tool", "alice/bench-hf-push-tool-0")
         repush_s = again["seconds"]
         stats = hub.stats
     shutil.rmtree(storage, ignore_errors=True)
     median = statistics.median(r["ratio"] for r in rows)
-    result = {"size_bytes": sum(f["size"] for f in entry["files"]), "files": len(entry["files"]), "runs": rows,
-              "median_ratio": median, "ratio_target": 1.10, "ratio_pass": median <= 1.10,
-              "repush": {"seconds": repush_s, "lfs_bytes": stats["lfs_bytes"], "commit_bytes": stats["commit_bytes"],
-                         "request_bytes": stats["bytes_received"], "new_commits": sum(stats["commits"].values()),
-                         "sent": again["sent"]},
-              "repush_pass": stats["lfs_bytes"] == 0 and stats["commit_bytes"] == 0 and not again["sent"]}
+    result = {
+        "size_bytes": sum(f["size"] for f in entry["files"]),
+        "files": len(entry["files"]),
+        "runs": rows,
+        "median_ratio": median,
+        "ratio_target": 1.10,
+        "ratio_pass": median <= 1.10,
+        "repush": {
+            "seconds": repush_s,
+            "lfs_bytes": stats["lfs_bytes"],
+            "commit_bytes": stats["commit_bytes"],
+            "request_bytes": stats["bytes_received"],
+            "new_commits": sum(stats["commits"].values()),
+            "sent": again["sent"],
+        },
+        "repush_pass": stats["lfs_bytes"] == 0 and stats["commit_bytes"] == 0 and not again["sent"],
+    }
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     size = result["size_bytes"] / 2**20
-    print(f"set: {result['files']} files (README included), {size:.0f} MiB; {args.runs} runs, alternating order, "
-          "each push in its own process")
+    print(
+        f"set: {result['files']} files (README included), {size:.0f} MiB; {args.runs} runs, alternating order, "
+        "each push in its own process"
+    )
     print(f"{'run':<5}{'upload_folder s':>17}{'hf-push-tool s':>16}{'ratio':>8}")
     for i, r in enumerate(rows, 1):
         print(f"{i:<5}{r['upload_folder']:>17.2f}{r['hf-push-tool']:>16.2f}{r['ratio']:>8.3f}")
     print(f"median ratio {median:.3f} (target <= 1.10): {'PASS' if result['ratio_pass'] else 'MISS'}")
     rp = result["repush"]
-    print(f"re-push unchanged: {rp['seconds']:.2f} s, file bytes sent {rp['lfs_bytes'] + rp['commit_bytes']} "
-          f"(LFS {rp['lfs_bytes']}, commit {rp['commit_bytes']}), all requests {rp['request_bytes']} B, "
-          f"new commits {rp['new_commits']}: {'PASS' if result['repush_pass'] else 'MISS'}")
+    print(
+        f"re-push unchanged: {rp['seconds']:.2f} s, file bytes sent {rp['lfs_bytes'] + rp['commit_bytes']} "
+        f"(LFS {rp['lfs_bytes']}, commit {rp['commit_bytes']}), all requests {rp['request_bytes']} B, "
+        f"new commits {rp['new_commits']}: {'PASS' if result['repush_pass'] else 'MISS'}"
+    )
     return 0
 
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 from upload_common.sample import CHAT_TEMPLATE as SAMPLE
 
 # Chat templates in the forms their model repos publish them (tool-calling branches left out).
-CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>'"
-          " + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>'"
+    " + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 QWEN = """{%- if messages[0]['role'] == 'system' %}
     {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}
 {%- else %}
@@ -22,11 +24,13 @@ QWEN = """{%- if messages[0]['role'] == 'system' %}
     {{- '<|im_start|>assistant\\n' }}
 {%- endif %}
 """
-LLAMA3 = ("{% set loop_messages = messages %}{% for message in loop_messages %}"
-          "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ "
-          "message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
-          "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}"
-          "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
+LLAMA3 = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ "
+    "message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
 # Llama 3.1/3.2: the system block is always there (empty without a system message) and carries today's date.
 LLAMA32 = """{{- bos_token }}
 {%- if custom_tools is defined %}
@@ -74,21 +78,27 @@ LLAMA32 = """{{- bos_token }}
     {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}
 {%- endif %}
 """
-ZEPHYR = ("{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\n' + message['content'] + "
-          "eos_token }}\n{% elif message['role'] == 'system' %}\n"
-          "{{ '<|system|>\n' + message['content'] + eos_token }}\n"
-          "{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n"
-          "{% endif %}\n{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}")
-PHI3 = ("{% for message in messages %}{% if message['role'] == 'system' %}{{'<|system|>\n' + message['content'] + "
-        "'<|end|>\n'}}{% elif message['role'] == 'user' %}{{'<|user|>\n' + message['content'] + '<|end|>\n'}}"
-        "{% elif message['role'] == 'assistant' %}{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}{% endif %}"
-        "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}")
-GEMMA = ("{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
-         "{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
-         "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
-         "{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}"
-         "{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}"
-         "{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}")
+ZEPHYR = (
+    "{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\n' + message['content'] + "
+    "eos_token }}\n{% elif message['role'] == 'system' %}\n"
+    "{{ '<|system|>\n' + message['content'] + eos_token }}\n"
+    "{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n"
+    "{% endif %}\n{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}"
+)
+PHI3 = (
+    "{% for message in messages %}{% if message['role'] == 'system' %}{{'<|system|>\n' + message['content'] + "
+    "'<|end|>\n'}}{% elif message['role'] == 'user' %}{{'<|user|>\n' + message['content'] + '<|end|>\n'}}"
+    "{% elif message['role'] == 'assistant' %}{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
+)
+GEMMA = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+    "{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}"
+    "{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}"
+)
 MISTRAL = """{%- if messages[0]['role'] == 'system' %}
     {%- set system_message = messages[0]['content'] %}
     {%- set loop_messages = messages[1:] %}
@@ -116,42 +126,77 @@ system message!') }}
     {%- endif %}
 {%- endfor %}
 """
-MISTRAL_V01 = ("{{ bos_token }}{% for message in messages %}"
-               "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
-               "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
-               "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
-               "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token}}{% else %}"
-               "{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}")
-LLAMA2 = ("{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% set system_message = "
-          "messages[0]['content'] %}{% else %}{% set loop_messages = messages %}{% set system_message = false %}"
-          "{% endif %}"
-          "{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
-          "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
-          "{% if loop.index0 == 0 and system_message != false %}{% set content = '<<SYS>>\\n' + system_message + "
-          "'\\n<</SYS>>\\n\\n' + message['content'] %}{% else %}{% set content = message['content'] %}{% endif %}"
-          "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
-          "{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}"
-          "{% endfor %}")
+MISTRAL_V01 = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token}}{% else %}"
+    "{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}"
+)
+LLAMA2 = (
+    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% set system_message = "
+    "messages[0]['content'] %}{% else %}{% set loop_messages = messages %}{% set system_message = false %}"
+    "{% endif %}"
+    "{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if loop.index0 == 0 and system_message != false %}{% set content = '<<SYS>>\\n' + system_message + "
+    "'\\n<</SYS>>\\n\\n' + message['content'] %}{% else %}{% set content = message['content'] %}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}"
+    "{% endfor %}"
+)
 # Literal text Go and the Modelfile must not misread: braces, triple quotes, a tab, a carriage return, a zero-width
 # space, and a marker ending with "{" right before the content.
-AWKWARD = ("{% for message in messages %}{{ '{{' + message['role'] + '}} \"\"\"\t\r\u200b{' + message['content'] + "
-           "'\"\"\"\n' }}{% endfor %}{% if add_generation_prompt %}{{ '{{assistant}} \"\"\"\t\r\u200b{' }}{% endif %}")
+AWKWARD = (
+    "{% for message in messages %}{{ '{{' + message['role'] + '}} \"\"\"\t\r\u200b{' + message['content'] + "
+    '\'"""\n\' }}{% endfor %}{% if add_generation_prompt %}{{ \'{{assistant}} """\t\r\u200b{\' }}{% endif %}'
+)
 
 TRANSLATABLE = {
     # name: (template, bos, eos, special tokens, system supported, stops that must be there)
     "sample": (SAMPLE, "<s>", "</s>", ["<s>", "</s>"], True, ["</s>"]),
-    "chatml": (CHATML, None, "<|im_end|>", ["<|im_start|>", "<|im_end|>", "<|endoftext|>"], True,
-               ["<|im_end|>", "<|im_start|>"]),
-    "qwen": (QWEN, None, "<|im_end|>", ["<|im_start|>", "<|im_end|>", "<|endoftext|>"], True,
-             ["<|im_end|>", "<|im_start|>"]),
-    "llama3": (LLAMA3, "<|begin_of_text|>", "<|eot_id|>",
-               ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|end_of_text|>"],
-               True, ["<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"]),
+    "chatml": (
+        CHATML,
+        None,
+        "<|im_end|>",
+        ["<|im_start|>", "<|im_end|>", "<|endoftext|>"],
+        True,
+        ["<|im_end|>", "<|im_start|>"],
+    ),
+    "qwen": (
+        QWEN,
+        None,
+        "<|im_end|>",
+        ["<|im_start|>", "<|im_end|>", "<|endoftext|>"],
+        True,
+        ["<|im_end|>", "<|im_start|>"],
+    ),
+    "llama3": (
+        LLAMA3,
+        "<|begin_of_text|>",
+        "<|eot_id|>",
+        ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|end_of_text|>"],
+        True,
+        ["<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"],
+    ),
     "zephyr": (ZEPHYR, "<s>", "</s>", [], True, ["</s>", "<|user|>", "<|assistant|>", "<|system|>"]),
-    "phi3": (PHI3, "<s>", "<|endoftext|>", ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|endoftext|>"],
-             True, ["<|end|>", "<|endoftext|>"]),
-    "gemma": (GEMMA, "<bos>", "<eos>", ["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"], False,
-              ["<eos>", "<end_of_turn>", "<start_of_turn>"]),
+    "phi3": (
+        PHI3,
+        "<s>",
+        "<|endoftext|>",
+        ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|endoftext|>"],
+        True,
+        ["<|end|>", "<|endoftext|>"],
+    ),
+    "gemma": (
+        GEMMA,
+        "<bos>",
+        "<eos>",
+        ["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"],
+        False,
+        ["<eos>", "<end_of_turn>", "<start_of_turn>"],
+    ),
     "mistral_v0.1": (MISTRAL_V01, "<s>", "</s>", [], False, ["</s>"]),
     "awkward": (AWKWARD, None, "</s>", [], True, ["</s>"]),
 }
@@ -161,11 +206,15 @@ CONVERSATIONS = {
     "user": ([("user", "What is 2+2?")], True),
     "system_user": ([("system", SYSTEM), ("user", "Hi {{ .System }} there")], True),
     "multi_turn": ([("user", "One"), ("assistant", "Two\nlines"), ("user", 'Three "quoted"')], True),
-    "system_multi_turn": ([("system", SYSTEM), ("user", "a"), ("assistant", "b"), ("user", "c"), ("assistant", "d"),
-                           ("user", "e")], True),
+    "system_multi_turn": (
+        [("system", SYSTEM), ("user", "a"), ("assistant", "b"), ("user", "c"), ("assistant", "d"), ("user", "e")],
+        True,
+    ),
     "prefill": ([("user", "Write a haiku"), ("assistant", "Autumn moon")], False),
-    "system_prefill": ([("system", SYSTEM), ("user", "x"), ("assistant", "y"), ("user", "z"), ("assistant", "w")],
-                       False),
+    "system_prefill": (
+        [("system", SYSTEM), ("user", "x"), ("assistant", "y"), ("user", "z"), ("assistant", "w")],
+        False,
+    ),
 }
 
 
@@ -178,11 +227,16 @@ def hf_render(template: str, conv, gen: bool, bos, eos) -> str:
     assistant), minus the leading BOS that llama.cpp adds itself."""
     from transformers.utils.chat_template_utils import render_jinja_template
 
-    rendered, _ = render_jinja_template(conversations=[messages_of(conv)], chat_template=template,
-                                        add_generation_prompt=gen, continue_final_message=not gen,
-                                        bos_token=bos or "", eos_token=eos or "")
+    rendered, _ = render_jinja_template(
+        conversations=[messages_of(conv)],
+        chat_template=template,
+        add_generation_prompt=gen,
+        continue_final_message=not gen,
+        bos_token=bos or "",
+        eos_token=eos or "",
+    )
     text = rendered[0]
-    return text[len(bos):] if bos and text.startswith(bos) else text
+    return text[len(bos) :] if bos and text.startswith(bos) else text
 
 
 def ollama_messages(conv, system: str | None):

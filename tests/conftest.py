@@ -33,8 +33,9 @@ def llama_base(tmp_path_factory, tokenizer_dir) -> Path:
 def sft_output(tmp_path_factory, llama_base, tokenizer_dir) -> Path:
     from upload_common.sample import make_trainer_output
 
-    return make_trainer_output(tmp_path_factory.mktemp("runs") / "sft output ünï", llama_base, kind="sft",
-                               tokenizer_dir=tokenizer_dir)
+    return make_trainer_output(
+        tmp_path_factory.mktemp("runs") / "sft output ünï", llama_base, kind="sft", tokenizer_dir=tokenizer_dir
+    )
 
 
 def tree_hash(folder: Path) -> str:
@@ -75,8 +76,10 @@ def trained_llama(tmp_path_factory, tokenizer_dir, sample_cache) -> Path:
 
 BASE_ID = "acme-base/Tiny-Llama-3"
 BASE_CARD = "---\nlicense: llama3.2\nlanguage:\n- en\n- de\npipeline_tag: text-generation\n---\n\n# Tiny base\n"
-TRAINER_CARD = ("---\nlibrary_name: peft\ndatasets:\n- acme/chat-data\ntags:\n- sft\n- trl\n- unsloth\n---\n\n"
-                "# Model trained with SFT.\n")
+TRAINER_CARD = (
+    "---\nlibrary_name: peft\ndatasets:\n- acme/chat-data\ntags:\n- sft\n- trl\n- unsloth\n---\n\n"
+    "# Model trained with SFT.\n"
+)
 
 
 def put_in_hf_cache(cache: Path, repo_id: str, folder: Path) -> None:
@@ -105,8 +108,9 @@ def run_artifacts(tmp_path_factory, llama_base, tokenizer_dir) -> dict:
     base = root / "base-src"
     shutil.copytree(llama_base, base)
     (base / "README.md").write_text(BASE_CARD)
-    trainer = make_trainer_output(root / "sft_output_rtx3090", llama_base, kind="sft", tokenizer_dir=tokenizer_dir,
-                                  base_name=BASE_ID)
+    trainer = make_trainer_output(
+        root / "sft_output_rtx3090", llama_base, kind="sft", tokenizer_dir=tokenizer_dir, base_name=BASE_ID
+    )
     (trainer / "README.md").write_text(TRAINER_CARD)
     from huggingface_hub import constants
 
@@ -118,8 +122,14 @@ def run_artifacts(tmp_path_factory, llama_base, tokenizer_dir) -> dict:
         art = root / "artifacts"
         merge_run(trainer, art / "lora", method="lora")
         merge_run(trainer, art / "merged", method="merged_16bit")
-    gguf_run(art / "merged", art / "gguf", quants=["Q8_0", "Q4_K_M"], name="Tiny-Chat", validate_tokens=48,
-             min_top1={"Q8_0": 0.0})
+    gguf_run(
+        art / "merged",
+        art / "gguf",
+        quants=["Q8_0", "Q4_K_M"],
+        name="Tiny-Chat",
+        validate_tokens=48,
+        min_top1={"Q8_0": 0.0},
+    )
     return {"root": root, "trainer": trainer, "lora": art / "lora", "merged": art / "merged", "gguf": art / "gguf"}
 
 
@@ -139,8 +149,13 @@ def start_until(cmd: list[str], ready, *, env: dict | None = None, timeout: floa
     import subprocess
     import time
 
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr or subprocess.DEVNULL, text=True,
-                            env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr or subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
     deadline = time.monotonic() + timeout
     while not ready() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)
@@ -148,6 +163,7 @@ def start_until(cmd: list[str], ready, *, env: dict | None = None, timeout: floa
 
 
 # ------------------------------------------------------------------ the Hub server (tests/servers/hub.py)
+
 
 @pytest.fixture
 def hub_tokens() -> dict:
@@ -204,12 +220,14 @@ def hub(tmp_path, monkeypatch, hub_tokens, hub_backoff_waits):
 def payload(marker: Path) -> str:
     """A module that, when imported, writes ``marker`` (with the token it sees) and defines the classes
     an auto_map can name."""
-    return (f"import os, pathlib\n"
-            f"pathlib.Path({str(marker)!r}).write_text(os.environ.get('HF_TOKEN') or 'ran')\n"
-            "from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast\n"
-            "class EvilTokenizer(PreTrainedTokenizerFast):\n    pass\n"
-            "class EvilConfig(LlamaConfig):\n    pass\n"
-            "class EvilForCausalLM(LlamaForCausalLM):\n    pass\n")
+    return (
+        f"import os, pathlib\n"
+        f"pathlib.Path({str(marker)!r}).write_text(os.environ.get('HF_TOKEN') or 'ran')\n"
+        "from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast\n"
+        "class EvilTokenizer(PreTrainedTokenizerFast):\n    pass\n"
+        "class EvilConfig(LlamaConfig):\n    pass\n"
+        "class EvilForCausalLM(LlamaForCausalLM):\n    pass\n"
+    )
 
 
 def merge_cli(*args):
@@ -251,7 +269,6 @@ def base(tmp_path, llama_base) -> Path:
     return Path(shutil.copytree(llama_base, tmp_path / "base"))
 
 
-
 # ------------------------------------------------------------------ trainer folders written by hand
 # (test_trainer_output.py, test_trainer_kind.py)
 
@@ -263,9 +280,17 @@ def adapter(folder: Path, *, weights: str | None = "safetensors", base: str = AD
     from safetensors.numpy import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "adapter_config.json").write_text(json.dumps(
-        {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "base_model_name_or_path": base,
-         "target_modules": ["q_proj", "v_proj"]}))
+    (folder / "adapter_config.json").write_text(
+        json.dumps(
+            {
+                "peft_type": "LORA",
+                "r": 4,
+                "lora_alpha": 8,
+                "base_model_name_or_path": base,
+                "target_modules": ["q_proj", "v_proj"],
+            }
+        )
+    )
     tensors = {"base_model.model.layers.0.q_proj.lora_A.weight": np.ones((4, 8), dtype=np.float32)}
     if weights == "safetensors":
         save_file(tensors, str(folder / "adapter_model.safetensors"))
@@ -281,15 +306,32 @@ def write_json(path: Path, data) -> Path:
 
 
 def log_history(extra: dict | None = None, steps=(100, 200, 300)) -> list[dict]:
-    rows = [{"step": s, "epoch": s / steps[-1], "loss": round(2.0 / (i + 1), 3), "learning_rate": 1e-4 / (i + 1),
-             "grad_norm": 0.5, **(extra or {})} for i, s in enumerate(steps)]
+    rows = [
+        {
+            "step": s,
+            "epoch": s / steps[-1],
+            "loss": round(2.0 / (i + 1), 3),
+            "learning_rate": 1e-4 / (i + 1),
+            "grad_norm": 0.5,
+            **(extra or {}),
+        }
+        for i, s in enumerate(steps)
+    ]
     rows.append({"step": steps[1], "epoch": 0.66, "eval_loss": 1.5, "eval_runtime": 2.0})
     rows.append({"step": steps[-1], "epoch": 1.0, "train_runtime": 321.5, "train_loss": 1.2, "total_flos": 1e12})
     return rows
 
 
 def state(folder: Path, log=None, **extra) -> Path:
-    data = {"global_step": 300, "max_steps": 300, "epoch": 1.0, "num_train_epochs": 1, "train_batch_size": 4,
-            "best_metric": None, "best_model_checkpoint": None,
-            "log_history": log_history() if log is None else log, **extra}
+    data = {
+        "global_step": 300,
+        "max_steps": 300,
+        "epoch": 1.0,
+        "num_train_epochs": 1,
+        "train_batch_size": 4,
+        "best_metric": None,
+        "best_model_checkpoint": None,
+        "log_history": log_history() if log is None else log,
+        **extra,
+    }
     return write_json(folder / "trainer_state.json", data)

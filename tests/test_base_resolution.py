@@ -44,8 +44,12 @@ def bnb_bases(tmp_path_factory, llama_base):
     root = tmp_path_factory.mktemp("bnb")
     made = {}
     for kind, qcfg in {
-        "4bit": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                   bnb_4bit_compute_dtype=torch.bfloat16),
+        "4bit": BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        ),
         "8bit": BitsAndBytesConfig(load_in_8bit=True),
     }.items():
         model = AutoModelForCausalLM.from_pretrained(llama_base, quantization_config=qcfg, device_map="cpu")

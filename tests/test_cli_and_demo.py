@@ -27,16 +27,34 @@ def test_inspect_prints_json(sft_output):
 
 def test_merge_cli_prints_path_or_manifest(sft_output, llama_base, tmp_path):
     out = tmp_path / "out dir ü"
-    result = CliRunner().invoke(merge_main, ["--adapter", str(sft_output), "--out", str(out), "--base",
-                                             str(llama_base), "--checkpoint", "20", "--method", "lora"])
+    result = CliRunner().invoke(
+        merge_main,
+        [
+            "--adapter",
+            str(sft_output),
+            "--out",
+            str(out),
+            "--base",
+            str(llama_base),
+            "--checkpoint",
+            "20",
+            "--method",
+            "lora",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == str(out)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["decisions"]["adapter"]["step"] == 20
-    assert {o["path"] for o in manifest["outputs"]} >= {"adapter_model.safetensors", "adapter_config.json",
-                                                        "tokenizer.model", "tokenizer_config.json"}
-    again = CliRunner().invoke(merge_main, ["--adapter", str(sft_output), "--out", str(tmp_path / "j"),
-                                            "--method", "lora", "--json"])
+    assert {o["path"] for o in manifest["outputs"]} >= {
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "tokenizer.model",
+        "tokenizer_config.json",
+    }
+    again = CliRunner().invoke(
+        merge_main, ["--adapter", str(sft_output), "--out", str(tmp_path / "j"), "--method", "lora", "--json"]
+    )
     assert json.loads(again.stdout)["tool"]["name"] == "merge-tool"
 
 
@@ -49,8 +67,12 @@ def test_debug_variable_shows_traceback(tmp_path):
     import os
 
     env = {**os.environ, "UPLOAD_DRIVER_DEBUG": "1"}
-    proc = subprocess.run([sys.executable, "-m", "merge_tool.cli", "--adapter", str(tmp_path / "none"),
-                           "--out", str(tmp_path / "o")], capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "merge_tool.cli", "--adapter", str(tmp_path / "none"), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode == 1 and "Traceback" in proc.stderr
 
 
@@ -73,8 +95,9 @@ def test_demo_runs_the_sample_job(tmp_path):
 
     model = AutoModelForCausalLM.from_pretrained(merged)
     tok = AutoTokenizer.from_pretrained(merged)
-    ids = tok.apply_chat_template([{"role": "user", "content": "hello"}], add_generation_prompt=True,
-                                  return_tensors="pt", return_dict=True)["input_ids"]
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "hello"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )["input_ids"]
     assert model.generate(ids, max_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3
     # a second run reuses the sample and finds every step up to date
     result = CliRunner().invoke(driver_main, ["demo", "--work", str(work), "--json", "--runtime", "local"])

@@ -68,8 +68,23 @@ def test_pipeline_in_containers_writes_what_local_processes_write(docker_client,
     runs = {}
     for runtime in ("local", "docker"):
         work = tmp_path / runtime
-        result = drive("run", sample, "--work", work, "--name", "sample-chat", "--quant", "Q4_K_M", "--quant", "Q8_0",
-                       "--push", f"local:{work / 'site'}", "--runtime", runtime, "--json")
+        result = drive(
+            "run",
+            sample,
+            "--work",
+            work,
+            "--name",
+            "sample-chat",
+            "--quant",
+            "Q4_K_M",
+            "--quant",
+            "Q8_0",
+            "--push",
+            f"local:{work / 'site'}",
+            "--runtime",
+            runtime,
+            "--json",
+        )
         assert result.exit_code == 0, result.output
         assert json.loads(result.stdout)["runtime"] == runtime
         runs[runtime] = work
@@ -77,8 +92,15 @@ def test_pipeline_in_containers_writes_what_local_processes_write(docker_client,
         a, b = outputs(runs["local"], step), outputs(runs["docker"], step)
         if step == "docs":  # it names each step manifest by hash (paths, times differ); the content must not
             a.pop("upload_manifest.json"), b.pop("upload_manifest.json")
-            sets = [{s: e["content_sha256"] for s, e in json.loads(
-                (runs[r] / "artifacts" / "docs" / "upload_manifest.json").read_text())["sets"].items()} for r in runs]
+            sets = [
+                {
+                    s: e["content_sha256"]
+                    for s, e in json.loads((runs[r] / "artifacts" / "docs" / "upload_manifest.json").read_text())[
+                        "sets"
+                    ].items()
+                }
+                for r in runs
+            ]
             assert sets[0] == sets[1]
         assert a == b, step
     site = {p.relative_to(runs["docker"] / "site") for p in (runs["docker"] / "site").rglob("*") if p.is_file()}
@@ -92,8 +114,9 @@ def test_pipeline_in_containers_writes_what_local_processes_write(docker_client,
 def test_a_quantized_format_runs_in_its_image_with_the_calibration_mounted(docker_client, sample, tmp_path):
     cal = tmp_path / "calibration.jsonl"
     cal.write_text("".join(json.dumps({"text": f"sample sentence number {i} about the sea"}) + "\n" for i in range(40)))
-    (tmp_path / "upload.toml").write_text('formats = ["merged_16bit", "gptq"]\n'
-                                          '[merge]\ncalibration = "calibration.jsonl"\n')
+    (tmp_path / "upload.toml").write_text(
+        'formats = ["merged_16bit", "gptq"]\n[merge]\ncalibration = "calibration.jsonl"\n'
+    )
     work = tmp_path / "w"
     result = drive("run", sample, "--config", tmp_path / "upload.toml", "--work", work, "--runtime", "docker", "--json")
     assert result.exit_code == 0, result.output
@@ -108,8 +131,9 @@ def test_gpu_probe_without_a_gpu_runtime(docker_client, sample, tmp_path):
     if "nvidia" in (docker_client.info().get("Runtimes") or {}):
         pytest.skip("this engine has a GPU runtime")
     work = tmp_path / "w"
-    result = drive("run", sample, "--work", work, "--formats", "lora", "--runtime", "docker", "--gpus", "all",
-                   "--dry-run")
+    result = drive(
+        "run", sample, "--work", work, "--formats", "lora", "--runtime", "docker", "--gpus", "all", "--dry-run"
+    )
     assert result.exit_code == 0, result.output
     assert "no GPU for containers: no NVIDIA container runtime" in result.output and "running on CPU" in result.output
     assert "Traceback" not in result.output and "--gpus all" not in result.stdout
@@ -122,8 +146,9 @@ def test_bad_trainer_folder_starts_no_container(docker_client, tmp_path):
     since = int(time.time()) - 1
     result = drive("run", empty, "--work", tmp_path / "w", "--runtime", "docker")
     assert result.exit_code == 1 and "no adapter found" in result.output
-    events = docker_client.events(since=since, until=int(time.time()) + 1, decode=True,
-                                  filters={"type": "container", "event": "create"})
+    events = docker_client.events(
+        since=since, until=int(time.time()) + 1, decode=True, filters={"type": "container", "event": "create"}
+    )
     assert [e for e in events if e.get("Actor", {}).get("Attributes", {}).get(LABEL) == work_id(tmp_path / "w")] == []
 
 
@@ -141,8 +166,20 @@ def test_token_never_in_container_metadata(docker_client, sample, tmp_path, monk
         env = {**hub.client_env(token), "UPLOAD_DRIVER_KEEP_CONTAINERS": "1"}
         work = tmp_path / "w"
         try:
-            result = drive("run", sample, "--work", work, "--formats", "lora", "--push", "hf:alice/tiny",
-                           "--runtime", "docker", "--json", env=env)
+            result = drive(
+                "run",
+                sample,
+                "--work",
+                work,
+                "--formats",
+                "lora",
+                "--push",
+                "hf:alice/tiny",
+                "--runtime",
+                "docker",
+                "--json",
+                env=env,
+            )
             assert result.exit_code == 0, result.output
             assert hub.files("alice/tiny-lora")["adapter_model.safetensors"]
             kept = docker_client.containers.list(all=True, filters={"label": f"{LABEL}={work_id(work)}"})
@@ -179,19 +216,36 @@ def test_compose_runs_the_steps_in_sequence(docker_client, sample, tmp_path):
     site = tmp_path / "site"
     site.mkdir()
     project = f"udtest{os.getpid()}"
-    env = {**os.environ, "TRAINER_OUTPUT": str(sample), "BASE_MODEL_DIR": str(sample.parent / "base_model"),
-           "MODEL_NAME": "sample-chat", "PUBLISH_DIR": str(site), "UID": str(os.getuid()), "GID": str(os.getgid()),
-           "PUBLISH_NETWORK": "none", "COMPOSE_PROJECT_NAME": project}
+    env = {
+        **os.environ,
+        "TRAINER_OUTPUT": str(sample),
+        "BASE_MODEL_DIR": str(sample.parent / "base_model"),
+        "MODEL_NAME": "sample-chat",
+        "PUBLISH_DIR": str(site),
+        "UID": str(os.getuid()),
+        "GID": str(os.getgid()),
+        "PUBLISH_NETWORK": "none",
+        "COMPOSE_PROJECT_NAME": project,
+    }
     compose = ["docker-compose", "-f", str(root / "compose" / "compose.yaml")]
     try:
         up = subprocess.run([*compose, "up", "--no-color"], env=env, capture_output=True, text=True, timeout=900)
         check = subprocess.run(["bash", str(root / "compose" / "check.sh")], env=env, capture_output=True, text=True)
         assert check.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:] + check.stdout
-        assert [line.split()[0] for line in check.stdout.splitlines()] == ["merge-lora", "merge-16bit", "gguf", "docs",
-                                                                            "publish"]
+        assert [line.split()[0] for line in check.stdout.splitlines()] == [
+            "merge-lora",
+            "merge-16bit",
+            "gguf",
+            "docs",
+            "publish",
+        ]
         published = {p.relative_to(site).as_posix() for p in site.rglob("*") if p.is_file() and p.name[0] != "."}
-        assert {"sample-chat-GGUF/sample-chat-Q4_K_M.gguf", "sample-chat-GGUF/Modelfile", "sample-chat/README.md",
-                "sample-chat-lora/adapter_model.safetensors"} <= published
+        assert {
+            "sample-chat-GGUF/sample-chat-Q4_K_M.gguf",
+            "sample-chat-GGUF/Modelfile",
+            "sample-chat/README.md",
+            "sample-chat-lora/adapter_model.safetensors",
+        } <= published
         assert {p.stat().st_uid for p in site.rglob("*")} == {os.getuid()}
     finally:
         subprocess.run([*compose, "down", "-v"], env=env, capture_output=True, timeout=300)

@@ -14,10 +14,19 @@ from upload_common.st_io import file_specs, model_specs, nbytes, plan_shards, re
 
 
 def test_stream_writer_reads_back_with_safetensors(tmp_path):
-    tensors = {"a": torch.randn(3, 5), "b": torch.randn(7).to(torch.bfloat16), "c": torch.arange(6, dtype=torch.int64),
-               "d": torch.randn(2, 2).to(torch.float16)}
-    specs = {k: {"dtype": {"float32": "F32", "bfloat16": "BF16", "int64": "I64", "float16": "F16"}[str(v.dtype)[6:]],
-                 "shape": list(v.shape)} for k, v in tensors.items()}
+    tensors = {
+        "a": torch.randn(3, 5),
+        "b": torch.randn(7).to(torch.bfloat16),
+        "c": torch.arange(6, dtype=torch.int64),
+        "d": torch.randn(2, 2).to(torch.float16),
+    }
+    specs = {
+        k: {
+            "dtype": {"float32": "F32", "bfloat16": "BF16", "int64": "I64", "float16": "F16"}[str(v.dtype)[6:]],
+            "shape": list(v.shape),
+        }
+        for k, v in tensors.items()
+    }
     sha = write_stream(tmp_path / "x.safetensors", list(tensors), specs, tensors.__getitem__)
     back = load_file(tmp_path / "x.safetensors")
     for k, v in tensors.items():

@@ -27,7 +27,10 @@ def card_of(docs, s):
 def test_upload_manifest_lists_every_file_with_its_hash(run_docs, run_artifacts):
     upload = json.loads((run_docs / "upload_manifest.json").read_text())
     assert {s: e["repo_id"] for s, e in upload["sets"].items()} == {
-        "lora": "alice/Tiny-Chat-lora", "merged_16bit": "alice/Tiny-Chat", "gguf": "alice/Tiny-Chat-GGUF"}
+        "lora": "alice/Tiny-Chat-lora",
+        "merged_16bit": "alice/Tiny-Chat",
+        "gguf": "alice/Tiny-Chat-GGUF",
+    }
     folders = {"lora": run_artifacts["lora"], "merged_16bit": run_artifacts["merged"], "gguf": run_artifacts["gguf"]}
     for s, entry in upload["sets"].items():
         paths = {f["path_in_repo"] for f in entry["files"]}
@@ -77,7 +80,7 @@ def test_card_body(run_docs, run_artifacts):
         assert "| Method | SFT" in text and "| Steps | 30 of 30 |" in text and "![Training loss](loss.png)" in text
         assert "Final training loss | 0.8333" in text
     _, lora_text = card_of(run_docs, "lora")
-    assert "AutoPeftModelForCausalLM.from_pretrained(\"alice/Tiny-Chat-lora\")" in lora_text
+    assert 'AutoPeftModelForCausalLM.from_pretrained("alice/Tiny-Chat-lora")' in lora_text
     assert "r=8, alpha=16" in lora_text and "apply_chat_template" in lora_text
     readme = (run_docs / "README.md").read_text()
     assert "`alice/Tiny-Chat-GGUF`" in readme and "`merged/`" in readme and str(run_artifacts["root"]) not in readme
@@ -119,8 +122,15 @@ def test_same_inputs_same_outputs(run_docs, run_artifacts, tmp_path):
 
 def test_quantized_without_its_merged_set_is_a_finetune_of_the_base(run_artifacts, tmp_path):
     out = tmp_path / "docs"
-    run([run_artifacts["gguf"], run_artifacts["lora"]], out, namespace="bob", repos={"gguf": "bob/tc-gguf"},
-        license="apache-2.0", datasets=["x/y"], languages=["fr"])
+    run(
+        [run_artifacts["gguf"], run_artifacts["lora"]],
+        out,
+        namespace="bob",
+        repos={"gguf": "bob/tc-gguf"},
+        license="apache-2.0",
+        datasets=["x/y"],
+        languages=["fr"],
+    )
     meta, _ = card_of(out, "gguf")
     assert meta["base_model"] == BASE_ID and meta["base_model_relation"] == "finetune"
     assert meta["license"] == "apache-2.0" and meta["datasets"] == ["x/y"] and meta["language"] == ["fr"]
@@ -128,27 +138,46 @@ def test_quantized_without_its_merged_set_is_a_finetune_of_the_base(run_artifact
 
 
 def test_licence_rules(run_artifacts, tmp_path):
-    result = CliRunner().invoke(docs_main, ["--artifact", str(run_artifacts["lora"]), "--out", str(tmp_path / "a"),
-                                            "--license", "my-own-licence"])
+    result = CliRunner().invoke(
+        docs_main,
+        ["--artifact", str(run_artifacts["lora"]), "--out", str(tmp_path / "a"), "--license", "my-own-licence"],
+    )
     assert result.exit_code == 2 and "--license-link" in result.output
     out = tmp_path / "b"
-    result = CliRunner().invoke(docs_main, ["--artifact", str(run_artifacts["lora"]), "--out", str(out), "--license",
-                                            "my-own-licence", "--license-link", "https://example.org/l"])
+    result = CliRunner().invoke(
+        docs_main,
+        [
+            "--artifact",
+            str(run_artifacts["lora"]),
+            "--out",
+            str(out),
+            "--license",
+            "my-own-licence",
+            "--license-link",
+            "https://example.org/l",
+        ],
+    )
     assert result.exit_code == 0, result.output
     meta, _ = card_of(out, "lora")
-    assert (meta["license"], meta["license_name"], meta["license_link"]) == ("other", "my-own-licence",
-                                                                            "https://example.org/l")
+    assert (meta["license"], meta["license_name"], meta["license_link"]) == (
+        "other",
+        "my-own-licence",
+        "https://example.org/l",
+    )
 
 
-@pytest.mark.parametrize("yaml_text, problem", [
-    ("base_model: ./models/base\nlibrary_name: peft", "not a Hub model id"),
-    ("base_model: a/b\nbase_model_relation: merged\nlibrary_name: peft", "not one of"),
-    ("license: apache2\nlibrary_name: peft", "not a Hub licence id"),
-    ("license: other\nlibrary_name: peft", "license_name and license_link"),
-    ("tags:\n- two words\nlibrary_name: peft", "holds spaces"),
-    ("license: mit", "no library_name"),
-    ("base_model: [unclosed\n", "does not parse"),
-])
+@pytest.mark.parametrize(
+    "yaml_text, problem",
+    [
+        ("base_model: ./models/base\nlibrary_name: peft", "not a Hub model id"),
+        ("base_model: a/b\nbase_model_relation: merged\nlibrary_name: peft", "not one of"),
+        ("license: apache2\nlibrary_name: peft", "not a Hub licence id"),
+        ("license: other\nlibrary_name: peft", "license_name and license_link"),
+        ("tags:\n- two words\nlibrary_name: peft", "holds spaces"),
+        ("license: mit", "no library_name"),
+        ("base_model: [unclosed\n", "does not parse"),
+    ],
+)
 def test_card_rules(yaml_text, problem):
     problems = check(f"---\n{yaml_text}\n---\n\n# x\n")
     assert any(problem in p for p in problems), problems
@@ -172,25 +201,48 @@ def test_bad_inputs(run_artifacts, tmp_path):
     env_cmd = [sys.executable, "-m", "docs_tool.cli"]
     not_output = tmp_path / "plain"
     not_output.mkdir()
-    proc = subprocess.run([*env_cmd, "--artifact", str(not_output), "--out", str(tmp_path / "o")], capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        [*env_cmd, "--artifact", str(not_output), "--out", str(tmp_path / "o")], capture_output=True, text=True
+    )
     assert proc.returncode == 1 and "no manifest.json" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "o").exists()
-    result = CliRunner().invoke(docs_main, ["--artifact", str(run_artifacts["lora"]), "--artifact",
-                                            str(run_artifacts["lora"]), "--out", str(tmp_path / "o")])
+    result = CliRunner().invoke(
+        docs_main,
+        [
+            "--artifact",
+            str(run_artifacts["lora"]),
+            "--artifact",
+            str(run_artifacts["lora"]),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
     assert result.exit_code == 2 and "both lora" in result.output
-    result = CliRunner().invoke(docs_main, ["--artifact", str(run_artifacts["lora"]), "--out", str(tmp_path / "o"),
-                                            "--repo", "nope=x/y"])
+    result = CliRunner().invoke(
+        docs_main, ["--artifact", str(run_artifacts["lora"]), "--out", str(tmp_path / "o"), "--repo", "nope=x/y"]
+    )
     assert result.exit_code == 2 and "unknown set" in result.output
-    result = CliRunner().invoke(docs_main, ["--artifact", str(run_artifacts["gguf"]), "--out", str(tmp_path / "o"),
-                                            "--ollama-quant", "Q2_K"])
+    result = CliRunner().invoke(
+        docs_main, ["--artifact", str(run_artifacts["gguf"]), "--out", str(tmp_path / "o"), "--ollama-quant", "Q2_K"]
+    )
     assert result.exit_code == 2 and "Q4_K_M" in result.output
     assert not list(tmp_path.glob("o/**/manifest.json"))
 
 
 def test_cli_prints_one_line_per_set(run_artifacts, tmp_path):
-    result = CliRunner().invoke(docs_main, ["--artifact", str(run_artifacts["merged"]), "--out", str(tmp_path / "d"),
-                                            "--namespace", "carol", "--base-model", "carol/base"])
+    result = CliRunner().invoke(
+        docs_main,
+        [
+            "--artifact",
+            str(run_artifacts["merged"]),
+            "--out",
+            str(tmp_path / "d"),
+            "--namespace",
+            "carol",
+            "--base-model",
+            "carol/base",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout.split()[:2] == ["merged_16bit", "carol/sft_output_rtx3090"]
     meta, _ = card_of(tmp_path / "d", "merged_16bit")
@@ -228,7 +280,11 @@ def test_gguf_names_its_hub_base_and_never_a_local_path(run_artifacts, tmp_path)
     merged = tmp_path / "merged"
     shutil.copytree(run_artifacts["merged"], merged)
     m = json.loads((merged / "manifest.json").read_text())
-    m["decisions"]["base"] = {"source": "local", "repo_id": None, "requested": "/work/in/base/base_model",
-                              "path": "/work/in/base/base_model"}
+    m["decisions"]["base"] = {
+        "source": "local",
+        "repo_id": None,
+        "requested": "/work/in/base/base_model",
+        "path": "/work/in/base/base_model",
+    }
     (merged / "manifest.json").write_text(json.dumps(m))
     assert "general.base_models" not in _metadata(merged, "x")

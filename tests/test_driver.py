@@ -36,21 +36,35 @@ def test_plan_from_the_request(sft_output, tmp_path):
     from upload_common.trainer_output import inspect_trainer_output
 
     found = inspect_trainer_output(sft_output)
-    req = request(sft_output, work=str(tmp_path / "w"), formats="lora,gguf",
-                  push=("hf:acme/tiny", f"local:{tmp_path / 'site'}", "ollama"))
+    req = request(
+        sft_output,
+        work=str(tmp_path / "w"),
+        formats="lora,gguf",
+        push=("hf:acme/tiny", f"local:{tmp_path / 'site'}", "ollama"),
+    )
     steps = plan(req, found)
-    assert [s.name for s in steps] == ["lora", "merged_16bit", "gguf", "docs", "publish-hf", "publish-local",
-                                          "publish-ollama"]
+    assert [s.name for s in steps] == [
+        "lora",
+        "merged_16bit",
+        "gguf",
+        "docs",
+        "publish-hf",
+        "publish-local",
+        "publish-ollama",
+    ]
     by = {s.name: s for s in steps}
     assert by["merged_16bit"].inputs["base"] == Path(found["base_model"])  # local base: mounted, not downloaded
     assert set(by["docs"].inputs) == {"lora", "gguf"}  # merged_16bit is made for the GGUF, not published
-    assert list(by["docs"].args[by["docs"].args.index("--namespace"):][:2]) == ["--namespace", "acme"]
+    assert list(by["docs"].args[by["docs"].args.index("--namespace") :][:2]) == ["--namespace", "acme"]
     assert by["publish-hf"].network and by["publish-hf"].token and not by["publish-local"].network
     assert not any(s.network for s in steps[:4]) and by["gguf"].gpu and not by["docs"].gpu
     assert naming(Request(trainer_output=Path("/x/sft out"), work=tmp_path / "w")) == ("sft-out", None)
-    for bad, message in ((dict(formats="exl2"), "unknown format"), (dict(push=("ftp:x",)), "hf:ORG/NAME"),
-                         (dict(push=("hf:noslash",)), "hf:ORG/NAME"),
-                         (dict(push=("hf:a/b", "hf:c/d")), "one ORG/NAME")):
+    for bad, message in (
+        (dict(formats="exl2"), "unknown format"),
+        (dict(push=("ftp:x",)), "hf:ORG/NAME"),
+        (dict(push=("hf:noslash",)), "hf:ORG/NAME"),
+        (dict(push=("hf:a/b", "hf:c/d")), "one ORG/NAME"),
+    ):
         with pytest.raises(UsageError, match=message):
             plan(request(sft_output, work=str(tmp_path / "w"), **bad), found)
 
@@ -59,8 +73,20 @@ def test_plan_from_the_request(sft_output, tmp_path):
 def finished(sft_output, tmp_path_factory):
     """A finished local run: lora and merged_16bit, cards, a local publish."""
     work = tmp_path_factory.mktemp("drive") / "work"
-    result = drive("run", sft_output, "--work", work, "--formats", "lora,merged_16bit", "--push",
-                   f"local:{work.parent / 'site'}", "--runtime", "local", "--json", env=NO_DOCKER)
+    result = drive(
+        "run",
+        sft_output,
+        "--work",
+        work,
+        "--formats",
+        "lora,merged_16bit",
+        "--push",
+        f"local:{work.parent / 'site'}",
+        "--runtime",
+        "local",
+        "--json",
+        env=NO_DOCKER,
+    )
     assert result.exit_code == 0, result.output
     return work, json.loads(result.stdout)
 
@@ -71,8 +97,20 @@ def test_run_then_rerun_skips_everything(finished, sft_output):
     assert not any(r["skipped"] for r in first["steps"])
     assert (work.parent / "site" / "sft-output-uni" / "model.safetensors").is_file()  # a name the Hub would take
     before = {s: outputs(work, s) for s in ("lora", "merged_16bit", "docs")}
-    result = drive("run", sft_output, "--work", work, "--formats", "lora,merged_16bit", "--push",
-                   f"local:{work.parent / 'site'}", "--runtime", "local", "--json", env=NO_DOCKER)
+    result = drive(
+        "run",
+        sft_output,
+        "--work",
+        work,
+        "--formats",
+        "lora,merged_16bit",
+        "--push",
+        f"local:{work.parent / 'site'}",
+        "--runtime",
+        "local",
+        "--json",
+        env=NO_DOCKER,
+    )
     assert result.exit_code == 0, result.output
     assert all(r["skipped"] for r in json.loads(result.stdout)["steps"])  # (its speed: bench/driver.py)
     assert before == {s: outputs(work, s) for s in ("lora", "merged_16bit", "docs")}
@@ -80,8 +118,22 @@ def test_run_then_rerun_skips_everything(finished, sft_output):
 
 def test_force_redoes_a_step_and_what_depends_on_it(finished, sft_output):
     work, _ = finished
-    result = drive("run", sft_output, "--work", work, "--formats", "lora,merged_16bit", "--push",
-                   f"local:{work.parent / 'site'}", "--runtime", "local", "--force", "docs", "--json", env=NO_DOCKER)
+    result = drive(
+        "run",
+        sft_output,
+        "--work",
+        work,
+        "--formats",
+        "lora,merged_16bit",
+        "--push",
+        f"local:{work.parent / 'site'}",
+        "--runtime",
+        "local",
+        "--force",
+        "docs",
+        "--json",
+        env=NO_DOCKER,
+    )
     assert result.exit_code == 0, result.output
     skipped = {r["step"]: r["skipped"] for r in json.loads(result.stdout)["steps"]}
     assert skipped == {"lora": True, "merged_16bit": True, "docs": False, "publish-local": False}
@@ -107,8 +159,19 @@ def test_killed_step_leaves_nothing_finished_and_the_rerun_completes(finished, s
     import psutil
 
     work = tmp_path / "work"
-    cmd = [sys.executable, "-m", "upload_driver.cli", "run", str(sft_output), "--work", str(work), "--formats",
-           "lora,merged_16bit", "--runtime", "local"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "upload_driver.cli",
+        "run",
+        str(sft_output),
+        "--work",
+        str(work),
+        "--formats",
+        "lora,merged_16bit",
+        "--runtime",
+        "local",
+    ]
     partial = work / "artifacts" / "merged_16bit.partial"
     proc = start_until(cmd, partial.exists, env=NO_DOCKER, stderr=subprocess.PIPE)
     assert partial.exists(), "the merge step never started"
@@ -117,11 +180,24 @@ def test_killed_step_leaves_nothing_finished_and_the_rerun_completes(finished, s
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1 and "merged_16bit (merge-tool) was killed (signal 9)" in err
     assert not (work / "artifacts" / "merged_16bit").exists()
-    result = drive("run", sft_output, "--work", work, "--formats", "lora,merged_16bit", "--runtime", "local", "--json",
-                   env=NO_DOCKER)
+    result = drive(
+        "run",
+        sft_output,
+        "--work",
+        work,
+        "--formats",
+        "lora,merged_16bit",
+        "--runtime",
+        "local",
+        "--json",
+        env=NO_DOCKER,
+    )
     assert result.exit_code == 0, result.output
-    assert {r["step"]: r["skipped"] for r in json.loads(result.stdout)["steps"]} == \
-        {"lora": True, "merged_16bit": False, "docs": False}
+    assert {r["step"]: r["skipped"] for r in json.loads(result.stdout)["steps"]} == {
+        "lora": True,
+        "merged_16bit": False,
+        "docs": False,
+    }
     done, _ = finished
     assert outputs(work, "merged_16bit") == outputs(done, "merged_16bit")
     assert not (work / "artifacts" / "merged_16bit.partial").exists()
@@ -129,8 +205,9 @@ def test_killed_step_leaves_nothing_finished_and_the_rerun_completes(finished, s
 
 def test_dry_run_prints_commands_and_disk_use(sft_output, tmp_path):
     work = tmp_path / "work"
-    result = drive("run", sft_output, "--work", work, "--push", "hf:acme/tiny", "--runtime", "local", "--dry-run",
-                   env=NO_DOCKER)
+    result = drive(
+        "run", sft_output, "--work", work, "--push", "hf:acme/tiny", "--runtime", "local", "--dry-run", env=NO_DOCKER
+    )
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert "merge-tool --adapter" in out and "gguf-tool --model" in out and "hf-push-tool --docs" in out
@@ -144,8 +221,18 @@ def test_dry_run_prints_commands_and_disk_use(sft_output, tmp_path):
 def test_no_docker_engine_falls_back_to_local(sft_output, tmp_path):
     result = drive("run", sft_output, "--work", tmp_path / "w", "--formats", "lora", "--dry-run", env=NO_DOCKER)
     assert result.exit_code == 0 and "runtime: local processes: no Docker engine answers" in result.output
-    result = drive("run", sft_output, "--work", tmp_path / "w", "--formats", "lora", "--runtime", "docker",
-                   "--dry-run", env=NO_DOCKER)
+    result = drive(
+        "run",
+        sft_output,
+        "--work",
+        tmp_path / "w",
+        "--formats",
+        "lora",
+        "--runtime",
+        "docker",
+        "--dry-run",
+        env=NO_DOCKER,
+    )
     assert result.exit_code == 2 and "start Docker" in result.output and "Traceback" not in result.output
 
 
@@ -162,7 +249,7 @@ def test_bad_trainer_folder_stops_before_any_step(tmp_path):
 def test_config_file_and_wrapper_settings(sft_output, tmp_path):
     cfg = tmp_path / "cfg" / "upload.toml"
     cfg.parent.mkdir()
-    cfg.write_text(f'''
+    cfg.write_text(f"""
 trainer_output = {json.dumps(str(sft_output))}
 work = "work"
 formats = ["lora"]
@@ -171,7 +258,7 @@ runtime = "local"
 [docs]
 license = "apache-2.0"
 language = ["en"]
-''')
+""")
     result = drive("run", "--config", cfg, "--json", env=NO_DOCKER)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "cfg" / "work" / "artifacts" / "lora" / "manifest.json").is_file()
@@ -185,13 +272,16 @@ language = ["en"]
     assert result.exit_code == 2 and "unknown key(s) colour" in result.output
 
 
-@pytest.mark.parametrize("text, platform, wsl, expected", [
-    ("C:\\Users\\me\\sft_output", "linux", True, "/mnt/c/Users/me/sft_output"),
-    ("D:/runs/kto output", "linux", True, "/mnt/d/runs/kto output"),
-    ("\\\\wsl$\\Ubuntu\\home\\me\\run", "linux", None, "/home/me/run"),
-    ("\\\\wsl.localhost\\Debian\\srv\\x", "linux", None, "/srv/x"),
-    ("/home/me/run", "linux", None, "/home/me/run"),
-])
+@pytest.mark.parametrize(
+    "text, platform, wsl, expected",
+    [
+        ("C:\\Users\\me\\sft_output", "linux", True, "/mnt/c/Users/me/sft_output"),
+        ("D:/runs/kto output", "linux", True, "/mnt/d/runs/kto output"),
+        ("\\\\wsl$\\Ubuntu\\home\\me\\run", "linux", None, "/home/me/run"),
+        ("\\\\wsl.localhost\\Debian\\srv\\x", "linux", None, "/srv/x"),
+        ("/home/me/run", "linux", None, "/home/me/run"),
+    ],
+)
 def test_windows_paths_on_linux_and_wsl(text, platform, wsl, expected):
     assert str(local_path(text, platform=platform, wsl=wsl)) == expected
 
@@ -222,11 +312,17 @@ def test_example_wrappers_run(trainer, kind, steps, llama_base, tokenizer_dir, t
 
     root = Path(__file__).resolve().parents[1]
     shutil.copytree(root / "examples", tmp_path / "repo" / "examples")
-    make_trainer_output(tmp_path / "repo" / f"{trainer}_output_rtx3090", llama_base, kind=kind, steps=steps,
-                        tokenizer_dir=tokenizer_dir)
+    make_trainer_output(
+        tmp_path / "repo" / f"{trainer}_output_rtx3090", llama_base, kind=kind, steps=steps, tokenizer_dir=tokenizer_dir
+    )
     env = {**os.environ, **NO_DOCKER, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.run(["bash", str(tmp_path / "repo" / "examples" / trainer / "upload.sh"), "--dry-run",
-                           "--runtime", "local"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    proc = subprocess.run(
+        ["bash", str(tmp_path / "repo" / "examples" / trainer / "upload.sh"), "--dry-run", "--runtime", "local"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert f"({kind};" in proc.stderr and "publish-hf" in proc.stdout and "publish-local" in proc.stdout
     assert str(tmp_path / "repo" / "upload-work" / trainer / "artifacts" / "gguf") in proc.stdout

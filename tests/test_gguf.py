@@ -59,16 +59,21 @@ def converted(trained_llama, tmp_path_factory):
 
 def test_files_metadata_and_validation(converted, trained_llama):
     out, manifest = converted
-    assert sorted(p.name for p in out.glob("*.gguf")) == ["Tiny-Llama-F16.gguf", "Tiny-Llama-Q4_K_M.gguf",
-                                                          "Tiny-Llama-Q8_0.gguf"]
+    assert sorted(p.name for p in out.glob("*.gguf")) == [
+        "Tiny-Llama-F16.gguf",
+        "Tiny-Llama-Q4_K_M.gguf",
+        "Tiny-Llama-Q8_0.gguf",
+    ]
     files = manifest["files"]
     f16, q8, q4 = (files[q]["validation"] for q in ("F16", "Q8_0", "Q4_K_M"))
     assert f16["top1_agreement"] >= 0.99 and f16["mean_kl"] < 1e-3
     assert q8["top1_agreement"] >= 0.97 and q8["mean_kl"] < 0.02
     assert 0 < f16["mean_kl"] < q8["mean_kl"] < q4["mean_kl"] < 0.5  # fewer bits, further from the HF model
     assert all(v["tokenization_matches"] for v in (f16, q8, q4)) and q4["positions"] > 50
-    template = json.loads((trained_llama / "tokenizer_config.json").read_text()).get("chat_template") or \
-        (trained_llama / "chat_template.jinja").read_text()
+    template = (
+        json.loads((trained_llama / "tokenizer_config.json").read_text()).get("chat_template")
+        or (trained_llama / "chat_template.jinja").read_text()
+    )
     for f in out.glob("*.gguf"):
         assert read_field(f, "tokenizer.chat_template") == template
         assert read_field(f, "general.name") == "Tiny-Llama"
@@ -116,14 +121,29 @@ def run_bad(model, out, *args, code=1, needles=()):
 def test_bad_quant_names_and_imatrix(trained_llama, tmp_path, monkeypatch):
     run_bad(trained_llama, tmp_path / "o", "--quant", "Q9_X", code=2, needles=["Q4_K_M", "IQ2_XS"])
     run_bad(trained_llama, tmp_path / "o", "--quant", "IQ2_XS", code=2, needles=["importance matrix", "--imatrix"])
-    run_bad(trained_llama, tmp_path / "o", "--quant", "IQ2_XS", "--imatrix", tmp_path / "none", code=2,
-            needles=["does not exist"])
+    run_bad(
+        trained_llama,
+        tmp_path / "o",
+        "--quant",
+        "IQ2_XS",
+        "--imatrix",
+        tmp_path / "none",
+        code=2,
+        needles=["does not exist"],
+    )
     (tmp_path / "cal.txt").write_text("some text")
     from gguf_tool import llama_tree
 
     monkeypatch.setenv(llama_tree.ENV, str(tmp_path / "no-tree"))  # no programs, and nothing to build them from
-    run_bad(trained_llama, tmp_path / "o", "--quant", "IQ2_XS", "--calibration", tmp_path / "cal.txt",
-            needles=["llama-imatrix", "--with-tools"])
+    run_bad(
+        trained_llama,
+        tmp_path / "o",
+        "--quant",
+        "IQ2_XS",
+        "--calibration",
+        tmp_path / "cal.txt",
+        needles=["llama-imatrix", "--with-tools"],
+    )
 
 
 def test_importance_matrix_from_calibration_text(trained_llama, tmp_path):
@@ -143,8 +163,15 @@ def test_importance_matrix_from_calibration_text(trained_llama, tmp_path):
 
 
 def test_validation_failure_fails_the_step(trained_llama, tmp_path):
-    result = run_bad(trained_llama, tmp_path / "o", "--quant", "Q4_K_M", "--min-top1", "Q4_K_M=1.01",
-                     needles=["validation failed", "Q4_K_M"])
+    result = run_bad(
+        trained_llama,
+        tmp_path / "o",
+        "--quant",
+        "Q4_K_M",
+        "--min-top1",
+        "Q4_K_M=1.01",
+        needles=["validation failed", "Q4_K_M"],
+    )
     assert "1.01" in result.output
 
 
@@ -199,8 +226,18 @@ def test_corrupt_model_and_existing_output(trained_llama, tmp_path):
 
 def test_cli_prints_files_with_figures(trained_llama, tmp_path):
     # 32 tokens: one near-tie mismatch is 0.969, below the default bar; this test is about the printout
-    result = gguf_cli("--model", trained_llama, "--out", tmp_path / "o", "--quant", "Q8_0", "--validate-tokens", "32",
-                      "--min-top1", "Q8_0=0.9")
+    result = gguf_cli(
+        "--model",
+        trained_llama,
+        "--out",
+        tmp_path / "o",
+        "--quant",
+        "Q8_0",
+        "--validate-tokens",
+        "32",
+        "--min-top1",
+        "Q8_0=0.9",
+    )
     assert result.exit_code == 0, result.output
     assert re.search(r"Q8_0\.gguf\s+top-1 \d\.\d+\s+KL", result.stdout)
 
@@ -215,8 +252,13 @@ def test_setup_extracts_converter_from_sdist(tmp_path, monkeypatch):
 
     sdist = tmp_path / "llama_cpp_python-9.9.9.tar.gz"
     with tarfile.open(sdist, "w:gz") as tar:
-        for name, body in {"convert_hf_to_gguf.py": b"print()", "gguf-py/gguf/__init__.py": b"",
-                           "include/llama.h": b"", "src/llama.cpp": b"int x;", "conversion/base.py": b""}.items():
+        for name, body in {
+            "convert_hf_to_gguf.py": b"print()",
+            "gguf-py/gguf/__init__.py": b"",
+            "include/llama.h": b"",
+            "src/llama.cpp": b"int x;",
+            "conversion/base.py": b"",
+        }.items():
             info = tarfile.TarInfo(f"llama_cpp_python-9.9.9/vendor/llama.cpp/{name}")
             info.size = len(body)
             tar.addfile(info, io.BytesIO(body))
@@ -241,8 +283,14 @@ def test_lora_gguf_over_base_matches_merged_model(trained_llama, tmp_path):
     from merge_tool.core import run as merge
     from peft_helpers import make_peft_adapter
 
-    adapter = make_peft_adapter(trained_llama, tmp_path / "adapter", r=16, lora_alpha=16, use_rslora=True,
-                                target_modules=["q_proj", "v_proj", "down_proj"])
+    adapter = make_peft_adapter(
+        trained_llama,
+        tmp_path / "adapter",
+        r=16,
+        lora_alpha=16,
+        use_rslora=True,
+        target_modules=["q_proj", "v_proj", "down_proj"],
+    )
     merged = tmp_path / "merged"
     merge(adapter, merged, base=str(trained_llama), dtype="fp32", device="cpu")
     before = tree_hash(adapter)
@@ -263,5 +311,14 @@ def test_lora_refusals(trained_llama, tmp_path):
     run_bad(trained_llama, tmp_path / "o", "--lora", adapter, code=2, needles=["--base"])
     cfg = json.loads((adapter / "adapter_config.json").read_text())
     (adapter / "adapter_config.json").write_text(json.dumps({**cfg, "alpha_pattern": {"q_proj": 4}}))
-    run_bad(trained_llama, tmp_path / "o", "--lora", adapter, "--base", trained_llama, "--quant", "Q8_0",
-            needles=["patterns"])
+    run_bad(
+        trained_llama,
+        tmp_path / "o",
+        "--lora",
+        adapter,
+        "--base",
+        trained_llama,
+        "--quant",
+        "Q8_0",
+        needles=["patterns"],
+    )

@@ -79,22 +79,38 @@ def hub_watch(monkeypatch):
 def test_scan_and_sanitize_policy(tmp_path):
     folder = tmp_path / "m"
     folder.mkdir()
-    (folder / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "LlamaTokenizerFast", "auto_map": [LOCAL_REF, HUB_REF]}))
-    (folder / "config.json").write_text(json.dumps(
-        {"model_type": "llama", "architectures": ["LlamaForCausalLM"],
-         "auto_map": {"AutoConfig": "configuration_x.XConfig"},
-         "custom_pipelines": {"text-generation": {"impl": "pipe.EvilPipeline"}}}))
-    (folder / "preprocessor_config.json").write_text(json.dumps(
-        {"image_processor_type": "EvilImageProcessor", "auto_map": {"AutoImageProcessor": "proc.EvilImageProcessor"}}))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "LlamaTokenizerFast", "auto_map": [LOCAL_REF, HUB_REF]})
+    )
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "llama",
+                "architectures": ["LlamaForCausalLM"],
+                "auto_map": {"AutoConfig": "configuration_x.XConfig"},
+                "custom_pipelines": {"text-generation": {"impl": "pipe.EvilPipeline"}},
+            }
+        )
+    )
+    (folder / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "image_processor_type": "EvilImageProcessor",
+                "auto_map": {"AutoImageProcessor": "proc.EvilImageProcessor"},
+            }
+        )
+    )
     (folder / "generation_config.json").write_text(json.dumps({"auto_map": {"AutoConfig": "g.G"}, "top_k": 5}))
     (folder / "special_tokens_map.json").write_text(
-        json.dumps({"auto_map": "ignored: not a config transformers reads"}))
+        json.dumps({"auto_map": "ignored: not a config transformers reads"})
+    )
     (folder / "tok.py").write_text("raise SystemExit('never imported')\n")
     found = {f.file: f for f in remote_code.scan(folder)}
     assert set(found) == {"tokenizer_config.json", "config.json", "preprocessor_config.json", "generation_config.json"}
-    assert found["tokenizer_config.json"].refs == (f"auto_map AutoTokenizer -> {LOCAL_REF}",
-                                                  f"auto_map AutoTokenizer -> {HUB_REF}")
+    assert found["tokenizer_config.json"].refs == (
+        f"auto_map AutoTokenizer -> {LOCAL_REF}",
+        f"auto_map AutoTokenizer -> {HUB_REF}",
+    )
     assert found["config.json"].keys == "auto_map/custom_pipelines" and not found["config.json"].needs_code
     assert found["preprocessor_config.json"].needs_code == ("processor class 'EvilImageProcessor'",)
     assert remote_code.python_files(folder) == ["tok.py"]
@@ -109,14 +125,27 @@ def test_scan_and_sanitize_policy(tmp_path):
 
     # a class only the code defines: refused, saying what to do
     for name, data, needle in [
-        ("tokenizer_config.json", {"tokenizer_class": "EvilTokenizer", "auto_map": {"AutoTokenizer": [HUB_REF, None]}},
-         "tokenizer_class 'EvilTokenizer'"),
+        (
+            "tokenizer_config.json",
+            {"tokenizer_class": "EvilTokenizer", "auto_map": {"AutoTokenizer": [HUB_REF, None]}},
+            "tokenizer_class 'EvilTokenizer'",
+        ),
         ("tokenizer_config.json", {"auto_map": {"AutoTokenizer": [LOCAL_REF, None]}}, "no tokenizer_class"),
-        ("tokenizer_config.json", {"tokenizer_class": "LlamaForCausalLM", "auto_map": [LOCAL_REF, None]},
-         "tokenizer_class 'LlamaForCausalLM'"),
+        (
+            "tokenizer_config.json",
+            {"tokenizer_class": "LlamaForCausalLM", "auto_map": [LOCAL_REF, None]},
+            "tokenizer_class 'LlamaForCausalLM'",
+        ),
         ("config.json", {"model_type": "evil", "auto_map": {"AutoModelForCausalLM": "m.Evil"}}, "model_type 'evil'"),
-        ("config.json", {"model_type": "llama", "architectures": ["EvilForCausalLM"],
-                         "auto_map": {"AutoModelForCausalLM": "m.EvilForCausalLM"}}, "architecture 'EvilForCausalLM'"),
+        (
+            "config.json",
+            {
+                "model_type": "llama",
+                "architectures": ["EvilForCausalLM"],
+                "auto_map": {"AutoModelForCausalLM": "m.EvilForCausalLM"},
+            },
+            "architecture 'EvilForCausalLM'",
+        ),
     ]:
         with pytest.raises(InvalidInput) as err:
             remote_code.sanitize(name, data, folder, "merge-tool")
@@ -152,8 +181,7 @@ def test_tokenizer_code_is_removed_and_gguf_converts(trainer, base, tmp_path, re
     assert tree_hash(trainer) == before and tree_hash(base) == base_before
 
     gguf = tmp_path / "gguf"
-    result = gguf_cli("--model", out, "--out", gguf, "--quant", "F16", "--validate-tokens", "16",
-                      "--min-top1", "F16=0")
+    result = gguf_cli("--model", out, "--out", gguf, "--quant", "F16", "--validate-tokens", "16", "--min-top1", "F16=0")
     assert result.exit_code == 0, result.output
     assert (gguf / "merged-F16.gguf").is_file() and (gguf / "manifest.json").is_file()
     # a user who trusts remote code still runs nothing from the published folder
@@ -171,9 +199,14 @@ def test_tokenizer_only_code_defines_is_refused(trainer, base, tmp_path, ref, hu
     before = tree_hash(trainer)
     out = tmp_path / "merged"
     for method in ("merged_16bit", "lora"):
-        line = one_line_error(merge_cli("--adapter", trainer, "--out", out, "--base", base, "--method", method),
-                              "tokenizer_config.json", ref, "EvilTokenizer", "merge-tool never runs code",
-                              "PreTrainedTokenizerFast")
+        line = one_line_error(
+            merge_cli("--adapter", trainer, "--out", out, "--base", base, "--method", method),
+            "tokenizer_config.json",
+            ref,
+            "EvilTokenizer",
+            "merge-tool never runs code",
+            "PreTrainedTokenizerFast",
+        )
         assert "names custom tokenizer code" in line
         assert no_finished_output(out) and not (tmp_path / "merged.partial").exists()  # refused before any work
     assert tree_hash(trainer) == before
@@ -183,11 +216,14 @@ def test_tokenizer_only_code_defines_is_refused(trainer, base, tmp_path, ref, hu
 def test_base_config_code_is_dropped(trainer, base, tmp_path):
     marker = tmp_path / "marker"
     (base / "modeling_evil.py").write_text(payload(marker))
-    config = edit_json(base / "config.json", auto_map={"AutoConfig": "modeling_evil.EvilConfig",
-                                                       "AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"},
-                       custom_pipelines={"text-generation": {"impl": "modeling_evil.EvilPipeline"}})
-    (base / "generation_config.json").write_text(json.dumps({"auto_map": {"AutoConfig": "modeling_evil.EvilConfig"},
-                                                             "max_new_tokens": 7}))
+    config = edit_json(
+        base / "config.json",
+        auto_map={"AutoConfig": "modeling_evil.EvilConfig", "AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"},
+        custom_pipelines={"text-generation": {"impl": "modeling_evil.EvilPipeline"}},
+    )
+    (base / "generation_config.json").write_text(
+        json.dumps({"auto_map": {"AutoConfig": "modeling_evil.EvilConfig"}, "max_new_tokens": 7})
+    )
     before = tree_hash(base)
     out = tmp_path / "merged"
     result = merge_cli("--adapter", trainer, "--out", out, "--base", base, "--json")
@@ -211,12 +247,21 @@ def test_base_config_code_is_dropped(trainer, base, tmp_path):
 def test_base_only_its_code_defines_is_refused(trainer, base, tmp_path):
     marker = tmp_path / "marker"
     (base / "modeling_evil.py").write_text(payload(marker))
-    edit_json(base / "config.json", model_type="evil-llama", architectures=["EvilForCausalLM"],
-              auto_map={"AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"})
+    edit_json(
+        base / "config.json",
+        model_type="evil-llama",
+        architectures=["EvilForCausalLM"],
+        auto_map={"AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"},
+    )
     before = tree_hash(base)
     out = tmp_path / "merged"
-    one_line_error(merge_cli("--adapter", trainer, "--out", out, "--base", base), "config.json",
-                   "custom model code", "model_type 'evil-llama'", "merge-tool never runs code")
+    one_line_error(
+        merge_cli("--adapter", trainer, "--out", out, "--base", base),
+        "config.json",
+        "custom model code",
+        "model_type 'evil-llama'",
+        "merge-tool never runs code",
+    )
     assert no_finished_output(out) and tree_hash(base) == before and not marker.exists()
 
 
@@ -230,14 +275,24 @@ def test_gguf_tool_refuses_a_folder_that_refers_to_code(base, tmp_path, llama_ba
     edit_json(base / "config.json", auto_map={"AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"})
     before = tree_hash(base)
     out = tmp_path / "gguf"
-    one_line_error(gguf_cli("--model", base, "--out", out, "--quant", "Q8_0"), str(base), "custom code",
-                   "gguf-tool never runs code", "merge-tool's output")
+    one_line_error(
+        gguf_cli("--model", base, "--out", out, "--quant", "Q8_0"),
+        str(base),
+        "custom code",
+        "gguf-tool never runs code",
+        "merge-tool's output",
+    )
     assert no_finished_output(out)
     from upload_common.sample import make_lora_adapter
 
     adapter = make_lora_adapter(llama_base, tmp_path / "adapter")
-    one_line_error(gguf_cli("--model", llama_base, "--out", out, "--quant", "Q8_0", "--no-validate",
-                            "--lora", adapter, "--base", base), "base model folder", "gguf-tool never runs code")
+    one_line_error(
+        gguf_cli(
+            "--model", llama_base, "--out", out, "--quant", "Q8_0", "--no-validate", "--lora", adapter, "--base", base
+        ),
+        "base model folder",
+        "gguf-tool never runs code",
+    )
     assert no_finished_output(out)
     assert tree_hash(base) == before and not marker.exists()
 
@@ -245,14 +300,31 @@ def test_gguf_tool_refuses_a_folder_that_refers_to_code(base, tmp_path, llama_ba
 def test_converter_environment_has_no_credentials(tmp_path):
     from gguf_tool.convert import converter_env
 
-    parent = {"HF_TOKEN": TOKEN, "HUGGING_FACE_HUB_TOKEN": TOKEN, "HF_TOKEN_PATH": "/run/secrets/hf",
-              "HF_HOME": "/home/u/.cache/huggingface", "HF_OIDC_RESOURCE": "acme/x", "GITHUB_TOKEN": "g",
-              "AWS_SECRET_ACCESS_KEY": "a", "OPENAI_API_KEY": "o", "HF_HUB_OFFLINE": "0", "PATH": "/usr/bin",
-              "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": "/x", "CUDA_VISIBLE_DEVICES": "0"}
+    parent = {
+        "HF_TOKEN": TOKEN,
+        "HUGGING_FACE_HUB_TOKEN": TOKEN,
+        "HF_TOKEN_PATH": "/run/secrets/hf",
+        "HF_HOME": "/home/u/.cache/huggingface",
+        "HF_OIDC_RESOURCE": "acme/x",
+        "GITHUB_TOKEN": "g",
+        "AWS_SECRET_ACCESS_KEY": "a",
+        "OPENAI_API_KEY": "o",
+        "HF_HUB_OFFLINE": "0",
+        "PATH": "/usr/bin",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": "/x",
+        "CUDA_VISIBLE_DEVICES": "0",
+    }
     env = converter_env(parent, tmp_path / "tree", tmp_path / "scratch")
     assert TOKEN not in json.dumps(env)
-    for gone in ("HUGGING_FACE_HUB_TOKEN", "HF_TOKEN", "HF_OIDC_RESOURCE", "GITHUB_TOKEN", "AWS_SECRET_ACCESS_KEY",
-                 "OPENAI_API_KEY"):
+    for gone in (
+        "HUGGING_FACE_HUB_TOKEN",
+        "HF_TOKEN",
+        "HF_OIDC_RESOURCE",
+        "GITHUB_TOKEN",
+        "AWS_SECRET_ACCESS_KEY",
+        "OPENAI_API_KEY",
+    ):
         assert gone not in env, gone
     assert env["HF_HUB_OFFLINE"] == "1" and not Path(env["HF_TOKEN_PATH"]).exists()
     assert Path(env["HF_TOKEN_PATH"]).is_relative_to(tmp_path / "scratch")
@@ -285,8 +357,10 @@ def test_converter_process_runs_no_remote_code_and_sees_no_token(base, tmp_path,
     marker = tmp_path / "marker"
     plant_tokenizer(base, marker, tokenizer_class="EvilTokenizer")
     (base / "modeling_evil.py").write_text(payload(marker))
-    edit_json(base / "config.json", auto_map={"AutoConfig": "modeling_evil.EvilConfig",
-                                              "AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"})
+    edit_json(
+        base / "config.json",
+        auto_map={"AutoConfig": "modeling_evil.EvilConfig", "AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"},
+    )
     tree = tmp_path / "tree"
     tree.mkdir()
     (tree / "probe.py").write_text(PROBE)
@@ -305,8 +379,13 @@ def test_converter_process_runs_no_remote_code_and_sees_no_token(base, tmp_path,
     assert not marker.exists(), marker.read_text()
 
     # control: the same script as an unprotected process runs the payload, which reads the token
-    proc = subprocess.run([sys.executable, str(tree / "probe.py"), str(base)], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.run(
+        [sys.executable, str(tree / "probe.py"), str(base)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert marker.read_text() == TOKEN
 
@@ -327,6 +406,11 @@ def test_llama_cpp_converter_asking_for_remote_code_runs_none(base, tmp_path, mo
         convert.run_converter("convert_hf_to_gguf.py", args, lines.append)  # the code did not run
     assert not marker.exists(), "\n".join(lines[-20:])
 
-    proc = subprocess.run([sys.executable, str(convert.converter() / "convert_hf_to_gguf.py"), *args],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.run(
+        [sys.executable, str(convert.converter() / "convert_hf_to_gguf.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert marker.read_text() == TOKEN, proc.stdout[-2000:] + proc.stderr[-2000:]

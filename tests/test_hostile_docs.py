@@ -49,26 +49,33 @@ def _card(docs, s) -> tuple[dict, str]:
 LONG = "x" * 94  # a valid name alone, but 99 characters with -lora or -GGUF
 
 
-@pytest.mark.parametrize("args, code, expect", [
-    (["--namespace", ".."], 2, "--namespace '.."),
-    (["--namespace", "a/b"], 2, "--namespace 'a/b' is not a Hub user or organisation name"),
-    (["--namespace", ""], 2, "--namespace '"),
-    (["--namespace", "alice", "--repo", "gguf=../../x"], 2, "--repo gguf '../../x' is not a valid Hub repo id"),
-    (["--repo", "lora=/abs/path"], 2, "--repo lora '/abs/path'"),
-    (["--repo", "gguf=acme/../x"], 2, "--repo gguf 'acme/../x'"),
-    (["--repo", "merged_16bit=a--b/c"], 2, "--repo merged_16bit 'a--b/c'"),
-    (["--repo", "gguf=a/b", "--repo", "gguf=c/d"], 2, "given twice"),
-    (["--repo", "gguf"], 2, "SET=VALUE"),
-    (["--repo", "merged=a--b/c"], 2, "unknown set(s) merged"),  # the set is merged_16bit
-    (["--namespace", "alice", "--name", "Tiny-Chat", "--repo", "gguf=ALICE/tiny-chat"], 2,
-     "the merged_16bit and gguf sets would both be published to ALICE/tiny-chat"),
-    (["--name", "../x"], 2, "pass e.g. --name x"),
-    (["--name", "acme/x"], 2, "the namespace goes in --namespace"),
-    (["--name", "my model"], 2, "pass e.g. --name my-model"),
-    (["--name", ""], 2, "--name ''"),
-    (["--name", "x" * 200], 2, "at most 96 characters"),
-    (["--namespace", "alice", "--name", LONG], 2, "over the Hub's 96: pass a --name of at most 91 characters"),
-], ids=lambda v: repr(v)[:60] if isinstance(v, list) else None)
+@pytest.mark.parametrize(
+    "args, code, expect",
+    [
+        (["--namespace", ".."], 2, "--namespace '.."),
+        (["--namespace", "a/b"], 2, "--namespace 'a/b' is not a Hub user or organisation name"),
+        (["--namespace", ""], 2, "--namespace '"),
+        (["--namespace", "alice", "--repo", "gguf=../../x"], 2, "--repo gguf '../../x' is not a valid Hub repo id"),
+        (["--repo", "lora=/abs/path"], 2, "--repo lora '/abs/path'"),
+        (["--repo", "gguf=acme/../x"], 2, "--repo gguf 'acme/../x'"),
+        (["--repo", "merged_16bit=a--b/c"], 2, "--repo merged_16bit 'a--b/c'"),
+        (["--repo", "gguf=a/b", "--repo", "gguf=c/d"], 2, "given twice"),
+        (["--repo", "gguf"], 2, "SET=VALUE"),
+        (["--repo", "merged=a--b/c"], 2, "unknown set(s) merged"),  # the set is merged_16bit
+        (
+            ["--namespace", "alice", "--name", "Tiny-Chat", "--repo", "gguf=ALICE/tiny-chat"],
+            2,
+            "the merged_16bit and gguf sets would both be published to ALICE/tiny-chat",
+        ),
+        (["--name", "../x"], 2, "pass e.g. --name x"),
+        (["--name", "acme/x"], 2, "the namespace goes in --namespace"),
+        (["--name", "my model"], 2, "pass e.g. --name my-model"),
+        (["--name", ""], 2, "--name ''"),
+        (["--name", "x" * 200], 2, "at most 96 characters"),
+        (["--namespace", "alice", "--name", LONG], 2, "over the Hub's 96: pass a --name of at most 91 characters"),
+    ],
+    ids=lambda v: repr(v)[:60] if isinstance(v, list) else None,
+)
 def test_a_repo_id_or_name_the_hub_refuses_is_one_line_before_any_work(run_artifacts, tmp_path, args, code, expect):
     before = _inputs(run_artifacts)
     out = tmp_path / "docs"
@@ -83,9 +90,23 @@ def test_a_repo_id_or_name_the_hub_refuses_is_one_line_before_any_work(run_artif
 def test_the_command_line_says_it_in_one_line_and_exit_2(run_artifacts, tmp_path):
     """The whole process: the config's [docs] repos = {gguf = "../../ESCAPED"} reaches docs-tool as --repo."""
     out = tmp_path / "docs"
-    proc = subprocess.run([sys.executable, "-m", "docs_tool.cli", *_artifact_args(run_artifacts), "--out", str(out),
-                           "--namespace", "alice", "--repo", "gguf=../../ESCAPED"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "docs_tool.cli",
+            *_artifact_args(run_artifacts),
+            "--out",
+            str(out),
+            "--namespace",
+            "alice",
+            "--repo",
+            "gguf=../../ESCAPED",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "'../../ESCAPED' is not a valid Hub repo id" in _error_line(proc.stderr)
     assert [line for line in proc.stderr.splitlines() if not line.startswith(("error: ", DEBUG_HINT))] == []
@@ -128,7 +149,10 @@ def test_without_a_namespace_a_quantized_card_names_the_base_it_was_fine_tuned_f
     run([run_artifacts[k] for k in SETS], out, name="Tiny-Chat")
     upload = json.loads((out / "upload_manifest.json").read_text())
     assert {s: e["repo_id"] for s, e in upload["sets"].items()} == {
-        "lora": "Tiny-Chat-lora", "merged_16bit": "Tiny-Chat", "gguf": "Tiny-Chat-GGUF"}
+        "lora": "Tiny-Chat-lora",
+        "merged_16bit": "Tiny-Chat",
+        "gguf": "Tiny-Chat-GGUF",
+    }
     meta, text = _card(out, "gguf")
     assert meta["base_model"] == BASE_ID and meta["base_model_relation"] == "finetune"
     assert "Quantized from the merged model `Tiny-Chat`." in text and check(text) == []
@@ -143,32 +167,51 @@ def test_a_local_base_warning_names_the_driver_options_too(run_artifacts, tmp_pa
     m = json.loads((merged / "manifest.json").read_text())
     m["decisions"]["base"] = {"source": "local", "repo_id": None, "requested": "/models/base", "path": "/models/base"}
     (merged / "manifest.json").write_text(json.dumps(m))
-    result = CliRunner().invoke(docs_main, ["--artifact", str(merged), "--out", str(tmp_path / "docs"),
-                                            "--namespace", "alice"])
+    result = CliRunner().invoke(
+        docs_main, ["--artifact", str(merged), "--out", str(tmp_path / "docs"), "--namespace", "alice"]
+    )
     assert result.exit_code == 0, result.output
-    warning = ("WARNING: the base model is a local folder, not a Hub id: the cards name no base_model; pass "
-               "--base-model ORG/NAME (upload-driver run --base-model, or base_model in the config's [docs] table)")
+    warning = (
+        "WARNING: the base model is a local folder, not a Hub id: the cards name no base_model; pass "
+        "--base-model ORG/NAME (upload-driver run --base-model, or base_model in the config's [docs] table)"
+    )
     assert warning in result.output
     assert "base_model" not in _card(tmp_path / "docs", "merged_16bit")[0]
 
 
-@pytest.mark.parametrize("options, expect", [("size=64k", "the disk is full"),
-                                             ("size=64k,ro", "the file system is read-only")])
+@pytest.mark.parametrize(
+    "options, expect", [("size=64k", "the disk is full"), ("size=64k,ro", "the file system is read-only")]
+)
 def test_a_full_or_read_only_disk_is_one_line(run_artifacts, tmp_path, options, expect):
     """Three loss plots (about 30 kB each), a Modelfile and the cards do not fit in 64 kB: the OS error
     surfaces as one line, with no finished output and only error.json in the partial folder."""
     disk = tmp_path / "disk"
     disk.mkdir()
     try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(disk)], check=True, capture_output=True,
-                       timeout=30)
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(disk)], check=True, capture_output=True, timeout=30
+        )
     except (OSError, subprocess.SubprocessError) as exc:
         pytest.skip(f"cannot mount a small tmpfs here (needs root): {exc}")
     try:
         before = _inputs(run_artifacts)
-        proc = subprocess.run([sys.executable, "-m", "docs_tool.cli", *_artifact_args(run_artifacts),
-                               "--out", str(disk / "docs"), "--namespace", "alice", "--name", "Tiny-Chat"],
-                              capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "docs_tool.cli",
+                *_artifact_args(run_artifacts),
+                "--out",
+                str(disk / "docs"),
+                "--namespace",
+                "alice",
+                "--name",
+                "Tiny-Chat",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 1, proc.stderr
         assert expect in _error_line(proc.stderr)
         assert not (disk / "docs").exists() and not list(disk.rglob("manifest.json"))

@@ -39,8 +39,19 @@ def one_line_error(result, code: int) -> str:
 def done(sft_output, tmp_path_factory):
     """A finished local run (lora, docs, a local publish) to tamper with."""
     root = tmp_path_factory.mktemp("done")
-    args = ["run", sft_output, "--work", root / "work", "--formats", "lora", "--push", f"local:{root / 'site'}",
-            "--runtime", "local", "--json"]
+    args = [
+        "run",
+        sft_output,
+        "--work",
+        root / "work",
+        "--formats",
+        "lora",
+        "--push",
+        f"local:{root / 'site'}",
+        "--runtime",
+        "local",
+        "--json",
+    ]
     result = drive(*args)
     assert result.exit_code == 0, result.output
     return root, args
@@ -55,8 +66,19 @@ def test_a_second_run_on_the_same_work_folder_is_refused(sft_output, tmp_path):
     """The first run holds the lock (seen in its file); the second refuses in one line naming it; the
     first finishes with outputs that match their manifests; a rerun skips everything."""
     work = tmp_path / "work"
-    cmd = [sys.executable, "-m", "upload_driver.cli", "run", str(sft_output), "--work", str(work), "--formats",
-           "lora,merged_16bit", "--runtime", "local"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "upload_driver.cli",
+        "run",
+        str(sft_output),
+        "--work",
+        str(work),
+        "--formats",
+        "lora,merged_16bit",
+        "--runtime",
+        "local",
+    ]
     lock = work / ".upload-driver" / "lock"
     first = start_until(cmd, lambda: lock.is_file() and lock.read_text(), env=NO_DOCKER, stderr=subprocess.PIPE)
     second = drive("run", sft_output, "--work", work, "--formats", "lora,merged_16bit", "--runtime", "local")
@@ -122,16 +144,22 @@ def no_token(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
 
 
-@pytest.mark.parametrize("args, code, says", [
-    (["--quant", "Q4_K_X"], 2, "unknown quantization 'Q4_K_X'"),
-    (["--quant", "IQ2_XS"], 2, "IQ2_XS need an importance matrix"),
-    (["--push", "local:"], 2, "name the folder to publish into"),
-    (["--push", "hf:acme/x"], 1, "no Hugging Face token"),
-    (["--config", "REPOS", "--push", "local:SITE"], 2,
-     "[docs] repos gguf = '../../ESCAPED' is not a valid Hub repo id"),
-    (["--base-model", "not a repo"], 2, "--base-model 'not a repo' is not a valid Hub repo id"),
-    (["--config", "missing.toml"], 2, "config file"),
-])
+@pytest.mark.parametrize(
+    "args, code, says",
+    [
+        (["--quant", "Q4_K_X"], 2, "unknown quantization 'Q4_K_X'"),
+        (["--quant", "IQ2_XS"], 2, "IQ2_XS need an importance matrix"),
+        (["--push", "local:"], 2, "name the folder to publish into"),
+        (["--push", "hf:acme/x"], 1, "no Hugging Face token"),
+        (
+            ["--config", "REPOS", "--push", "local:SITE"],
+            2,
+            "[docs] repos gguf = '../../ESCAPED' is not a valid Hub repo id",
+        ),
+        (["--base-model", "not a repo"], 2, "--base-model 'not a repo' is not a valid Hub repo id"),
+        (["--config", "missing.toml"], 2, "config file"),
+    ],
+)
 def test_mistakes_stop_the_run_before_any_step(sft_output, tmp_path, no_token, args, code, says):
     before = tree_hash(sft_output)
     (tmp_path / "repos.toml").write_text('[docs]\nrepos = {gguf = "../../ESCAPED"}\n')
@@ -143,25 +171,59 @@ def test_mistakes_stop_the_run_before_any_step(sft_output, tmp_path, no_token, a
 
 
 def test_dry_run_reports_the_same_findings(sft_output, tmp_path, no_token):
-    result = drive("run", sft_output, "--work", tmp_path / "w", "--runtime", "local", "--push", "hf:acme/x",
-                   "--quant", "Q4_K_X", "--dry-run")
+    result = drive(
+        "run",
+        sft_output,
+        "--work",
+        tmp_path / "w",
+        "--runtime",
+        "local",
+        "--push",
+        "hf:acme/x",
+        "--quant",
+        "Q4_K_X",
+        "--dry-run",
+    )
     assert result.exit_code == 0, result.output
-    assert "PROBLEM: unknown quantization 'Q4_K_X'" in result.stdout and "PROBLEM: no Hugging Face token" in \
-        result.stdout and "the run would stop before its first step: 2 problem(s)" in result.stdout
+    assert (
+        "PROBLEM: unknown quantization 'Q4_K_X'" in result.stdout
+        and "PROBLEM: no Hugging Face token" in result.stdout
+        and "the run would stop before its first step: 2 problem(s)" in result.stdout
+    )
     assert not (tmp_path / "w").exists()
 
 
 def test_local_target_inside_the_trainer_output_or_unwritable(sft_output, tmp_path):
-    result = drive("run", sft_output, "--work", tmp_path / "w", "--runtime", "local", "--formats", "lora",
-                   "--push", f"local:{sft_output / 'published'}")
+    result = drive(
+        "run",
+        sft_output,
+        "--work",
+        tmp_path / "w",
+        "--runtime",
+        "local",
+        "--formats",
+        "lora",
+        "--push",
+        f"local:{sft_output / 'published'}",
+    )
     assert "overlaps the trainer output" in one_line_error(result, 2)
     ro = tmp_path / "ro"
     ro.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], capture_output=True).returncode:
         pytest.skip("cannot mount a read-only file system here (needs root)")
     try:
-        result = drive("run", sft_output, "--work", tmp_path / "w", "--runtime", "local", "--formats", "lora",
-                       "--push", f"local:{ro / 'site'}")
+        result = drive(
+            "run",
+            sft_output,
+            "--work",
+            tmp_path / "w",
+            "--runtime",
+            "local",
+            "--formats",
+            "lora",
+            "--push",
+            f"local:{ro / 'site'}",
+        )
         assert "cannot be written" in one_line_error(result, 2) and not (tmp_path / "w" / "artifacts").exists()
         result = drive("run", sft_output, "--work", ro / "w", "--runtime", "local", "--formats", "lora")
         assert "the work folder" in one_line_error(result, 2)
@@ -188,14 +250,25 @@ def test_no_ollama_server_is_found_before_the_first_step(sft_output, tmp_path):
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    result = drive("run", sft_output, "--work", tmp_path / "w", "--runtime", "local", "--push", "ollama",
-                   env={"OLLAMA_HOST": f"127.0.0.1:{port}"})
+    result = drive(
+        "run",
+        sft_output,
+        "--work",
+        tmp_path / "w",
+        "--runtime",
+        "local",
+        "--push",
+        "ollama",
+        env={"OLLAMA_HOST": f"127.0.0.1:{port}"},
+    )
     assert f"no Ollama server answers at http://127.0.0.1:{port}" in one_line_error(result, 1)
     assert not (tmp_path / "w" / "artifacts").exists()
 
 
-TOKENS = {"hf_w": {"user": "alice", "orgs": ["acme"], "role": "write"},
-          "hf_r": {"user": "alice", "orgs": [], "role": "read"}}
+TOKENS = {
+    "hf_w": {"user": "alice", "orgs": ["acme"], "role": "write"},
+    "hf_r": {"user": "alice", "orgs": [], "role": "read"},
+}
 
 
 @pytest.fixture
@@ -204,13 +277,17 @@ def hub_tokens():
     return TOKENS
 
 
-@pytest.mark.parametrize("token, target, says", [
-    ("hf_r", "hf:alice/x", "read-only"),
-    ("hf_w", "hf:bob/x", "cannot create repos under bob"),
-    ("hf_nope", "hf:alice/x", "refused the token (401)"),
-])
-def test_the_token_is_checked_against_the_hub_before_the_first_step(hub, sft_output, tmp_path, monkeypatch, token,
-                                                                    target, says):
+@pytest.mark.parametrize(
+    "token, target, says",
+    [
+        ("hf_r", "hf:alice/x", "read-only"),
+        ("hf_w", "hf:bob/x", "cannot create repos under bob"),
+        ("hf_nope", "hf:alice/x", "refused the token (401)"),
+    ],
+)
+def test_the_token_is_checked_against_the_hub_before_the_first_step(
+    hub, sft_output, tmp_path, monkeypatch, token, target, says
+):
     monkeypatch.setenv("HF_TOKEN", token)
     result = drive("run", sft_output, "--work", tmp_path / "w", "--runtime", "local", "--push", target)
     assert says in one_line_error(result, 1) and not (tmp_path / "w" / "artifacts").exists()
@@ -251,12 +328,14 @@ def test_a_killed_step_takes_what_it_started_with_it(tmp_path, monkeypatch):
     from upload_driver import local
 
     pidfile = tmp_path / "grandchild.pid"
-    (tmp_path / "fakestep.py").write_text(textwrap.dedent(f"""
+    (tmp_path / "fakestep.py").write_text(
+        textwrap.dedent(f"""
         import os, signal, subprocess, sys, time
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
         open({str(pidfile)!r}, "w").write(str(child.pid))
         os.kill(os.getpid(), signal.SIGKILL)
-    """))
+    """)
+    )
     monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     step = PlannedStep("gguf", "gguf-tool", "fakestep", tmp_path / "out")
     with pytest.raises(UploadError) as err:
@@ -292,8 +371,9 @@ def test_run_options_reach_the_steps(sft_output, tmp_path):
     from upload_driver.config import request
     from upload_driver.plan import plan
 
-    req = request(sft_output, work=str(tmp_path / "w"), formats="merged_16bit", allow_pickle=True,
-                  base_model="acme/base")
+    req = request(
+        sft_output, work=str(tmp_path / "w"), formats="merged_16bit", allow_pickle=True, base_model="acme/base"
+    )
     steps = {s.name: s for s in plan(req, inspect_trainer_output(sft_output))}
     assert "--allow-pickle" in steps["merged_16bit"].args
     assert steps["docs"].args[steps["docs"].args.index("--base-model") + 1] == "acme/base"
@@ -318,8 +398,23 @@ def test_kill_9_at_each_step_then_the_rerun_finishes_the_same(sft_output, tmp_pa
     from upload_driver import state
 
     work, site = tmp_path / "work", tmp_path / "site"
-    cmd = [sys.executable, "-m", "upload_driver.cli", "run", str(sft_output), "--work", str(work), "--formats",
-           "lora,gguf", "--quant", "F16", "--push", f"local:{site}", "--runtime", "local"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "upload_driver.cli",
+        "run",
+        str(sft_output),
+        "--work",
+        str(work),
+        "--formats",
+        "lora,gguf",
+        "--quant",
+        "F16",
+        "--push",
+        f"local:{site}",
+        "--runtime",
+        "local",
+    ]
     killed = []
     for step in ("merged_16bit", "gguf", "docs", "publish-local"):
         partial = work / "artifacts" / f"{step}.partial"
@@ -330,8 +425,9 @@ def test_kill_9_at_each_step_then_the_rerun_finishes_the_same(sft_output, tmp_pa
             proc.wait(timeout=60)
             killed.append(step)
     assert {"merged_16bit", "gguf"} <= set(killed), killed
-    final = subprocess.run([*cmd, "--json"], capture_output=True, text=True, env={**os.environ, **NO_DOCKER},
-                           timeout=600)
+    final = subprocess.run(
+        [*cmd, "--json"], capture_output=True, text=True, env={**os.environ, **NO_DOCKER}, timeout=600
+    )
     assert final.returncode == 0, final.stderr
     assert not list((work / "artifacts").glob("*.partial"))
     recorded = state.load(work)
@@ -339,8 +435,21 @@ def test_kill_9_at_each_step_then_the_rerun_finishes_the_same(sft_output, tmp_pa
     assert steps == ["lora", "merged_16bit", "gguf", "docs", "publish-local"] and set(recorded) == set(steps)
     for name in ("lora", "merged_16bit", "gguf", "docs"):
         assert state.verify(PlannedStep(name, "merge-tool", "merge_tool.cli", work / "artifacts" / name))
-    again = drive("run", sft_output, "--work", work, "--formats", "lora,gguf", "--quant", "F16", "--push",
-                  f"local:{site}", "--runtime", "local", "--json")
+    again = drive(
+        "run",
+        sft_output,
+        "--work",
+        work,
+        "--formats",
+        "lora,gguf",
+        "--quant",
+        "F16",
+        "--push",
+        f"local:{site}",
+        "--runtime",
+        "local",
+        "--json",
+    )
     assert all(skipped(again).values())
 
 
@@ -360,8 +469,18 @@ def test_a_tokenizer_only_its_code_defines_stops_the_run_before_any_step(sft_out
 
 
 def test_a_local_target_inside_the_artifacts_is_refused(sft_output, tmp_path):
-    result = drive("run", sft_output, "--work", tmp_path / "w", "--runtime", "local", "--formats", "lora",
-                   "--push", f"local:{tmp_path / 'w' / 'artifacts' / 'site'}")
+    result = drive(
+        "run",
+        sft_output,
+        "--work",
+        tmp_path / "w",
+        "--runtime",
+        "local",
+        "--formats",
+        "lora",
+        "--push",
+        f"local:{tmp_path / 'w' / 'artifacts' / 'site'}",
+    )
     assert "overlaps the artifacts" in one_line_error(result, 2)
 
 

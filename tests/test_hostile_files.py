@@ -29,8 +29,13 @@ def test_python_files_beside_the_weights_are_never_copied(trainer, base, tmp_pat
         assert result.exit_code == 0, result.output
         no_code_in(out)
     assert sorted(p.name for p in (tmp_path / "lora").iterdir()) == sorted(
-        ["adapter_config.json", "adapter_model.safetensors", "manifest.json",
-         *[p.name for p in trainer.iterdir() if p.name.startswith(("tokenizer", "special_tokens", "chat_template"))]])
+        [
+            "adapter_config.json",
+            "adapter_model.safetensors",
+            "manifest.json",
+            *[p.name for p in trainer.iterdir() if p.name.startswith(("tokenizer", "special_tokens", "chat_template"))],
+        ]
+    )
     assert tree_hash(trainer) == before and not marker.exists()
 
 
@@ -40,8 +45,15 @@ def test_code_a_writer_leaves_in_an_output_is_removed(tmp_path):
 
     out = tmp_path / "merged_16bit"
     out.mkdir()
-    (out / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"],
-                                                 "auto_map": {"AutoModelForCausalLM": "modeling_x.X"}}))
+    (out / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "llama",
+                "architectures": ["LlamaForCausalLM"],
+                "auto_map": {"AutoModelForCausalLM": "modeling_x.X"},
+            }
+        )
+    )
     (out / "modeling_x.py").write_text("raise SystemExit\n")
     warnings = []
     _drop_code(out, warnings)
@@ -77,8 +89,9 @@ def test_pickles_never_run(trainer, base, tmp_path):
     before = tree_hash(trainer)
     for extra, needle in (((), "--allow-pickle"), (("--allow-pickle",), "cannot read")):
         out = tmp_path / "refused" / f"out{len(extra)}"
-        one_line_error(merge_cli("--adapter", trainer, "--out", out, "--base", base, *extra), "adapter_model.bin",
-                       needle)
+        one_line_error(
+            merge_cli("--adapter", trainer, "--out", out, "--base", base, *extra), "adapter_model.bin", needle
+        )
         assert no_finished_output(out)
     assert tree_hash(trainer) == before and not marker.exists()
 
@@ -100,8 +113,12 @@ def test_link_out_of_the_trainer_folder_is_refused(trainer, base, tmp_path, targ
     link.symlink_to(secret if target == "absolute" else Path("..") / secret.name)
     before = tree_hash(trainer)
     out = tmp_path / "merged"
-    line = one_line_error(merge_cli("--adapter", trainer, "--out", out, "--base", base, "--method", "lora"),
-                          "chat_template.jinja", "outside the trainer folder", "replace the link with the file itself")
+    line = one_line_error(
+        merge_cli("--adapter", trainer, "--out", out, "--base", base, "--method", "lora"),
+        "chat_template.jinja",
+        "outside the trainer folder",
+        "replace the link with the file itself",
+    )
     assert os.path.realpath(secret) in line
     assert no_finished_output(out) and tree_hash(trainer) == before
 

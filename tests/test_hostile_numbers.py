@@ -33,6 +33,7 @@ LORA_A = "base_model.model.model.layers.0.mlp.down_proj.lora_A.weight"
 @contextlib.contextmanager
 def deadline(seconds: int):
     """Bound an in-process run: a hang becomes a failure instead of a stuck suite."""
+
     def expire(signum, frame):
         raise TimeoutError(f"still running after {seconds}s")
 
@@ -50,8 +51,9 @@ def tmpfs(folder: Path, size: str, read_only: bool = False):
     """A real small file system at ``folder``, always unmounted afterwards."""
     folder.mkdir(parents=True, exist_ok=True)
     opts = f"size={size}" + (",ro" if read_only else "")
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(folder)], capture_output=True, text=True,
-                          timeout=30)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(folder)], capture_output=True, text=True, timeout=30
+    )
     if proc.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({(proc.stderr or proc.stdout).strip() or proc.returncode})")
     try:
@@ -73,8 +75,13 @@ def fill(folder: Path, leave: int) -> None:
 def cli(module: str, *args, timeout: int = 300) -> subprocess.CompletedProcess:
     """A tool's real command line in its own process, known errors without tracebacks."""
     env = {k: v for k, v in os.environ.items() if k != "UPLOAD_DRIVER_DEBUG"}
-    return subprocess.run([sys.executable, "-m", f"{module}.cli", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", f"{module}.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
 
 
 def in_process(main, *args, seconds: int = 300):
@@ -93,6 +100,7 @@ def one_line(code: int, text: str, *needles: str) -> str:
 
 def assert_json_finite(root: Path) -> None:
     """Every JSON file below ``root`` is strict JSON: no NaN, Infinity or -Infinity anywhere."""
+
     def refuse(token):
         raise AssertionError(f"non-finite number {token}")
 
@@ -127,6 +135,7 @@ def set_first(value: float):
     def change(t):
         t.view(-1)[0] = value
         return t
+
     return change
 
 
@@ -248,8 +257,9 @@ def test_write_stream_full_disk_raises_the_writers_oserror(tmp_path):
         assert threading.active_count() == threads
 
 
-@pytest.mark.parametrize("method, written", [("merged_16bit", "model.safetensors"),
-                                             ("lora", "adapter_model.safetensors")])
+@pytest.mark.parametrize(
+    "method, written", [("merged_16bit", "model.safetensors"), ("lora", "adapter_model.safetensors")]
+)
 def test_merge_on_a_disk_that_fills_up(adapter, llama_base, tmp_path, monkeypatch, method, written):
     """The up-front space check passes, then the disk fills (another program): one line naming the
     file being written (not the input), exit 1, error.json, nothing finished."""
@@ -258,6 +268,7 @@ def test_merge_on_a_disk_that_fills_up(adapter, llama_base, tmp_path, monkeypatc
 
     real_check = core.check_free_space
     with tmpfs(tmp_path / "disk", "80m") as disk:
+
         def check_then_fill(out, need):
             decision = real_check(out, need)
             fill(disk, 32 << 10)  # far less than the merged model
@@ -266,8 +277,9 @@ def test_merge_on_a_disk_that_fills_up(adapter, llama_base, tmp_path, monkeypatc
         monkeypatch.setattr(core, "check_free_space", check_then_fill)
         before = tree_hash(adapter.parent)
         out = disk / "merged"
-        result = in_process(main, "--adapter", adapter, "--out", out, "--method", method, "--base", llama_base,
-                            seconds=120)
+        result = in_process(
+            main, "--adapter", adapter, "--out", out, "--method", method, "--base", llama_base, seconds=120
+        )
         one_line(result.exit_code, result.output, "the disk is full", "free some space")
         assert tree_hash(adapter.parent) == before and no_finished_output(out)
         error = only_error_json(out)
@@ -332,8 +344,9 @@ def test_read_only_out_parent(adapter, llama_base, tmp_path, method):
 
 @pytest.mark.parametrize("method", ["merged_16bit", "lora"])
 def test_merge_progress_reaches_100_percent(sft_output, llama_base, tmp_path, method):
-    proc = cli("merge_tool", "--adapter", sft_output, "--out", tmp_path / "out", "--method", method,
-               "--base", llama_base)
+    proc = cli(
+        "merge_tool", "--adapter", sft_output, "--out", tmp_path / "out", "--method", method, "--base", llama_base
+    )
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.startswith(f"{method} -> out: ")]
     percents = [int(line.split(": ")[1].split("%")[0]) for line in lines]

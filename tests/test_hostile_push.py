@@ -101,8 +101,7 @@ def one_line_error(result, code: int, *needles: str) -> str:
 
 
 def files_under(root: Path, *skip: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*")
-            if not any(p == s or s in p.parents for s in skip)}
+    return {str(p.relative_to(root)) for p in root.rglob("*") if not any(p == s or s in p.parents for s in skip)}
 
 
 def reseal(docs: Path) -> None:
@@ -131,12 +130,14 @@ def _path_in_repo(value):
     def edit(entry, tmp_path):
         card = next(f for f in entry["files"] if f["path_in_repo"] == "README.md")
         card["path_in_repo"] = value(tmp_path) if callable(value) else value
+
     return edit
 
 
 def _repo_id(value):
     def edit(entry, tmp_path):
         entry["repo_id"] = value(tmp_path) if callable(value) else value
+
     return edit
 
 
@@ -248,12 +249,17 @@ def test_planted_temporary_links_are_replaced_not_followed(run_docs, run_artifac
 
 # ------------------------------------------------------------------------------------------ stalled servers
 
+
 def test_stalled_whoami_ends_with_exit_3(run_docs, run_artifacts, tmp_path, monkeypatch):
     with StallServer() as stall:
         point_hub_client(monkeypatch, tmp_path, f"http://127.0.0.1:{stall.port}", TOKEN)
         result = push_lora(run_artifacts, run_docs, tmp_path, "--timeout", "2")
-    one_line_error(result, 3, f"checking the token: 127.0.0.1:{stall.port} did not answer within 2 s",
-                   "run the same command again later")
+    one_line_error(
+        result,
+        3,
+        f"checking the token: 127.0.0.1:{stall.port} did not answer within 2 s",
+        "run the same command again later",
+    )
     assert len(stall.requests) == 3 and all(b"whoami" in r for _, r in stall.requests)
     assert not (tmp_path / "push").exists()
 
@@ -274,8 +280,9 @@ def test_stalled_ollama_ends_with_exit_3(run_docs, run_artifacts, tmp_path, monk
     with StallServer() as stall:
         monkeypatch.setenv("OLLAMA_HOST", f"127.0.0.1:{stall.port}")
         monkeypatch.setenv("UPLOAD_DRIVER_NET_TIMEOUT", "2")  # the environment variable, no option
-        result = invoke(*sets_args(run_artifacts, run_docs, tmp_path / "push", "gguf"), "--set", "gguf",
-                        "--to", "ollama")
+        result = invoke(
+            *sets_args(run_artifacts, run_docs, tmp_path / "push", "gguf"), "--set", "gguf", "--to", "ollama"
+        )
     one_line_error(result, 3, f"asking Ollama for the GGUF: 127.0.0.1:{stall.port} did not answer within 2 s")
     assert stall.requests and all(r.startswith(b"HEAD /api/blobs/") for _, r in stall.requests)
     assert not (tmp_path / "push").exists()
@@ -294,8 +301,14 @@ def test_retry_after_is_honoured(hub, run_docs, run_artifacts, tmp_path, monkeyp
 
     slept = []
     monkeypatch.setattr(retry.time, "sleep", slept.append)  # the waits hf-push-tool makes, recorded, not taken
-    hub.add_fault(method="POST", path=r"^/api/repos/create$", status=429, headers={"Retry-After": "3"}, times=1,
-                  body={"error": "slow down"})
+    hub.add_fault(
+        method="POST",
+        path=r"^/api/repos/create$",
+        status=429,
+        headers={"Retry-After": "3"},
+        times=1,
+        body={"error": "slow down"},
+    )
     result = push_lora(run_artifacts, run_docs, tmp_path, "--retry-wait", "0.01")
     assert result.exit_code == 0, result.output
     creates = [r for r in hub.stats["requests"] if r["path"] == "/api/repos/create"]
@@ -305,8 +318,7 @@ def test_retry_after_is_honoured(hub, run_docs, run_artifacts, tmp_path, monkeyp
 
 
 def test_retry_after_beyond_the_budget_gives_up_at_once(hub, run_docs, run_artifacts, tmp_path):
-    hub.add_fault(method="POST", path=r"^/api/repos/create$", status=429, headers={"Retry-After": "86400"},
-                  times=None)
+    hub.add_fault(method="POST", path=r"^/api/repos/create$", status=429, headers={"Retry-After": "86400"}, times=None)
     result = push_lora(run_artifacts, run_docs, tmp_path, "--timeout", "2")
     one_line_error(result, 3, "creating alice/Tiny-Chat-lora: 127.0.0.1:", "asked to wait 86400 s")
     assert len([r for r in hub.stats["requests"] if r["path"] == "/api/repos/create"]) == 1
@@ -323,6 +335,7 @@ def test_library_retries_are_bounded_by_the_budget(hub, run_docs, run_artifacts,
 
 
 # ------------------------------------------------------------------------------------ read-only, full disk
+
 
 def _mount(args: list[str], where: Path) -> bool:
     where.mkdir(parents=True, exist_ok=True)
@@ -377,11 +390,18 @@ def test_forbidden_target(run_docs, run_artifacts, tmp_path):
 
 def test_full_disk_target(mounted, run_docs, run_artifacts, tmp_path):
     upload = json.loads((run_docs / "upload_manifest.json").read_text())
-    assert upload["sets"]["merged_16bit"]["files"] and \
-        sum(f["size"] for f in upload["sets"]["merged_16bit"]["files"]) > 256 << 10  # more than the disk holds
+    assert (
+        upload["sets"]["merged_16bit"]["files"]
+        and sum(f["size"] for f in upload["sets"]["merged_16bit"]["files"]) > 256 << 10
+    )  # more than the disk holds
     site = mounted("full")
-    result = invoke(*sets_args(run_artifacts, run_docs, tmp_path / "push", "merged"), "--set", "merged_16bit",
-                    "--to", f"local:{site}")
+    result = invoke(
+        *sets_args(run_artifacts, run_docs, tmp_path / "push", "merged"),
+        "--set",
+        "merged_16bit",
+        "--to",
+        f"local:{site}",
+    )
     one_line_error(result, 1, "the disk is full", "free some space")
     assert not list(site.rglob("*.partial")) and not list(site.rglob("*.tmp"))
     assert not list(site.rglob(".upload-driver.json")) and not (tmp_path / "push").exists()

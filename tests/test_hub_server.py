@@ -124,14 +124,14 @@ def test_create_repo_private_and_exist_ok(hub, hf):
     assert url.repo_id == "alice/secret" and url == f"{hub.url}/alice/secret"
     assert hub.repo("alice/secret")["private"] is True and hub.repo("alice/secret")["type"] == "model"
 
-    again = a.create_repo("alice/secret", exist_ok=True)          # 409 -> the client reads "url" and goes on
+    again = a.create_repo("alice/secret", exist_ok=True)  # 409 -> the client reads "url" and goes on
     assert again == url
     assert [r["status"] for r in requests_to(hub, "POST", "/api/repos/create")] == [200, 409]
     with pytest.raises(hf.hh.errors.HfHubHTTPError) as e:
         a.create_repo("alice/secret")
     assert e.value.response.status_code == 409 and "already created" in str(e.value)
 
-    assert a.create_repo("acme/org-model").repo_id == "acme/org-model"   # an org of the user
+    assert a.create_repo("acme/org-model").repo_id == "acme/org-model"  # an org of the user
     assert hub.repo("acme/org-model")["private"] is False
     for token, repo_id in ((WRITE, "bob/not-mine"), (READ, "bob/read-only")):
         with pytest.raises(hf.hh.errors.HfHubHTTPError) as e:
@@ -157,13 +157,13 @@ def test_upload_folder_stores_files_with_lfs(hub, hf, folder):
     assert sorted(commits[0]["files_changed"]) == sorted(local_files(folder))
     stats = hub.stats
     assert stats["commits"] == {"alice/tiny": 1}
-    assert stats["lfs_bytes"] == BIG                                      # the 3 MB file went through LFS ...
+    assert stats["lfs_bytes"] == BIG  # the 3 MB file went through LFS ...
     assert [r["status"] for r in requests_to(hub, "PUT", "/lfs-upload/")] == [200]
-    assert stats["commit_bytes"] < 10_000                                 # ... not inline in the commit
+    assert stats["commit_bytes"] < 10_000  # ... not inline in the commit
     # README.md is validated twice: by upload_folder while listing the folder, then by create_commit.
     assert len(requests_to(hub, "POST", "/api/validate-yaml")) == 2
     put = requests_to(hub, "PUT", "/lfs-upload/")[0]
-    assert "authorization" not in {k.lower() for k in put["headers"]}    # the client sends no token to the href
+    assert "authorization" not in {k.lower() for k in put["headers"]}  # the client sends no token to the href
     big_sha = hashlib.sha256(local_files(folder)["model.safetensors"]).hexdigest()
     assert hub.repo("alice/tiny")["lfs_objects"] == [big_sha]
 
@@ -203,8 +203,10 @@ def test_paths_info_tree_and_download_match_local(hub, hf, folder, tmp_path):
     a = api(hf, hub)
     big_sha = hashlib.sha256(local["model.safetensors"]).hexdigest()
 
-    by_path = {f.path: f for f in a.get_paths_info("alice/tiny", ["model.safetensors", "config.json", "tokenizer",
-                                                                  "missing.txt"])}
+    by_path = {
+        f.path: f
+        for f in a.get_paths_info("alice/tiny", ["model.safetensors", "config.json", "tokenizer", "missing.txt"])
+    }
     assert set(by_path) == {"model.safetensors", "config.json", "tokenizer"}
     assert by_path["model.safetensors"].size == BIG and by_path["model.safetensors"].lfs.sha256 == big_sha
     assert by_path["config.json"].lfs is None
@@ -227,7 +229,7 @@ def test_paths_info_tree_and_download_match_local(hub, hf, folder, tmp_path):
     assert siblings["model.safetensors"].lfs.sha256 == big_sha
     assert siblings["config.json"].size == len(local["config.json"])
 
-    anonymous = api(hf, hub, token=False)                                 # public repo: reads need no token
+    anonymous = api(hf, hub, token=False)  # public repo: reads need no token
     for path in ("model.safetensors", "tokenizer/tokenizer_config.json"):
         got = anonymous.hf_hub_download("alice/tiny", path, cache_dir=tmp_path / "cache")
         assert Path(got).read_bytes() == local[path]
@@ -247,7 +249,7 @@ def test_lfs_put_500_once_is_retried_by_the_client(hub, hf, folder):
     hub.add_fault(method="PUT", path=r"^/lfs-upload/", status=500, times=1)
     upload(hf, hub, folder)
     assert [r["status"] for r in requests_to(hub, "PUT", "/lfs-upload/")] == [500, 200]
-    assert hf.sleeps == [1]                                               # http_backoff: 1 s, then retry
+    assert hf.sleeps == [1]  # http_backoff: 1 s, then retry
     assert hub.stats["lfs_bytes"] == BIG and hub.files("alice/tiny") == local_files(folder)
     assert len(hub.commits("alice/tiny")) == 1
 
@@ -266,7 +268,7 @@ def test_dropped_lfs_put_is_retried_then_a_rerun_completes(hub, hf, folder):
     import httpx2
 
     hub.add_fault(method="PUT", path=r"^/lfs-upload/", action="drop", times=1)
-    upload(hf, hub, folder)                                               # one reset connection: retried
+    upload(hf, hub, folder)  # one reset connection: retried
     assert [r["status"] for r in requests_to(hub, "PUT", "/lfs-upload/")] == [None, 200]
     assert hub.files("alice/tiny") == local_files(folder)
 
@@ -275,7 +277,7 @@ def test_dropped_lfs_put_is_retried_then_a_rerun_completes(hub, hf, folder):
     fault = hub.add_fault(method="PUT", path=r"^/lfs-upload/", action="drop", times=None)
     with pytest.raises(RuntimeError, match="Error while uploading 'model.safetensors'") as e:
         upload(hf, hub, folder)
-    assert isinstance(e.value.__cause__, httpx2.TransportError)           # e.g. WriteError / RemoteProtocolError
+    assert isinstance(e.value.__cause__, httpx2.TransportError)  # e.g. WriteError / RemoteProtocolError
     assert fault["hits"] == 6 and len(hub.commits("alice/tiny")) == 1
     assert hub.stats["lfs_bytes"] == 0 and 0 < hub.stats["bytes_received"] < 6 * 300 * 1024
 
@@ -302,28 +304,33 @@ def test_read_only_tokens_get_403_and_private_repos_404(hub, hf):
     api(hf, hub).create_repo("alice/tiny")
     api(hf, hub).create_repo("alice/hidden", private=True)
     op = hf.hh.CommitOperationAdd(path_in_repo="a.txt", path_or_fileobj=b"hello")
-    for token in (ALICE_READ, READ):                                      # read role; not a member of "alice"
+    for token in (ALICE_READ, READ):  # read role; not a member of "alice"
         with pytest.raises(hf.hh.errors.HfHubHTTPError) as e:
             api(hf, hub, token).create_commit("alice/tiny", [op], commit_message="nope")
         assert e.value.response.status_code == 403 and "rights" in str(e.value)
     with pytest.raises(hf.hh.errors.RepositoryNotFoundError):
         api(hf, hub, READ).create_commit("alice/hidden", [op], commit_message="nope")
-    with pytest.raises(hf.hh.errors.HfHubHTTPError) as e:                 # no token at all
+    with pytest.raises(hf.hh.errors.HfHubHTTPError) as e:  # no token at all
         api(hf, hub, False).create_commit("alice/tiny", [op], commit_message="nope")
     assert e.value.response.status_code == 401
     assert hub.commits("alice/tiny") == [] and hub.commits("alice/hidden") == []
 
 
 def test_validate_yaml_400_stops_the_upload_before_any_transfer(hub, hf, folder):
-    hub.add_fault(method="POST", path=r"^/api/validate-yaml$", status=400, times=None,
-                  body={"error": "Invalid metadata", "errors": [{"message": "license: not a known license"}]})
+    hub.add_fault(
+        method="POST",
+        path=r"^/api/validate-yaml$",
+        status=400,
+        times=None,
+        body={"error": "Invalid metadata", "errors": [{"message": "license: not a known license"}]},
+    )
     with pytest.raises(ValueError, match="Invalid metadata in README.md.\n- license: not a known license") as e:
         upload(hf, hub, folder)
     assert isinstance(e.value.__cause__, hf.hh.errors.BadRequestError)
-    assert "Invalid metadata" in str(e.value.__cause__)                  # the "error" field lands in the cause
+    assert "Invalid metadata" in str(e.value.__cause__)  # the "error" field lands in the cause
     assert requests_to(hub, "POST", "/api/models/") == [] and hub.stats["lfs_bytes"] == 0
 
-    hub.clear_faults()                                                    # the server's own check
+    hub.clear_faults()  # the server's own check
     (folder / "README.md").write_text("---\nlicense: mit\n# never closed\n")
     with pytest.raises(ValueError, match="not closed"):
         upload(hf, hub, folder)
@@ -347,13 +354,17 @@ def test_parent_commit_mismatch_is_412(hub, hf):
 def test_commit_with_unknown_lfs_object_is_refused(hub, hf):
     """Raw protocol: an lfsFile whose object was never uploaded to the repo -> 422, nothing committed."""
     api(hf, hub).create_repo("alice/tiny")
-    lines = [{"key": "header", "value": {"summary": "sneaky"}},
-             {"key": "lfsFile", "value": {"path": "w.bin", "algo": "sha256", "oid": "0" * 64, "size": 3}},
-             {"key": "file", "value": {"path": "a.txt", "content": base64.b64encode(b"x").decode(),
-                                       "encoding": "base64"}}]
-    req = urllib.request.Request(f"{hub.url}/api/models/alice/tiny/commit/main", method="POST",
-                                 data=b"".join(json.dumps(x).encode() + b"\n" for x in lines),
-                                 headers={"Authorization": f"Bearer {WRITE}", "Content-Type": "application/x-ndjson"})
+    lines = [
+        {"key": "header", "value": {"summary": "sneaky"}},
+        {"key": "lfsFile", "value": {"path": "w.bin", "algo": "sha256", "oid": "0" * 64, "size": 3}},
+        {"key": "file", "value": {"path": "a.txt", "content": base64.b64encode(b"x").decode(), "encoding": "base64"}},
+    ]
+    req = urllib.request.Request(
+        f"{hub.url}/api/models/alice/tiny/commit/main",
+        method="POST",
+        data=b"".join(json.dumps(x).encode() + b"\n" for x in lines),
+        headers={"Authorization": f"Bearer {WRITE}", "Content-Type": "application/x-ndjson"},
+    )
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(req, timeout=10)
     assert e.value.code == 422 and "LFS pointer" in json.loads(e.value.read())["error"]
@@ -374,5 +385,5 @@ def test_env_configured_subprocess(hub, tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "True"
     assert hub.files("acme/env-model") == {"w.gguf": b"\0" * 2048}
-    assert hub.stats["lfs_bytes"] == 2048                                 # .gguf: LFS even when small
+    assert hub.stats["lfs_bytes"] == 2048  # .gguf: LFS even when small
     assert not [r for r in hub.stats["requests"] if r["status"] == 404]

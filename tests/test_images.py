@@ -34,16 +34,19 @@ def _query(*args: str) -> str:
 
 
 def test_the_query_prints_each_tools_extras_from_its_rows():
-    assert _query("extras", "merge-tool") == ",".join(dict.fromkeys(s.extra for s in SETS.values()
-                                                                      if s.tool == "merge-tool"))
+    assert _query("extras", "merge-tool") == ",".join(
+        dict.fromkeys(s.extra for s in SETS.values() if s.tool == "merge-tool")
+    )
     assert _query("extras", "gguf-tool") == SETS["gguf"].extra
     assert _query("extras", "docs-tool") == "docs" and _query("extras", "hf-push-tool") == "push"
     assert _query("extras", "--images").split(",") == registry_cli.image_extras()
 
 
 def test_the_query_imports_nothing_but_the_standard_library():
-    code = ("import sys; before = set(sys.modules); import upload_common.registry_cli; "
-            "print(sorted({m.split('.')[0] for m in set(sys.modules) - before} - set(sys.stdlib_module_names)))")
+    code = (
+        "import sys; before = set(sys.modules); import upload_common.registry_cli; "
+        "print(sorted({m.split('.')[0] for m in set(sys.modules) - before} - set(sys.stdlib_module_names)))"
+    )
     done = _run(code=code)
     assert done.stdout.strip() == "['upload_common']", done.stderr
 
@@ -53,14 +56,16 @@ def test_an_unknown_tool_is_one_line():
     assert done.returncode == 1 and done.stderr.strip().startswith("registry_cli: unknown tool 'exl2-tool'")
 
 
-@pytest.mark.parametrize("name", ["build.sh", "build-helper.sh", "prefill-wheelhouse.sh", "python-tool.Dockerfile",
-                                  "gguf-tool.Dockerfile"])
+@pytest.mark.parametrize(
+    "name", ["build.sh", "build-helper.sh", "prefill-wheelhouse.sh", "python-tool.Dockerfile", "gguf-tool.Dockerfile"]
+)
 def test_no_extra_is_named_by_hand_in_the_image_files(name):
     text = (ROOT / "images" / name).read_text()
     extras = {s.extra for s in SETS.values()} | set(registry_cli.OTHER_TOOLS.values())
     # `[extra]` in a pip argument, a table column, or an EXTRA= value other than the Dockerfile's default
-    named = {e for e in extras if re.search(rf"\[{re.escape(e)}\]|\|\s*{re.escape(e)}\s*\||EXTRA={re.escape(e)}\b",
-                                            text)}
+    named = {
+        e for e in extras if re.search(rf"\[{re.escape(e)}\]|\|\s*{re.escape(e)}\s*\||EXTRA={re.escape(e)}\b", text)
+    }
     if name == "gguf-tool.Dockerfile":  # its ARG default, for a plain `docker build` (build.sh passes the query's)
         assert re.findall(r"^ARG EXTRA=(\S+)$", text, re.MULTILINE) == [registry_cli.extras("gguf-tool")[0]]
         named.discard(SETS["gguf"].extra)
@@ -71,6 +76,7 @@ def test_no_extra_is_named_by_hand_in_the_image_files(name):
 
 # ---------------------------------------------------------------------------------------------------
 # compose/compose.yaml: written by hand, checked here against the registry
+
 
 def _services() -> dict[str, dict]:
     return yaml.safe_load((ROOT / "compose" / "compose.yaml").read_text())["services"]

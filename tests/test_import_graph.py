@@ -30,8 +30,13 @@ from merge_tool import nodeps
 from upload_common import registry_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = {"merge-tool": "merge_tool", "gguf-tool": "gguf_tool", "docs-tool": "docs_tool",
-            "hf-push-tool": "hf_push_tool", "upload-driver": "upload_driver"}
+PACKAGES = {
+    "merge-tool": "merge_tool",
+    "gguf-tool": "gguf_tool",
+    "docs-tool": "docs_tool",
+    "hf-push-tool": "hf_push_tool",
+    "upload-driver": "upload_driver",
+}
 PROJECT = {"upload_common", *PACKAGES.values()}
 # Imports a tool's extras do not install, on purpose; each says why.
 BEYOND_THE_EXTRA = {
@@ -63,7 +68,7 @@ def _absolute(module: str, path: Path, node: ast.ImportFrom) -> str:
     if not node.level:
         return node.module or ""
     package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
-    base = package[:len(package) - node.level + 1]
+    base = package[: len(package) - node.level + 1]
     return ".".join(base + ([node.module] if node.module else []))
 
 
@@ -195,25 +200,38 @@ def _dists(extras: list[str]) -> set[str]:
 def test_each_tool_imports_only_what_its_extras_install(tool):
     extras = registry_cli.extras(tool)
     allowed = _installed_by(extras)
-    missing = sorted({f"{module}:{line} imports {top}"
-                      for (module, _), unit in _reached(PACKAGES[tool]).items() for top, line in unit.imports
-                      if top not in allowed and (module, top) not in BEYOND_THE_EXTRA})
+    missing = sorted(
+        {
+            f"{module}:{line} imports {top}"
+            for (module, _), unit in _reached(PACKAGES[tool]).items()
+            for top, line in unit.imports
+            if top not in allowed and (module, top) not in BEYOND_THE_EXTRA
+        }
+    )
     assert not missing, f"{tool} with [{','.join(extras)}] only: " + "; ".join(missing)
 
 
 @pytest.mark.parametrize("tool", list(PACKAGES))
 def test_tools_and_the_driver_import_only_upload_common(tool):
     own = PACKAGES[tool]
-    wrong = sorted(f"{module} imports {target}" for (module, _), unit in _reached(own).items()
-                   for target, _ in unit.binds.values()
-                   if target.split(".")[0] not in ("upload_common", own))
+    wrong = sorted(
+        f"{module} imports {target}"
+        for (module, _), unit in _reached(own).items()
+        for target, _ in unit.binds.values()
+        if target.split(".")[0] not in ("upload_common", own)
+    )
     assert not wrong
 
 
 def test_upload_common_imports_no_tool():
-    wrong = sorted(f"{m} imports {t}" for m in _files() if m.startswith("upload_common")
-                   for unit in _units(m).values() for t, _ in unit.binds.values()
-                   if t.split(".")[0] != "upload_common")
+    wrong = sorted(
+        f"{m} imports {t}"
+        for m in _files()
+        if m.startswith("upload_common")
+        for unit in _units(m).values()
+        for t, _ in unit.binds.values()
+        if t.split(".")[0] != "upload_common"
+    )
     assert not wrong
 
 
@@ -230,8 +248,9 @@ def test_an_import_outside_the_extra_is_found_and_a_guarded_one_is_not():
 
 def test_the_architecture_section_is_the_registrys():
     text = (ROOT / "docs" / "architecture.md").read_text()
-    assert registry_cli.section() in text, ("docs/architecture.md's registry section is out of date: run "
-                                            f"`{registry_cli.REGENERATE}`")
+    assert registry_cli.section() in text, (
+        f"docs/architecture.md's registry section is out of date: run `{registry_cli.REGENERATE}`"
+    )
     assert registry_cli.replace_section(text) == text
 
 
@@ -279,8 +298,9 @@ def _without_all(code: str, *args, **kw) -> subprocess.CompletedProcess:
     blocked = sorted(_installed_by(["all"]) - keep_imports)
     script = f"BLOCKED = {set(blocked)!r}\n{BLOCKER}\n{code}"
     env = {**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
-    return subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True,
-                          timeout=300, env=env, **kw)
+    return subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True, timeout=300, env=env, **kw
+    )
 
 
 def test_the_driver_plans_and_checks_with_only_its_extra(sft_output, tmp_path):
@@ -290,16 +310,27 @@ def test_the_driver_plans_and_checks_with_only_its_extra(sft_output, tmp_path):
     data = {**json.loads(config.read_text()), "tokenizer_class": "OnlyInCode", "auto_map": {"AutoTokenizer": "t.T"}}
     config.write_text(json.dumps(data))
     main = "from upload_driver.cli import main; main()"
-    done = _without_all(main, "run", trainer, "--work", tmp_path / "w", "--push", f"local:{tmp_path / 'site'}",
-                        "--gpus", "none", "--dry-run")
+    done = _without_all(
+        main,
+        "run",
+        trainer,
+        "--work",
+        tmp_path / "w",
+        "--push",
+        f"local:{tmp_path / 'site'}",
+        "--gpus",
+        "none",
+        "--dry-run",
+    )
     # without transformers the driver leaves the refusal to merge-tool's first check
     assert done.returncode == 0, done.stderr[-3000:]
     assert "merge-tool --adapter" in done.stdout and "hf-push-tool --docs" in done.stdout
     scan = "import sys; from upload_common.remote_code import scan; print(scan(sys.argv[1])[0].needs_code)"
     assert _without_all(scan, trainer).stdout.strip() == "()"
     assert "No module named 'torch'" in _without_all("import torch").stderr  # the blocker works
-    with_transformers = subprocess.run([sys.executable, "-c", scan, str(trainer)], capture_output=True, text=True,
-                                       timeout=300)
+    with_transformers = subprocess.run(
+        [sys.executable, "-c", scan, str(trainer)], capture_output=True, text=True, timeout=300
+    )
     assert with_transformers.stdout.strip() == "(\"tokenizer_class 'OnlyInCode'\",)"
 
 

@@ -26,8 +26,9 @@ from upload_common.upload_manifest import UPLOAD_MANIFEST
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
-@pytest.mark.parametrize("file, schema", [(STEP_SCHEMA_FILE, manifest_schema),
-                                          (UPLOAD_SCHEMA_FILE, upload_manifest_schema)])
+@pytest.mark.parametrize(
+    "file, schema", [(STEP_SCHEMA_FILE, manifest_schema), (UPLOAD_SCHEMA_FILE, upload_manifest_schema)]
+)
 def test_committed_schema_is_what_the_model_emits(file, schema):
     committed = (DOCS / file).read_text(encoding="utf-8")
     assert committed == schema_text(schema()), f"docs/{file} is stale: run python -m upload_common.manifest docs"
@@ -38,8 +39,12 @@ def written(run_artifacts, run_docs, tmp_path_factory) -> dict[str, Path]:
     """A step output of each tool: merge-tool (lora, merged_16bit), gguf-tool, docs-tool and a local
     publish by hf-push-tool."""
     root = tmp_path_factory.mktemp("schema")
-    push_run(run_docs, [run_artifacts[k] for k in ("lora", "merged", "gguf")], root / "push",
-             targets=[f"local:{root / 'site'}"])
+    push_run(
+        run_docs,
+        [run_artifacts[k] for k in ("lora", "merged", "gguf")],
+        root / "push",
+        targets=[f"local:{root / 'site'}"],
+    )
     return {**{k: run_artifacts[k] for k in ("lora", "merged", "gguf")}, "docs": run_docs, "push": root / "push"}
 
 
@@ -60,16 +65,22 @@ def test_manifests_written_by_the_tools_follow_the_schema(written):
     assert validate_upload_manifest(upload).sets["gguf"].ollama.file.endswith(".gguf")
 
 
-@pytest.mark.parametrize("edit, where, what", [
-    (lambda m: m.pop("fingerprint"), "fingerprint", "Field required"),
-    (lambda m: m["outputs"][0].update(size="12"), "outputs.0.size", "valid integer"),
-    (lambda m: m["tool"].update(version=1), "tool.version", "valid string"),
-    (lambda m: m.update(schema_version=2), "schema_version", "Input should be 1"),
-    (lambda m: m["outputs"][0].update(sha256="abc"), "outputs.0.sha256", "should match pattern"),
-    (lambda m: m.update(fingreprint=m["fingerprint"]), "fingreprint", "Extra inputs are not permitted"),
-    (lambda m: m["inputs"]["adapter"].update(sha256=None, manifest_sha256=7), "inputs.adapter.manifest_sha256",
-     "valid string"),
-])
+@pytest.mark.parametrize(
+    "edit, where, what",
+    [
+        (lambda m: m.pop("fingerprint"), "fingerprint", "Field required"),
+        (lambda m: m["outputs"][0].update(size="12"), "outputs.0.size", "valid integer"),
+        (lambda m: m["tool"].update(version=1), "tool.version", "valid string"),
+        (lambda m: m.update(schema_version=2), "schema_version", "Input should be 1"),
+        (lambda m: m["outputs"][0].update(sha256="abc"), "outputs.0.sha256", "should match pattern"),
+        (lambda m: m.update(fingreprint=m["fingerprint"]), "fingreprint", "Extra inputs are not permitted"),
+        (
+            lambda m: m["inputs"]["adapter"].update(sha256=None, manifest_sha256=7),
+            "inputs.adapter.manifest_sha256",
+            "valid string",
+        ),
+    ],
+)
 def test_an_edited_manifest_is_refused_naming_the_key(written, edit, where, what):
     data = copy.deepcopy(_read(written["lora"] / MANIFEST))
     edit(data)
@@ -84,6 +95,9 @@ def test_an_edited_upload_manifest_is_refused(written):
     data = copy.deepcopy(_read(written["docs"] / UPLOAD_MANIFEST))
     data["sets"]["lora"]["files"][0]["origin"] = "elsewhere"
     del data["total_bytes"]
-    with pytest.raises(InvalidInput, match=r"sets\.lora\.files\.0\.origin: Input should be 'artifact' or 'docs'.*"
-                                           r"total_bytes: Field required"):
+    with pytest.raises(
+        InvalidInput,
+        match=r"sets\.lora\.files\.0\.origin: Input should be 'artifact' or 'docs'.*"
+        r"total_bytes: Field required",
+    ):
         validate_upload_manifest(data)

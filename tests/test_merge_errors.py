@@ -91,8 +91,10 @@ def test_pickle_adapter_needs_flag(adapter_copy, llama_base, tmp_path):
     run_bad(adapter_copy, tmp_path / "out", "--base", llama_base, needles=["--allow-pickle"])
     ok = merge_cli("--adapter", adapter_copy, "--out", tmp_path / "lora", "--method", "lora", "--allow-pickle")
     assert ok.exit_code == 0, ok.output
-    assert load_file(tmp_path / "lora" / "adapter_model.safetensors").keys() == torch.load(
-        adapter_copy / "adapter_model.bin", weights_only=True).keys()
+    assert (
+        load_file(tmp_path / "lora" / "adapter_model.safetensors").keys()
+        == torch.load(adapter_copy / "adapter_model.bin", weights_only=True).keys()
+    )
     ok = merge_cli("--adapter", adapter_copy, "--out", tmp_path / "merged", "--allow-pickle", "--base", llama_base)
     assert ok.exit_code == 0, ok.output
 
@@ -115,8 +117,9 @@ def test_unsupported_peft_type(tmp_path, llama_base):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(llama_base)
-    get_peft_model(model, IA3Config(target_modules=["k_proj", "down_proj"], feedforward_modules=["down_proj"])) \
-        .save_pretrained(tmp_path / "run" / "ia3")
+    get_peft_model(
+        model, IA3Config(target_modules=["k_proj", "down_proj"], feedforward_modules=["down_proj"])
+    ).save_pretrained(tmp_path / "run" / "ia3")
     run_bad(tmp_path / "run" / "ia3", tmp_path / "out", "--base", llama_base, needles=["IA3", "--method lora"])
     lora = merge_cli("--adapter", tmp_path / "run" / "ia3", "--out", tmp_path / "lora", "--method", "lora")
     assert lora.exit_code == 0
@@ -149,8 +152,12 @@ def test_base_unavailable_offline_cli(adapter_copy, tmp_path):
     before = tree_hash(adapter_copy)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     env.pop("UPLOAD_DRIVER_DEBUG", None)
-    proc = subprocess.run([sys.executable, "-m", "merge_tool.cli", "--adapter", str(adapter_copy),
-                           "--out", str(tmp_path / "out")], capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "merge_tool.cli", "--adapter", str(adapter_copy), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr and "acme/not-in-cache" in proc.stderr and "--base" in proc.stderr
     assert proc.stdout == ""
@@ -194,8 +201,9 @@ def test_failure_leaves_error_json(adapter_copy, llama_base, tmp_path, monkeypat
 
 
 def test_unsloth_engine_refused_without_unsloth_or_gpu(adapter_copy, llama_base, tmp_path):
-    run_bad(adapter_copy, tmp_path / "out", "--base", llama_base, "--engine", "unsloth",
-            needles=["unsloth", "streaming"])
+    run_bad(
+        adapter_copy, tmp_path / "out", "--base", llama_base, "--engine", "unsloth", needles=["unsloth", "streaming"]
+    )
 
 
 def test_device_cuda_refused_without_gpu(adapter_copy, llama_base, tmp_path):

@@ -16,22 +16,46 @@ LLAMA = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_p
 
 CASES = {
     "llama": ("llama", {}, dict(r=8, lora_alpha=16, target_modules=LLAMA)),
-    "llama-rslora-patterns": ("llama", {}, dict(r=8, lora_alpha=16, target_modules=LLAMA, use_rslora=True,
-                                                rank_pattern={"v_proj": 4, "layers.1.mlp.down_proj": 2},
-                                                alpha_pattern={"q_proj": 3, "gate_proj": 64})),
-    "llama-dora": ("llama", {}, dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
-                                     use_dora=True)),
-    "qwen2-lora-bias": ("qwen2", {}, dict(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj"],
-                                          lora_bias=True)),
+    "llama-rslora-patterns": (
+        "llama",
+        {},
+        dict(
+            r=8,
+            lora_alpha=16,
+            target_modules=LLAMA,
+            use_rslora=True,
+            rank_pattern={"v_proj": 4, "layers.1.mlp.down_proj": 2},
+            alpha_pattern={"q_proj": 3, "gate_proj": 64},
+        ),
+    ),
+    "llama-dora": (
+        "llama",
+        {},
+        dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], use_dora=True),
+    ),
+    "qwen2-lora-bias": (
+        "qwen2",
+        {},
+        dict(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj"], lora_bias=True),
+    ),
     "mistral": ("mistral", {}, dict(r=8, lora_alpha=32, target_modules=LLAMA)),
-    "gpt2-fan-in-fan-out": ("gpt2", {}, dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj", "c_fc"],
-                                             fan_in_fan_out=True)),
-    "llama-modules-to-save": ("llama", {}, dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                                modules_to_save=["embed_tokens", "lm_head"])),
+    "gpt2-fan-in-fan-out": (
+        "gpt2",
+        {},
+        dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj", "c_fc"], fan_in_fan_out=True),
+    ),
+    "llama-modules-to-save": (
+        "llama",
+        {},
+        dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], modules_to_save=["embed_tokens", "lm_head"]),
+    ),
     "llama-embedding-lora": ("llama", {}, dict(r=4, lora_alpha=8, target_modules=["q_proj", "embed_tokens"])),
     "tied-embedding-lora": ("llama", {"tie": True}, dict(r=4, lora_alpha=8, target_modules=["q_proj", "embed_tokens"])),
-    "tied-head-saved": ("llama", {"tie": True}, dict(r=4, lora_alpha=8, target_modules=["v_proj"],
-                                                      modules_to_save=["lm_head"])),
+    "tied-head-saved": (
+        "llama",
+        {"tie": True},
+        dict(r=4, lora_alpha=8, target_modules=["v_proj"], modules_to_save=["lm_head"]),
+    ),
     "tied-untouched": ("qwen2", {"tie": True}, dict(r=4, lora_alpha=8, target_modules=["q_proj", "o_proj"])),
 }
 
@@ -88,8 +112,9 @@ def test_resized_vocabulary(bases, tmp_path):
     base = bases("llama", {})
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     model.resize_token_embeddings(400)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"],
-                                                  modules_to_save=["embed_tokens", "lm_head"]))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], modules_to_save=["embed_tokens", "lm_head"])
+    )
     with torch.no_grad():
         for p in peft_model.parameters():
             if p.requires_grad:

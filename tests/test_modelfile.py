@@ -51,8 +51,9 @@ def test_translates_and_round_trips(name):
     assert r["system_supported"] is system_ok
     assert r["stop"][0] == eos and set(stops) <= set(r["stop"])
     assert "" not in r["stop"] and len(r["stop"]) == len(set(r["stop"])) and bos not in r["stop"]
-    want = {"user", "multi_turn", "assistant_prefill"} | ({"system_user", "system_multi_turn",
-                                                           "system_multi_turn_prefill"} if system_ok else set())
+    want = {"user", "multi_turn", "assistant_prefill"} | (
+        {"system_user", "system_multi_turn", "system_multi_turn_prefill"} if system_ok else set()
+    )
     assert set(r["checked"]) == want
     assert r["bos_stripped"] is ("bos_token" in tpl)
     assert "{{-" not in r["template"] and "-}}" not in r["template"]  # no trim marker eats template text
@@ -65,11 +66,12 @@ def test_translates_and_round_trips(name):
 def test_sample_template_exact():
     r = ollama_template(SAMPLE, bos_token="<s>", eos_token="</s>")
     assert r["template"] == (
-        '{{ range $i, $_ := .Messages }}{{ $last := eq (len (slice $.Messages $i)) 1 }}'
+        "{{ range $i, $_ := .Messages }}{{ $last := eq (len (slice $.Messages $i)) 1 }}"
         '{{ if eq .Role "system" }}<|system|>\n{{ .Content }}</s>\n'
         '{{ else if eq .Role "user" }}<|user|>\n{{ .Content }}</s>\n{{ if $last }}<|assistant|>\n{{ end }}'
         '{{ else if eq .Role "assistant" }}<|assistant|>\n{{ .Content }}{{ if not $last }}</s>\n{{ end }}'
-        '{{ end }}{{ end }}')
+        "{{ end }}{{ end }}"
+    )
     assert r["warnings"] == [] and r["bos_stripped"] is False
     assert r["stop"][0] == "</s>"
 
@@ -102,36 +104,50 @@ def test_no_or_broken_template_warns():
     r = ollama_template("{{ raise_exception('no chat for you') }}", bos_token=None, eos_token="</s>")
     assert r["template"] is None and "no chat for you" in r["warnings"][0]
     # output that depends on a message's place rather than its role: the round trip catches it
-    r = ollama_template("{% for m in messages %}{{ m.content }}{% if loop.index0 == 1 %}!{% endif %}{% endfor %}",
-                        bos_token=None, eos_token=None)
+    r = ollama_template(
+        "{% for m in messages %}{{ m.content }}{% if loop.index0 == 1 %}!{% endif %}{% endfor %}",
+        bos_token=None,
+        eos_token=None,
+    )
     assert r["template"] is None
 
 
 def test_named_templates_use_the_default():
-    r = ollama_template([{"name": "tool_use", "template": "{{ 1 }}"}, {"name": "default", "template": CHATML}],
-                        bos_token=None, eos_token="<|im_end|>")
+    r = ollama_template(
+        [{"name": "tool_use", "template": "{{ 1 }}"}, {"name": "default", "template": CHATML}],
+        bos_token=None,
+        eos_token="<|im_end|>",
+    )
     assert r["template"] and "<|im_start|>" in r["template"]
 
 
 def test_template_that_drops_system_messages():
-    tpl = ("{% for m in messages %}{% if m.role != 'system' %}<{{ m.role }}>{{ m.content }}</s>{% endif %}{% endfor %}"
-           "{% if add_generation_prompt %}<assistant>{% endif %}")
+    tpl = (
+        "{% for m in messages %}{% if m.role != 'system' %}<{{ m.role }}>{{ m.content }}</s>{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
     r = ollama_template(tpl, bos_token=None, eos_token="</s>")
     assert r["template"] and r["system_supported"] is False and "system_user" in r["checked"]
 
 
 def test_date_and_trim_warnings():
-    dated = ("{{ '<|system|>Today: ' + strftime_now('%Y-%m-%d') + '</s>' }}{% for m in messages %}"
-             "{{ '<|' + m.role + '|>' + m.content | trim + '</s>' }}{% endfor %}"
-             "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}")
+    dated = (
+        "{{ '<|system|>Today: ' + strftime_now('%Y-%m-%d') + '</s>' }}{% for m in messages %}"
+        "{{ '<|' + m.role + '|>' + m.content | trim + '</s>' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+    )
     r = ollama_template(dated, bos_token=None, eos_token="</s>")
     assert r["template"]
     assert any("today's date" in w for w in r["warnings"]) and any("trims whitespace" in w for w in r["warnings"])
 
 
 def test_llama32_always_has_a_system_block():
-    r = ollama_template(LLAMA32, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
-                        special_tokens=["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"])
+    r = ollama_template(
+        LLAMA32,
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        special_tokens=["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+    )
     assert len(r["checked"]) == 6 and any("today's date" in w for w in r["warnings"])
     assert r["stop"] == ["<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"]
     parts = derive_parts(LLAMA32, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>")
@@ -205,15 +221,31 @@ def go_render(tmp_path_factory):
     (root / "src").mkdir()
     (root / "src" / "go.mod").write_text("module gorender\n\ngo 1.18\n")
     (root / "src" / "main.go").write_text(GO_RENDER)
-    env = {**os.environ, "HOME": str(root), "GOPATH": str(root / "gopath"), "GOCACHE": str(root / "gocache"),
-           "GOFLAGS": "", "GOPROXY": "off", "GOTOOLCHAIN": "local", "GO111MODULE": "on", "CGO_ENABLED": "0"}
-    build = subprocess.run([go, "build", "-o", str(root / "render"), "."], cwd=root / "src", env=env,
-                           capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "HOME": str(root),
+        "GOPATH": str(root / "gopath"),
+        "GOCACHE": str(root / "gocache"),
+        "GOFLAGS": "",
+        "GOPROXY": "off",
+        "GOTOOLCHAIN": "local",
+        "GO111MODULE": "on",
+        "CGO_ENABLED": "0",
+    }
+    build = subprocess.run(
+        [go, "build", "-o", str(root / "render"), "."],
+        cwd=root / "src",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert build.returncode == 0, build.stderr
 
     def render(jobs):
-        proc = subprocess.run([str(root / "render")], input=json.dumps(jobs), capture_output=True, text=True,
-                              timeout=60, check=True)
+        proc = subprocess.run(
+            [str(root / "render")], input=json.dumps(jobs), capture_output=True, text=True, timeout=60, check=True
+        )
         return json.loads(proc.stdout)
 
     return render
@@ -222,8 +254,10 @@ def go_render(tmp_path_factory):
 @pytest.mark.go
 def test_real_go_text_template_renders_like_transformers(go_render):
     jobs, want = [], []
-    templates = {name: ollama_template(t, bos_token=b, eos_token=e, special_tokens=s)["template"]
-                 for name, (t, b, e, s, *_) in TRANSLATABLE.items()}
+    templates = {
+        name: ollama_template(t, bos_token=b, eos_token=e, special_tokens=s)["template"]
+        for name, (t, b, e, s, *_) in TRANSLATABLE.items()
+    }
     for name, tpl, bos, eos, _, conv, gen in _cases():
         jobs.append({"template": templates[name], "messages": _msgs(conv)})
         want.append((name, conv, hf_render(tpl, conv, gen, bos, eos)))
@@ -245,8 +279,14 @@ def test_real_go_agrees_with_the_python_evaluator(go_render):
     jobs, mine = [], []
     for t, b, e, s, *_ in TRANSLATABLE.values():
         parts = derive_parts(t, bos_token=b, eos_token=e, special_tokens=s)
-        for conv in ([], [("assistant", "alone")], [("user", "u"), ("user", "again")], [("tool", "42")],
-                     [("user", "u"), ("system", "late system")], *(c for c, _ in CONVERSATIONS.values())):
+        for conv in (
+            [],
+            [("assistant", "alone")],
+            [("user", "u"), ("user", "again")],
+            [("tool", "42")],
+            [("user", "u"), ("system", "late system")],
+            *(c for c, _ in CONVERSATIONS.values()),
+        ):
             jobs.append({"template": parts.go_template(), "messages": _msgs(conv)})
             mine.append(parts.render(_msgs(conv)))
     assert [r.get("text") for r in go_render(jobs)] == mine
@@ -270,22 +310,32 @@ def test_modelfile_round_trip():
     r = ollama_template(QWEN, bos_token=None, eos_token="<|im_end|>", special_tokens=["<|im_start|>", "<|im_end|>"])
     system = 'Answer "briefly".\ndef f():\n    """Docstring""" inside a line\n  ends with quotes: """'
     lic = "Apache-2.0\nhttps://www.apache.org/licenses/LICENSE-2.0"
-    text = modelfile_text("model-Q4_K_M.gguf", template=r["template"], stop=r["stop"], system=system,
-                          license_text=lic, parameters={"temperature": 0.7, "num_ctx": 4096, "stop": ["\n\n", '"'],
-                                                        "use_mmap": False})
-    assert text.startswith("FROM ./model-Q4_K_M.gguf\nTEMPLATE \"\"\"") and text.endswith("\n")
+    text = modelfile_text(
+        "model-Q4_K_M.gguf",
+        template=r["template"],
+        stop=r["stop"],
+        system=system,
+        license_text=lic,
+        parameters={"temperature": 0.7, "num_ctx": 4096, "stop": ["\n\n", '"'], "use_mmap": False},
+    )
+    assert text.startswith('FROM ./model-Q4_K_M.gguf\nTEMPLATE """') and text.endswith("\n")
     assert text.index("TEMPLATE") < text.index("PARAMETER stop") < text.index("SYSTEM") < text.index("LICENSE")
     assert 'PARAMETER stop "<|im_end|>"\n' in text
     back = parse_modelfile(text)
     assert back["from"] == "./model-Q4_K_M.gguf"
     assert back["template"] == r["template"] and back["system"] == system and back["license"] == lic
-    assert back["parameters"] == {"stop": ["<|im_end|>", "<|im_start|>", "\n\n", '"'], "temperature": 0.7,
-                                  "num_ctx": 4096, "use_mmap": False}
+    assert back["parameters"] == {
+        "stop": ["<|im_end|>", "<|im_start|>", "\n\n", '"'],
+        "temperature": 0.7,
+        "num_ctx": 4096,
+        "use_mmap": False,
+    }
 
 
 def test_modelfile_minimal_and_cleaned():
-    text = modelfile_text("my model.gguf", template=None, stop=["</s>", "</s>", ""], system=None,
-                          license_text="MIT\u00a0License\u200b")
+    text = modelfile_text(
+        "my model.gguf", template=None, stop=["</s>", "</s>", ""], system=None, license_text="MIT\u00a0License\u200b"
+    )
     assert text == 'FROM ./my model.gguf\nPARAMETER stop "</s>"\nLICENSE """MIT License"""\n'
     assert parse_modelfile(text)["from"] == "./my model.gguf"
 
@@ -307,33 +357,59 @@ def test_modelfile_refusals():
 
 
 def test_parse_modelfile_like_ollama():
-    text = ("# comment\nfrom llama3.2\nPARAMETER temperature 1\nPARAMETER stop <|eot_id|>\nparameter stop \"a b\"\n"
-            "PARAMETER seed 42\nPARAMETER use_mmap t\nPARAMETER mirostat 1\nTEMPLATE {{ .Prompt }}\n"
-            "SYSTEM \"\"\"\n  spaced  \n\"\"\"\n"
-            "MESSAGE user hi there\nMESSAGE assistant \"hello\"\nLICENSE one\nLICENSE \"\"\"two\nlines\"\"\"\n")
+    text = (
+        '# comment\nfrom llama3.2\nPARAMETER temperature 1\nPARAMETER stop <|eot_id|>\nparameter stop "a b"\n'
+        "PARAMETER seed 42\nPARAMETER use_mmap t\nPARAMETER mirostat 1\nTEMPLATE {{ .Prompt }}\n"
+        'SYSTEM """\n  spaced  \n"""\n'
+        'MESSAGE user hi there\nMESSAGE assistant "hello"\nLICENSE one\nLICENSE """two\nlines"""\n'
+    )
     mf = parse_modelfile(text)
     assert mf["from"] == "llama3.2" and mf["template"] == "{{ .Prompt }}" and mf["system"] == "\n  spaced  \n"
     assert mf["parameters"] == {"temperature": 1.0, "stop": ["<|eot_id|>", "a b"], "seed": 42, "use_mmap": True}
     assert mf["messages"] == [{"role": "user", "content": "hi there"}, {"role": "assistant", "content": "hello"}]
     assert mf["license"] == ["one", "two\nlines"] and mf["deprecated"] == ["mirostat"]
-    for bad, msg in (("SYSTEM hi\n", "no FROM"), ("FROM x\nBOGUS y\n", "command must be"),
-                     ("FROM x\nPARAMETER nope 1\n", "unknown parameter"), ("FROM x\nPARAMETER seed x\n", "invalid int"),
-                     ("FROM x\nMESSAGE robot hi\n", "role"), ('FROM x\nSYSTEM """open\n', "end of file"),
-                     ("FROM x\nPARAMETER use_mmap maybe\n", "invalid bool")):
+    for bad, msg in (
+        ("SYSTEM hi\n", "no FROM"),
+        ("FROM x\nBOGUS y\n", "command must be"),
+        ("FROM x\nPARAMETER nope 1\n", "unknown parameter"),
+        ("FROM x\nPARAMETER seed x\n", "invalid int"),
+        ("FROM x\nMESSAGE robot hi\n", "role"),
+        ('FROM x\nSYSTEM """open\n', "end of file"),
+        ("FROM x\nPARAMETER use_mmap maybe\n", "invalid bool"),
+    ):
         with pytest.raises(InvalidInput, match=msg):
             parse_modelfile(bad)
 
 
-AWKWARD_TEXTS = ['"', '""', '"""', '"quoted"', '""x', ' padded ', 'a\n"', 'a"\nb', 'a"""\nb', 'a """ \n b', '"""\n"""',
-                 'tab\tand\rreturn', 'x\n\n', '\n', '', '#not a comment', 'bell\x07 nbsp\u00a0', '\u200bzero width']
+AWKWARD_TEXTS = [
+    '"',
+    '""',
+    '"""',
+    '"quoted"',
+    '""x',
+    " padded ",
+    'a\n"',
+    'a"\nb',
+    'a"""\nb',
+    'a """ \n b',
+    '"""\n"""',
+    "tab\tand\rreturn",
+    "x\n\n",
+    "\n",
+    "",
+    "#not a comment",
+    "bell\x07 nbsp\u00a0",
+    "\u200bzero width",
+]
 
 
 @pytest.mark.parametrize("text", AWKWARD_TEXTS)
 def test_written_values_read_back_as_ollama_reads_them(text):
     """Each value is written in a form Ollama's parser reads back as it was (cleaned), or refused."""
     try:
-        written = modelfile_text("m.gguf", template=None, stop=[text] if clean(text) == text else [], system=text,
-                                 license_text=text)
+        written = modelfile_text(
+            "m.gguf", template=None, stop=[text] if clean(text) == text else [], system=text, license_text=text
+        )
     except Unsupported:
         assert any(line.rstrip().endswith('"""') for line in text.split("\n")[:-1]), text  # a line a value cannot hold
         return

@@ -14,8 +14,10 @@ from servers.ollama import OllamaServer
 
 ollama = pytest.importorskip("ollama")
 
-TEMPLATE = ('{{ range $i, $_ := .Messages }}{{ if eq .Role "user" }}<|user|>\n{{ .Content }}</s>\n'
-            '{{ else if eq .Role "assistant" }}<|assistant|>\n{{ .Content }}</s>\n{{ end }}{{ end }}<|assistant|>\n')
+TEMPLATE = (
+    '{{ range $i, $_ := .Messages }}{{ if eq .Role "user" }}<|user|>\n{{ .Content }}</s>\n'
+    '{{ else if eq .Role "assistant" }}<|assistant|>\n{{ .Content }}</s>\n{{ end }}{{ end }}<|assistant|>\n'
+)
 
 
 def _gguf(path, arch="llama", file_type=15):
@@ -87,9 +89,18 @@ def test_chunked_upload_from_the_async_client(ol, model_file):
 def test_create_show_list_push_delete(ol, client, model_file):
     digest = client.create_blob(model_file)
     params = {"stop": ["</s>", "<|user|>"], "temperature": 0.7, "num_ctx": 4096}
-    statuses = [r.status for r in client.create(model="tiny", files={"model-Q4_K_M.gguf": digest}, template=TEMPLATE,
-                                                system="Be brief.", parameters=params, license="Apache-2.0",
-                                                stream=True)]
+    statuses = [
+        r.status
+        for r in client.create(
+            model="tiny",
+            files={"model-Q4_K_M.gguf": digest},
+            template=TEMPLATE,
+            system="Be brief.",
+            parameters=params,
+            license="Apache-2.0",
+            stream=True,
+        )
+    ]
     assert statuses[0] == "parsing GGUF" and statuses[-2:] == ["writing manifest", "success"]
     assert any(s.startswith("creating new layer sha256-") for s in statuses)
     got = ol.models["tiny"]
@@ -100,8 +111,12 @@ def test_create_show_list_push_delete(ol, client, model_file):
 
     shown = client.show("tiny")
     assert shown.template == TEMPLATE and shown.license == "Apache-2.0"
-    assert shown.parameters.splitlines() == [f"{'num_ctx':<30} 4096", f"{'stop':<30} \"</s>\"",
-                                             f"{'stop':<30} \"<|user|>\"", f"{'temperature':<30} 0.7"]
+    assert shown.parameters.splitlines() == [
+        f"{'num_ctx':<30} 4096",
+        f'{"stop":<30} "</s>"',
+        f'{"stop":<30} "<|user|>"',
+        f"{'temperature':<30} 0.7",
+    ]
     assert shown.details.family == "llama" and shown.details.format == "gguf"
     assert shown.details.quantization_level == "Q4_K_M" and shown.modelinfo["llama.context_length"] == 512
     raw = httpx.post(f"{ol.url}/api/show", json={"model": "tiny"}).json()
@@ -157,12 +172,15 @@ def test_create_errors(ol, client, model_file, tmp_path):
     with pytest.raises(ollama.ResponseError) as err:
         list(client.create(model="m", files={"m.gguf": missing}, stream=True))
     assert err.value.status_code == 400 and "blob not found" in err.value.error
-    for kwargs, msg in (({"files": {"../m.gguf": digest}}, "relative"), ({"files": {"m.gguf": "abc"}}, "digest"),
-                        ({"files": {"m.gguf": digest}, "parameters": {"temprature": 1}}, "unknown parameter"),
-                        ({"files": {"m.gguf": digest}, "parameters": {"stop": "</s>"}}, "invalid list"),
-                        ({"files": {"m.gguf": digest}, "parameters": {"num_ctx": 1.5}}, "invalid int"),
-                        ({"files": {"m.gguf": digest}, "template": "{{ .Prompt "}, "template"),
-                        ({}, "neither 'from' or 'files'")):
+    for kwargs, msg in (
+        ({"files": {"../m.gguf": digest}}, "relative"),
+        ({"files": {"m.gguf": "abc"}}, "digest"),
+        ({"files": {"m.gguf": digest}, "parameters": {"temprature": 1}}, "unknown parameter"),
+        ({"files": {"m.gguf": digest}, "parameters": {"stop": "</s>"}}, "invalid list"),
+        ({"files": {"m.gguf": digest}, "parameters": {"num_ctx": 1.5}}, "invalid int"),
+        ({"files": {"m.gguf": digest}, "template": "{{ .Prompt "}, "template"),
+        ({}, "neither 'from' or 'files'"),
+    ):
         with pytest.raises(ollama.ResponseError, match=msg) as err:
             client.create(model="m", **kwargs)
         assert err.value.status_code == 400
@@ -232,13 +250,28 @@ def test_modelfile_fields_create_the_model(ol, client, model_file):
     from upload_common.sample import CHAT_TEMPLATE
 
     tpl = ollama_template(CHAT_TEMPLATE, bos_token="<s>", eos_token="</s>")
-    text = modelfile_text(model_file.name, template=tpl["template"], stop=tpl["stop"], system="Be kind.",
-                          license_text="Apache-2.0", parameters={"temperature": 0.2})
+    text = modelfile_text(
+        model_file.name,
+        template=tpl["template"],
+        stop=tpl["stop"],
+        system="Be kind.",
+        license_text="Apache-2.0",
+        parameters={"temperature": 0.2},
+    )
     fields = parse_modelfile(text)
     digest = client.create_blob(model_file)
-    statuses = [r.status for r in client.create(model="alice/tiny-chat", files={model_file.name: digest}, stream=True,
-                                                template=fields["template"], system=fields["system"],
-                                                license=fields["license"], parameters=fields["parameters"])]
+    statuses = [
+        r.status
+        for r in client.create(
+            model="alice/tiny-chat",
+            files={model_file.name: digest},
+            stream=True,
+            template=fields["template"],
+            system=fields["system"],
+            license=fields["license"],
+            parameters=fields["parameters"],
+        )
+    ]
     assert statuses[-1] == "success"
     shown = client.show("alice/tiny-chat")
     assert shown.template == tpl["template"] and shown.license == "Apache-2.0"

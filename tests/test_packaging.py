@@ -48,8 +48,10 @@ def test_a_missing_no_deps_package_names_merge_tool_setup_and_its_pin(monkeypatc
     monkeypatch.setitem(sys.modules, "llmcompressor", None)
     with pytest.raises(Unsupported) as err:
         require("llmcompressor", "merge-quant", "gptq")
-    assert err.value.message == (f"gptq needs llm-compressor: run `merge-tool setup` once (it installs "
-                                 f"llmcompressor=={entry.version} without its transformers<=5.17 pin)")
+    assert err.value.message == (
+        f"gptq needs llm-compressor: run `merge-tool setup` once (it installs "
+        f"llmcompressor=={entry.version} without its transformers<=5.17 pin)"
+    )
     monkeypatch.setitem(sys.modules, "compressed_tensors", None)  # a regular dependency: the extra installs it
     with pytest.raises(Unsupported, match=r"awq needs compressed-tensors .*pip install 'upload-driver\[merge-quant\]'"):
         require("compressed_tensors", "merge-quant", "awq")
@@ -101,8 +103,12 @@ def fake_llama(tmp_path, monkeypatch):
     """A llama-cpp-python-shaped sdist, a stand-in cmake and c++ first on PATH, the tree in tmp_path."""
     sdist = tmp_path / "llama_cpp_python-9.9.9.tar.gz"
     with tarfile.open(sdist, "w:gz") as tar:
-        for name, body in {"convert_hf_to_gguf.py": b"print()", "gguf-py/gguf/__init__.py": b"",
-                           "include/llama.h": b"", "CMakeLists.txt": b"project(llama)"}.items():
+        for name, body in {
+            "convert_hf_to_gguf.py": b"print()",
+            "gguf-py/gguf/__init__.py": b"",
+            "include/llama.h": b"",
+            "CMakeLists.txt": b"project(llama)",
+        }.items():
             info = tarfile.TarInfo(f"llama_cpp_python-9.9.9/vendor/llama.cpp/{name}")
             info.size = len(body)
             tar.addfile(info, io.BytesIO(body))
@@ -151,8 +157,9 @@ def test_two_processes_needing_the_programs_build_them_once(fake_llama):
     llama_tree.setup(sdist)
     env = {**os.environ, "FAKE_CMAKE_SLEEP": "0.1"}
     code = "from gguf_tool.llama_tree import ensure_tools; print(sorted(ensure_tools(lambda m: None)))"
-    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True) for _ in range(2)
+    ]
     outs = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0] and all("llama-imatrix" in o for o in outs)
     assert builds(count) == 1
@@ -177,11 +184,15 @@ def test_gguf_tool_refuses_in_one_line_when_it_cannot_build(fake_llama, llama_ba
     monkeypatch.setenv("PATH", "/nonexistent")  # no cmake
     cal = tmp_path / "cal.txt"
     cal.write_text("some text")
-    result = CliRunner().invoke(main, ["--model", str(llama_base), "--out", str(tmp_path / "o"), "--quant", "IQ2_XS",
-                                       "--calibration", str(cal)])
+    result = CliRunner().invoke(
+        main, ["--model", str(llama_base), "--out", str(tmp_path / "o"), "--quant", "IQ2_XS", "--calibration", str(cal)]
+    )
     assert result.exit_code == 1, result.output
-    assert re.search(r"error: llama.cpp's llama-quantize, llama-imatrix are not built in .* \(for an importance "
-                     r"matrix\), and cmake is not installed: run `gguf-tool setup --with-tools` once", result.output)
+    assert re.search(
+        r"error: llama.cpp's llama-quantize, llama-imatrix are not built in .* \(for an importance "
+        r"matrix\), and cmake is not installed: run `gguf-tool setup --with-tools` once",
+        result.output,
+    )
     assert not (tmp_path / "o").exists() and not (tmp_path / "o.partial").exists() and builds(count) == 0
 
 
@@ -197,6 +208,7 @@ def test_gguf_tool_setup_with_tools_builds_with_progress_on_stderr(fake_llama):
 
 # ---------------------------------------------------------------------------------------------------
 # From a fresh venv: `pip install '.[merge-quant]'`, then what merge-tool's message says
+
 
 def _run(cmd, timeout: int, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, **kw)
@@ -230,13 +242,24 @@ def test_a_fresh_merge_quant_install_follows_its_message_to_a_working_gptq(tmp_p
     merged = tmp_path / "merged"  # the formats are made from the merged model, which needs no llm-compressor
     merge = [venv / "bin" / "merge-tool", "--adapter", run, "--base", base, "--out", merged, "--device", "cpu"]
     assert _run(merge, 300, env=env).returncode == 0
-    gptq = [venv / "bin" / "merge-tool", "--model", merged, "--method", "gptq", "--device", "cpu",
-            "--out", tmp_path / "gptq"]
+    gptq = [
+        venv / "bin" / "merge-tool",
+        "--model",
+        merged,
+        "--method",
+        "gptq",
+        "--device",
+        "cpu",
+        "--out",
+        tmp_path / "gptq",
+    ]
     refused = _run(gptq, 300, env=env)
     assert refused.returncode == 1 and not (tmp_path / "gptq").exists()
     message = next((line for line in refused.stderr.splitlines() if line.startswith("error:")), refused.stderr)
-    assert message == (f"error: gptq needs llm-compressor: run `merge-tool setup` once (it installs {pin} without its "
-                       "transformers<=5.17 pin)"), refused.stderr
+    assert message == (
+        f"error: gptq needs llm-compressor: run `merge-tool setup` once (it installs {pin} without its "
+        "transformers<=5.17 pin)"
+    ), refused.stderr
     named = re.search(r"run `([^`]+)`", message).group(1).split()
     setup = _run([venv / "bin" / named[0], *named[1:]], 300, env=env)
     assert setup.returncode == 0 and f"{pin}: installed" in setup.stdout, setup.stderr

@@ -28,8 +28,9 @@ def _env_file() -> dict[str, str]:
 def test_versions_env_repeats_constraints_exactly():
     pins, env = _constraints(), _env_file()
     for key, package in REPEATED.items():
-        assert env[key] == pins[package], f"images/versions.env {key}={env[key]} but constraints.txt pins " \
-                                          f"{package}=={pins[package]}"
+        assert env[key] == pins[package], (
+            f"images/versions.env {key}={env[key]} but constraints.txt pins {package}=={pins[package]}"
+        )
 
 
 def test_dockerfile_arg_defaults_repeat_versions_env():

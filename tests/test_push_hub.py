@@ -15,9 +15,11 @@ from click.testing import CliRunner
 from hf_push_tool.cli import main as push_main
 
 TOKEN = "hf_secret_write_TOKEN_4242"
-TOKENS = {TOKEN: {"user": "alice", "orgs": ["acme"], "role": "write"},
-          "hf_readonly": {"user": "alice", "orgs": [], "role": "read"},
-          "hf_bob": {"user": "bob", "orgs": [], "role": "write"}}
+TOKENS = {
+    TOKEN: {"user": "alice", "orgs": ["acme"], "role": "write"},
+    "hf_readonly": {"user": "alice", "orgs": [], "role": "read"},
+    "hf_bob": {"user": "bob", "orgs": [], "role": "write"},
+}
 SETS = ("lora", "merged", "gguf")
 
 
@@ -28,8 +30,16 @@ def hub_tokens():
 
 
 def push(run_docs, run_artifacts, out, *extra, sets=SETS):
-    args = ["--docs", str(run_docs), *[a for k in sets for a in ("--artifact", str(run_artifacts[k]))],
-            "--out", str(out), "--retry-wait", "0.01", *extra]
+    args = [
+        "--docs",
+        str(run_docs),
+        *[a for k in sets for a in ("--artifact", str(run_artifacts[k]))],
+        "--out",
+        str(out),
+        "--retry-wait",
+        "0.01",
+        *extra,
+    ]
     return CliRunner().invoke(push_main, args)
 
 
@@ -47,8 +57,9 @@ def test_push_stores_every_set_in_one_commit(hub, run_docs, run_artifacts, tmp_p
 
     for s, entry in upload_manifest(run_docs)["sets"].items():
         stored = hub.files(entry["repo_id"])
-        assert {p: hashlib.sha256(b).hexdigest() for p, b in stored.items()} == \
-            {f["path_in_repo"]: f["sha256"] for f in entry["files"]}
+        assert {p: hashlib.sha256(b).hexdigest() for p, b in stored.items()} == {
+            f["path_in_repo"]: f["sha256"] for f in entry["files"]
+        }
         assert hub.stats["commits"][entry["repo_id"]] == 1 and hub.repo(entry["repo_id"])["private"]
         rec = manifest["published"]["hf"][s]
         assert rec["commit"] == hub.commits(entry["repo_id"])[-1]["oid"]
@@ -83,8 +94,12 @@ def test_dropped_connection_then_rerun_sends_only_what_is_missing(hub, run_docs,
     gguf = upload_manifest(run_docs)["sets"]["gguf"]
     lfs = [f for f in gguf["files"] if f["path_in_repo"].endswith(".gguf")]
     # every LFS PUT of the Q8_0 file is dropped half way: the client's own retries and ours run out
-    hub.add_fault(method="PUT", path=lfs[1]["sha256"] if "Q8_0" in lfs[1]["path_in_repo"] else lfs[0]["sha256"],
-                  action="drop", times=None)
+    hub.add_fault(
+        method="PUT",
+        path=lfs[1]["sha256"] if "Q8_0" in lfs[1]["path_in_repo"] else lfs[0]["sha256"],
+        action="drop",
+        times=None,
+    )
     result = push(run_docs, run_artifacts, tmp_path / "push", "--set", "gguf", "--retries", "2", sets=("gguf",))
     assert result.exit_code == 3, result.output
     assert "run the same command again later" in result.output and "Traceback" not in result.output
@@ -100,18 +115,44 @@ def test_dropped_connection_then_rerun_sends_only_what_is_missing(hub, run_docs,
     assert hub.stats["commits"] == {"alice/Tiny-Chat-GGUF": 1}
 
 
-@pytest.mark.parametrize("token, fault, message", [
-    ("hf_not_a_token", None, "refused the token (401)"),
-    ("hf_readonly", None, "read-only"),
-    ("hf_bob", None, "may not write to alice/Tiny-Chat-lora (403)"),
-    (TOKEN, {"method": "POST", "path": r"/commit/", "status": 409,
-             "body": {"error": "A repo with this name already exists"}}, "name conflict"),
-    (TOKEN, {"method": "POST", "path": r"^/api/repos/create$", "status": 404,
-             "body": {"error": "Organization not found"}}, "or its namespace was not found (404)"),
-    (TOKEN, {"method": "POST", "path": r"/api/validate-yaml", "status": 400,
-             "body": {"errors": [{"message": "\"license\" must be one of [apache-2.0, mit]"}]}},
-     "the Hub rejected the model card of alice/Tiny-Chat-lora: \"license\" must be one of"),
-])
+@pytest.mark.parametrize(
+    "token, fault, message",
+    [
+        ("hf_not_a_token", None, "refused the token (401)"),
+        ("hf_readonly", None, "read-only"),
+        ("hf_bob", None, "may not write to alice/Tiny-Chat-lora (403)"),
+        (
+            TOKEN,
+            {
+                "method": "POST",
+                "path": r"/commit/",
+                "status": 409,
+                "body": {"error": "A repo with this name already exists"},
+            },
+            "name conflict",
+        ),
+        (
+            TOKEN,
+            {
+                "method": "POST",
+                "path": r"^/api/repos/create$",
+                "status": 404,
+                "body": {"error": "Organization not found"},
+            },
+            "or its namespace was not found (404)",
+        ),
+        (
+            TOKEN,
+            {
+                "method": "POST",
+                "path": r"/api/validate-yaml",
+                "status": 400,
+                "body": {"errors": [{"message": '"license" must be one of [apache-2.0, mit]'}]},
+            },
+            'the Hub rejected the model card of alice/Tiny-Chat-lora: "license" must be one of',
+        ),
+    ],
+)
 def test_known_errors_are_one_line(hub, run_docs, run_artifacts, tmp_path, monkeypatch, token, fault, message):
     monkeypatch.setenv("HF_TOKEN", token)
     if fault:
@@ -134,8 +175,17 @@ def test_real_command_line_never_shows_the_token(hub, run_docs, run_artifacts, t
     wrote, printed or stored in the cards."""
     env = {**os.environ, **hub.client_env(TOKEN), "UPLOAD_DRIVER_DEBUG": "0", "HF_HOME": str(tmp_path / "hf-home")}
     out = tmp_path / "push"
-    cmd = [sys.executable, "-m", "hf_push_tool.cli", "--docs", str(run_docs),
-           *[a for k in SETS for a in ("--artifact", str(run_artifacts[k]))], "--out", str(out), "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "hf_push_tool.cli",
+        "--docs",
+        str(run_docs),
+        *[a for k in SETS for a in ("--artifact", str(run_artifacts[k]))],
+        "--out",
+        str(out),
+        "--json",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["published"]["hf"]["user"] == "alice"
@@ -159,8 +209,12 @@ def test_card_snippets_download_from_the_hub(hub, run_docs, run_artifacts, tmp_p
     for repo, marker in (("alice/Tiny-Chat-GGUF", "llama_cpp"), ("alice/Tiny-Chat", "AutoModelForCausalLM")):
         card = hub.files(repo)["README.md"].decode()
         code = next(b for b in re.findall(r"```python\n(.*?)```", card, re.DOTALL) if marker in b)
-        proc = subprocess.run([sys.executable, "-c", code.replace("Llama.from_pretrained(", "Llama.from_pretrained("
-                                                                  "verbose=False, ")],
-                              capture_output=True, text=True, env=env, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-c", code.replace("Llama.from_pretrained(", "Llama.from_pretrained(verbose=False, ")],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert proc.stdout.endswith("\n")

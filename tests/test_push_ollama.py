@@ -21,8 +21,22 @@ def ol(tmp_path, monkeypatch):
 
 
 def push(run_docs, run_artifacts, tmp_path, *extra, out="push"):
-    return CliRunner().invoke(push_main, ["--docs", str(run_docs), "--artifact", str(run_artifacts["gguf"]), "--set",
-                                          "gguf", "--out", str(tmp_path / out), "--retry-wait", "0.01", *extra])
+    return CliRunner().invoke(
+        push_main,
+        [
+            "--docs",
+            str(run_docs),
+            "--artifact",
+            str(run_artifacts["gguf"]),
+            "--set",
+            "gguf",
+            "--out",
+            str(tmp_path / out),
+            "--retry-wait",
+            "0.01",
+            *extra,
+        ],
+    )
 
 
 def test_model_created_from_the_modelfile(ol, run_docs, run_artifacts, tmp_path):

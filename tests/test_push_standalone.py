@@ -36,8 +36,10 @@ def imported_packages(path: Path) -> set[str]:
 def test_hf_push_tool_imports_no_other_tool():
     others = {p.name for p in TOOLS.iterdir() if (p / "__init__.py").is_file()} - {"hf_push_tool", "upload_common"}
     assert {"docs_tool", "merge_tool", "gguf_tool"} <= others
-    found = {p.name: sorted(imported_packages(p) & (others | {"upload_driver"}))
-             for p in sorted((TOOLS / "hf_push_tool").glob("*.py"))}
+    found = {
+        p.name: sorted(imported_packages(p) & (others | {"upload_driver"}))
+        for p in sorted((TOOLS / "hf_push_tool").glob("*.py"))
+    }
     assert found and all(v == [] for v in found.values()), found
 
 
@@ -68,8 +70,15 @@ def odd_docs(run_artifacts, tmp_path_factory) -> Path:
     from docs_tool.core import run
 
     out = tmp_path_factory.mktemp("odd") / "docs"
-    run([run_artifacts[k] for k in ("lora", "merged", "gguf")], out, namespace="alice", name="Tiny-Chat",
-        system=ODD_SYSTEM, license="My\u00a0Licence\u200b", license_link="https://example.com/licence")
+    run(
+        [run_artifacts[k] for k in ("lora", "merged", "gguf")],
+        out,
+        namespace="alice",
+        name="Tiny-Chat",
+        system=ODD_SYSTEM,
+        license="My\u00a0Licence\u200b",
+        license_link="https://example.com/licence",
+    )
     return out
 
 
@@ -81,16 +90,29 @@ def test_the_ollama_fields_are_what_the_modelfile_says(which, request):
     fields, text = ollama_entry(docs), (docs / "gguf" / "Modelfile").read_text(encoding="utf-8")
     said = read_modelfile(text)
     assert said["from"] == f"./{fields.file}" and fields.ollama_name == "tiny-chat:q4_k_m"
-    assert (said.get("template"), said.get("system"), said.get("license")) == (fields.template, fields.system,
-                                                                                fields.license)
+    assert (said.get("template"), said.get("system"), said.get("license")) == (
+        fields.template,
+        fields.system,
+        fields.license,
+    )
     assert said["parameters"] == {"stop": ["</s>"]} == fields.create_fields()["parameters"]
     assert "<|assistant|>" in fields.template
     if which == "odd_docs":  # what the Modelfile holds: cleaned
-        assert (fields.system, fields.license) == ('Be brief.\nAnswer in "one" line.',
-                                                   "My Licence\nhttps://example.com/licence")
+        assert (fields.system, fields.license) == (
+            'Be brief.\nAnswer in "one" line.',
+            "My Licence\nhttps://example.com/licence",
+        )
     # the Modelfile is rendered from these fields
-    assert modelfile_text(fields.file, template=fields.template, stop=list(fields.stop), system=fields.system,
-                          license_text=fields.license) == text
+    assert (
+        modelfile_text(
+            fields.file,
+            template=fields.template,
+            stop=list(fields.stop),
+            system=fields.system,
+            license_text=fields.license,
+        )
+        == text
+    )
 
 
 @pytest.mark.parametrize("which", ["run_docs", "odd_docs"])
@@ -102,12 +124,17 @@ def test_the_modelfile_is_what_it_was(which, request, run_artifacts):
 
     docs = request.getfixturevalue(which)
     chat = _gguf_chat(run_artifacts["gguf"] / "Tiny-Chat-Q4_K_M.gguf")
-    tpl = ollama_template(chat["chat_template"], bos_token=chat["bos"], eos_token=chat["eos"],
-                          special_tokens=chat["special"])
-    system, lic = (ODD_SYSTEM, "My\u00a0Licence\u200b\nhttps://example.com/licence") if which == "odd_docs" else \
-        (None, card_licence(docs))
-    before = modelfile_text("Tiny-Chat-Q4_K_M.gguf", template=tpl["template"], stop=tpl["stop"], system=system,
-                            license_text=lic)
+    tpl = ollama_template(
+        chat["chat_template"], bos_token=chat["bos"], eos_token=chat["eos"], special_tokens=chat["special"]
+    )
+    system, lic = (
+        (ODD_SYSTEM, "My\u00a0Licence\u200b\nhttps://example.com/licence")
+        if which == "odd_docs"
+        else (None, card_licence(docs))
+    )
+    before = modelfile_text(
+        "Tiny-Chat-Q4_K_M.gguf", template=tpl["template"], stop=tpl["stop"], system=system, license_text=lic
+    )
     assert (docs / "gguf" / "Modelfile").read_text(encoding="utf-8") == before
 
 
@@ -116,32 +143,53 @@ def card_licence(docs: Path) -> str:
     from huggingface_hub import ModelCard
 
     meta = ModelCard((docs / "gguf" / "README.md").read_text(encoding="utf-8")).data.to_dict()
-    return (meta.get("license_name") or meta["license"]) + (f"\n{meta['license_link']}" if meta.get("license_link")
-                                                            else "")
+    return (meta.get("license_name") or meta["license"]) + (
+        f"\n{meta['license_link']}" if meta.get("license_link") else ""
+    )
 
 
 # docs-tool's files for the run_docs fixture, as written before the Ollama fields became data; they hold
 # for the artifacts they were computed from (another torch or llama.cpp makes other artifacts)
 PINNED_FOR = "4f180b0c08470da9af3c58cb75a3b80f6bcf731f1762a378e756be01602dd475"
-PINNED = {"README.md": "6c1a11accfa8a6b04f60767fc2fabe160e6164af1b26c861ad6e4f2f8d2a5bc9",
-          "lora/README.md": "cb067093bb12549093269196c9481d9c38db282b87aa51d6d73ae37c5f4df385",
-          "merged_16bit/README.md": "c0992ba2f5ce71f5a7adfad23c6edfd8fe6f4c913b8d42ac6299e3cc74ad4ea4",
-          "gguf/README.md": "95b35949f5d57e3a6c58613518b98f67bdf03a348381d0f460750631a34ae086",
-          "gguf/Modelfile": "2ff25b5e39e9a2f33feb67131b8a1c9be2f8b20b3775c90ab021d06448d650ff"}
+PINNED = {
+    "README.md": "6c1a11accfa8a6b04f60767fc2fabe160e6164af1b26c861ad6e4f2f8d2a5bc9",
+    "lora/README.md": "cb067093bb12549093269196c9481d9c38db282b87aa51d6d73ae37c5f4df385",
+    "merged_16bit/README.md": "c0992ba2f5ce71f5a7adfad23c6edfd8fe6f4c913b8d42ac6299e3cc74ad4ea4",
+    "gguf/README.md": "95b35949f5d57e3a6c58613518b98f67bdf03a348381d0f460750631a34ae086",
+    "gguf/Modelfile": "2ff25b5e39e9a2f33feb67131b8a1c9be2f8b20b3775c90ab021d06448d650ff",
+}
 
 
 def test_cards_and_modelfile_are_byte_identical(run_docs):
     upload = json.loads((run_docs / "upload_manifest.json").read_text())
-    rows = sorted([s, f["path_in_repo"], f["sha256"]] for s, e in upload["sets"].items() for f in e["files"]
-                  if f["origin"] == "artifact")
+    rows = sorted(
+        [s, f["path_in_repo"], f["sha256"]]
+        for s, e in upload["sets"].items()
+        for f in e["files"]
+        if f["origin"] == "artifact"
+    )
     if hashlib.sha256(json.dumps(rows).encode()).hexdigest() != PINNED_FOR:
         pytest.skip("the artifacts differ from those the pinned hashes were computed from")
     assert {p: hashlib.sha256((run_docs / p).read_bytes()).hexdigest() for p in PINNED} == PINNED
 
 
 def push(docs, run_artifacts, out, *extra):
-    return CliRunner().invoke(push_main, ["--docs", str(docs), "--artifact", str(run_artifacts["gguf"]),
-                                          "--set", "gguf", "--out", str(out), "--retry-wait", "0.01", *extra])
+    return CliRunner().invoke(
+        push_main,
+        [
+            "--docs",
+            str(docs),
+            "--artifact",
+            str(run_artifacts["gguf"]),
+            "--set",
+            "gguf",
+            "--out",
+            str(out),
+            "--retry-wait",
+            "0.01",
+            *extra,
+        ],
+    )
 
 
 @pytest.mark.parametrize("which", ["run_docs", "odd_docs"])
@@ -153,11 +201,19 @@ def test_ollama_create_sends_the_modelfile_fields(which, request, run_artifacts,
         result = push(docs, run_artifacts, tmp_path / "push", "--to", "ollama")
         assert result.exit_code == 0, result.output
         req = ol.models["tiny-chat:q4_k_m"]
-    q4 = next(f for f in json.loads((docs / "upload_manifest.json").read_text())["sets"]["gguf"]["files"]
-              if f["path_in_repo"] == "Tiny-Chat-Q4_K_M.gguf")
+    q4 = next(
+        f
+        for f in json.loads((docs / "upload_manifest.json").read_text())["sets"]["gguf"]["files"]
+        if f["path_in_repo"] == "Tiny-Chat-Q4_K_M.gguf"
+    )
     expected = {k: said[k] for k in ("template", "system", "license") if said.get(k)}
-    assert req == {"model": "tiny-chat:q4_k_m", "files": {"Tiny-Chat-Q4_K_M.gguf": f"sha256:{q4['sha256']}"},
-                   "stream": True, **expected, "parameters": said["parameters"]}
+    assert req == {
+        "model": "tiny-chat:q4_k_m",
+        "files": {"Tiny-Chat-Q4_K_M.gguf": f"sha256:{q4['sha256']}"},
+        "stream": True,
+        **expected,
+        "parameters": said["parameters"],
+    }
     assert ("system" in req) == (which == "odd_docs")
 
 
@@ -198,8 +254,9 @@ def test_malformed_ollama_fields_are_refused_in_one_line(case, run_docs, run_art
         result = push(docs, run_artifacts, tmp_path / "push", "--to", target)
         assert result.exit_code == 1, result.output
         errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-        assert len(errors) == 1 and "Ollama entry is malformed" in errors[0] and "rerun docs-tool" in errors[0], \
+        assert len(errors) == 1 and "Ollama entry is malformed" in errors[0] and "rerun docs-tool" in errors[0], (
             result.stderr
+        )
         assert "Traceback" not in result.output and not (tmp_path / "site").exists()
 
 

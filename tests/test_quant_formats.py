@@ -31,8 +31,13 @@ EXPECT = {
 def quant_trainer(tmp_path_factory, trained_llama, tokenizer_dir) -> Path:
     from upload_common.sample import make_trainer_output
 
-    return make_trainer_output(tmp_path_factory.mktemp("qrun") / "sft_output", trained_llama, kind="sft",
-                               tokenizer_dir=tokenizer_dir, lora_scale=0.02)
+    return make_trainer_output(
+        tmp_path_factory.mktemp("qrun") / "sft_output",
+        trained_llama,
+        kind="sft",
+        tokenizer_dir=tokenizer_dir,
+        lora_scale=0.02,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -57,12 +62,23 @@ def quant_outputs(tmp_path_factory, quant_trainer, trained_llama) -> dict:
     root = tmp_path_factory.mktemp("qout")
     merged = root / "merged_16bit"
     outs = {"merged_16bit": merged}
-    first = ["--adapter", str(quant_trainer), "--base", str(trained_llama), "--out", str(merged),
-             "--method", "merged_16bit"]
-    for fmt, args in [("merged_16bit", first),
-                      *[(f, ["--model", str(merged), "--out", str(root / f), "--method", f]) for f in EXPECT]]:
-        r = subprocess.run([sys.executable, "-m", "merge_tool.cli", *args, "--device", "cpu", "--json"],
-                           capture_output=True, text=True)
+    first = [
+        "--adapter",
+        str(quant_trainer),
+        "--base",
+        str(trained_llama),
+        "--out",
+        str(merged),
+        "--method",
+        "merged_16bit",
+    ]
+    for fmt, args in [
+        ("merged_16bit", first),
+        *[(f, ["--model", str(merged), "--out", str(root / f), "--method", f]) for f in EXPECT],
+    ]:
+        r = subprocess.run(
+            [sys.executable, "-m", "merge_tool.cli", *args, "--device", "cpu", "--json"], capture_output=True, text=True
+        )
         assert r.returncode == 0, r.stderr[-3000:]
         assert json.loads(r.stdout)["parameters"]["method"] == fmt  # stdout holds the result only
         outs[fmt] = root / fmt
@@ -151,8 +167,9 @@ def test_docs_tool_presents_each_quantized_set_through_the_registry(quant_output
     from docs_tool.core import run as docs_run
     from merge_tool.formats import FORMATS
 
-    docs_run([quant_outputs[f] for f in ["merged_16bit", *EXPECT]], tmp_path / "docs", namespace="alice",
-             name="Tiny-Chat")
+    docs_run(
+        [quant_outputs[f] for f in ["merged_16bit", *EXPECT]], tmp_path / "docs", namespace="alice", name="Tiny-Chat"
+    )
     upload = json.loads((tmp_path / "docs" / "upload_manifest.json").read_text())
     for fmt in EXPECT:
         publish = FORMATS[fmt]["publish"]
@@ -180,8 +197,13 @@ def test_without_the_merged_set_a_quantized_card_names_the_base_as_a_finetune(qu
     from docs_tool.core import run as docs_run
 
     fmt = next(iter(EXPECT))
-    docs_run([quant_outputs[fmt]], tmp_path / "docs", namespace="alice", name="Tiny-Chat",
-             base_model="acme-base/Tiny-Llama-3")
+    docs_run(
+        [quant_outputs[fmt]],
+        tmp_path / "docs",
+        namespace="alice",
+        name="Tiny-Chat",
+        base_model="acme-base/Tiny-Llama-3",
+    )
     meta = ModelCard.load(tmp_path / "docs" / fmt / "README.md").data.to_dict()
     assert meta["base_model"] == "acme-base/Tiny-Llama-3" and meta["base_model_relation"] == "finetune"
 
@@ -201,8 +223,10 @@ def calibration_sources(tmp_path, tokenizer_dir):
     import datasets
 
     (tmp_path / "plain.txt").write_text("first paragraph\nstill first\n\nsecond paragraph\n")
-    rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}]},
-            {"messages": [{"role": "user", "content": "bye"}, {"role": "assistant", "content": "see you"}]}]
+    rows = [
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}]},
+        {"messages": [{"role": "user", "content": "bye"}, {"role": "assistant", "content": "see you"}]},
+    ]
     (tmp_path / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     datasets.Dataset.from_dict({"text": ["saved one", "saved two", " "]}).save_to_disk(str(tmp_path / "saved"))
     (tmp_path / "folder").mkdir()
@@ -225,8 +249,11 @@ def test_calibration_sources_are_read_as_users_write_them(calibration_sources):
     assert calibration.texts(src / "saved") == ["saved one", "saved two"]
     assert calibration.texts(src / "folder") == ["alpha", "beta", "gamma"]
     assert len(calibration.texts(None)) > 5
-    for bad, says in (("empty.txt", "is empty"), ("nocol.jsonl", "no text, messages or prompt column"),
-                      ("missing.txt", "does not exist")):
+    for bad, says in (
+        ("empty.txt", "is empty"),
+        ("nocol.jsonl", "no text, messages or prompt column"),
+        ("missing.txt", "does not exist"),
+    ):
         with pytest.raises(InvalidInput, match=says):
             calibration.texts(src / bad)
 
@@ -288,10 +315,23 @@ def test_the_driver_runs_gptq_from_the_registry_with_its_calibration(quant_train
 
     cal = tmp_path / "cal.txt"
     cal.write_text("\n\n".join(["a plain sentence about boats and the sea"] * 30))
-    (tmp_path / "upload.toml").write_text(f'formats = ["merged_16bit", "gptq"]\nname = "Tiny"\n'
-                                          f'[merge]\nbase = "{trained_llama}"\ncalibration = "cal.txt"\n')
-    args = ["run", str(quant_trainer), "--config", str(tmp_path / "upload.toml"), "--work", str(tmp_path / "w"),
-            "--push", f"local:{tmp_path / 'site'}", "--runtime", "local", "--json"]
+    (tmp_path / "upload.toml").write_text(
+        f'formats = ["merged_16bit", "gptq"]\nname = "Tiny"\n'
+        f'[merge]\nbase = "{trained_llama}"\ncalibration = "cal.txt"\n'
+    )
+    args = [
+        "run",
+        str(quant_trainer),
+        "--config",
+        str(tmp_path / "upload.toml"),
+        "--work",
+        str(tmp_path / "w"),
+        "--push",
+        f"local:{tmp_path / 'site'}",
+        "--runtime",
+        "local",
+        "--json",
+    ]
     env = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}
     result = CliRunner().invoke(main, args, env=env)
     assert result.exit_code == 0, result.output
@@ -346,8 +386,15 @@ def test_hf_push_tool_publishes_a_quantized_set_under_its_registry_name(quant_ou
 
     sets = ["merged_16bit", "gptq"]
     docs_run([quant_outputs[s] for s in sets], tmp_path / "docs", namespace="alice", name="Tiny-Chat")
-    args = ["--docs", str(tmp_path / "docs"), *[a for s in sets for a in ("--artifact", str(quant_outputs[s]))],
-            "--out", str(tmp_path / "push"), "--retry-wait", "0.01"]
+    args = [
+        "--docs",
+        str(tmp_path / "docs"),
+        *[a for s in sets for a in ("--artifact", str(quant_outputs[s]))],
+        "--out",
+        str(tmp_path / "push"),
+        "--retry-wait",
+        "0.01",
+    ]
     result = CliRunner().invoke(push_main, args)
     assert result.exit_code == 0, result.output
     files = set(HfApi().list_repo_files("alice/Tiny-Chat-GPTQ"))
@@ -360,8 +407,11 @@ def test_hf_push_tool_publishes_a_quantized_set_under_its_registry_name(quant_ou
 
 def test_a_quantized_format_is_made_from_the_merged_model_and_says_so(quant_trainer, merged, tmp_path):
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "merge_tool.cli", *args, "--out", str(tmp_path / "o")],
-                              capture_output=True, text=True)
+        return subprocess.run(
+            [sys.executable, "-m", "merge_tool.cli", *args, "--out", str(tmp_path / "o")],
+            capture_output=True,
+            text=True,
+        )
 
     r = cli("--adapter", str(quant_trainer), "--method", "gptq")
     assert r.returncode == 2 and "make that once (merge-tool --method merged_16bit)" in r.stderr

@@ -13,12 +13,21 @@ from upload_common.errors import NotEnoughSpace, OutputExists, UploadError
 from upload_common.step import OutputFile, Produced, Step
 
 
-def tiny_tool(src, out, *, text: str = "hello", need: int = 10, fail_after_write: bool = False,
-              overwrite: bool = False, log=lambda m: None) -> dict:
+def tiny_tool(
+    src,
+    out,
+    *,
+    text: str = "hello",
+    need: int = 10,
+    fail_after_write: bool = False,
+    overwrite: bool = False,
+    log=lambda m: None,
+) -> dict:
     """Copies a text file upper-cased: describe the input, reserve, write, report a known hash."""
     inputs = {"text": contract.describe_input(src)}
-    with Step("tiny-tool", out, inputs=inputs, params={"text": text}, overwrite=overwrite,
-              libraries=("pytest",), log=log) as s:
+    with Step(
+        "tiny-tool", out, inputs=inputs, params={"text": text}, overwrite=overwrite, libraries=("pytest",), log=log
+    ) as s:
         s.reserve(need)
         with s.timed("write"):
             (s.folder / "upper.txt").write_text(src.read_text().upper())
@@ -49,8 +58,14 @@ def test_a_step_finishes_in_order(src, tmp_path, monkeypatch):
 
         monkeypatch.setattr(step, name, wrapper)
 
-    for name in ("check_output_free", "new_manifest", "check_free_space", "atomic_output", "library_versions",
-                 "finish_manifest"):
+    for name in (
+        "check_output_free",
+        "new_manifest",
+        "check_free_space",
+        "atomic_output",
+        "library_versions",
+        "finish_manifest",
+    ):
         spy(name)
     logged = []
     out = tmp_path / "out"
@@ -60,8 +75,15 @@ def test_a_step_finishes_in_order(src, tmp_path, monkeypatch):
         logged.append((line, out.exists()))
 
     manifest = tiny_tool(src, out, log=log)
-    assert calls == ["check_output_free", "new_manifest", "check_free_space", "atomic_output", "library_versions",
-                     "finish_manifest", "log"]
+    assert calls == [
+        "check_output_free",
+        "new_manifest",
+        "check_free_space",
+        "atomic_output",
+        "library_versions",
+        "finish_manifest",
+        "log",
+    ]
     assert logged == [("WARNING: the text was short", True)]  # warnings are told once the output is there
     assert (out / "upper.txt").read_text() == "ABC" and not contract.partial_path(out).exists()
     on_disk = contract.read_manifest(out)
@@ -73,8 +95,9 @@ def test_a_step_finishes_in_order(src, tmp_path, monkeypatch):
     assert {"python", "upload-driver", "pytest"} <= set(manifest["versions"])
     assert set(manifest["timings"]["seconds"]) == {"write", "total"} and manifest["timings"]["finished"]
     assert manifest["warnings"] == ["the text was short"]
-    assert manifest["fingerprint"] == contract.step_fingerprint("tiny-tool", manifest["tool"]["version"],
-                                                                manifest["inputs"], manifest["parameters"])
+    assert manifest["fingerprint"] == contract.step_fingerprint(
+        "tiny-tool", manifest["tool"]["version"], manifest["inputs"], manifest["parameters"]
+    )
 
 
 def test_what_a_step_produced_is_a_frozen_record(src, tmp_path):
@@ -122,8 +145,10 @@ def test_the_disk_check_comes_before_any_write(src, tmp_path, monkeypatch):
         tiny_tool(src, out)
     assert not out.exists() and not contract.partial_path(out).exists()
     monkeypatch.setattr(contract.shutil, "disk_usage", real)
-    with pytest.raises(RuntimeError, match="before anything is written"), \
-            Step("tiny-tool", out, inputs={}, params={}) as s:
+    with (
+        pytest.raises(RuntimeError, match="before anything is written"),
+        Step("tiny-tool", out, inputs={}, params={}) as s,
+    ):
         (s.folder / "early.txt").write_text("x")
         s.reserve(1)
     assert not out.exists() and not contract.partial_path(out).exists()  # a programming error: no error.json

@@ -9,18 +9,36 @@ from conftest import adapter, log_history, state, write_json
 from upload_common.trainer_output import inspect_trainer_output
 
 
-@pytest.mark.parametrize("kind, extra, evidence", [
-    ("kto", {"kl": 0.1, "rewards/chosen_sum": 1.0, "logps/chosen_sum": -4.0}, "rewards/* and kl"),
-    ("dpo", {"rewards/chosen": 1.0, "rewards/margins": 0.5, "rewards/accuracies": 0.7, "logps/chosen": -3.0},
-     "rewards/margins"),
-    ("orpo", {"rewards/margins": 0.5, "log_odds_ratio": -0.6, "log_odds_chosen": 0.3, "nll_loss": 1.1},
-     "log_odds_ratio"),
-    ("cpo", {"rewards/margins": 0.5, "nll_loss": 1.1}, "nll_loss"),
-    ("grpo", {"reward": 0.4, "reward_std": 0.1, "kl": 0.01, "rewards/accuracy/mean": 0.4,
-              "completions/mean_length": 80.0}, "GRPO"),
-    ("ppo", {"objective/kl": 0.2, "policy/approxkl_avg": 0.01}, "PPO"),
-    ("sft", {}, "only language-modelling loss logged"),
-])
+@pytest.mark.parametrize(
+    "kind, extra, evidence",
+    [
+        ("kto", {"kl": 0.1, "rewards/chosen_sum": 1.0, "logps/chosen_sum": -4.0}, "rewards/* and kl"),
+        (
+            "dpo",
+            {"rewards/chosen": 1.0, "rewards/margins": 0.5, "rewards/accuracies": 0.7, "logps/chosen": -3.0},
+            "rewards/margins",
+        ),
+        (
+            "orpo",
+            {"rewards/margins": 0.5, "log_odds_ratio": -0.6, "log_odds_chosen": 0.3, "nll_loss": 1.1},
+            "log_odds_ratio",
+        ),
+        ("cpo", {"rewards/margins": 0.5, "nll_loss": 1.1}, "nll_loss"),
+        (
+            "grpo",
+            {
+                "reward": 0.4,
+                "reward_std": 0.1,
+                "kl": 0.01,
+                "rewards/accuracy/mean": 0.4,
+                "completions/mean_length": 80.0,
+            },
+            "GRPO",
+        ),
+        ("ppo", {"objective/kl": 0.2, "policy/approxkl_avg": 0.01}, "PPO"),
+        ("sft", {}, "only language-modelling loss logged"),
+    ],
+)
 def test_kind_from_log_history(tmp_path, kind, extra, evidence):
     root = adapter(tmp_path / "run")
     state(root, log_history(extra))
@@ -42,15 +60,21 @@ def test_kind_unknown(tmp_path, log):
     assert inspect_trainer_output(root)["trainer"]["kind"] == "unknown"
 
 
-@pytest.mark.parametrize("readme, kind", [
-    ("---\nbase_model: x\nlibrary_name: transformers\ntags:\n- generated_from_trainer\n- trl\n- kto\n"
-     "licence: license\n---\n\n# Model Card\n", "kto"),
-    ("---\ntags: [unsloth, trl, sft, dpo]\n---\nbody\n", "dpo"),
-    ("---\ntags:\n  - \"trl\"\n  - \"reward-trainer\"\n---\n", "reward"),
-    ("---\ntags:\n- trl\n- sft\n---\nThis model was trained with SFT.\n", "sft"),
-    ("---\nlibrary_name: peft\n---\n\nThis model was trained with ORPO, a method introduced in [x](y).\n", "orpo"),
-    ("# Card\n\nThis model was trained with GRPO.\n", "grpo"),
-])
+@pytest.mark.parametrize(
+    "readme, kind",
+    [
+        (
+            "---\nbase_model: x\nlibrary_name: transformers\ntags:\n- generated_from_trainer\n- trl\n- kto\n"
+            "licence: license\n---\n\n# Model Card\n",
+            "kto",
+        ),
+        ("---\ntags: [unsloth, trl, sft, dpo]\n---\nbody\n", "dpo"),
+        ('---\ntags:\n  - "trl"\n  - "reward-trainer"\n---\n', "reward"),
+        ("---\ntags:\n- trl\n- sft\n---\nThis model was trained with SFT.\n", "sft"),
+        ("---\nlibrary_name: peft\n---\n\nThis model was trained with ORPO, a method introduced in [x](y).\n", "orpo"),
+        ("# Card\n\nThis model was trained with GRPO.\n", "grpo"),
+    ],
+)
 def test_kind_from_trl_readme(tmp_path, readme, kind):
     root = adapter(tmp_path / "run")
     (root / "README.md").write_text(readme)
@@ -68,17 +92,20 @@ def test_readme_in_adapter_subfolder_and_plain_readme_ignored(tmp_path):
     assert inspect_trainer_output(root)["trainer"]["kind"] == "cpo"
 
 
-@pytest.mark.parametrize("name, args, kind", [
-    ("training_args.json", {"trainer": "KTOTrainer", "beta": 0.1}, "kto"),
-    ("args.json", {"trainer_type": "reward_trainer"}, "reward"),
-    ("trainer_config.json", {"beta": 0.1, "desirable_weight": 1.0, "undesirable_weight": 1.0}, "kto"),
-    ("training_args.json", {"num_generations": 8, "beta": 0.04, "loss_type": "grpo"}, "grpo"),
-    ("training_args.json", {"beta": 0.1, "loss_type": "sigmoid", "cpo_alpha": 1.0}, "cpo"),
-    ("training_args.json", {"num_ppo_epochs": 4}, "ppo"),
-    ("training_args.json", {"center_rewards_coefficient": 0.01}, "reward"),
-    ("training_args.json", {"beta": 0.1, "loss_type": "sigmoid"}, "dpo"),
-    ("training_args.json", {"trainer": "CustomTrainer", "packing": False}, "sft"),
-])
+@pytest.mark.parametrize(
+    "name, args, kind",
+    [
+        ("training_args.json", {"trainer": "KTOTrainer", "beta": 0.1}, "kto"),
+        ("args.json", {"trainer_type": "reward_trainer"}, "reward"),
+        ("trainer_config.json", {"beta": 0.1, "desirable_weight": 1.0, "undesirable_weight": 1.0}, "kto"),
+        ("training_args.json", {"num_generations": 8, "beta": 0.04, "loss_type": "grpo"}, "grpo"),
+        ("training_args.json", {"beta": 0.1, "loss_type": "sigmoid", "cpo_alpha": 1.0}, "cpo"),
+        ("training_args.json", {"num_ppo_epochs": 4}, "ppo"),
+        ("training_args.json", {"center_rewards_coefficient": 0.01}, "reward"),
+        ("training_args.json", {"beta": 0.1, "loss_type": "sigmoid"}, "dpo"),
+        ("training_args.json", {"trainer": "CustomTrainer", "packing": False}, "sft"),
+    ],
+)
 def test_kind_from_json_args(tmp_path, name, args, kind):
     root = adapter(tmp_path / "run")
     write_json(root / name, args)

@@ -42,9 +42,13 @@ def sft_run(root: Path, **state_extra) -> Path:
 
 
 def snapshot(folder: Path) -> dict:
-    return {p.relative_to(folder).as_posix(): (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir",
-                                               p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*"))}
+    return {
+        p.relative_to(folder).as_posix(): (
+            hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir",
+            p.stat().st_mtime_ns,
+        )
+        for p in sorted(folder.rglob("*"))
+    }
 
 
 def test_sft_run_root_adapter_chosen_and_nothing_written(tmp_path):
@@ -61,7 +65,11 @@ def test_sft_run_root_adapter_chosen_and_nothing_written(tmp_path):
     assert found["root"] == str(root)
     assert found["checkpoints"] == [100, 200, 300]
     assert [(c["source"], c["step"]) for c in found["candidates"]] == [
-        ("root", None), ("checkpoint", 100), ("checkpoint", 200), ("checkpoint", 300)]
+        ("root", None),
+        ("checkpoint", 100),
+        ("checkpoint", 200),
+        ("checkpoint", 300),
+    ]
     assert found["base_model"] == BASE
     assert found["trainer"] == {"kind": "sft", "evidence": "trainer_state.json: mean_token_accuracy logged"}
     assert found["tokenizer"]["dir"] == str(root)
@@ -75,7 +83,12 @@ def test_training_summary(tmp_path):
     t = found["training"]
     assert t["source"] == str(tmp_path / "run" / "trainer_state.json")
     assert (t["global_step"], t["max_steps"], t["epoch"], t["num_train_epochs"], t["train_batch_size"]) == (
-        300, 300, 1.0, 1, 4)
+        300,
+        300,
+        1.0,
+        1,
+        4,
+    )
     assert t["best_metric"] is None and t["best_model_checkpoint"] is None
     assert t["loss_history"] == [[100, 2.0], [200, 1.0], [300, 0.667]]
     assert t["eval_loss_history"] == [[200, 1.5]]
@@ -84,8 +97,7 @@ def test_training_summary(tmp_path):
 
 
 def test_best_checkpoint_windows_path(tmp_path):
-    root = sft_run(tmp_path / "run", best_model_checkpoint="C:\\Users\\me\\outputs\\checkpoint-200\\",
-                   best_metric=0.41)
+    root = sft_run(tmp_path / "run", best_model_checkpoint="C:\\Users\\me\\outputs\\checkpoint-200\\", best_metric=0.41)
     found = inspect_trainer_output(root)
     assert found["adapter"]["path"] == str(root / "checkpoint-200")
     assert found["adapter"]["source"] == "checkpoint" and found["adapter"]["step"] == 200
@@ -186,12 +198,15 @@ def test_chat_template_from_json(tmp_path):
     assert inspect_trainer_output(root)["tokenizer"]["chat_template"] == TEMPLATE
 
 
-@pytest.mark.parametrize("value, expected", [
-    (TEMPLATE, TEMPLATE),
-    ([{"name": "tool_use", "template": "tools"}, {"name": "default", "template": TEMPLATE}], TEMPLATE),
-    ([{"name": "tool_use", "template": "tools"}], None),
-    (None, None),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (TEMPLATE, TEMPLATE),
+        ([{"name": "tool_use", "template": "tools"}, {"name": "default", "template": TEMPLATE}], TEMPLATE),
+        ([{"name": "tool_use", "template": "tools"}], None),
+        (None, None),
+    ],
+)
 def test_chat_template_from_tokenizer_config(tmp_path, value, expected):
     root = tokenizer(adapter(tmp_path / "run"), {"model_max_length": 8, "chat_template": value})
     assert inspect_trainer_output(root)["tokenizer"]["chat_template"] == expected
@@ -273,8 +288,9 @@ def test_bad_adapter_config(tmp_path, content):
     assert "adapter_config.json" in e.value.message and "\n" not in e.value.message
 
 
-@pytest.mark.parametrize("data", [b"", b"\x05\x00", (1000).to_bytes(8, "little") + b"{}", (2).to_bytes(8, "little")
-                                  + b"{x"])
+@pytest.mark.parametrize(
+    "data", [b"", b"\x05\x00", (1000).to_bytes(8, "little") + b"{}", (2).to_bytes(8, "little") + b"{x"]
+)
 def test_corrupt_safetensors(tmp_path, data):
     root = adapter(tmp_path / "run")
     (root / "adapter_model.safetensors").write_bytes(data)

@@ -23,21 +23,46 @@ def main():
 @click.option("--quant", "quants", multiple=True, help="GGUF type (repeatable; default Q4_K_M and Q8_0).")
 @click.option("--push", multiple=True, metavar="TARGET", help="hf:ORG/NAME, ollama[:NAME] or local:DIR (repeatable).")
 @click.option("--name", default=None, help="Model name (default: from hf:ORG/NAME, else the run folder's name).")
-@click.option("--runtime", type=click.Choice(["auto", "docker", "local"]), default=None,
-              help="Containers, local processes, or Docker when its engine and images are there (default auto).")
+@click.option(
+    "--runtime",
+    type=click.Choice(["auto", "docker", "local"]),
+    default=None,
+    help="Containers, local processes, or Docker when its engine and images are there (default auto).",
+)
 @click.option("--gpus", type=click.Choice(["auto", "all", "none"]), default=None, help="GPU use (default auto).")
-@click.option("--base-model", default=None, metavar="ORG/NAME",
-              help="Hub id of the base model, for the cards, when the adapter names a local folder.")
-@click.option("--allow-pickle", is_flag=True, default=None,
-              help="Accept an adapter saved only as a pickle (adapter_model.bin), read with "
-                   "torch.load(weights_only=True).")
+@click.option(
+    "--base-model",
+    default=None,
+    metavar="ORG/NAME",
+    help="Hub id of the base model, for the cards, when the adapter names a local folder.",
+)
+@click.option(
+    "--allow-pickle",
+    is_flag=True,
+    default=None,
+    help="Accept an adapter saved only as a pickle (adapter_model.bin), read with torch.load(weights_only=True).",
+)
 @click.option("--config", type=click.Path(), default=None, help="TOML file with these settings (options override it).")
 @click.option("--dry-run", is_flag=True, help="Print the plan, the exact commands or containers and the disk use.")
 @click.option("--force", multiple=True, metavar="STEP", help="Redo this step even when up to date (repeatable; all).")
 @json_option
 @report_errors
-def run(trainer_output, work, formats, quants, push, name, runtime, gpus, base_model, allow_pickle, config, dry_run,
-        force, as_json):
+def run(
+    trainer_output,
+    work,
+    formats,
+    quants,
+    push,
+    name,
+    runtime,
+    gpus,
+    base_model,
+    allow_pickle,
+    config,
+    dry_run,
+    force,
+    as_json,
+):
     """Plan and run every step on TRAINER_OUTPUT, in containers or as local processes.
 
     \b
@@ -47,8 +72,19 @@ def run(trainer_output, work, formats, quants, push, name, runtime, gpus, base_m
     from .config import request
     from .run import execute
 
-    req = request(trainer_output, config=config, work=work, formats=formats, quants=quants, push=push, name=name,
-                  runtime=runtime, gpus=gpus, base_model=base_model, allow_pickle=allow_pickle)
+    req = request(
+        trainer_output,
+        config=config,
+        work=work,
+        formats=formats,
+        quants=quants,
+        push=push,
+        name=name,
+        runtime=runtime,
+        gpus=gpus,
+        base_model=base_model,
+        allow_pickle=allow_pickle,
+    )
     result = execute(req, dry_run=dry_run, force=force)
     if as_json:
         emit(result, True)
@@ -63,8 +99,9 @@ def _print_plan(result: dict) -> None:
         size = f"~{r['expected_bytes'] / 1e9:.2f} GB" if r["expected_bytes"] else "size unknown"
         click.echo(f"{r['step']:<16} {r['status']:<11} {size:>14}  {r['output']}")
         click.echo(f"    {r['command']}")
-    click.echo(f"expected disk use: ~{result['expected_bytes'] / 1e9:.2f} GB "
-               f"(free: {result['free_bytes'] / 1e9:.1f} GB)")
+    click.echo(
+        f"expected disk use: ~{result['expected_bytes'] / 1e9:.2f} GB (free: {result['free_bytes'] / 1e9:.1f} GB)"
+    )
     for p in result["problems"]:
         click.echo(f"PROBLEM: {p['problem']}")
     if result["problems"]:
@@ -116,8 +153,13 @@ def doctor(work, as_json):
 
 
 @main.command()
-@click.option("--work", type=click.Path(), default="demo-output", show_default=True,
-              help="Folder for the sample run and its artifacts.")
+@click.option(
+    "--work",
+    type=click.Path(),
+    default="demo-output",
+    show_default=True,
+    help="Folder for the sample run and its artifacts.",
+)
 @click.option("--runtime", type=click.Choice(["auto", "docker", "local"]), default="auto", show_default=True)
 @json_option
 @report_errors

@@ -47,8 +47,9 @@ def local_path(text, *, platform: str | None = None, wsl: bool | None = None) ->
             wsl = "microsoft" in _kernel_release().lower() or Path("/mnt/c").is_dir()
         rest = PureWindowsPath(text).parts[1:]
         if not wsl:
-            raise InvalidInput(f"{text} is a Windows path, and this is not Windows or WSL2: give the path as this "
-                               "machine sees it")
+            raise InvalidInput(
+                f"{text} is a Windows path, and this is not Windows or WSL2: give the path as this machine sees it"
+            )
         return Path("/mnt", m.group(1).lower(), *rest)
     return Path(os.path.expanduser(text))
 
@@ -88,15 +89,18 @@ def _read_toml(path: Path) -> dict:
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"config file {path} is not valid TOML ({' '.join(str(exc).split())}): fix it",
-                         path=str(path)) from None
+        raise UsageError(
+            f"config file {path} is not valid TOML ({' '.join(str(exc).split())}): fix it", path=str(path)
+        ) from None
 
 
 def _check_keys(path: Path, data: dict) -> None:
     unknown = sorted(set(data) - KEYS)
     if unknown:
-        raise UsageError(f"config file {path}: unknown key(s) {', '.join(unknown)}: valid keys are "
-                         f"{', '.join(sorted(KEYS))}", path=str(path))
+        raise UsageError(
+            f"config file {path}: unknown key(s) {', '.join(unknown)}: valid keys are {', '.join(sorted(KEYS))}",
+            path=str(path),
+        )
     for key in ("merge", "gguf", "docs", "publish"):
         if not isinstance(data.get(key, {}), dict):
             raise UsageError(f"config file {path}: {key} must be a table ([{key}])", path=str(path))
@@ -149,8 +153,7 @@ def request(trainer_output=None, *, config=None, **options) -> Request:
 
 def _layered(config, options: dict) -> dict:
     """DEFAULTS (copied), the config file over them (tables merged key by key), the options over both."""
-    req = {k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
-           for k, v in DEFAULTS.items()}
+    req = {k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v) for k, v in DEFAULTS.items()}
     if config:
         for key, value in load_config(config).items():
             req[key] = {**req[key], **value} if isinstance(req.get(key), dict) else value
@@ -170,12 +173,17 @@ def _resolve_paths(req: dict, trainer_output) -> None:
     if trainer_output:
         req["trainer_output"] = local_path(trainer_output)
     if not req.get("trainer_output"):
-        raise UsageError("no trainer output folder: pass it (upload-driver run ./sft_output) or set trainer_output "
-                         "in the config file")
+        raise UsageError(
+            "no trainer output folder: pass it (upload-driver run ./sft_output) or set trainer_output "
+            "in the config file"
+        )
     req["trainer_output"] = Path(os.path.abspath(req["trainer_output"]))
     work = req.get("work")
-    req["work"] = Path(os.path.abspath(local_path(work) if work else
-                                       req["trainer_output"].with_name(req["trainer_output"].name + "-upload")))
+    req["work"] = Path(
+        os.path.abspath(
+            local_path(work) if work else req["trainer_output"].with_name(req["trainer_output"].name + "-upload")
+        )
+    )
 
 
 def _push_targets(targets: list) -> list[str]:

@@ -27,9 +27,18 @@ from .local import QUIET_ENV, failure
 from .plan import PlannedStep, render
 
 LABEL = "upload-driver.work"
-PASS_ENV = ("HF_ENDPOINT", "HF_HUB_DISABLE_XET", "HF_HUB_DISABLE_TELEMETRY", "HF_HUB_OFFLINE", "HF_HUB_ETAG_TIMEOUT",
-            "OLLAMA_HOST", "UPLOAD_DRIVER_DEBUG", "TRANSFORMERS_VERBOSITY", "UPLOAD_DRIVER_NET_TIMEOUT",
-            "UPLOAD_DRIVER_RETRY_BUDGET")
+PASS_ENV = (
+    "HF_ENDPOINT",
+    "HF_HUB_DISABLE_XET",
+    "HF_HUB_DISABLE_TELEMETRY",
+    "HF_HUB_OFFLINE",
+    "HF_HUB_ETAG_TIMEOUT",
+    "OLLAMA_HOST",
+    "UPLOAD_DRIVER_DEBUG",
+    "TRANSFORMERS_VERBOSITY",
+    "UPLOAD_DRIVER_NET_TIMEOUT",
+    "UPLOAD_DRIVER_RETRY_BUDGET",
+)
 GPU_ERROR = "could not select device driver"
 
 
@@ -42,8 +51,9 @@ def client():
     try:
         import docker
     except ImportError:
-        raise DockerUnavailable("the docker Python package is not installed "
-                                "(pip install 'upload-driver[driver]')") from None
+        raise DockerUnavailable(
+            "the docker Python package is not installed (pip install 'upload-driver[driver]')"
+        ) from None
     try:
         c = docker.from_env(timeout=30)
         c.ping()
@@ -90,14 +100,22 @@ def gpu_available(c, image_name: str, work: Path) -> tuple[bool, str]:
 
     ct = None
     try:
-        ct = c.containers.create(image_name, ["--help"], device_requests=_gpu_request(), network_mode="none",
-                                 labels={LABEL: work_id(work), "upload-driver.step": "gpu-probe"})
+        ct = c.containers.create(
+            image_name,
+            ["--help"],
+            device_requests=_gpu_request(),
+            network_mode="none",
+            labels={LABEL: work_id(work), "upload-driver.step": "gpu-probe"},
+        )
         ct.start()
         ct.wait(timeout=120)
         return True, "GPU runtime found: GPU steps run with every GPU"
     except docker.errors.APIError as exc:
-        why = "no NVIDIA container runtime (install nvidia-container-toolkit)" if GPU_ERROR in str(exc) else \
-            " ".join(str(exc.explanation or exc).split())[:160]
+        why = (
+            "no NVIDIA container runtime (install nvidia-container-toolkit)"
+            if GPU_ERROR in str(exc)
+            else " ".join(str(exc.explanation or exc).split())[:160]
+        )
         return False, f"no GPU for containers: {why}; running on CPU"
     finally:
         if ct is not None:
@@ -115,8 +133,9 @@ def spec(step: PlannedStep, *, device: str, gpu: bool, work: Path, token_file: P
     """Everything the container is created with (also what --dry-run shows)."""
     from docker.types import Mount
 
-    mounts = [Mount(_in_path(step, k), docker_bind_path(p), type="bind", read_only=True)
-              for k, p in step.inputs.items()]
+    mounts = [
+        Mount(_in_path(step, k), docker_bind_path(p), type="bind", read_only=True) for k, p in step.inputs.items()
+    ]
     mounts.append(Mount("/work/out", docker_bind_path(step.out.parent), type="bind"))
     mounts += [Mount(f"/work/rw/{k}", docker_bind_path(p), type="bind") for k, p in step.rw.items()]
     env = {k: os.environ[k] for k in PASS_ENV if k in os.environ}
@@ -134,13 +153,24 @@ def spec(step: PlannedStep, *, device: str, gpu: bool, work: Path, token_file: P
         env["HF_HUB_CACHE"] = "/work/hf-cache"
     uid = os.getuid() if hasattr(os, "getuid") else 1000
     gid = os.getgid() if hasattr(os, "getgid") else 1000
-    command = render(step, inp=lambda k: _in_path(step, k), out=lambda: f"/work/out/{step.out.name}",
-                     rw=lambda k: f"/work/rw/{k}", device=device)
-    return {"image": step.image, "command": [*command, "--overwrite"],
-            "user": f"{uid}:{gid}", "mounts": mounts, "environment": env,
-            "network_mode": "host" if step.network else "none", "working_dir": "/work",
-            "labels": {LABEL: work_id(work), "upload-driver.step": step.name},
-            "device_requests": _gpu_request() if gpu else None}
+    command = render(
+        step,
+        inp=lambda k: _in_path(step, k),
+        out=lambda: f"/work/out/{step.out.name}",
+        rw=lambda k: f"/work/rw/{k}",
+        device=device,
+    )
+    return {
+        "image": step.image,
+        "command": [*command, "--overwrite"],
+        "user": f"{uid}:{gid}",
+        "mounts": mounts,
+        "environment": env,
+        "network_mode": "host" if step.network else "none",
+        "working_dir": "/work",
+        "labels": {LABEL: work_id(work), "upload-driver.step": step.name},
+        "device_requests": _gpu_request() if gpu else None,
+    }
 
 
 def describe(s: dict) -> str:
@@ -188,14 +218,23 @@ def run(c, step: PlannedStep, *, device: str, gpu: bool, work: Path, log) -> Non
     with _Token(step.token) as token_file:
         s = spec(step, device=device, gpu=gpu, work=work, token_file=token_file)
         try:
-            ct = c.containers.create(s["image"], s["command"], user=s["user"], mounts=s["mounts"],
-                                     environment=s["environment"], network_mode=s["network_mode"],
-                                     working_dir=s["working_dir"], labels=s["labels"],
-                                     device_requests=s["device_requests"])
+            ct = c.containers.create(
+                s["image"],
+                s["command"],
+                user=s["user"],
+                mounts=s["mounts"],
+                environment=s["environment"],
+                network_mode=s["network_mode"],
+                working_dir=s["working_dir"],
+                labels=s["labels"],
+                device_requests=s["device_requests"],
+            )
         except docker.errors.APIError as exc:
-            raise UploadError(f"Docker refused the container of step {step.name}: "
-                              f"{' '.join(str(exc.explanation or exc).split())[:300]}: check `upload-driver doctor`",
-                              step=step.name) from None
+            raise UploadError(
+                f"Docker refused the container of step {step.name}: "
+                f"{' '.join(str(exc.explanation or exc).split())[:300]}: check `upload-driver doctor`",
+                step=step.name,
+            ) from None
         try:
             ct.start()
             for chunk in ct.logs(stream=True, follow=True, stdout=False, stderr=True):

@@ -18,8 +18,9 @@ NAME = "sample-chat"
 # A folder where the sample's trained base model is kept and taken from (checked by its files' sha256):
 # trained once for many demos, e.g. once per test run.
 SAMPLE_CACHE_ENV = "UPLOAD_DRIVER_SAMPLE_CACHE"
-SAMPLE_CARD = ("---\nlicense: apache-2.0\nlanguage:\n- en\n---\n\n"
-               "# Sample base model\n\nRandom weights, briefly trained.\n")
+SAMPLE_CARD = (
+    "---\nlicense: apache-2.0\nlanguage:\n- en\n---\n\n# Sample base model\n\nRandom weights, briefly trained.\n"
+)
 
 
 def make_sample(folder: Path) -> Path:
@@ -31,8 +32,10 @@ def make_sample(folder: Path) -> Path:
 
         from upload_common.sample import make_tokenizer, make_trained_base, make_trainer_output
     except ImportError as exc:
-        raise Unsupported(f"upload-driver demo trains a sample model with torch and runs every step on this machine, "
-                          f"but {exc.name or 'torch'} is not installed: pip install 'upload-driver[all]'") from exc
+        raise Unsupported(
+            f"upload-driver demo trains a sample model with torch and runs every step on this machine, "
+            f"but {exc.name or 'torch'} is not installed: pip install 'upload-driver[all]'"
+        ) from exc
     if not debug_enabled():  # transformers' own bars and warnings are not the demo's output
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
@@ -42,12 +45,21 @@ def make_sample(folder: Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tok = make_tokenizer(tmp / "tokenizer")
     cache = os.environ.get(SAMPLE_CACHE_ENV)
-    log(f"the sample base model: trained once, kept in {cache}" if cache else
-        "training the sample base model briefly (once; about half a minute)")
+    log(
+        f"the sample base model: trained once, kept in {cache}"
+        if cache
+        else "training the sample base model briefly (once; about half a minute)"
+    )
     base = make_trained_base(tmp / "base_model", tok, cache=Path(cache) if cache else None)
     (base / "README.md").write_text(SAMPLE_CARD)
-    make_trainer_output(tmp / "sft_output", base, kind="sft", tokenizer_dir=tok, lora_scale=0.02,
-                        base_name=str((folder / "base_model").absolute()))
+    make_trainer_output(
+        tmp / "sft_output",
+        base,
+        kind="sft",
+        tokenizer_dir=tok,
+        lora_scale=0.02,
+        base_name=str((folder / "base_model").absolute()),
+    )
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     return folder / "sft_output"
@@ -61,8 +73,14 @@ def run_demo(work: Path, runtime: str = "auto") -> dict:
     work = Path(work).absolute()
     log(f"making the sample trainer output in {work / 'sample'}")
     trainer_output = make_sample(work / "sample")
-    req = request(trainer_output, work=str(work), name=NAME, quants=("Q4_K_M", "Q8_0"), runtime=runtime,
-                  push=(f"local:{work / 'published'}",))
+    req = request(
+        trainer_output,
+        work=str(work),
+        name=NAME,
+        quants=("Q4_K_M", "Q8_0"),
+        runtime=runtime,
+        push=(f"local:{work / 'published'}",),
+    )
     return execute(req)
 
 
@@ -70,10 +88,12 @@ def next_steps(result: dict) -> list[str]:
     """What a new user does after the demo: where to look, then their own folder."""
     work = Path(result["work"])
     cards = sorted((work / "artifacts" / "docs").glob("*/README.md"))
-    return ["", "What was made:",
-            f"  model cards: {', '.join(str(c) for c in cards) or work / 'artifacts' / 'docs'}",
-            f"  published as the Hub would hold it: {work / 'published'}",
-            "Next, your own trainer output (see the plan and its checks first):",
-            "  upload-driver run ./your_sft_output --dry-run",
-            "  upload-driver run ./your_sft_output --push local:./published"
-            "      # or --push hf:ORG/NAME with HF_TOKEN set"]
+    return [
+        "",
+        "What was made:",
+        f"  model cards: {', '.join(str(c) for c in cards) or work / 'artifacts' / 'docs'}",
+        f"  published as the Hub would hold it: {work / 'published'}",
+        "Next, your own trainer output (see the plan and its checks first):",
+        "  upload-driver run ./your_sft_output --dry-run",
+        "  upload-driver run ./your_sft_output --push local:./published      # or --push hf:ORG/NAME with HF_TOKEN set",
+    ]

@@ -13,8 +13,12 @@ TOOLS = ("merge-tool", "gguf-tool", "docs-tool", "hf-push-tool")
 
 def _finding(check: str, ok: bool | None, detail: str, remedy: str = "") -> dict:
     """ok: True (fine), False (a problem), None (a warning: works, but less well)."""
-    return {"check": check, "status": {True: "ok", False: "problem", None: "warning"}[ok], "detail": detail,
-            "remedy": "" if ok else remedy}
+    return {
+        "check": check,
+        "status": {True: "ok", False: "problem", None: "warning"}[ok],
+        "detail": detail,
+        "remedy": "" if ok else remedy,
+    }
 
 
 def checks(work: Path) -> list[dict]:
@@ -27,29 +31,58 @@ def checks(work: Path) -> list[dict]:
         info = c.version()
         out.append(_finding("docker engine", True, f"Docker {info.get('Version')} answers"))
         runtimes = c.info().get("Runtimes") or {}
-        out.append(_finding("GPU runtime", True if "nvidia" in runtimes else None,
-                            "nvidia runtime present" if "nvidia" in runtimes else
-                            f"no nvidia runtime (runtimes: {', '.join(runtimes) or 'none'}): GPU steps run on CPU",
-                            "install nvidia-container-toolkit and restart Docker (on Windows: Docker Desktop with the "
-                            "WSL2 backend and a current NVIDIA driver)"))
+        out.append(
+            _finding(
+                "GPU runtime",
+                True if "nvidia" in runtimes else None,
+                "nvidia runtime present"
+                if "nvidia" in runtimes
+                else f"no nvidia runtime (runtimes: {', '.join(runtimes) or 'none'}): GPU steps run on CPU",
+                "install nvidia-container-toolkit and restart Docker (on Windows: Docker Desktop with the "
+                "WSL2 backend and a current NVIDIA driver)",
+            )
+        )
         for tool in TOOLS:
             name = image(tool)
             try:
                 labels = c.images.get(name).labels or {}
-                out.append(_finding(f"image {tool}", True, f"{name} (revision "
-                                    f"{labels.get('org.opencontainers.image.revision', '?')[:12]})"))
+                out.append(
+                    _finding(
+                        f"image {tool}",
+                        True,
+                        f"{name} (revision {labels.get('org.opencontainers.image.revision', '?')[:12]})",
+                    )
+                )
             except Exception:  # noqa: BLE001 - ImageNotFound or a broken engine: same advice
-                out.append(_finding(f"image {tool}", None, f"{name} not built: this step runs as a local process",
-                                    f"images/build.sh {tool}  (CPU: images/build.sh --cpu {tool})"))
+                out.append(
+                    _finding(
+                        f"image {tool}",
+                        None,
+                        f"{name} not built: this step runs as a local process",
+                        f"images/build.sh {tool}  (CPU: images/build.sh --cpu {tool})",
+                    )
+                )
     except containers.DockerUnavailable as exc:
-        out.append(_finding("docker engine", None, f"{exc.message}: the steps run as local processes",
-                            "install Docker (Docker Desktop on Windows, with WSL2) and start it"))
+        out.append(
+            _finding(
+                "docker engine",
+                None,
+                f"{exc.message}: the steps run as local processes",
+                "install Docker (Docker Desktop on Windows, with WSL2) and start it",
+            )
+        )
     out.append(_gpu_local())
     out.append(_converter())
     probe = nearest_existing(work)
     free = shutil.disk_usage(probe).free
-    out.append(_finding("disk", free > 20e9 or None, f"{free / 1e9:.1f} GB free in {probe}",
-                        "a 7B model needs ~15 GB merged plus ~5-8 GB per GGUF type: free space or choose --work"))
+    out.append(
+        _finding(
+            "disk",
+            free > 20e9 or None,
+            f"{free / 1e9:.1f} GB free in {probe}",
+            "a 7B model needs ~15 GB merged plus ~5-8 GB per GGUF type: free space or choose --work",
+        )
+    )
     out.append(_token())
     return out
 
@@ -59,10 +92,15 @@ def _gpu_local() -> dict:
         import torch
 
         if torch.cuda.is_available():
-            return _finding("GPU (local)", True,
-                            f"{torch.cuda.get_device_name(0)} visible to torch {torch.__version__}")
-        return _finding("GPU (local)", None, f"torch {torch.__version__} sees no CUDA GPU: local steps run on CPU",
-                        "install a CUDA build of torch and the NVIDIA driver, or use the images")
+            return _finding(
+                "GPU (local)", True, f"{torch.cuda.get_device_name(0)} visible to torch {torch.__version__}"
+            )
+        return _finding(
+            "GPU (local)",
+            None,
+            f"torch {torch.__version__} sees no CUDA GPU: local steps run on CPU",
+            "install a CUDA build of torch and the NVIDIA driver, or use the images",
+        )
     except ImportError:
         return _finding("GPU (local)", None, "torch is not installed here", "pip install 'upload-driver[all]'")
 
@@ -73,15 +111,22 @@ def _converter() -> dict:
     import sys
 
     try:
-        proc = subprocess.run([sys.executable, "-m", "gguf_tool.cli", "status"], capture_output=True, text=True,
-                              timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-m", "gguf_tool.cli", "status"], capture_output=True, text=True, timeout=120
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        return _finding("llama.cpp (local)", None, f"gguf-tool did not answer ({type(exc).__name__})",
-                        "pip install 'upload-driver[gguf]' && gguf-tool setup (or use the gguf-tool image)")
+        return _finding(
+            "llama.cpp (local)",
+            None,
+            f"gguf-tool did not answer ({type(exc).__name__})",
+            "pip install 'upload-driver[gguf]' && gguf-tool setup (or use the gguf-tool image)",
+        )
     if proc.returncode == 0:
         return _finding("llama.cpp (local)", True, proc.stdout.strip())
-    said = next((line[len("error: "):] for line in proc.stderr.splitlines() if line.startswith("error: ")),
-                "gguf-tool is not installed here")
+    said = next(
+        (line[len("error: ") :] for line in proc.stderr.splitlines() if line.startswith("error: ")),
+        "gguf-tool is not installed here",
+    )
     return _finding("llama.cpp (local)", None, said.split(":")[0], "gguf-tool setup (or use the gguf-tool image)")
 
 
@@ -91,8 +136,12 @@ def _token() -> dict:
     from huggingface_hub import get_token
 
     if not get_token():
-        return _finding("Hugging Face token", None, "none: publishing to the Hub is not possible (local and Ollama "
-                        "targets work)", "set HF_TOKEN, or run `hf auth login`")
+        return _finding(
+            "Hugging Face token",
+            None,
+            "none: publishing to the Hub is not possible (local and Ollama targets work)",
+            "set HF_TOKEN, or run `hf auth login`",
+        )
     where = "HF_TOKEN" if os.environ.get("HF_TOKEN") else "the token file"
     return _finding("Hugging Face token", True, f"present (from {where}; not shown)")
 

@@ -22,14 +22,20 @@ from . import plan
 
 TOKEN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_API_TOKEN")
 # third-party output a user of the driver does not need to see (tqdm bars, transformers' warnings)
-QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1",
-             "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
+QUIET_ENV = {
+    "TRANSFORMERS_VERBOSITY": "error",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TQDM_DISABLE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PYTHONWARNINGS": "ignore",
+}
 NO_TOKEN_FILE = os.path.join(tempfile.gettempdir(), "upload-driver-no-token", "token")  # never created
 
 
 def command(step: plan.PlannedStep, device: str) -> list[str]:
-    args = plan.render(step, inp=lambda k: str(step.inputs[k]), out=lambda: str(step.out),
-                       rw=lambda k: str(step.rw[k]), device=device)
+    args = plan.render(
+        step, inp=lambda k: str(step.inputs[k]), out=lambda: str(step.out), rw=lambda k: str(step.rw[k]), device=device
+    )
     return [sys.executable, "-m", step.module, *args, "--overwrite"]
 
 
@@ -56,8 +62,9 @@ def _end_group(pgid: int) -> None:
 
 def run(step: plan.PlannedStep, *, device: str, log) -> None:
     group = sys.platform != "win32"
-    proc = subprocess.Popen(command(step, device), stdout=subprocess.DEVNULL, env=environment(step),
-                            start_new_session=group)
+    proc = subprocess.Popen(
+        command(step, device), stdout=subprocess.DEVNULL, env=environment(step), start_new_session=group
+    )
     try:
         code = proc.wait()
     except BaseException:  # Ctrl-C or the driver stopping: the step and what it started end too
@@ -77,6 +84,8 @@ def failure(step: plan.PlannedStep, signal_number: int | None, code: int, where:
     name = f"step {step.name} ({where or step.tool})"
     if signal_number:
         why = " - often the system running out of memory" if signal_number == signal.SIGKILL else ""
-        return f"{name} was killed (signal {signal_number}){why}: nothing of it was kept; rerun to resume, " \
-               "finished steps are kept"
+        return (
+            f"{name} was killed (signal {signal_number}){why}: nothing of it was kept; rerun to resume, "
+            "finished steps are kept"
+        )
     return f"{name} failed (exit code {code}): see its message above; rerun to resume, finished steps are kept"

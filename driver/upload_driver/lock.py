@@ -70,10 +70,13 @@ def hold(work: Path, command: str = "run"):
             here = who.get("host") == socket.gethostname()
             gone = here and not _alive(who.get("pid"))
             stale = " (that process is gone: its lock will be released in a moment)" if gone else ""
-            raise WorkFolderBusy(f"{work} is in use by another upload-driver {who.get('command', 'run')} (pid "
-                                 f"{who.get('pid', '?')} on {who.get('host', '?')}, since {who.get('since', '?')})"
-                                 f"{stale}: wait for it to finish, or pass another --work", work=str(work),
-                                 holder=who)
+            raise WorkFolderBusy(
+                f"{work} is in use by another upload-driver {who.get('command', 'run')} (pid "
+                f"{who.get('pid', '?')} on {who.get('host', '?')}, since {who.get('since', '?')})"
+                f"{stale}: wait for it to finish, or pass another --work",
+                work=str(work),
+                holder=who,
+            )
         previous = _holder(fd)
         record = {"pid": os.getpid(), "host": socket.gethostname(), "since": now_iso(), "command": command}
         os.ftruncate(fd, 0)

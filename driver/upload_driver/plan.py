@@ -135,8 +135,15 @@ def _merge_args(spec, req: Request, found: dict) -> tuple[dict, list, dict]:
         inputs["calibration"] = Path(merge["calibration"])
         args += ["--calibration", ("in", "calibration")]
     if not spec.consumes:
-        args += _opts(merge, {"checkpoint": "--checkpoint", "dtype": "--dtype", "max_shard_size": "--max-shard-size",
-                              "allow_pickle": "--allow-pickle"})
+        args += _opts(
+            merge,
+            {
+                "checkpoint": "--checkpoint",
+                "dtype": "--dtype",
+                "max_shard_size": "--max-shard-size",
+                "allow_pickle": "--allow-pickle",
+            },
+        )
     return inputs, args, {"network": remote, "token": remote, "hf_cache": remote}
 
 
@@ -144,8 +151,15 @@ def _gguf_args(spec, req: Request, found: dict) -> tuple[dict, list, dict]:
     """gguf-tool's inputs and arguments: the merged set it consumes, the quantization types."""
     gguf = req.gguf
     inputs = {}
-    args = ["--model", ("in", "model"), "--out", ("out",), *[a for q in req.quants for a in ("--quant", q)],
-            "--name", naming(req)[0]]
+    args = [
+        "--model",
+        ("in", "model"),
+        "--out",
+        ("out",),
+        *[a for q in req.quants for a in ("--quant", q)],
+        "--name",
+        naming(req)[0],
+    ]
     for key in ("imatrix", "calibration"):
         if gguf.get(key):
             inputs[key] = Path(gguf[key])
@@ -183,9 +197,18 @@ def _docs_step(published: list[str], req: Request) -> PlannedStep:
         args += ["--namespace", namespace]
     repos = docs.get("repos") or {}
     args += [a for s, r in repos.items() for a in ("--repo", f"{s}={r}")]
-    args += _opts(docs, {"license": "--license", "license_link": "--license-link", "base_model": "--base-model",
-                         "datasets": "--dataset", "language": "--language", "system": "--system",
-                         "ollama_quant": "--ollama-quant"})
+    args += _opts(
+        docs,
+        {
+            "license": "--license",
+            "license_link": "--license-link",
+            "base_model": "--base-model",
+            "datasets": "--dataset",
+            "language": "--language",
+            "system": "--system",
+            "ollama_quant": "--ollama-quant",
+        },
+    )
     return PlannedStep("docs", "docs-tool", "docs_tool.cli", art / "docs", args, inputs)
 
 
@@ -195,8 +218,7 @@ def _publish_steps(targets: list[str], published: list[str], req: Request) -> li
     for i, target in enumerate(targets):
         kind, _, arg = target.partition(":")
         inputs = {"docs": art / "docs", **{s: art / s for s in published}}
-        args = ["--docs", ("in", "docs"), *[a for s in published for a in ("--artifact", ("in", s))],
-                "--out", ("out",)]
+        args = ["--docs", ("in", "docs"), *[a for s in published for a in ("--artifact", ("in", s))], "--out", ("out",)]
         rw = {}
         if kind == "local":
             rw = {"site": Path(arg)}
@@ -205,8 +227,19 @@ def _publish_steps(targets: list[str], published: list[str], req: Request) -> li
             args += ["--to", "hf" if kind == "hf" else target]
         args += _opts(req.publish, {"private": "--private", "ollama_push": "--ollama-push"})
         name = f"publish-{kind}" if sum(t.startswith(kind) for t in targets) == 1 else f"publish-{kind}-{i}"
-        steps.append(PlannedStep(name, "hf-push-tool", "hf_push_tool.cli", art / name, args, inputs, rw,
-                                 network=kind != "local", token=kind == "hf"))
+        steps.append(
+            PlannedStep(
+                name,
+                "hf-push-tool",
+                "hf_push_tool.cli",
+                art / name,
+                args,
+                inputs,
+                rw,
+                network=kind != "local",
+                token=kind == "hf",
+            )
+        )
     return steps
 
 

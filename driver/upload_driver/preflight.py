@@ -78,12 +78,23 @@ def _gguf(req: Request) -> list[Finding]:
             out.append(Finding("--quant", exc.message, usage=True))
     needy = [q["name"] for q in known if q["needs_imatrix"]]
     if needy and not (req.gguf.get("imatrix") or req.gguf.get("calibration")):
-        out.append(Finding("--quant", f"{', '.join(needy)} need an importance matrix: set imatrix or calibration in "
-                                      "the config's [gguf] table", usage=True))
+        out.append(
+            Finding(
+                "--quant",
+                f"{', '.join(needy)} need an importance matrix: set imatrix or calibration in "
+                "the config's [gguf] table",
+                usage=True,
+            )
+        )
     wanted = req.docs.get("ollama_quant")
     if wanted and str(wanted).upper() not in {q["name"] for q in known}:
-        out.append(Finding("ollama_quant", f"ollama_quant {wanted} is not one of the GGUF types asked for "
-                                           f"({', '.join(req.quants)})", usage=True))
+        out.append(
+            Finding(
+                "ollama_quant",
+                f"ollama_quant {wanted} is not one of the GGUF types asked for ({', '.join(req.quants)})",
+                usage=True,
+            )
+        )
     return out
 
 
@@ -140,11 +151,17 @@ def _writable(folder: Path) -> str | None:
 def _local(target: Path, req: Request) -> list[Finding]:
     work = req.work
     trainer = req.trainer_output
-    for inner, what, both in ((trainer, "the trainer output", True), (work / "artifacts", "the artifacts", False),
-                              (work / ".upload-driver", "the driver's state", False)):
+    for inner, what, both in (
+        (trainer, "the trainer output", True),
+        (work / "artifacts", "the artifacts", False),
+        (work / ".upload-driver", "the driver's state", False),
+    ):
         if is_inside(target, inner) or (both and is_inside(inner, target)):
-            return [Finding("local:", f"local:{target} overlaps {what} ({inner}): publish into a folder of its own",
-                            usage=True)]
+            return [
+                Finding(
+                    "local:", f"local:{target} overlaps {what} ({inner}): publish into a folder of its own", usage=True
+                )
+            ]
     why = _writable(target)
     return [Finding("local:", f"local:{target}: {why}: choose a folder you can write", usage=True)] if why else []
 
@@ -163,8 +180,10 @@ def _bounded(what: str, host: str, fn):
     t.start()
     t.join(NET_WAIT)
     if t.is_alive():
-        raise UploadError(f"{what}: {host} did not answer within {NET_WAIT:.0f} s: check the network or the server "
-                          "(UPLOAD_DRIVER_PREFLIGHT_TIMEOUT sets the wait)")
+        raise UploadError(
+            f"{what}: {host} did not answer within {NET_WAIT:.0f} s: check the network or the server "
+            "(UPLOAD_DRIVER_PREFLIGHT_TIMEOUT sets the wait)"
+        )
     if "error" in box:
         raise box["error"]
     return box["value"]
@@ -174,8 +193,13 @@ def _hub(req: Request) -> list[Finding]:
     from huggingface_hub import HfApi, constants, get_token
 
     if not get_token():
-        return [Finding("hf:", "no Hugging Face token: set HF_TOKEN or log in with `hf auth login` (the token is "
-                               "never read from the command line)")]
+        return [
+            Finding(
+                "hf:",
+                "no Hugging Face token: set HF_TOKEN or log in with `hf auth login` (the token is "
+                "never read from the command line)",
+            )
+        ]
     offline = os.environ.get("HF_HUB_OFFLINE")  # as the publishing step's process will see it
     if offline.strip().upper() in ("1", "ON", "YES", "TRUE") if offline is not None else constants.HF_HUB_OFFLINE:
         return [Finding("hf:", "HF_HUB_OFFLINE is set: publishing to the Hub needs the network: unset it")]
@@ -187,17 +211,25 @@ def _hub(req: Request) -> list[Finding]:
         return [Finding("hf:", exc.message)]
     except Exception as exc:  # noqa: BLE001 - 401 and friends: one line
         code = getattr(getattr(exc, "response", None), "status_code", None)
-        why = "the Hub refused the token (401): set HF_TOKEN to a valid token" if code == 401 else \
-            f"the Hub at {endpoint} could not check the token ({type(exc).__name__}{f' {code}' if code else ''})"
+        why = (
+            "the Hub refused the token (401): set HF_TOKEN to a valid token"
+            if code == 401
+            else f"the Hub at {endpoint} could not check the token ({type(exc).__name__}{f' {code}' if code else ''})"
+        )
         return [Finding("hf:", why)]
     if ((info.get("auth") or {}).get("accessToken") or {}).get("role") == "read":
         return [Finding("hf:", "the Hugging Face token is read-only: create one with write access and set HF_TOKEN")]
     mine = {info.get("name"), *[o.get("name") for o in info.get("orgs") or []]}
     if namespace and namespace not in mine:
-        return [Finding("hf:", f"the token belongs to {info.get('name')} (organisations: "
-                               f"{', '.join(sorted(m for m in mine if m and m != info.get('name'))) or 'none'}), "
-                               f"which cannot create repos under {namespace}: use hf:{info.get('name')}/NAME or a "
-                               "token of that organisation")]
+        return [
+            Finding(
+                "hf:",
+                f"the token belongs to {info.get('name')} (organisations: "
+                f"{', '.join(sorted(m for m in mine if m and m != info.get('name'))) or 'none'}), "
+                f"which cannot create repos under {namespace}: use hf:{info.get('name')}/NAME or a "
+                "token of that organisation",
+            )
+        ]
     return []
 
 
@@ -219,8 +251,12 @@ def _ollama() -> list[Finding]:
         return []
     except OSError as exc:
         why = getattr(exc, "reason", None) or exc
-        return [Finding("ollama", f"no Ollama server answers at {url} ({why}): start `ollama serve`, or set "
-                                  "OLLAMA_HOST to where it runs")]
+        return [
+            Finding(
+                "ollama",
+                f"no Ollama server answers at {url} ({why}): start `ollama serve`, or set OLLAMA_HOST to where it runs",
+            )
+        ]
 
 
 def _disk(req: Request, steps: Sequence[PlannedStep], will_run: set) -> tuple[list[Finding], int, int]:
@@ -232,9 +268,18 @@ def _disk(req: Request, steps: Sequence[PlannedStep], will_run: set) -> tuple[li
     probe = nearest_existing(req.work)
     free = shutil.disk_usage(probe).free
     if need and free < need + SPACE_MARGIN:
-        return [Finding("disk", f"the plan writes ~{need / 1e9:.2f} GB (plus a {SPACE_MARGIN >> 20} MB margin) in "
-                                f"{probe} but only {free / 1e9:.2f} GB is free: free some space or pass another "
-                                "--work")], need, free
+        return (
+            [
+                Finding(
+                    "disk",
+                    f"the plan writes ~{need / 1e9:.2f} GB (plus a {SPACE_MARGIN >> 20} MB margin) in "
+                    f"{probe} but only {free / 1e9:.2f} GB is free: free some space or pass another "
+                    "--work",
+                )
+            ],
+            need,
+            free,
+        )
     return [], need, free
 
 

@@ -30,13 +30,16 @@ def choose_runtime(req: Request, steps: Sequence[PlannedStep], log) -> tuple[str
         missing = containers.missing_images(c, [s.image for s in steps])
     except containers.DockerUnavailable as exc:
         if wanted == "docker":
-            raise UsageError(f"--runtime docker: {exc.message}: start Docker (Docker Desktop on Windows), or use "
-                             "--runtime local") from None
+            raise UsageError(
+                f"--runtime docker: {exc.message}: start Docker (Docker Desktop on Windows), or use --runtime local"
+            ) from None
         return "local", None, f"local processes: {exc.message}"
     if missing:
         if wanted == "docker":
-            raise UsageError(f"--runtime docker: image(s) {', '.join(missing)} not found: build them with "
-                             "images/build.sh (see images/README.md), or use --runtime local")
+            raise UsageError(
+                f"--runtime docker: image(s) {', '.join(missing)} not found: build them with "
+                "images/build.sh (see images/README.md), or use --runtime local"
+            )
         return "local", None, f"local processes: image(s) {', '.join(missing)} not built (images/build.sh)"
     return "docker", c, "Docker containers"
 
@@ -50,8 +53,10 @@ def choose_gpu(req: Request, runtime: str, c, steps: Sequence[PlannedStep], work
         try:
             import torch
         except ImportError:
-            raise Unsupported("--runtime local runs every step on this machine, which needs the tools' libraries: "
-                              "pip install 'upload-driver[all]' (or build the images: images/build.sh)") from None
+            raise Unsupported(
+                "--runtime local runs every step on this machine, which needs the tools' libraries: "
+                "pip install 'upload-driver[all]' (or build the images: images/build.sh)"
+            ) from None
         if torch.cuda.is_available():
             return True, "cuda", f"GPU: {torch.cuda.get_device_name(0)}"
         return False, "cpu", "GPU: none visible to torch here: running on CPU"
@@ -66,8 +71,12 @@ def will_run(req: Request, steps: Sequence[PlannedStep], force: set) -> set:
     for step in steps:
         upstream = {outs[p] for p in step.inputs.values() if p in outs}
         ready = all(p.exists() for p in step.inputs.values())
-        if step.name in force or upstream & running or not ready or \
-                not st.up_to_date(req.work, step, st.fingerprint(step)):
+        if (
+            step.name in force
+            or upstream & running
+            or not ready
+            or not st.up_to_date(req.work, step, st.fingerprint(step))
+        ):
             running.add(step.name)
     return running
 
@@ -131,34 +140,66 @@ def _steps(req, steps, force, runtime, c, gpu_choice, decided, log) -> dict:
         st.record(work, step, fp, seconds)
         log(f"[{i}/{len(steps)}] {step.name}: done in {seconds:.1f} s")
         rows.append(summary(step, seconds))
-    return {"runtime": runtime, "gpu": bool(decided and decided[0]), "work": str(work),
-            "seconds": round(time.monotonic() - t_all, 3), "steps": rows}
+    return {
+        "runtime": runtime,
+        "gpu": bool(decided and decided[0]),
+        "work": str(work),
+        "seconds": round(time.monotonic() - t_all, 3),
+        "steps": rows,
+    }
 
 
 def _dry_run(req, steps, runtime, gpu, device, force, running, findings, disk) -> dict:
     rows, sizes = [], {}
     for step in steps:
         if runtime == "docker":
-            cmd = containers.describe(containers.spec(step, device=device, gpu=gpu and step.gpu, work=req.work,
-                                                      token_file=Path("TOKEN-FILE") if step.token else None))
+            cmd = containers.describe(
+                containers.spec(
+                    step,
+                    device=device,
+                    gpu=gpu and step.gpu,
+                    work=req.work,
+                    token_file=Path("TOKEN-FILE") if step.token else None,
+                )
+            )
         else:
             cmd = local.describe(step, device)
         status = "forced" if step.name in force else ("will run" if step.name in running else "up to date")
-        rows.append({"step": step.name, "status": status, "command": cmd, "output": str(step.out),
-                     "expected_bytes": preflight.estimate(step, sizes)})
-    return {"dry_run": True, "runtime": runtime, "gpu": gpu, "steps": rows, **disk,
-            "problems": [{"check": f.check, "problem": f.problem, "usage": f.usage} for f in findings]}
+        rows.append(
+            {
+                "step": step.name,
+                "status": status,
+                "command": cmd,
+                "output": str(step.out),
+                "expected_bytes": preflight.estimate(step, sizes),
+            }
+        )
+    return {
+        "dry_run": True,
+        "runtime": runtime,
+        "gpu": gpu,
+        "steps": rows,
+        **disk,
+        "problems": [{"check": f.check, "problem": f.problem, "usage": f.usage} for f in findings],
+    }
 
 
 def summary(step: PlannedStep, seconds: float | None) -> dict:
     m = read_manifest(step.out) or {}
-    row = {"step": step.name, "output": str(step.out), "files": len(m.get("outputs", [])),
-           "bytes": sum(o["size"] for o in m.get("outputs", [])),
-           "seconds": None if seconds is None else round(seconds, 1), "skipped": seconds is None, "figures": "",
-           "published": ""}
+    row = {
+        "step": step.name,
+        "output": str(step.out),
+        "files": len(m.get("outputs", [])),
+        "bytes": sum(o["size"] for o in m.get("outputs", [])),
+        "seconds": None if seconds is None else round(seconds, 1),
+        "skipped": seconds is None,
+        "figures": "",
+        "published": "",
+    }
     if m.get("files"):  # gguf-tool: validation per type
-        row["figures"] = ", ".join(f"{q} top-1 {v['validation']['top1_agreement']:.3f}" for q, v in m["files"].items()
-                                   if v.get("validation"))
+        row["figures"] = ", ".join(
+            f"{q} top-1 {v['validation']['top1_agreement']:.3f}" for q, v in m["files"].items() if v.get("validation")
+        )
     elif m.get("validation"):  # a quantized merge-tool format
         row["figures"] = f"top-1 {m['validation']['top1_agreement']:.3f}, KL {m['validation']['mean_kl']:.4f}"
     for target, sets in (m.get("published") or {}).items():

@@ -100,9 +100,13 @@ def verify(step: PlannedStep) -> dict[str, list]:
     with ThreadPoolExecutor(4) as pool:
         bad = [b for b in pool.map(check, files.items()) if b]
     if bad:
-        raise InvalidInput(f"step {step.name}: its output does not match its manifest ({bad[0]}"
-                           f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}): something else wrote to it; "
-                           f"rerun with --force {step.name}", step=step.name, mismatches=bad[:20])
+        raise InvalidInput(
+            f"step {step.name}: its output does not match its manifest ({bad[0]}"
+            f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}): something else wrote to it; "
+            f"rerun with --force {step.name}",
+            step=step.name,
+            mismatches=bad[:20],
+        )
     return {str(p): list(_stat(p)) for p in files}
 
 
@@ -126,8 +130,13 @@ def up_to_date(work: Path, step: PlannedStep, fp: str) -> bool:
     recorded."""
     rec = load(work).get(step.name)
     manifest = step.out / MANIFEST
-    return bool(rec) and rec.get("fingerprint") == fp and manifest.is_file() and \
-        sha256_file(manifest) == rec.get("manifest") and _still_there(step, rec.get("files") or {})
+    return (
+        bool(rec)
+        and rec.get("fingerprint") == fp
+        and manifest.is_file()
+        and sha256_file(manifest) == rec.get("manifest")
+        and _still_there(step, rec.get("files") or {})
+    )
 
 
 def record(work: Path, step: PlannedStep, fp: str, seconds: float) -> None:
@@ -136,9 +145,14 @@ def record(work: Path, step: PlannedStep, fp: str, seconds: float) -> None:
     path = Path(work) / STATE
     path.parent.mkdir(parents=True, exist_ok=True)
     state = load(work)
-    state[step.name] = {"fingerprint": fp, "manifest": sha256_file(step.out / MANIFEST),
-                        "manifest_fingerprint": (read_manifest(step.out) or {}).get("fingerprint"),
-                        "finished": now_iso(), "seconds": round(seconds, 3), "files": files}
+    state[step.name] = {
+        "fingerprint": fp,
+        "manifest": sha256_file(step.out / MANIFEST),
+        "manifest_fingerprint": (read_manifest(step.out) or {}).get("fingerprint"),
+        "finished": now_iso(),
+        "seconds": round(seconds, 3),
+        "files": files,
+    }
     write_json_atomic(path, state)
 
 

@@ -62,8 +62,9 @@ class LocalServer:
         server.daemon_threads = True
         server.owner = self  # type: ignore[attr-defined]
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=self.thread_name, daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=self.thread_name, daemon=True
+        )
         self._thread.start()
         return self
 
@@ -94,13 +95,18 @@ class LocalServer:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     # ------------------------------------------------------------------ faults
-    def _add_fault(self, method: str | None, path: str, times: int | None, action, actions: tuple,
-                   **fields) -> dict:
+    def _add_fault(self, method: str | None, path: str, times: int | None, action, actions: tuple, **fields) -> dict:
         """Append a fault record (``fields`` are the server's own, e.g. status) and return it."""
         if action not in actions:
             raise ValueError(f"unknown fault action {action!r}")
-        fault = {"method": method.upper() if method else None, "path": re.compile(path), "times": times,
-                 "action": action, **fields, "hits": 0}
+        fault = {
+            "method": method.upper() if method else None,
+            "path": re.compile(path),
+            "times": times,
+            "action": action,
+            **fields,
+            "hits": 0,
+        }
         with self._lock:
             self._faults.append(fault)
         return fault
@@ -286,5 +292,6 @@ class RequestHandler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
     def send_json(self, status: int, obj, headers: dict | None = None, content_type: str = "application/json") -> None:
-        self.send_bytes(status, json.dumps(obj).encode(),
-                        {"Content-Type": f"{content_type}; charset=utf-8", **(headers or {})})
+        self.send_bytes(
+            status, json.dumps(obj).encode(), {"Content-Type": f"{content_type}; charset=utf-8", **(headers or {})}
+        )

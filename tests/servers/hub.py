@@ -53,16 +53,50 @@ __all__ = ["HubServer", "client_env", "git_blob_sha1", "LFS_EXTENSIONS"]
 
 # Default .gitattributes of a new Hub repo (the patterns stored through LFS), plus GGUF.
 LFS_EXTENSIONS = (
-    ".7z", ".arrow", ".bin", ".bz2", ".ckpt", ".ftz", ".gz", ".h5", ".joblib", ".mlmodel", ".model", ".msgpack",
-    ".npy", ".npz", ".onnx", ".ot", ".parquet", ".pb", ".pickle", ".pkl", ".pt", ".pth", ".rar", ".safetensors",
-    ".tar", ".tflite", ".tgz", ".wasm", ".xz", ".zip", ".zst", ".gguf",
+    ".7z",
+    ".arrow",
+    ".bin",
+    ".bz2",
+    ".ckpt",
+    ".ftz",
+    ".gz",
+    ".h5",
+    ".joblib",
+    ".mlmodel",
+    ".model",
+    ".msgpack",
+    ".npy",
+    ".npz",
+    ".onnx",
+    ".ot",
+    ".parquet",
+    ".pb",
+    ".pickle",
+    ".pkl",
+    ".pt",
+    ".pth",
+    ".rar",
+    ".safetensors",
+    ".tar",
+    ".tflite",
+    ".tgz",
+    ".wasm",
+    ".xz",
+    ".zip",
+    ".zst",
+    ".gguf",
 )
 
 
 def client_env(url: str, token: str | None = None) -> dict[str, str]:
     """Environment variables that point a ``huggingface_hub`` client process at the Hub at ``url``."""
-    env = {"HF_ENDPOINT": url, "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
-           "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    env = {
+        "HF_ENDPOINT": url,
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_OFFLINE": "0",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    }
     if token is not None:
         env["HF_TOKEN"] = token
     return env
@@ -73,17 +107,25 @@ class HubServer(ReadRoutes, WriteRoutes, LocalServer):
 
     thread_name = "hub-server"
 
-    def __init__(self, storage_dir: str | os.PathLike, tokens: dict[str, dict] | None = None, *,
-                 lfs_threshold: int = 1_000_000, lfs_extensions: tuple[str, ...] = LFS_EXTENSIONS,
-                 port: int = 0):
+    def __init__(
+        self,
+        storage_dir: str | os.PathLike,
+        tokens: dict[str, dict] | None = None,
+        *,
+        lfs_threshold: int = 1_000_000,
+        lfs_extensions: tuple[str, ...] = LFS_EXTENSIONS,
+        port: int = 0,
+    ):
         """``tokens``: ``{token: {"user": str, "orgs": [str], "role": "read"|"write"|"admin"}}``.
         Files of ``lfs_threshold`` bytes or more, with an extension in ``lfs_extensions`` or with a NUL byte in
         their first 512 bytes are answered ``uploadMode: "lfs"`` by preupload; others (and empty files) ``regular``.
         """
         super().__init__(_Handler, port)
         self.storage_dir = Path(storage_dir)
-        self.tokens = {k: {"user": v["user"], "orgs": list(v.get("orgs", [])), "role": v.get("role", "write")}
-                       for k, v in (tokens or {}).items()}
+        self.tokens = {
+            k: {"user": v["user"], "orgs": list(v.get("orgs", [])), "role": v.get("role", "write")}
+            for k, v in (tokens or {}).items()
+        }
         self.lfs_threshold = lfs_threshold
         self.lfs_extensions = tuple(e.lower() for e in lfs_extensions)
         self._repos: dict[str, _Repo] = {}
@@ -101,9 +143,18 @@ class HubServer(ReadRoutes, WriteRoutes, LocalServer):
         return client_env(self.url, token)
 
     # ------------------------------------------------------------------ faults
-    def add_fault(self, method: str | None = None, path: str = ".*", status: int = 500, times: int | None = 1,
-                  body: object = None, headers: dict | None = None, action: str = "respond",
-                  drop_after: int | None = None, delay: float = 0.0) -> dict:
+    def add_fault(
+        self,
+        method: str | None = None,
+        path: str = ".*",
+        status: int = 500,
+        times: int | None = 1,
+        body: object = None,
+        headers: dict | None = None,
+        action: str = "respond",
+        drop_after: int | None = None,
+        delay: float = 0.0,
+    ) -> dict:
         """Inject a fault for requests matching ``method`` (None: any) and ``path`` (regex, ``re.search`` on the
         decoded path). ``times``: how many requests it hits (None: forever). ``action``:
 
@@ -114,8 +165,18 @@ class HubServer(ReadRoutes, WriteRoutes, LocalServer):
         - ``"delay"``: sleep ``delay`` seconds, then handle the request normally.
 
         Returns the fault record; its ``"hits"`` counts the requests it caught."""
-        return self._add_fault(method, path, times, action, ("respond", "drop", "delay"), status=status, body=body,
-                               headers=dict(headers or {}), drop_after=drop_after, delay=delay)
+        return self._add_fault(
+            method,
+            path,
+            times,
+            action,
+            ("respond", "drop", "delay"),
+            status=status,
+            body=body,
+            headers=dict(headers or {}),
+            drop_after=drop_after,
+            delay=delay,
+        )
 
     # ------------------------------------------------------------------ inspection
     @property
@@ -141,15 +202,26 @@ class HubServer(ReadRoutes, WriteRoutes, LocalServer):
         """Every commit of the repo (all branches and PRs), oldest first."""
         with self._lock:
             repo = self._repos[repo_id]
-            return [{k: copy.deepcopy(c[k]) for k in ("oid", "parent", "summary", "description", "files_changed",
-                                                       "author", "date", "branch")}
-                    for c in (repo.commits[o] for o in repo.order)]
+            return [
+                {
+                    k: copy.deepcopy(c[k])
+                    for k in ("oid", "parent", "summary", "description", "files_changed", "author", "date", "branch")
+                }
+                for c in (repo.commits[o] for o in repo.order)
+            ]
 
     def repo(self, repo_id: str) -> dict:
         with self._lock:
             repo = self._repos[repo_id]
-            return {"id": repo.id, "type": "model", "private": repo.private, "created_at": repo.created_at,
-                    "refs": dict(repo.refs), "sha": repo.refs["main"], "lfs_objects": sorted(repo.lfs_oids)}
+            return {
+                "id": repo.id,
+                "type": "model",
+                "private": repo.private,
+                "created_at": repo.created_at,
+                "refs": dict(repo.refs),
+                "sha": repo.refs["main"],
+                "lfs_objects": sorted(repo.lfs_oids),
+            }
 
     def repos(self) -> list[str]:
         with self._lock:
@@ -174,13 +246,17 @@ class HubServer(ReadRoutes, WriteRoutes, LocalServer):
 
     @staticmethod
     def _can_read(info: dict | None, repo: _Repo) -> bool:
-        return not repo.private or (info is not None and (repo.namespace == info["user"]
-                                                          or repo.namespace in info["orgs"]))
+        return not repo.private or (
+            info is not None and (repo.namespace == info["user"] or repo.namespace in info["orgs"])
+        )
 
     @staticmethod
     def _can_write(info: dict | None, namespace: str) -> bool:
-        return (info is not None and info["role"] in _WRITE_ROLES
-                and (namespace == info["user"] or namespace in info["orgs"]))
+        return (
+            info is not None
+            and info["role"] in _WRITE_ROLES
+            and (namespace == info["user"] or namespace in info["orgs"])
+        )
 
     def _get_repo(self, repo_id: str, info: dict | None) -> _Repo:
         repo = self._repos.get(repo_id)
@@ -217,7 +293,7 @@ class HubServer(ReadRoutes, WriteRoutes, LocalServer):
     def _is_lfs(self, path: str, size: int, sample: bytes) -> bool:
         if size == 0:
             return False
-        return (size >= self.lfs_threshold or path.lower().endswith(self.lfs_extensions) or b"\0" in sample)
+        return size >= self.lfs_threshold or path.lower().endswith(self.lfs_extensions) or b"\0" in sample
 
     def _record(self, entry: dict) -> None:
         with self._lock:
@@ -344,9 +420,17 @@ class _Handler(RequestHandler):
         self.send_json(e.status, {"error": e.message, **e.extra}, headers=headers)
 
     def record(self, status: int | None) -> None:
-        self.owner._record({"method": self.command, "path": self.req_path, "query": self.url_parts.query,
-                            "headers": {k: v for k, v in self.headers.items()}, "status": status,
-                            "bytes": self._body_bytes, "time": time.monotonic()})
+        self.owner._record(
+            {
+                "method": self.command,
+                "path": self.req_path,
+                "query": self.url_parts.query,
+                "headers": {k: v for k, v in self.headers.items()},
+                "status": status,
+                "bytes": self._body_bytes,
+                "time": time.monotonic(),
+            }
+        )
 
     # --------------------------------------------------------------- responses
     def send(self, response: tuple) -> None:
@@ -369,7 +453,7 @@ class _Handler(RequestHandler):
         if head_only or length == 0:
             return
         if isinstance(source, bytes):
-            self.wfile.write(source[start:start + length])
+            self.wfile.write(source[start : start + length])
             return
         with open(source, "rb") as f:
             f.seek(start)

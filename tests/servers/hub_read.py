@@ -13,20 +13,30 @@ class ReadRoutes:
     """Part of ``HubServer`` (call with its lock held)."""
 
     def _whoami(self, info: dict) -> dict:
-        return {"type": "user", "id": hashlib.sha1(info["user"].encode()).hexdigest()[:24], "name": info["user"],
-                "fullname": info["user"], "email": f"{info['user']}@example.invalid", "emailVerified": True,
-                "isPro": False, "canPay": False, "periodEnd": None,
-                "orgs": [{"type": "org", "name": o, "fullname": o, "roleInOrg": info["role"]} for o in info["orgs"]],
-                "auth": {"type": "access_token",
-                         "accessToken": {"displayName": "test-token", "role": info["role"]}}}
+        return {
+            "type": "user",
+            "id": hashlib.sha1(info["user"].encode()).hexdigest()[:24],
+            "name": info["user"],
+            "fullname": info["user"],
+            "email": f"{info['user']}@example.invalid",
+            "emailVerified": True,
+            "isPro": False,
+            "canPay": False,
+            "periodEnd": None,
+            "orgs": [{"type": "org", "name": o, "fullname": o, "roleInOrg": info["role"]} for o in info["orgs"]],
+            "auth": {"type": "access_token", "accessToken": {"displayName": "test-token", "role": info["role"]}},
+        }
 
     @staticmethod
     def _validate_yaml(body: bytes) -> dict:
         content = _json(body).get("content", "")
         lines = content.splitlines()
         if lines and lines[0].strip() == "---" and not any(line.strip() == "---" for line in lines[1:]):
-            raise _HttpError(400, "Invalid YAML metadata",
-                             extra={"errors": [{"message": "YAML front matter is not closed by '---'"}]})
+            raise _HttpError(
+                400,
+                "Invalid YAML metadata",
+                extra={"errors": [{"message": "YAML front matter is not closed by '---'"}]},
+            )
         return {"errors": [], "warnings": []}
 
     def _model_info(self, h, repo: _Repo, revision: str, query) -> None:
@@ -41,13 +51,27 @@ class ReadRoutes:
                 if e["lfs"]:
                     s["lfs"] = {"size": e["size"], "sha256": e["sha256"], "pointerSize": e["pointer_size"]}
             siblings.append(s)
-        return _J(200, {
-            "_id": hashlib.sha1(repo.id.encode()).hexdigest()[:24], "id": repo.id, "modelId": repo.id,
-            "author": repo.namespace, "sha": commit["oid"] if commit else None,
-            "lastModified": commit["date"] if commit else repo.created_at, "createdAt": repo.created_at,
-            "private": repo.private, "disabled": False, "gated": False, "downloads": 0, "likes": 0, "tags": [],
-            "siblings": siblings, "spaces": [],
-            "usedStorage": sum(e["size"] for e in files.values())})
+        return _J(
+            200,
+            {
+                "_id": hashlib.sha1(repo.id.encode()).hexdigest()[:24],
+                "id": repo.id,
+                "modelId": repo.id,
+                "author": repo.namespace,
+                "sha": commit["oid"] if commit else None,
+                "lastModified": commit["date"] if commit else repo.created_at,
+                "createdAt": repo.created_at,
+                "private": repo.private,
+                "disabled": False,
+                "gated": False,
+                "downloads": 0,
+                "likes": 0,
+                "tags": [],
+                "siblings": siblings,
+                "spaces": [],
+                "usedStorage": sum(e["size"] for e in files.values()),
+            },
+        )
 
     def _file_json(self, repo: _Repo, path: str, entry: dict, expand: bool) -> dict:
         out = {"type": "file", "oid": entry["blob_id"], "size": entry["size"], "path": path}
@@ -74,7 +98,7 @@ class ReadRoutes:
         for path in sorted(files):
             if not path.startswith(prefix):
                 continue
-            parts = path[len(prefix):].split("/")
+            parts = path[len(prefix) :].split("/")
             for i in range(1, len(parts) if recursive else min(len(parts), 2)):
                 dirs.add(prefix + "/".join(parts[:i]))
             if recursive or len(parts) == 1:
@@ -114,28 +138,47 @@ class ReadRoutes:
         commit, out = self._resolve_revision(repo, revision), []
         while commit is not None:
             message = commit["summary"] + (f"\n\n{commit['description']}" if commit["description"] else "")
-            out.append({"id": commit["oid"], "title": commit["summary"], "message": message,
-                        "authors": [{"user": commit["author"]}], "date": commit["date"]})
+            out.append(
+                {
+                    "id": commit["oid"],
+                    "title": commit["summary"],
+                    "message": message,
+                    "authors": [{"user": commit["author"]}],
+                    "date": commit["date"],
+                }
+            )
             commit = repo.commits[commit["parent"]] if commit["parent"] else None
         return _J(200, out)
 
     def _refs(self, h, repo: _Repo, query) -> None:
-        out: dict = {"branches": [{"name": b, "ref": f"refs/heads/{b}", "targetCommit": o}
-                                  for b, o in repo.refs.items() if o], "converts": [], "tags": []}
+        out: dict = {
+            "branches": [{"name": b, "ref": f"refs/heads/{b}", "targetCommit": o} for b, o in repo.refs.items() if o],
+            "converts": [],
+            "tags": [],
+        }
         if query.get("include_prs"):
-            out["pullRequests"] = [{"name": f"refs/pr/{n}", "ref": f"refs/pr/{n}", "targetCommit": o}
-                                   for n, o in repo.prs.items()]
+            out["pullRequests"] = [
+                {"name": f"refs/pr/{n}", "ref": f"refs/pr/{n}", "targetCommit": o} for n, o in repo.prs.items()
+            ]
         return _J(200, out)
 
     def _resolve(self, h, method: str, repo: _Repo, revision: str, path: str) -> None:
         commit = self._resolve_revision(repo, revision)
         entry = commit["files"].get(path) if commit else None
         if entry is None:
-            raise _HttpError(404, f"Entry not found: {path}", "EntryNotFound",
-                             headers={"X-Repo-Commit": commit["oid"]} if commit else None)
+            raise _HttpError(
+                404,
+                f"Entry not found: {path}",
+                "EntryNotFound",
+                headers={"X-Repo-Commit": commit["oid"]} if commit else None,
+            )
         etag = entry["sha256"] if entry["lfs"] else entry["blob_id"]
-        headers = {"X-Repo-Commit": commit["oid"], "ETag": f'"{etag}"', "Accept-Ranges": "bytes",
-                   "Content-Disposition": f'inline; filename="{path.rsplit("/", 1)[-1]}"'}
+        headers = {
+            "X-Repo-Commit": commit["oid"],
+            "ETag": f'"{etag}"',
+            "Accept-Ranges": "bytes",
+            "Content-Disposition": f'inline; filename="{path.rsplit("/", 1)[-1]}"',
+        }
         if entry["lfs"]:
             headers.update({"X-Linked-Etag": f'"{etag}"', "X-Linked-Size": str(entry["size"])})
         size, start, end = entry["size"], 0, entry["size"] - 1

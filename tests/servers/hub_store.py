@@ -30,8 +30,9 @@ def _now() -> str:
 class _HttpError(HttpError):
     """An error answer with the Hub's ``X-Error-Code`` (``code``), more ``headers`` and ``extra`` JSON fields."""
 
-    def __init__(self, status: int, message: str, code: str | None = None, headers: dict | None = None,
-                 extra: dict | None = None):
+    def __init__(
+        self, status: int, message: str, code: str | None = None, headers: dict | None = None, extra: dict | None = None
+    ):
         super().__init__(status, message)
         self.code = code
         self.headers = headers or {}
@@ -44,11 +45,11 @@ class _Repo:
         self.namespace = repo_id.split("/")[0]
         self.private = private
         self.created_at = _now()
-        self.refs: dict[str, str | None] = {"main": None}   # branch -> head commit oid (None: no commit yet)
-        self.prs: dict[int, str] = {}                         # PR number -> head commit oid
-        self.commits: dict[str, dict] = {}                    # oid -> commit
-        self.order: list[str] = []                            # commit oids in creation order
-        self.lfs_oids: set[str] = set()                       # LFS objects uploaded to this repo
+        self.refs: dict[str, str | None] = {"main": None}  # branch -> head commit oid (None: no commit yet)
+        self.prs: dict[int, str] = {}  # PR number -> head commit oid
+        self.commits: dict[str, dict] = {}  # oid -> commit
+        self.order: list[str] = []  # commit oids in creation order
+        self.lfs_oids: set[str] = set()  # LFS objects uploaded to this repo
 
 
 def _J(status: int, obj, headers: dict | None = None, content_type: str = "application/json") -> tuple:
@@ -68,7 +69,11 @@ def _json(body: bytes) -> dict:
 
 
 def _check_path(path: str) -> str:
-    if not path or path.startswith("/") or any(p in ("", ".", "..") for p in path.rstrip("/").split("/")) \
-            or path.split("/")[0] == ".git":
+    if (
+        not path
+        or path.startswith("/")
+        or any(p in ("", ".", "..") for p in path.rstrip("/").split("/"))
+        or path.split("/")[0] == ".git"
+    ):
         raise _HttpError(400, f"Invalid path in repo: {path!r}")
     return path

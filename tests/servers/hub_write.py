@@ -56,8 +56,14 @@ class WriteRoutes:
             sample = base64.b64decode(f.get("sample", "") or "")
             existing = files.get(path)
             oid = None if existing is None else (existing["sha256"] if existing["lfs"] else existing["blob_id"])
-            out.append({"path": path, "uploadMode": "lfs" if self._is_lfs(path, size, sample) else "regular",
-                        "shouldIgnore": False, "oid": oid})
+            out.append(
+                {
+                    "path": path,
+                    "uploadMode": "lfs" if self._is_lfs(path, size, sample) else "regular",
+                    "shouldIgnore": False,
+                    "oid": oid,
+                }
+            )
         return _J(200, {"files": out, "commitOid": commit["oid"] if commit else None})
 
     def _lfs_batch(self, h, repo_id: str, body: bytes, info) -> None:
@@ -71,16 +77,24 @@ class WriteRoutes:
         for obj in payload.get("objects", []):
             oid, size = str(obj.get("oid", "")), obj.get("size")
             if not re.fullmatch(r"[0-9a-f]{64}", oid) or not isinstance(size, int) or size < 0:
-                objects.append({"oid": oid, "size": size if isinstance(size, int) else 0,
-                                "error": {"code": 422, "message": "Invalid object"}})
+                objects.append(
+                    {
+                        "oid": oid,
+                        "size": size if isinstance(size, int) else 0,
+                        "error": {"code": 422, "message": "Invalid object"},
+                    }
+                )
                 continue
             entry: dict = {"oid": oid, "size": size, "authenticated": True}
             if oid not in repo.lfs_oids:
                 self._pending_sizes[(repo.id, oid)] = size
                 entry["actions"] = {"upload": {"href": f"{self.url}/lfs-upload/{repo.id}/{oid}", "expires_in": 3600}}
             objects.append(entry)
-        return _J(200, {"transfer": "basic", "objects": objects, "hash_algo": "sha256"},
-                    content_type="application/vnd.git-lfs+json")
+        return _J(
+            200,
+            {"transfer": "basic", "objects": objects, "hash_algo": "sha256"},
+            content_type="application/vnd.git-lfs+json",
+        )
 
     def _lfs_put(self, h, repo_id: str, oid: str) -> None:
         """Stream the body to disk while hashing it; keep it only if its sha256 is ``oid``."""
@@ -126,9 +140,17 @@ class WriteRoutes:
         files = dict(repo.commits[head]["files"]) if head else {}
         oid = secrets.token_hex(20)
         changed = [self._apply_operation(repo, files, line, oid) for line in lines[1:]]
-        commit = {"oid": oid, "parent": head, "summary": summary, "description": header.get("description") or "",
-                  "files_changed": changed, "files": files, "author": info["user"], "date": _now(),
-                  "branch": revision}
+        commit = {
+            "oid": oid,
+            "parent": head,
+            "summary": summary,
+            "description": header.get("description") or "",
+            "files_changed": changed,
+            "files": files,
+            "author": info["user"],
+            "date": _now(),
+            "branch": revision,
+        }
         return self._record_commit(repo, revision, commit, create_pr)
 
     def _commit_parent(self, repo: _Repo, revision: str, parent_commit: str | None, create_pr: bool) -> str | None:
@@ -151,8 +173,13 @@ class WriteRoutes:
         if key == "file":
             raw = value.get("content", "")
             content = base64.b64decode(raw) if value.get("encoding", "base64") == "base64" else raw.encode()
-            files[path] = {"lfs": False, "size": len(content), "blob_id": git_blob_sha1(content),
-                           "content": content, "last_commit": oid}
+            files[path] = {
+                "lfs": False,
+                "size": len(content),
+                "blob_id": git_blob_sha1(content),
+                "content": content,
+                "last_commit": oid,
+            }
         elif key == "lfsFile":
             files[path] = self._lfs_entry(repo, path, value, oid)
         elif key == "deletedFile":
@@ -173,20 +200,34 @@ class WriteRoutes:
     def _lfs_entry(self, repo: _Repo, path: str, value: dict, oid: str) -> dict:
         sha = str(value.get("oid", ""))
         if value.get("algo", "sha256") != "sha256" or sha not in repo.lfs_oids:
-            raise _HttpError(422, f"Your push was rejected because an LFS pointer pointed to a file that "
-                                  f"does not exist: {path} (oid {sha})")
+            raise _HttpError(
+                422,
+                f"Your push was rejected because an LFS pointer pointed to a file that "
+                f"does not exist: {path} (oid {sha})",
+            )
         size = self.lfs_path(sha).stat().st_size
         pointer = _lfs_pointer(sha, size)
-        return {"lfs": True, "size": size, "sha256": sha, "blob_id": git_blob_sha1(pointer),
-                "pointer_size": len(pointer), "last_commit": oid}
+        return {
+            "lfs": True,
+            "size": size,
+            "sha256": sha,
+            "blob_id": git_blob_sha1(pointer),
+            "pointer_size": len(pointer),
+            "last_commit": oid,
+        }
 
     def _record_commit(self, repo: _Repo, revision: str, commit: dict, create_pr: bool) -> tuple:
         oid, summary = commit["oid"], commit["summary"]
         repo.commits[oid] = commit
         repo.order.append(oid)
         self._stats["commits"][repo.id] = self._stats["commits"].get(repo.id, 0) + 1
-        out = {"success": True, "commitOid": oid, "commitUrl": f"{self.url}/{repo.id}/commit/{oid}",
-               "commitMessage": summary, "hookOutput": ""}
+        out = {
+            "success": True,
+            "commitOid": oid,
+            "commitUrl": f"{self.url}/{repo.id}/commit/{oid}",
+            "commitMessage": summary,
+            "hookOutput": "",
+        }
         if create_pr:
             number = max(repo.prs, default=0) + 1
             repo.prs[number] = oid

@@ -16,19 +16,78 @@ __all__ = ["PARAMS", "DEPRECATED", "parse_modelfile", "show_modelfile", "paramet
 
 # Ollama's model parameters (api.Options and the runner's) and the JSON types they take.
 PARAMS = {
-    **dict.fromkeys(("numa", "low_vram", "f16_kv", "logits_all", "vocab_only", "use_mmap", "use_mlock",
-                     "embedding_only", "penalize_newline"), bool),
-    **dict.fromkeys(("num_ctx", "num_batch", "num_gpu", "main_gpu", "num_thread", "num_keep", "seed", "num_predict",
-                     "top_k", "repeat_last_n", "mirostat"), int),
-    **dict.fromkeys(("top_p", "min_p", "tfs_z", "temperature", "repeat_penalty", "presence_penalty",
-                     "frequency_penalty", "mirostat_tau", "mirostat_eta"), float),
+    **dict.fromkeys(
+        (
+            "numa",
+            "low_vram",
+            "f16_kv",
+            "logits_all",
+            "vocab_only",
+            "use_mmap",
+            "use_mlock",
+            "embedding_only",
+            "penalize_newline",
+        ),
+        bool,
+    ),
+    **dict.fromkeys(
+        (
+            "num_ctx",
+            "num_batch",
+            "num_gpu",
+            "main_gpu",
+            "num_thread",
+            "num_keep",
+            "seed",
+            "num_predict",
+            "top_k",
+            "repeat_last_n",
+            "mirostat",
+        ),
+        int,
+    ),
+    **dict.fromkeys(
+        (
+            "top_p",
+            "min_p",
+            "tfs_z",
+            "temperature",
+            "repeat_penalty",
+            "presence_penalty",
+            "frequency_penalty",
+            "mirostat_tau",
+            "mirostat_eta",
+        ),
+        float,
+    ),
     "stop": list,
 }
 # Parameters Ollama's Modelfile parser skips with a warning (typical_p: refused by /api/create since 0.12).
-DEPRECATED = ("penalize_newline", "low_vram", "f16_kv", "logits_all", "vocab_only", "use_mlock", "mirostat",
-              "mirostat_tau", "mirostat_eta", "typical_p")
-_COMMANDS = ("from", "license", "template", "system", "adapter", "draft", "renderer", "parser", "parameter",
-             "message", "requires")
+DEPRECATED = (
+    "penalize_newline",
+    "low_vram",
+    "f16_kv",
+    "logits_all",
+    "vocab_only",
+    "use_mlock",
+    "mirostat",
+    "mirostat_tau",
+    "mirostat_eta",
+    "typical_p",
+)
+_COMMANDS = (
+    "from",
+    "license",
+    "template",
+    "system",
+    "adapter",
+    "draft",
+    "renderer",
+    "parser",
+    "parameter",
+    "message",
+    "requires",
+)
 _ROLES = ("system", "user", "assistant")
 _WHITE = " \t\r\n\v\f"
 _SKIP = re.compile(r"(?:[ \t\r\n]+|#[^\r\n]*)*")
@@ -55,6 +114,7 @@ def _unquote(s: str) -> tuple[str, bool]:
 
 def _value(text: str, pos: int) -> tuple[str, int]:
     """The value starting at ``pos``, and where the next command may start."""
+
     def kept(end: int) -> str:
         return "".join(ch for ch in text[pos:end] if ch.isprintable() or ch in " \t\r\n").strip(_WHITE)
 
@@ -73,7 +133,7 @@ def _command(text: str, pos: int) -> tuple[str, int]:
     where its value starts."""
     m = _HEAD.match(text, pos)
     if not m or m[1].lower() not in _COMMANDS:
-        raise _invalid(f"Modelfile: {text[pos:pos + 20]!r}: command must be one of {', '.join(_COMMANDS)}")
+        raise _invalid(f"Modelfile: {text[pos : pos + 20]!r}: command must be one of {', '.join(_COMMANDS)}")
     name = m[1].lower()
     if name not in _NAMED:
         return ("model" if name == "from" else name), m.end()
@@ -99,8 +159,10 @@ def parse_commands(text: str) -> list[tuple[str, str]]:
 
 def _typed(name: str, raw: str):
     kind = PARAMS[name]
-    booleans = {**dict.fromkeys(("1", "t", "T", "TRUE", "true", "True"), True),
-                **dict.fromkeys(("0", "f", "F", "FALSE", "false", "False"), False)}
+    booleans = {
+        **dict.fromkeys(("1", "t", "T", "TRUE", "true", "True"), True),
+        **dict.fromkeys(("0", "f", "F", "FALSE", "false", "False"), False),
+    }
     try:
         return booleans[raw] if kind is bool else kind(raw)
     except (KeyError, ValueError):
@@ -113,7 +175,7 @@ def _add(out: dict, name: str, value: str) -> None:
     elif name == "license":
         out["license"] = value if out["license"] is None else [*_as_list(out["license"]), value]
     elif name.startswith("message "):
-        out["messages"].append({"role": name[len("message "):], "content": value})
+        out["messages"].append({"role": name[len("message ") :], "content": value})
     elif name in _COMMANDS:
         out[name] = value
     elif name in DEPRECATED:
@@ -130,8 +192,15 @@ def parse_modelfile(text: str) -> dict:
     """{"from", "template", "system", "license" (a list when several LICENSE lines), "parameters" ({name: typed
     value}, "stop" a list, as /api/create takes them), "messages" ([{role, content}]), "deprecated" ([parameter
     names Ollama skips])}; other commands by their lower-case name."""
-    out = {"from": None, "template": None, "system": None, "license": None, "parameters": {}, "messages": [],
-           "deprecated": []}
+    out = {
+        "from": None,
+        "template": None,
+        "system": None,
+        "license": None,
+        "parameters": {},
+        "messages": [],
+        "deprecated": [],
+    }
     for name, value in parse_commands(text):
         _add(out, name, value)
     if out["from"] is None:
@@ -171,14 +240,21 @@ def _quote(s: str) -> str:  # Ollama's parser.quote
 def show_modelfile(full: str, fields: dict, files: list[tuple[str, str]]) -> str:
     """What ``ollama show --modelfile`` prints for the model ``full``: ``files`` are (FROM or ADAPTER, blob path);
     ``fields`` what the create requests sent (template, system, parameters, messages, license)."""
-    lines = ['# Modelfile generated by "ollama show"', "# To build a new Modelfile based on this, replace FROM with:",
-             f"# FROM {full}", ""]
+    lines = [
+        '# Modelfile generated by "ollama show"',
+        "# To build a new Modelfile based on this, replace FROM with:",
+        f"# FROM {full}",
+        "",
+    ]
     lines += [f"{command} {path}" for command, path in files]
     lines.append(f"TEMPLATE {_quote(fields.get('template') or '{{ .Prompt }}')}")
     if fields.get("system"):
         lines.append(f"SYSTEM {_quote(fields['system'])}")
-    lines += [f"PARAMETER {k} {_quote(go_value(v, bare=True))}"
-              for k, vals in sorted((fields.get("parameters") or {}).items()) for v in _as_list(vals)]
+    lines += [
+        f"PARAMETER {k} {_quote(go_value(v, bare=True))}"
+        for k, vals in sorted((fields.get("parameters") or {}).items())
+        for v in _as_list(vals)
+    ]
     lines += [f"MESSAGE {m.get('role')} {_quote(str(m.get('content', '')))}" for m in fields.get("messages") or []]
     lines += [f"LICENSE {_quote(text)}" for text in _as_list(fields.get("license"))]
     return "\n".join(lines) + "\n"

@@ -99,7 +99,7 @@ class OllamaServer(LocalServer):
     @property
     def host(self) -> str:
         """``127.0.0.1:port``, for OLLAMA_HOST."""
-        return self.url[len("http://"):]
+        return self.url[len("http://") :]
 
     # ------------------------------------------------------------------ inspection
     @property
@@ -139,8 +139,14 @@ class OllamaServer(LocalServer):
         return self.storage_dir / "blobs" / f"sha256-{m.group(1).lower()}"
 
     # ------------------------------------------------------------------ faults
-    def add_fault(self, method: str | None = None, path_regex: str = ".*", status: int = 500, times: int | None = 1,
-                  action: str | None = None) -> dict:
+    def add_fault(
+        self,
+        method: str | None = None,
+        path_regex: str = ".*",
+        status: int = 500,
+        times: int | None = 1,
+        action: str | None = None,
+    ) -> dict:
         """Answer requests matching ``method`` (None: any) and ``path_regex`` with ``status`` and
         ``{"error": ...}`` after reading their body; ``action="drop"`` closes the connection (a TCP reset) after
         reading the body, without an answer. ``times``: how many requests it hits (None: all). Returns the fault
@@ -155,10 +161,16 @@ class OllamaServer(LocalServer):
         m = re.fullmatch(r"/api/blobs/([^/]+)", path)
         if m and method in ("HEAD", "POST"):
             return self._blob(h, method, m.group(1))
-        routes = {("GET", "/api/version"): self._version, ("GET", "/api/tags"): self._tags,
-                  ("GET", "/api/ps"): self._ps, ("POST", "/api/create"): self._create,
-                  ("POST", "/api/show"): self._show, ("POST", "/api/push"): self._push,
-                  ("POST", "/api/copy"): self._copy, ("DELETE", "/api/delete"): self._delete}
+        routes = {
+            ("GET", "/api/version"): self._version,
+            ("GET", "/api/tags"): self._tags,
+            ("GET", "/api/ps"): self._ps,
+            ("POST", "/api/create"): self._create,
+            ("POST", "/api/show"): self._show,
+            ("POST", "/api/push"): self._push,
+            ("POST", "/api/copy"): self._copy,
+            ("DELETE", "/api/delete"): self._delete,
+        }
         fn = routes.get((method, path))
         if fn is None:
             h.read_body()
@@ -219,20 +231,31 @@ class OllamaServer(LocalServer):
             yield {"status": "using existing model " + full_name(req["from"])}
         for fname, digest in sorted((req.get("files") or {}).items()):
             yield from self._model_file(fname, digest, meta)
-        meta["layers"] += [{"mediaType": "application/vnd.ollama.image.adapter", "digest": digest,
-                            "size": self.blob_path(digest).stat().st_size, "from": fname}
-                           for fname, digest in sorted((req.get("adapters") or {}).items())]
+        meta["layers"] += [
+            {
+                "mediaType": "application/vnd.ollama.image.adapter",
+                "digest": digest,
+                "size": self.blob_path(digest).stat().st_size,
+                "from": fname,
+            }
+            for fname, digest in sorted((req.get("adapters") or {}).items())
+        ]
         if req.get("quantize"):
-            yield {"status": f"quantizing {meta['details'].get('quantization_level') or 'F16'} model to "
-                             f"{req['quantize']}"}
+            yield {
+                "status": f"quantizing {meta['details'].get('quantization_level') or 'F16'} model to {req['quantize']}"
+            }
             meta["details"]["quantization_level"] = req["quantize"].upper()
         yield from field_layers(req, meta)
         yield {"status": "writing manifest"}
         manifest = json.dumps({"schemaVersion": 2, "layers": meta["layers"]}, sort_keys=True).encode()
         with self._lock:
             self._models[name] = copy.deepcopy(req)
-            self._meta[name] = {**meta, "modified_at": now(), "digest": hashlib.sha256(manifest).hexdigest(),
-                                "size": sum(lyr["size"] for lyr in meta["layers"])}
+            self._meta[name] = {
+                **meta,
+                "modified_at": now(),
+                "digest": hashlib.sha256(manifest).hexdigest(),
+                "size": sum(lyr["size"] for lyr in meta["layers"]),
+            }
         yield {"status": "success"}
 
     def _base_meta(self, base: str) -> dict:
@@ -256,8 +279,14 @@ class OllamaServer(LocalServer):
         yield {"status": "parsing GGUF"}
         meta["details"], meta["model_info"] = gguf_meta(path)
         meta["layers"] = [lyr for lyr in meta["layers"] if lyr["mediaType"] != "application/vnd.ollama.image.model"]
-        meta["layers"].append({"mediaType": "application/vnd.ollama.image.model", "digest": digest,
-                               "size": path.stat().st_size, "from": fname})
+        meta["layers"].append(
+            {
+                "mediaType": "application/vnd.ollama.image.model",
+                "digest": digest,
+                "size": path.stat().st_size,
+                "from": fname,
+            }
+        )
         yield {"status": f"using existing layer {digest.replace(':', '-')}"}
 
     def _existing(self, name) -> str:
@@ -273,14 +302,23 @@ class OllamaServer(LocalServer):
             meta = copy.deepcopy(self._meta[full])
         fields = meta["fields"]
         lic = fields.get("license")
-        files = [(kind, str(self.blob_path(lyr["digest"]))) for lyr in meta["layers"]
-                 for kind, end in (("FROM", ".model"), ("ADAPTER", ".adapter")) if lyr["mediaType"].endswith(end)]
-        resp = {"license": "\n".join([lic] if isinstance(lic, str) else list(lic or [])),
-                "modelfile": show_modelfile(full, fields, files),
-                "parameters": parameters_text(fields.get("parameters") or {}),
-                "template": fields.get("template") or "{{ .Prompt }}", "system": fields.get("system") or "",
-                "details": meta["details"], "model_info": meta["model_info"], "capabilities": ["completion"],
-                "modified_at": meta["modified_at"]}
+        files = [
+            (kind, str(self.blob_path(lyr["digest"])))
+            for lyr in meta["layers"]
+            for kind, end in (("FROM", ".model"), ("ADAPTER", ".adapter"))
+            if lyr["mediaType"].endswith(end)
+        ]
+        resp = {
+            "license": "\n".join([lic] if isinstance(lic, str) else list(lic or [])),
+            "modelfile": show_modelfile(full, fields, files),
+            "parameters": parameters_text(fields.get("parameters") or {}),
+            "template": fields.get("template") or "{{ .Prompt }}",
+            "system": fields.get("system") or "",
+            "details": meta["details"],
+            "model_info": meta["model_info"],
+            "capabilities": ["completion"],
+            "modified_at": meta["modified_at"],
+        }
         if fields.get("messages"):
             resp["messages"] = fields["messages"]
         h.send_json(200, resp)
@@ -306,11 +344,16 @@ class OllamaServer(LocalServer):
             raise StreamError(f"open manifests/{name}: no such file or directory (model '{name}' not found)")
         yield {"status": "retrieving manifest"}
         if "/" not in name.split(":")[0]:
-            raise StreamError("you are not authorized to push to this namespace, create the model under a "
-                               "namespace you own")
+            raise StreamError(
+                "you are not authorized to push to this namespace, create the model under a namespace you own"
+            )
         for lyr in meta["layers"]:
-            yield {"status": f"pushing {lyr['digest'][7:19]}", "digest": lyr["digest"], "total": lyr["size"],
-                   "completed": lyr["size"]}
+            yield {
+                "status": f"pushing {lyr['digest'][7:19]}",
+                "digest": lyr["digest"],
+                "total": lyr["size"],
+                "completed": lyr["size"],
+            }
         yield {"status": "pushing manifest"}
         with self._lock:
             self._pushed.append({"model": name, "insecure": bool(req.get("insecure")), "stream": req.get("stream")})

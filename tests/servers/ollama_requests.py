@@ -14,21 +14,80 @@ from pathlib import Path
 from .http import HttpError, RequestHandler
 from .modelfile import PARAMS
 
-__all__ = ["DIGEST", "NAME", "Handler", "Models", "StreamError", "check_create", "field_layers", "full_name",
-           "gguf_meta", "model_name", "now"]
+__all__ = [
+    "DIGEST",
+    "NAME",
+    "Handler",
+    "Models",
+    "StreamError",
+    "check_create",
+    "field_layers",
+    "full_name",
+    "gguf_meta",
+    "model_name",
+    "now",
+]
 
 DIGEST = re.compile(r"sha256[:-]([0-9a-fA-F]{64})")
 _PART = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}"
 NAME = re.compile(rf"(?:[A-Za-z0-9.-]+(?::\d+)?/)?(?:{_PART}/)?{_PART}(?::{_PART})?")
-_CREATE_FIELDS = {"model", "name", "stream", "quantize", "quantization", "from", "files", "adapters", "template",
-                  "license", "system", "parameters", "messages", "renderer", "parser", "requires", "info",
-                  "capabilities", "remote_host"}
+_CREATE_FIELDS = {
+    "model",
+    "name",
+    "stream",
+    "quantize",
+    "quantization",
+    "from",
+    "files",
+    "adapters",
+    "template",
+    "license",
+    "system",
+    "parameters",
+    "messages",
+    "renderer",
+    "parser",
+    "requires",
+    "info",
+    "capabilities",
+    "remote_host",
+}
 # llama.cpp's general.file_type values, as Ollama names them in details.quantization_level
-_FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K", 11: "Q3_K_S",
-               12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K",
-               19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS", 23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL",
-               26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16",
-               36: "TQ1_0", 37: "TQ2_0", 38: "MXFP4"}
+_FILE_TYPES = {
+    0: "F32",
+    1: "F16",
+    2: "Q4_0",
+    3: "Q4_1",
+    7: "Q8_0",
+    8: "Q5_0",
+    9: "Q5_1",
+    10: "Q2_K",
+    11: "Q3_K_S",
+    12: "Q3_K_M",
+    13: "Q3_K_L",
+    14: "Q4_K_S",
+    15: "Q4_K_M",
+    16: "Q5_K_S",
+    17: "Q5_K_M",
+    18: "Q6_K",
+    19: "IQ2_XXS",
+    20: "IQ2_XS",
+    21: "Q2_K_S",
+    22: "IQ3_XS",
+    23: "IQ3_XXS",
+    24: "IQ1_S",
+    25: "IQ4_NL",
+    26: "IQ3_S",
+    27: "IQ3_M",
+    28: "IQ2_S",
+    29: "IQ2_M",
+    30: "IQ4_XS",
+    31: "IQ1_M",
+    32: "BF16",
+    36: "TQ1_0",
+    37: "TQ2_0",
+    38: "MXFP4",
+}
 
 
 def now() -> str:
@@ -74,8 +133,11 @@ def read_gguf_kv(path: Path) -> dict:
         if f.read(4) != b"GGUF":
             raise ValueError("invalid file magic")
     fields = GGUFReader(path).fields.values()
-    return {f.name: len(f.data) if f.types[0] == GGUFValueType.ARRAY else f.contents() for f in fields
-            if not f.name.startswith("GGUF.")}
+    return {
+        f.name: len(f.data) if f.types[0] == GGUFValueType.ARRAY else f.contents()
+        for f in fields
+        if not f.name.startswith("GGUF.")
+    }
 
 
 def gguf_meta(path: Path) -> tuple[dict, dict]:
@@ -85,23 +147,36 @@ def gguf_meta(path: Path) -> tuple[dict, dict]:
     except Exception as exc:  # noqa: BLE001 - any failure to read the file is the create's error
         raise StreamError(str(exc)) from None
     arch, ftype = kv.get("general.architecture", ""), kv.get("general.file_type")
-    details = {"parent_model": "", "format": "gguf", "family": arch, "families": [arch] if arch else None,
-               "parameter_size": "", "quantization_level": "" if ftype is None else _FILE_TYPES.get(ftype, "")}
+    details = {
+        "parent_model": "",
+        "format": "gguf",
+        "family": arch,
+        "families": [arch] if arch else None,
+        "parameter_size": "",
+        "quantization_level": "" if ftype is None else _FILE_TYPES.get(ftype, ""),
+    }
     return details, {k: v for k, v in kv.items() if not k.startswith("tokenizer.") and k != "general.name"}
 
 
 def _check_file_name(fname: str) -> None:
     parts = fname.split("/")
-    if (fname in ("", ".") or fname.startswith("/") or any(p in ("", ".", "..") for p in parts)
-            or any(c in fname for c in "\\:")):
+    if (
+        fname in ("", ".")
+        or fname.startswith("/")
+        or any(p in ("", ".", "..") for p in parts)
+        or any(c in fname for c in "\\:")
+    ):
         raise HttpError(400, f"file path must be relative: {fname}")
 
 
 def _check_create_fields(req: dict) -> None:
     """A create request of the current API, with a valid model name."""
     if "modelfile" in req:
-        raise HttpError(400, "the 'modelfile' field was removed from /api/create in Ollama 0.5.5: send 'files' "
-                              "(blob digests), 'template', 'system', 'parameters' and 'license' instead")
+        raise HttpError(
+            400,
+            "the 'modelfile' field was removed from /api/create in Ollama 0.5.5: send 'files' "
+            "(blob digests), 'template', 'system', 'parameters' and 'license' instead",
+        )
     unknown = sorted(set(req) - _CREATE_FIELDS)
     if unknown:
         raise HttpError(400, f"unknown create fields: {', '.join(unknown)}")
@@ -138,8 +213,10 @@ def _check_blobs(what: str, group, blob_path) -> None:
         if not DIGEST.fullmatch(digest):
             raise HttpError(400, f"invalid digest for {fname}: invalid digest format")
         if not blob_path(digest).exists():
-            raise HttpError(400, f"blob not found for {fname} (digest {digest}): open {blob_path(digest)}: no such "
-                                 "file or directory")
+            raise HttpError(
+                400,
+                f"blob not found for {fname} (digest {digest}): open {blob_path(digest)}: no such file or directory",
+            )
 
 
 def check_create(req: dict, blob_path) -> None:
@@ -162,8 +239,9 @@ def _check_parameters(params) -> None:
     if not isinstance(params, dict):
         raise HttpError(400, "'parameters' must be an object")
     if params.get("typical_p") is not None:
-        raise HttpError(400, "typical_p is deprecated and cannot be set as a model parameter; pass it as a "
-                              "request option instead")
+        raise HttpError(
+            400, "typical_p is deprecated and cannot be set as a model parameter; pass it as a request option instead"
+        )
     for k, v in params.items():
         kind = PARAMS.get(k)
         if kind is None:
@@ -175,17 +253,28 @@ def _check_parameters(params) -> None:
 def field_layers(req: dict, meta: dict):
     """The create request's texts and parameters over the base model's, each as a layer of its own."""
     fields = meta["fields"]
-    fields.update({key: copy.deepcopy(req[key]) for key in ("template", "system", "license", "parameters", "messages")
-                   if req.get(key) is not None})
-    for key, media in (("template", "template"), ("system", "system"), ("license", "license"),
-                       ("parameters", "params"), ("messages", "messages")):
+    fields.update(
+        {
+            key: copy.deepcopy(req[key])
+            for key in ("template", "system", "license", "parameters", "messages")
+            if req.get(key) is not None
+        }
+    )
+    for key, media in (
+        ("template", "template"),
+        ("system", "system"),
+        ("license", "license"),
+        ("parameters", "params"),
+        ("messages", "messages"),
+    ):
         if fields.get(key) is None:
             continue
         data = (fields[key] if isinstance(fields[key], str) else json.dumps(fields[key])).encode()
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         meta["layers"] = [lyr for lyr in meta["layers"] if lyr["mediaType"] != f"application/vnd.ollama.image.{media}"]
-        meta["layers"].append({"mediaType": f"application/vnd.ollama.image.{media}", "digest": digest,
-                               "size": len(data)})
+        meta["layers"].append(
+            {"mediaType": f"application/vnd.ollama.image.{media}", "digest": digest, "size": len(data)}
+        )
         yield {"status": f"creating new layer {digest.replace(':', '-')}"}
 
 

@@ -8,22 +8,9 @@ import re
 from upload_common.cards import looks_like_repo_id
 from upload_common.errors import InvalidInput
 
+from .licenses import HUB_LICENSES
+
 RELATIONS = ("adapter", "merge", "quantized", "finetune")
-# Licence identifiers the Hub accepts in `license:` (its list of repository licences); anything else is
-# `license: other` with `license_name` and `license_link`.
-HUB_LICENSES = frozenset([
-    "apache-2.0", "mit", "openrail", "bigscience-openrail-m", "creativeml-openrail-m", "bigscience-bloom-rail-1.0",
-    "bigcode-openrail-m", "afl-3.0", "artistic-2.0", "bsl-1.0", "bsd", "bsd-2-clause", "bsd-3-clause",
-    "bsd-3-clause-clear", "c-uda", "cc", "cc0-1.0", "cc-by-2.0", "cc-by-2.5", "cc-by-3.0", "cc-by-4.0", "cc-by-sa-3.0",
-    "cc-by-sa-4.0", "cc-by-nc-2.0", "cc-by-nc-3.0", "cc-by-nc-4.0", "cc-by-nd-4.0", "cc-by-nc-nd-3.0",
-    "cc-by-nc-nd-4.0", "cc-by-nc-sa-2.0", "cc-by-nc-sa-3.0", "cc-by-nc-sa-4.0", "cdla-sharing-1.0",
-    "cdla-permissive-1.0", "cdla-permissive-2.0", "wtfpl", "ecl-2.0", "epl-1.0", "epl-2.0", "etalab-2.0", "eupl-1.1",
-    "eupl-1.2", "agpl-3.0", "gfdl", "gpl", "gpl-2.0", "gpl-3.0", "lgpl", "lgpl-2.1", "lgpl-3.0", "isc", "h-research",
-    "intel-research", "lppl-1.3c", "ms-pl", "apple-ascl", "apple-amlr", "mpl-2.0", "odc-by", "odbl", "openmdw-1.0",
-    "openrail++", "osl-3.0", "postgresql", "ofl-1.1", "ncsa", "unlicense", "zlib", "pddl", "lgpl-lr",
-    "deepfloyd-if-license", "fair-noncommercial-research-license", "llama2", "llama3", "llama3.1", "llama3.2",
-    "llama3.3", "llama4", "gemma", "unknown", "other",
-])
 
 
 def metadata(ctx: dict) -> dict:
@@ -82,8 +69,9 @@ def _license_problems(data: dict) -> list[str]:
     problems = []
     lic = data.get("license")
     if lic and lic not in HUB_LICENSES:
-        problems.append(f"license {lic!r} is not a Hub licence id: use license: other with license_name and "
-                        "license_link")
+        problems.append(
+            f"license {lic!r} is not a Hub licence id: use license: other with license_name and license_link"
+        )
     if lic == "other" and not (data.get("license_name") and data.get("license_link")):
         problems.append("license: other needs license_name and license_link")
     return problems
@@ -93,13 +81,18 @@ def render(ctx: dict) -> str:
     """The whole card (front matter + body), checked; an InvalidInput names what is wrong."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    card = ModelCard.from_template(ModelCardData(**metadata(ctx)), template_str="---\n{{ card_data }}\n---\n\n"
-                                   "{{ body }}", body=body(ctx))
+    card = ModelCard.from_template(
+        ModelCardData(**metadata(ctx)), template_str="---\n{{ card_data }}\n---\n\n{{ body }}", body=body(ctx)
+    )
     text = str(card)
     problems = check(text)
     if problems:
-        raise InvalidInput(f"the model card for {ctx['repo_id']} would be rejected: {'; '.join(problems)}: "
-                           "fix the option or input named", repo_id=ctx["repo_id"], problems=problems)
+        raise InvalidInput(
+            f"the model card for {ctx['repo_id']} would be rejected: {'; '.join(problems)}: "
+            "fix the option or input named",
+            repo_id=ctx["repo_id"],
+            problems=problems,
+        )
     return text
 
 
@@ -121,15 +114,22 @@ def body(ctx: dict) -> str:
 
 def _intro(ctx: dict) -> str:
     spec, kind = ctx["spec"], (ctx.get("trainer") or {}).get("kind")
-    what = f"{kind.upper()} fine-tune" if kind and kind not in ("unknown", "reward") else \
-        "reward model" if kind == "reward" else "fine-tune"
+    what = (
+        f"{kind.upper()} fine-tune"
+        if kind and kind not in ("unknown", "reward")
+        else "reward model"
+        if kind == "reward"
+        else "fine-tune"
+    )
     article = "an" if what[0] in "AEFHILMNORSX" else "a"  # an SFT, an ORPO; a DPO, a KTO
     base = ctx.get("base_display")
     of = f" of {_hub_link(base)}" if base else ""
     lines = [f"# {ctx['repo_id']}", "", f"The {spec['title']} of {article} {what}{of}."]
-    relation = {"adapter": "Load it on top of the base model (PEFT).",
-                "finetune": "The LoRA adapter is merged into the base weights: it loads like any model.",
-                "quantized": "Quantized from the merged model."}
+    relation = {
+        "adapter": "Load it on top of the base model (PEFT).",
+        "finetune": "The LoRA adapter is merged into the base weights: it loads like any model.",
+        "quantized": "Quantized from the merged model.",
+    }
     if ctx.get("quantized_from"):  # also when the metadata names the base instead (a merged set not on the Hub)
         lines.append(f"Quantized from the merged model {_hub_link(ctx['quantized_from'])}.")
     elif ctx.get("relation") in relation:
@@ -155,9 +155,11 @@ def _files(ctx: dict) -> str:
                 notes.append("adapter: use with the base model's GGUF")
             for f in info["files"]:
                 rows.append(f"| `{f}` | {q} | {_size(ctx['sizes'].get(f, 0))} | {top1} | {kl} | {'; '.join(notes)} |")
-        return ("## Files\n\nEvery file was loaded in llama.cpp and compared with the Hugging Face model on the "
-                "same text: the share of positions where both pick the same next token (top-1 agreement) and "
-                "the mean KL divergence of their next-token distributions (0 = identical).\n\n" + "\n".join(rows))
+        return (
+            "## Files\n\nEvery file was loaded in llama.cpp and compared with the Hugging Face model on the "
+            "same text: the share of positions where both pick the same next token (top-1 agreement) and "
+            "the mean KL divergence of their next-token distributions (0 = identical).\n\n" + "\n".join(rows)
+        )
     rows = ["| File | Size |", "|---|---|"]
     rows += [f"| `{f['path']}` | {_size(f['size'])} |" for f in ctx["files"] if f["path"] != "README.md"]
     return "## Files\n\n" + "\n".join(rows) + _quantization(ctx)
@@ -169,46 +171,65 @@ def _quantization(ctx: dict) -> str:
     lines = []
     if q:
         lines += ["", "", "## Quantization", "", "| Setting | Value |", "|---|---|"]
-        lines += [f"| {k.replace('_', ' ')} | {', '.join(map(str, val)) if isinstance(val, list) else val} |"
-                  for k, val in q.items() if val not in (None, "", [], {})]
+        lines += [
+            f"| {k.replace('_', ' ')} | {', '.join(map(str, val)) if isinstance(val, list) else val} |"
+            for k, val in q.items()
+            if val not in (None, "", [], {})
+        ]
     if v:
-        lines += ["", f"Loaded with transformers and compared with the 16-bit merge on the same text "
-                      f"({v['positions']} positions): top-1 agreement **{v['top1_agreement']:.3f}** (share of "
-                      f"positions where both pick the same next token), mean KL divergence "
-                      f"**{v['mean_kl']:.5f}** (0 = identical)."]
+        lines += [
+            "",
+            f"Loaded with transformers and compared with the 16-bit merge on the same text "
+            f"({v['positions']} positions): top-1 agreement **{v['top1_agreement']:.3f}** (share of "
+            f"positions where both pick the same next token), mean KL divergence "
+            f"**{v['mean_kl']:.5f}** (0 = identical).",
+        ]
     return "\n".join(lines)
 
 
-_CHAT = '''messages = [{"role": "user", "content": "Hello!"}]
-inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)'''
-_PLAIN = '''inputs = tokenizer("Hello!", return_tensors="pt")'''
-_GENERATE = '''output = model.generate(**inputs, max_new_tokens=64)
-print(tokenizer.decode(output[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True))'''
+_CHAT = """messages = [{"role": "user", "content": "Hello!"}]
+inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)"""
+_PLAIN = """inputs = tokenizer("Hello!", return_tensors="pt")"""
+_GENERATE = """output = model.generate(**inputs, max_new_tokens=64)
+print(tokenizer.decode(output[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True))"""
 
 
 def _usage(ctx: dict) -> str:
     repo, lib = ctx["repo_id"], ctx["spec"]["library"]
     prompt = _CHAT if ctx.get("chat_template") else _PLAIN
     if lib == "peft":
-        code = (f'from peft import AutoPeftModelForCausalLM\nfrom transformers import AutoTokenizer\n\n'
-                f'model = AutoPeftModelForCausalLM.from_pretrained("{repo}")\n'
-                f'tokenizer = AutoTokenizer.from_pretrained("{repo}")\n{prompt}\n{_GENERATE}')
-        note = "" if looks_like_repo_id(ctx.get("adapter_base")) else (
-            "\n\nThe adapter's config names its base model as a local path; pass the base explicitly "
-            "(`PeftModel.from_pretrained(base_model, ...)`) where that path does not exist.")
-        return (f"## Usage\n\nWith [PEFT](https://github.com/huggingface/peft) and transformers:\n\n"
-                f"```python\n{code}\n```{note}")
+        code = (
+            f"from peft import AutoPeftModelForCausalLM\nfrom transformers import AutoTokenizer\n\n"
+            f'model = AutoPeftModelForCausalLM.from_pretrained("{repo}")\n'
+            f'tokenizer = AutoTokenizer.from_pretrained("{repo}")\n{prompt}\n{_GENERATE}'
+        )
+        note = (
+            ""
+            if looks_like_repo_id(ctx.get("adapter_base"))
+            else (
+                "\n\nThe adapter's config names its base model as a local path; pass the base explicitly "
+                "(`PeftModel.from_pretrained(base_model, ...)`) where that path does not exist."
+            )
+        )
+        return (
+            f"## Usage\n\nWith [PEFT](https://github.com/huggingface/peft) and transformers:\n\n"
+            f"```python\n{code}\n```{note}"
+        )
     if lib == "gguf":
         return _usage_gguf(ctx)
-    code = (f'from transformers import AutoModelForCausalLM, AutoTokenizer\n\n'
-            f'model = AutoModelForCausalLM.from_pretrained("{repo}")\n'
-            f'tokenizer = AutoTokenizer.from_pretrained("{repo}")\n{prompt}\n{_GENERATE}')
+    code = (
+        f"from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+        f'model = AutoModelForCausalLM.from_pretrained("{repo}")\n'
+        f'tokenizer = AutoTokenizer.from_pretrained("{repo}")\n{prompt}\n{_GENERATE}'
+    )
     needs = ctx["spec"].get("requires") or []
     pip = f" (`pip install {' '.join(needs)}`)" if needs else ""
     text = f"## Usage\n\nWith transformers{pip}:\n\n```python\n{code}\n```"
     if ctx["spec"].get("vllm"):
-        text += (f"\n\nWith [vLLM](https://github.com/vllm-project/vllm), which reads this format natively:\n\n"
-                 f"```sh\nvllm serve {repo}\n```")
+        text += (
+            f"\n\nWith [vLLM](https://github.com/vllm-project/vllm), which reads this format natively:\n\n"
+            f"```sh\nvllm serve {repo}\n```"
+        )
     return text
 
 
@@ -217,25 +238,38 @@ def _usage_gguf(ctx: dict) -> str:
     if not main:
         return ""
     quant, filename = main
-    chat = ('print(llm.create_chat_completion(messages=[{"role": "user", "content": "Hello!"}], max_tokens=64)'
-            '["choices"][0]["message"]["content"])') if ctx.get("chat_template") else \
-        'print(llm("Hello!", max_tokens=64)["choices"][0]["text"])'
-    parts = ["## Usage",
-             f"llama.cpp:\n\n```sh\nllama-cli -hf {repo}:{quant}\n```",
-             "[llama-cpp-python](https://github.com/abetlen/llama-cpp-python):\n\n"
-             "```python\nfrom llama_cpp import Llama\n\n"
-             f'llm = Llama.from_pretrained(repo_id="{repo}", filename="{filename}")\n{chat}\n```']
+    chat = (
+        (
+            'print(llm.create_chat_completion(messages=[{"role": "user", "content": "Hello!"}], max_tokens=64)'
+            '["choices"][0]["message"]["content"])'
+        )
+        if ctx.get("chat_template")
+        else 'print(llm("Hello!", max_tokens=64)["choices"][0]["text"])'
+    )
+    parts = [
+        "## Usage",
+        f"llama.cpp:\n\n```sh\nllama-cli -hf {repo}:{quant}\n```",
+        "[llama-cpp-python](https://github.com/abetlen/llama-cpp-python):\n\n"
+        "```python\nfrom llama_cpp import Llama\n\n"
+        f'llm = Llama.from_pretrained(repo_id="{repo}", filename="{filename}")\n{chat}\n```',
+    ]
     if ctx.get("modelfile"):
-        parts.append(f"[Ollama](https://ollama.com), straight from the Hub:\n\n"
-                     f"```sh\nollama run hf.co/{repo}:{quant}\n```\n\n"
-                     f"or with the `Modelfile` of this repo (chat template and stop tokens of the tokenizer), in a "
-                     f"folder holding it and `{filename}`:\n\n```sh\nollama create {ctx['ollama_name']} -f Modelfile\n"
-                     f"ollama run {ctx['ollama_name']}\n```")
+        parts.append(
+            f"[Ollama](https://ollama.com), straight from the Hub:\n\n"
+            f"```sh\nollama run hf.co/{repo}:{quant}\n```\n\n"
+            f"or with the `Modelfile` of this repo (chat template and stop tokens of the tokenizer), in a "
+            f"folder holding it and `{filename}`:\n\n```sh\nollama create {ctx['ollama_name']} -f Modelfile\n"
+            f"ollama run {ctx['ollama_name']}\n```"
+        )
     return "\n\n".join(parts)
 
 
-_SUMMARY_ROWS = (("epoch", "Epochs", "{:.2f}"), ("train_batch_size", "Batch size per device", "{}"),
-                 ("final_loss", "Final training loss", "{:.4f}"), ("train_runtime", "Training time (s)", "{:.0f}"))
+_SUMMARY_ROWS = (
+    ("epoch", "Epochs", "{:.2f}"),
+    ("train_batch_size", "Batch size per device", "{}"),
+    ("final_loss", "Final training loss", "{:.4f}"),
+    ("train_runtime", "Training time (s)", "{:.0f}"),
+)
 
 
 def _training(ctx: dict) -> str:
@@ -291,6 +325,8 @@ def _provenance(ctx: dict) -> str:
     rows = [f"| `{f['path']}` | {f['size']} | `{f['sha256']}` |" for f in ctx["files"] if f["path"] != "README.md"]
     versions = ctx.get("versions") or {}
     made = ", ".join(f"{k} {v}" for k, v in versions.items())
-    return ("## Provenance\n\nMade with upload-driver" + (f" ({made})" if made else "") + ". SHA256 of every file "
-            "as written by the tool that made it, checked again after upload:\n\n| File | Bytes | SHA256 |\n"
-            "|---|---|---|\n" + "\n".join(rows))
+    return (
+        "## Provenance\n\nMade with upload-driver" + (f" ({made})" if made else "") + ". SHA256 of every file "
+        "as written by the tool that made it, checked again after upload:\n\n| File | Bytes | SHA256 |\n"
+        "|---|---|---|\n" + "\n".join(rows)
+    )

@@ -41,12 +41,16 @@ _PROBES = {
     "multi_turn": ([("user", _U1), ("assistant", _A1), ("user", _U2)], True),
     "system_multi_turn": ([("system", _SYSTEM), ("user", _U1), ("assistant", _A1), ("user", _U2)], True),
     "assistant_prefill": ([("user", _U1), ("assistant", _A1)], False),
-    "system_multi_turn_prefill": ([("system", _SYSTEM), ("user", _U1), ("assistant", _A1), ("user", _U2),
-                                   ("assistant", _A2)], False),
+    "system_multi_turn_prefill": (
+        [("system", _SYSTEM), ("user", _U1), ("assistant", _A1), ("user", _U2), ("assistant", _A2)],
+        False,
+    ),
 }
 
-_NO_TEMPLATE = ("no TEMPLATE written: Ollama will pick one itself from the GGUF's tokenizer.chat_template "
-                "(a template it knows, or a bare prompt)")
+_NO_TEMPLATE = (
+    "no TEMPLATE written: Ollama will pick one itself from the GGUF's tokenizer.chat_template "
+    "(a template it knows, or a bare prompt)"
+)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -66,8 +70,9 @@ class _Jinja:
     def __call__(self, msgs, gen: bool) -> str:
         from transformers.utils.chat_template_utils import render_jinja_template
 
-        rendered, _ = render_jinja_template([_messages(msgs)], chat_template=self.template, add_generation_prompt=gen,
-                                            **self.variables)
+        rendered, _ = render_jinja_template(
+            [_messages(msgs)], chat_template=self.template, add_generation_prompt=gen, **self.variables
+        )
         return rendered[0]
 
     def body(self, msgs, gen: bool) -> str:
@@ -75,7 +80,7 @@ class _Jinja:
         text = self(msgs, gen)
         if self.bos and text.startswith(self.bos):
             self.bos_stripped = True
-            text = text[len(self.bos):]
+            text = text[len(self.bos) :]
         return text
 
     def dated(self, msgs, gen: bool, when) -> str:
@@ -84,8 +89,13 @@ class _Jinja:
         from transformers.utils.chat_template_utils import _compile_jinja_template
 
         return _compile_jinja_template(self.template).render(
-            messages=_messages(msgs), tools=None, documents=None, add_generation_prompt=gen,
-            strftime_now=lambda fmt: when.strftime(fmt), **self.variables)
+            messages=_messages(msgs),
+            tools=None,
+            documents=None,
+            add_generation_prompt=gen,
+            strftime_now=lambda fmt: when.strftime(fmt),
+            **self.variables,
+        )
 
     def safe(self, msgs, gen: bool, when=None) -> str | None:
         """The rendering (at the clock's ``when`` if given), or None when the template fails on it."""
@@ -108,12 +118,12 @@ class _NotPerRole(Exception):
 
 
 def _after(text: str, needle: str) -> str:
-    return text[text.index(needle) + len(needle):]
+    return text[text.index(needle) + len(needle) :]
 
 
 def _between(text: str, a: str, b: str) -> str:
     rest = _after(text, a)
-    return rest[:rest.index(b)]
+    return rest[: rest.index(b)]
 
 
 def _common_prefix(a: str, b: str, markers) -> str:
@@ -126,7 +136,7 @@ def _common_prefix(a: str, b: str, markers) -> str:
     if n in (len(a), len(b)):
         return p
     cuts = [k for k in range(n, 0, -1) if p[:k].endswith("\n") or any(p[:k].endswith(t) for t in markers if t)]
-    return p[:cuts[0]] if cuts else p
+    return p[: cuts[0]] if cuts else p
 
 
 def _require(ok: bool, why: str) -> None:
@@ -143,21 +153,32 @@ def _turns(jinja: _Jinja, markers) -> tuple[TemplateParts, str]:
         r3 = jinja.body([("user", u1), ("assistant", a1)], False)
     except Exception as exc:  # noqa: BLE001 - any Jinja failure means: cannot translate
         raise _NotPerRole(f"it fails on a plain user/assistant conversation ({exc})") from None
-    _require(all(text.count(n) == 1 for text, needles in ((r1, (u1,)), (r5, (u1,)), (r2, (u1, a1, u2)), (r3, (u1, a1)))
-                 for n in needles), "message contents do not appear exactly once in the rendered conversation")
-    head, tail_gen, end_user = r1[:r1.index(u1)], _after(r1, u1), _after(r5, u1)
-    _require(all(r[:r.index(u1)] == head for r in (r2, r3, r5)),
-             "the text before the first user turn depends on the rest of the conversation")
+    _require(
+        all(
+            text.count(n) == 1
+            for text, needles in ((r1, (u1,)), (r5, (u1,)), (r2, (u1, a1, u2)), (r3, (u1, a1)))
+            for n in needles
+        ),
+        "message contents do not appear exactly once in the rendered conversation",
+    )
+    head, tail_gen, end_user = r1[: r1.index(u1)], _after(r1, u1), _after(r5, u1)
+    _require(
+        all(r[: r.index(u1)] == head for r in (r2, r3, r5)),
+        "the text before the first user turn depends on the rest of the conversation",
+    )
     seg1, seg2, end_asst = _between(r2, u1, a1), _between(r2, a1, u2), _after(r3, a1)
-    _require(_after(r2, u2) == tail_gen and _between(r3, u1, a1) == seg1,
-             "a user turn renders differently depending on its place in the conversation")
+    _require(
+        _after(r2, u2) == tail_gen and _between(r3, u1, a1) == seg1,
+        "a user turn renders differently depending on its place in the conversation",
+    )
     us = _common_prefix(end_user, tail_gen, markers)
     _require(seg1.startswith(us), "the user turn's closing text differs between turns")
     as_ = end_asst if seg2.startswith(end_asst) else _common_prefix(end_asst, seg2, markers)
-    up = seg2[len(as_):]
+    up = seg2[len(as_) :]
     _require(head.endswith(up), "the first user turn opens differently from the later ones")
-    parts = TemplateParts(pre=head[:len(head) - len(up)], user=(up, us), assistant=(seg1[len(us):], as_),
-                          gen=tail_gen[len(us):])
+    parts = TemplateParts(
+        pre=head[: len(head) - len(up)], user=(up, us), assistant=(seg1[len(us) :], as_), gen=tail_gen[len(us) :]
+    )
     return parts, r1
 
 
@@ -171,18 +192,28 @@ def _with_system(jinja: _Jinja, parts: TemplateParts, r1: str) -> TemplateParts:
     if s not in r4:
         _require(r4 == r1, "the system message is dropped but changes the rest of the rendering")
         return parts
-    _require(r4.count(s) == 1 and r4.count(u1) == 1 and r4.index(s) < r4.index(u1),
-             "the system message does not render as a block of its own before the first user turn")
-    before_s, seg_s, up = r4[:r4.index(s)], _between(r4, s, u1), parts.user[0]
+    _require(
+        r4.count(s) == 1 and r4.count(u1) == 1 and r4.index(s) < r4.index(u1),
+        "the system message does not render as a block of its own before the first user turn",
+    )
+    before_s, seg_s, up = r4[: r4.index(s)], _between(r4, s, u1), parts.user[0]
     _require(seg_s.endswith(up) and _after(r4, u1) == _after(r1, u1), "the system prompt is folded into a user turn")
-    ss, pre = seg_s[:len(seg_s) - len(up)], parts.pre
+    ss, pre = seg_s[: len(seg_s) - len(up)], parts.pre
     if before_s.startswith(pre):
-        return TemplateParts(pre, parts.user, parts.assistant, parts.gen, system=(before_s[len(pre):], ss))
+        return TemplateParts(pre, parts.user, parts.assistant, parts.gen, system=(before_s[len(pre) :], ss))
     # a default system prompt when the conversation has none (Qwen-style)
-    _require(pre.startswith(before_s) and pre.endswith(ss) and len(pre) >= len(before_s) + len(ss),
-             "the system turn does not fit the preamble of a conversation without one")
-    return TemplateParts("", parts.user, parts.assistant, parts.gen, system=(before_s, ss),
-                         default_system=pre[len(before_s):len(pre) - len(ss)])
+    _require(
+        pre.startswith(before_s) and pre.endswith(ss) and len(pre) >= len(before_s) + len(ss),
+        "the system turn does not fit the preamble of a conversation without one",
+    )
+    return TemplateParts(
+        "",
+        parts.user,
+        parts.assistant,
+        parts.gen,
+        system=(before_s, ss),
+        default_system=pre[len(before_s) : len(pre) - len(ss)],
+    )
 
 
 def _derive(jinja: _Jinja, markers) -> tuple[TemplateParts | None, str | None]:
@@ -214,8 +245,11 @@ def _stops(eos: str | None, bos: str | None, marker_texts: list[str], special: l
 def _rendered_markers(jinja: _Jinja) -> list[str]:
     """Without parts: what the template writes around the contents of a few conversations."""
     texts = []
-    for msgs, gen in (([("user", _S["u1"]), ("assistant", _S["a1"])], False), ([("user", _S["u1"])], True),
-                      ([("system", _S["system"]), ("user", _S["u1"])], True)):
+    for msgs, gen in (
+        ([("user", _S["u1"]), ("assistant", _S["a1"])], False),
+        ([("user", _S["u1"])], True),
+        ([("system", _S["system"]), ("user", _S["u1"])], True),
+    ):
         try:
             text = jinja(msgs, gen)
         except Exception:  # noqa: BLE001
@@ -246,10 +280,10 @@ def _jinja_expected(jinja: _Jinja, msgs, gen: bool) -> str:
     with an assistant turn is cut after that turn's content (transformers' continue_final_message)."""
     text = jinja(msgs, gen)
     if jinja.bos and text.startswith(jinja.bos):
-        text = text[len(jinja.bos):]
+        text = text[len(jinja.bos) :]
     if not gen:
         last = msgs[-1][1]
-        text = text[:text.rindex(last) + len(last)]
+        text = text[: text.rindex(last) + len(last)]
     return text
 
 
@@ -272,13 +306,13 @@ def _caveats(jinja: _Jinja, system_supported: bool, now) -> list[str]:
     """Warnings about a template that translates: no system role, trimmed contents, today's date written in."""
     from datetime import datetime, timedelta
 
-    out = [] if system_supported else ["the chat template has no system role: a SYSTEM prompt is not sent to the "
-                                       "model"]
+    out = [] if system_supported else ["the chat template has no system role: a SYSTEM prompt is not sent to the model"]
     padded, plain = " \n" + _S["u1"] + "\n ", [("user", _S["u1"])]
     trimmed = jinja.safe([("user", padded)], True)
     if trimmed is not None and padded not in trimmed:
-        out.append("the chat template trims whitespace around message contents; the Ollama template passes contents "
-                   "unchanged")
+        out.append(
+            "the chat template trims whitespace around message contents; the Ollama template passes contents unchanged"
+        )
     later = datetime(2001, 2, 3) if now.year != 2001 else now + timedelta(days=400)
     dated = jinja.safe(plain, True, later)
     if dated is not None and dated != jinja.safe(plain, True):
@@ -294,8 +328,9 @@ def _chosen(chat_template):
     return named.get("default") or next(iter(named.values()), None)
 
 
-def derive_parts(chat_template, *, bos_token: str | None, eos_token: str | None,
-                 special_tokens: list[str] = ()) -> TemplateParts | None:
+def derive_parts(
+    chat_template, *, bos_token: str | None, eos_token: str | None, special_tokens: list[str] = ()
+) -> TemplateParts | None:
     """The per-role parts of a chat template, or None when it is not made of per-role blocks (or does not
     compile)."""
     special = [t for t in special_tokens or () if t]
@@ -311,16 +346,23 @@ def _jinja(chat_template: str, bos: str | None, eos: str | None, special: list[s
     return _Jinja(chat_template, variables, bos)
 
 
-def ollama_template(chat_template: str | list | None, *, bos_token: str | None, eos_token: str | None,
-                    special_tokens: list[str] = ()) -> dict:
+def ollama_template(
+    chat_template: str | list | None, *, bos_token: str | None, eos_token: str | None, special_tokens: list[str] = ()
+) -> dict:
     """{"template": str | None, "stop": [str], "system_supported": bool, "warnings": [str],
     "checked": [names of probe conversations that round-tripped], "bos_stripped": bool (the Jinja template wrote
     bos_token first; left to llama.cpp's add_bos)}"""
     from datetime import datetime
 
     special = list(dict.fromkeys(t for t in special_tokens or () if t))
-    result = {"template": None, "stop": [eos_token] if eos_token else [], "system_supported": False, "warnings": [],
-              "checked": [], "bos_stripped": False}
+    result = {
+        "template": None,
+        "stop": [eos_token] if eos_token else [],
+        "system_supported": False,
+        "warnings": [],
+        "checked": [],
+        "bos_stripped": False,
+    }
     chat_template = _chosen(chat_template)
     if not chat_template or not str(chat_template).strip():
         result["warnings"].append(f"the tokenizer has no chat template: {_NO_TEMPLATE}")
@@ -339,8 +381,10 @@ def ollama_template(chat_template: str | list | None, *, bos_token: str | None, 
         return result
     result["checked"], failed = _round_trips(jinja, parts)
     if failed:
-        result["warnings"].append("the Go template derived from the chat template renders differently for "
-                                  f"{', '.join(failed)}: {_NO_TEMPLATE}")
+        result["warnings"].append(
+            "the Go template derived from the chat template renders differently for "
+            f"{', '.join(failed)}: {_NO_TEMPLATE}"
+        )
         return result
     result["template"] = parts.go_template()
     result["warnings"].extend(_caveats(jinja, result["system_supported"], now))

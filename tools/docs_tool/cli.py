@@ -16,25 +16,43 @@ def _pairs(values, option: str) -> dict:
         if not sep or not key.strip() or not val.strip():
             raise UsageError(f"{option} {v!r}: use SET=VALUE, e.g. gguf=acme/my-model-GGUF")
         if key.strip() in out:
-            raise UsageError(f"{option} {key.strip()} is given twice ({out[key.strip()]!r} and {val.strip()!r}): pass "
-                             "it once")
+            raise UsageError(
+                f"{option} {key.strip()} is given twice ({out[key.strip()]!r} and {val.strip()!r}): pass it once"
+            )
         out[key.strip()] = val.strip()
     return out
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--artifact", "artifacts", multiple=True, type=click.Path(), required=True,
-              help="An output folder of merge-tool or gguf-tool (repeatable): one artifact set each.")
+@click.option(
+    "--artifact",
+    "artifacts",
+    multiple=True,
+    type=click.Path(),
+    required=True,
+    help="An output folder of merge-tool or gguf-tool (repeatable): one artifact set each.",
+)
 @click.option("--out", required=True, type=click.Path(), help="Output folder: cards, upload_manifest.json, README.md.")
-@click.option("--name", default=None,
-              help="Model name for repos and files, used as given (default: gguf-tool's, else the run's folder, "
-                   "made into a valid repo name).")
+@click.option(
+    "--name",
+    default=None,
+    help="Model name for repos and files, used as given (default: gguf-tool's, else the run's folder, "
+    "made into a valid repo name).",
+)
 @click.option("--namespace", default=None, help="Hub user or organisation the repos go under.")
-@click.option("--repo", "repos", multiple=True, metavar="SET=REPO_ID",
-              help="Repo of one set instead of <namespace>/<name><suffix> (lora: -lora, gguf: -GGUF); a valid Hub "
-                   "repo id.")
-@click.option("--license", "license_", default=None,
-              help="Licence id (default: the base model's card, else the training run's card).")
+@click.option(
+    "--repo",
+    "repos",
+    multiple=True,
+    metavar="SET=REPO_ID",
+    help="Repo of one set instead of <namespace>/<name><suffix> (lora: -lora, gguf: -GGUF); a valid Hub repo id.",
+)
+@click.option(
+    "--license",
+    "license_",
+    default=None,
+    help="Licence id (default: the base model's card, else the training run's card).",
+)
 @click.option("--license-link", default=None, help="With a licence that is not a Hub licence id: its URL.")
 @click.option("--base-model", default=None, help="Hub id of the base model, when it was given as a local folder.")
 @click.option("--dataset", "datasets", multiple=True, help="Dataset id the model was trained on (repeatable).")
@@ -44,8 +62,22 @@ def _pairs(values, option: str) -> dict:
 @overwrite_option
 @json_option
 @report_errors
-def main(artifacts, out, name, namespace, repos, license_, license_link, base_model, datasets, languages, system,
-         ollama_quant, overwrite, as_json):
+def main(
+    artifacts,
+    out,
+    name,
+    namespace,
+    repos,
+    license_,
+    license_link,
+    base_model,
+    datasets,
+    languages,
+    system,
+    ollama_quant,
+    overwrite,
+    as_json,
+):
     """Write model cards, the upload manifest, a README and an Ollama Modelfile for a run's artifacts.
 
     \b
@@ -54,9 +86,22 @@ def main(artifacts, out, name, namespace, repos, license_, license_link, base_mo
     """
     from .core import run
 
-    manifest = run(artifacts, out, name=name, namespace=namespace, repos=_pairs(repos, "--repo"), license=license_,
-                   license_link=license_link, base_model=base_model, datasets=datasets, languages=languages,
-                   system=system, ollama_quant=ollama_quant, overwrite=overwrite, log=log)
+    manifest = run(
+        artifacts,
+        out,
+        name=name,
+        namespace=namespace,
+        repos=_pairs(repos, "--repo"),
+        license=license_,
+        license_link=license_link,
+        base_model=base_model,
+        datasets=datasets,
+        languages=languages,
+        system=system,
+        ollama_quant=ollama_quant,
+        overwrite=overwrite,
+        log=log,
+    )
     if as_json:
         emit(manifest, True)
     else:

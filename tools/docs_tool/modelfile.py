@@ -16,12 +16,42 @@ from .chat_template import ollama_template
 __all__ = ["ollama_template", "modelfile_text", "clean"]
 
 # Ollama's model parameters (api.Options): the names a Modelfile PARAMETER takes.
-_PARAMETERS = ("numa", "num_ctx", "num_batch", "num_gpu", "main_gpu", "num_thread", "num_keep", "seed", "num_predict",
-               "top_k", "top_p", "min_p", "tfs_z", "temperature", "repeat_penalty", "repeat_last_n",
-               "presence_penalty", "frequency_penalty", "use_mmap", "embedding_only", "stop")
+_PARAMETERS = (
+    "numa",
+    "num_ctx",
+    "num_batch",
+    "num_gpu",
+    "main_gpu",
+    "num_thread",
+    "num_keep",
+    "seed",
+    "num_predict",
+    "top_k",
+    "top_p",
+    "min_p",
+    "tfs_z",
+    "temperature",
+    "repeat_penalty",
+    "repeat_last_n",
+    "presence_penalty",
+    "frequency_penalty",
+    "use_mmap",
+    "embedding_only",
+    "stop",
+)
 # Parameters Ollama's Modelfile parser skips with a warning (typical_p: refused by /api/create since 0.12).
-_DEPRECATED = ("penalize_newline", "low_vram", "f16_kv", "logits_all", "vocab_only", "use_mlock", "mirostat",
-               "mirostat_tau", "mirostat_eta", "typical_p")
+_DEPRECATED = (
+    "penalize_newline",
+    "low_vram",
+    "f16_kv",
+    "logits_all",
+    "vocab_only",
+    "use_mlock",
+    "mirostat",
+    "mirostat_tau",
+    "mirostat_eta",
+    "typical_p",
+)
 _WHITE = " \t\r\n\v\f"
 
 
@@ -30,8 +60,9 @@ def clean(text: str) -> str:
     space becomes a plain space; other invisible characters are dropped, as Ollama would drop them)."""
     import unicodedata
 
-    return "".join(ch if ch.isprintable() or ch in "\t\n\r" else " " if unicodedata.category(ch) == "Zs" else ""
-                   for ch in text)
+    return "".join(
+        ch if ch.isprintable() or ch in "\t\n\r" else " " if unicodedata.category(ch) == "Zs" else "" for ch in text
+    )
 
 
 _clean = clean  # the name docs_tool.core imports
@@ -136,8 +167,15 @@ def _text_line(key: str, text: str) -> str:
     return f"{key} {value}"
 
 
-def modelfile_text(gguf_file: str, *, template: str | None, stop: list[str], system: str | None = None,
-                   license_text: str | None = None, parameters: dict | None = None) -> str:
+def modelfile_text(
+    gguf_file: str,
+    *,
+    template: str | None,
+    stop: list[str],
+    system: str | None = None,
+    license_text: str | None = None,
+    parameters: dict | None = None,
+) -> str:
     """The Modelfile text: FROM ./<gguf_file>, TEMPLATE, PARAMETER stop/..., SYSTEM, LICENSE.
 
     A Modelfile has no escapes: a value in triple quotes ends at the first line that ends with three quotes. A value
@@ -147,6 +185,7 @@ def modelfile_text(gguf_file: str, *, template: str | None, stop: list[str], sys
     if template:
         lines.append(_template_line(template))
     lines.extend(_parameter_lines(stop, parameters))
-    lines.extend(_text_line(key, text) for key, text in (("SYSTEM", system), ("LICENSE", license_text))
-                 if text is not None)
+    lines.extend(
+        _text_line(key, text) for key, text in (("SYSTEM", system), ("LICENSE", license_text)) if text is not None
+    )
     return "\n".join(lines) + "\n"

@@ -29,15 +29,21 @@ def identify(folder) -> tuple[str, dict, dict]:
     folder = Path(folder)
     manifest = read_manifest(folder)
     if not manifest:
-        raise InvalidInput(f"{folder} has no manifest.json: pass a finished output folder of merge-tool or gguf-tool "
-                           "(a folder without a manifest is not an output)", path=str(folder))
+        raise InvalidInput(
+            f"{folder} has no manifest.json: pass a finished output folder of merge-tool or gguf-tool "
+            "(a folder without a manifest is not an output)",
+            path=str(folder),
+        )
     tool = (manifest.get("tool") or {}).get("name")
     name = "gguf" if tool == "gguf-tool" else (manifest.get("parameters") or {}).get("method")
     specs = set_specs()
     if name not in specs or specs[name]["tool"] != tool:
-        raise InvalidInput(f"{folder} is an output of {tool or 'an unknown tool'}"
-                           f"{f' ({name})' if name else ''}, which docs-tool cannot present: pass outputs of "
-                           f"{', '.join(sorted(specs))}", path=str(folder))
+        raise InvalidInput(
+            f"{folder} is an output of {tool or 'an unknown tool'}"
+            f"{f' ({name})' if name else ''}, which docs-tool cannot present: pass outputs of "
+            f"{', '.join(sorted(specs))}",
+            path=str(folder),
+        )
     return name, specs[name], manifest
 
 
@@ -64,16 +70,22 @@ def repo_ids(name: str, namespace: str | None, sets, overrides: dict | None = No
         if not repo:
             suffix = specs[s]["suffix"]
             if len(name) + len(suffix) > MAX_NAME:
-                raise UsageError(f"the {s} repo name (the name and {suffix!r}) would be {len(name) + len(suffix)} "
-                                 f"characters, over the Hub's {MAX_NAME}: pass a --name of at most "
-                                 f"{MAX_NAME - len(suffix)} characters, or --repo {s}=NAMESPACE/NAME", set=s,
-                                 length=len(name) + len(suffix))
+                raise UsageError(
+                    f"the {s} repo name (the name and {suffix!r}) would be {len(name) + len(suffix)} "
+                    f"characters, over the Hub's {MAX_NAME}: pass a --name of at most "
+                    f"{MAX_NAME - len(suffix)} characters, or --repo {s}=NAMESPACE/NAME",
+                    set=s,
+                    length=len(name) + len(suffix),
+                )
             repo = f"{prefix}{name}{suffix}"
         repos[s] = check_repo_id(repo, f"the {s} set's repo id")
     seen: dict[str, str] = {}
     for s, repo in repos.items():
         first = seen.setdefault(repo.casefold(), s)
         if first != s:
-            raise UsageError(f"the {first} and {s} sets would both be published to {repo}: give one of them another "
-                             f"repo with --repo {s}=NAMESPACE/NAME", repo_id=repo)
+            raise UsageError(
+                f"the {first} and {s} sets would both be published to {repo}: give one of them another "
+                f"repo with --repo {s}=NAMESPACE/NAME",
+                repo_id=repo,
+            )
     return repos

@@ -28,8 +28,13 @@ def _lit(text: str) -> str:
     triple quotes, else as a quoted constant action."""
     if not text:
         return ""
-    raw_ok = ("{{" not in text and not text.endswith("{") and '"""' not in text and "\r" not in text
-              and all(ch.isprintable() or ch in "\n\t" for ch in text))
+    raw_ok = (
+        "{{" not in text
+        and not text.endswith("{")
+        and '"""' not in text
+        and "\r" not in text
+        and all(ch.isprintable() or ch in "\n\t" for ch in text)
+    )
     return text if raw_ok else "{{ " + go_quote(text) + " }}"
 
 
@@ -84,5 +89,13 @@ class TemplateParts:
 
     def markers(self) -> list[str]:
         """The texts around contents, closing ones first: where stop tokens are looked for."""
-        return [self.assistant[1], self.user[1], self.gen, self.assistant[0], self.user[0], *(self.system or ()),
-                self.pre, self.default_system or ""]
+        return [
+            self.assistant[1],
+            self.user[1],
+            self.gen,
+            self.assistant[0],
+            self.user[0],
+            *(self.system or ()),
+            self.pre,
+            self.default_system or "",
+        ]

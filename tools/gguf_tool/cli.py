@@ -22,10 +22,20 @@ def _thresholds(values) -> dict:
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--model", "model", type=click.Path(), help="Hugging Face model folder (e.g. merge-tool's output).")
 @click.option("--out", "out", type=click.Path(), help="Output folder for the GGUF files and manifest.json.")
-@click.option("--quant", "quants", multiple=True, metavar="TYPE",
-              help=f"Quantization, repeatable ({', '.join(QUANTS)}); case-insensitive.")
-@click.option("--outtype", type=click.Choice(["auto", "f16", "bf16", "f32"]), default="auto", show_default=True,
-              help="Type of the intermediate conversion when no float type is asked for.")
+@click.option(
+    "--quant",
+    "quants",
+    multiple=True,
+    metavar="TYPE",
+    help=f"Quantization, repeatable ({', '.join(QUANTS)}); case-insensitive.",
+)
+@click.option(
+    "--outtype",
+    type=click.Choice(["auto", "f16", "bf16", "f32"]),
+    default="auto",
+    show_default=True,
+    help="Type of the intermediate conversion when no float type is asked for.",
+)
 @click.option("--imatrix", type=click.Path(), default=None, help="Importance matrix file (needed by IQ1/IQ2 types).")
 @click.option("--calibration", type=click.Path(), default=None, help="Text file to compute an importance matrix from.")
 @click.option("--split-max-size", default=None, help="Split files above this size, e.g. 48G.")
@@ -33,15 +43,35 @@ def _thresholds(values) -> dict:
 @click.option("--base", type=click.Path(), default=None, help="With --lora: the base model folder of the adapter.")
 @click.option("--validate-tokens", type=int, default=128, show_default=True, help="Token budget of the validation.")
 @click.option("--no-validate", is_flag=True, help="Skip the comparison with the Hugging Face model.")
-@click.option("--min-top1", multiple=True, metavar="QUANT=VALUE",
-              help="Top-1 agreement a file needs to pass (defaults: F16/BF16 0.99, Q8_0 0.97).")
+@click.option(
+    "--min-top1",
+    multiple=True,
+    metavar="QUANT=VALUE",
+    help="Top-1 agreement a file needs to pass (defaults: F16/BF16 0.99, Q8_0 0.97).",
+)
 @click.option("--name", default=None, help="Model name for file names and metadata (default: the folder's name).")
 @overwrite_option
 @json_option
 @click.pass_context
 @report_errors
-def main(ctx, model, out, quants, outtype, imatrix, calibration, split_max_size, lora, base, validate_tokens,
-         no_validate, min_top1, name, overwrite, as_json):
+def main(
+    ctx,
+    model,
+    out,
+    quants,
+    outtype,
+    imatrix,
+    calibration,
+    split_max_size,
+    lora,
+    base,
+    validate_tokens,
+    no_validate,
+    min_top1,
+    name,
+    overwrite,
+    as_json,
+):
     """Convert a model to GGUF with llama.cpp, quantize it, and validate every file.
 
     \b
@@ -55,10 +85,23 @@ def main(ctx, model, out, quants, outtype, imatrix, calibration, split_max_size,
         raise click.UsageError("--model and --out are required (or: gguf-tool setup)")
     from .core import run
 
-    manifest = run(model, out, quants=quants or ("Q8_0", "Q4_K_M"), outtype=outtype, imatrix=imatrix,
-                   calibration=calibration, split_max_size=split_max_size, lora=lora, base=base,
-                   validate_tokens=validate_tokens,
-                   validate=not no_validate, name=name, min_top1=_thresholds(min_top1), overwrite=overwrite, log=log)
+    manifest = run(
+        model,
+        out,
+        quants=quants or ("Q8_0", "Q4_K_M"),
+        outtype=outtype,
+        imatrix=imatrix,
+        calibration=calibration,
+        split_max_size=split_max_size,
+        lora=lora,
+        base=base,
+        validate_tokens=validate_tokens,
+        validate=not no_validate,
+        name=name,
+        min_top1=_thresholds(min_top1),
+        overwrite=overwrite,
+        log=log,
+    )
     if as_json:
         emit(manifest, True)
     else:
@@ -77,17 +120,28 @@ def status():
     from .llama_tree import converter, tool
 
     folder = converter()
-    tools = "with llama-quantize/llama-imatrix" if tool("llama-quantize") else \
-        "llama-quantize/llama-imatrix: built when a step first needs an importance matrix"
+    tools = (
+        "with llama-quantize/llama-imatrix"
+        if tool("llama-quantize")
+        else "llama-quantize/llama-imatrix: built when a step first needs an importance matrix"
+    )
     click.echo(f"converter in {folder} ({tools})")
 
 
 @main.command()
-@click.option("--sdist", type=click.Path(exists=True), default=None,
-              help="A llama-cpp-python sdist of the installed version (default: pip downloads it).")
-@click.option("--with-tools", is_flag=True, help="Also build llama-quantize and llama-imatrix now (for --imatrix, "
-              "--calibration; needs cmake and a C++ compiler). Without it they are built the first time a step needs "
-              "them.")
+@click.option(
+    "--sdist",
+    type=click.Path(exists=True),
+    default=None,
+    help="A llama-cpp-python sdist of the installed version (default: pip downloads it).",
+)
+@click.option(
+    "--with-tools",
+    is_flag=True,
+    help="Also build llama-quantize and llama-imatrix now (for --imatrix, "
+    "--calibration; needs cmake and a C++ compiler). Without it they are built the first time a step needs "
+    "them.",
+)
 @report_errors
 def setup(sdist, with_tools):
     """Extract llama.cpp's converter from the sdist of the installed llama-cpp-python, and keep the

@@ -25,26 +25,57 @@ from .llama_tree import converter
 TOOL = "gguf-tool"
 # variables that may hold a credential: none is needed to convert a local folder
 _SECRET = re.compile(r"(^|_)(TOKENS?|SECRETS?|PASSWORD|PASSWD|CREDENTIALS?|API_?KEY|ACCESS_KEY|AUTH)(_|$)", re.I)
-_HF_AUTH = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_STORED_TOKENS_PATH", "HF_OIDC_RESOURCE",
-            "HF_OIDC_ID_TOKEN", "HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_MODULES_CACHE")
+_HF_AUTH = (
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "HF_TOKEN_PATH",
+    "HF_STORED_TOKENS_PATH",
+    "HF_OIDC_RESOURCE",
+    "HF_OIDC_ID_TOKEN",
+    "HF_HOME",
+    "HF_HUB_CACHE",
+    "HUGGINGFACE_HUB_CACHE",
+    "HF_MODULES_CACHE",
+)
 
 _KNOWN = [  # (pattern in the converter's output, error class, message; {0} is the match)
-    (f"({re.escape(REFUSED)})", InvalidInput,
-     "the model needs its own code to be converted, which transformers refused to load ({0}): gguf-tool never runs "
-     "code from a model folder; use a model whose architecture and tokenizer transformers ships"),
-    (r"Model (\S+) is not supported", Unsupported,
-     "architecture {0} is not supported by this llama.cpp converter: it cannot be made into GGUF by this version"),
-    (r"Architecture '?([\w]+)'? not supported", Unsupported,
-     "architecture {0} is not supported by this llama.cpp converter"),
-    (r"(BPE pre-tokenizer was not recognized)", Unsupported,
-     "the tokenizer's pre-tokenizer is not recognized by this llama.cpp converter ({0}): the GGUF would split "
-     "text differently; use a llama.cpp release that knows this model"),
-    (r"(FileNotFoundError: .*tokenizer[^\n]*)", InvalidInput,
-     "the model folder has no usable tokenizer ({0}): copy the tokenizer files into it"),
-    (r"(No such file or directory: '[^']*config\.json')", InvalidInput,
-     "the model folder has no config.json ({0}): pass a Hugging Face model folder"),
-    (r"(SafetensorError[^\n]*|Error while deserializing[^\n]*|HeaderTooLarge|MetadataIncompleteBuffer)", InvalidInput,
-     "a safetensors file of the model is corrupt ({0}): re-copy or re-save the model"),
+    (
+        f"({re.escape(REFUSED)})",
+        InvalidInput,
+        "the model needs its own code to be converted, which transformers refused to load ({0}): gguf-tool never runs "
+        "code from a model folder; use a model whose architecture and tokenizer transformers ships",
+    ),
+    (
+        r"Model (\S+) is not supported",
+        Unsupported,
+        "architecture {0} is not supported by this llama.cpp converter: it cannot be made into GGUF by this version",
+    ),
+    (
+        r"Architecture '?([\w]+)'? not supported",
+        Unsupported,
+        "architecture {0} is not supported by this llama.cpp converter",
+    ),
+    (
+        r"(BPE pre-tokenizer was not recognized)",
+        Unsupported,
+        "the tokenizer's pre-tokenizer is not recognized by this llama.cpp converter ({0}): the GGUF would split "
+        "text differently; use a llama.cpp release that knows this model",
+    ),
+    (
+        r"(FileNotFoundError: .*tokenizer[^\n]*)",
+        InvalidInput,
+        "the model folder has no usable tokenizer ({0}): copy the tokenizer files into it",
+    ),
+    (
+        r"(No such file or directory: '[^']*config\.json')",
+        InvalidInput,
+        "the model folder has no config.json ({0}): pass a Hugging Face model folder",
+    ),
+    (
+        r"(SafetensorError[^\n]*|Error while deserializing[^\n]*|HeaderTooLarge|MetadataIncompleteBuffer)",
+        InvalidInput,
+        "a safetensors file of the model is corrupt ({0}): re-copy or re-save the model",
+    ),
 ]
 
 
@@ -53,9 +84,15 @@ def converter_env(parent: dict, tree: Path, scratch: Path) -> dict:
     home and token file in ``scratch`` (an empty folder: no token file there), gguf-py first on the path."""
     env = {k: v for k, v in parent.items() if not _SECRET.search(k) and k not in _HF_AUTH}
     hf_home = Path(scratch) / "hf-home"
-    env.update(HF_HOME=str(hf_home), HF_TOKEN_PATH=str(hf_home / "token"), HF_MODULES_CACHE=str(hf_home / "modules"),
-               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1",
-               PYTHONPATH=os.pathsep.join(p for p in (str(Path(tree) / "gguf-py"), parent.get("PYTHONPATH")) if p))
+    env.update(
+        HF_HOME=str(hf_home),
+        HF_TOKEN_PATH=str(hf_home / "token"),
+        HF_MODULES_CACHE=str(hf_home / "modules"),
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        PYTHONPATH=os.pathsep.join(p for p in (str(Path(tree) / "gguf-py"), parent.get("PYTHONPATH")) if p),
+    )
     env.setdefault("NO_LOCAL_GGUF", "")
     return env
 
@@ -66,9 +103,17 @@ def run_converter(script: str, args: list[str], log=lambda line: None) -> None:
     tree = converter()
     cmd = [sys.executable, "-m", "gguf_tool.launch", str(tree / script), *args]
     lines = []
-    with tempfile.TemporaryDirectory(prefix="gguf-tool-env-") as scratch, subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tree,
-            env=converter_env(dict(os.environ), tree, Path(scratch))) as proc:
+    with (
+        tempfile.TemporaryDirectory(prefix="gguf-tool-env-") as scratch,
+        subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=tree,
+            env=converter_env(dict(os.environ), tree, Path(scratch)),
+        ) as proc,
+    ):
         for line in proc.stdout:
             lines.append(line.rstrip())
             log(line.rstrip())
@@ -81,17 +126,28 @@ def run_converter(script: str, args: list[str], log=lambda line: None) -> None:
         if m:
             raise cls(message.format(m.group(1)))
     last = next((line for line in reversed(lines) if line.strip()), "no output")
-    raise InvalidInput(f"llama.cpp's converter failed ({last.strip()[:200]}): set UPLOAD_DRIVER_DEBUG=1 and rerun "
-                       "to see its whole log", log_tail=lines[-30:])
+    raise InvalidInput(
+        f"llama.cpp's converter failed ({last.strip()[:200]}): set UPLOAD_DRIVER_DEBUG=1 and rerun "
+        "to see its whole log",
+        log_tail=lines[-30:],
+    )
 
 
 def _abs(path) -> str:
     return os.path.abspath(path)
 
 
-def convert_model(model_dir: Path, outfile: Path, outtype: str, *, vocab_only: bool = False,
-                  name: str | None = None, metadata: Path | None = None, split_max_size: str | None = None,
-                  log=lambda line: None) -> None:
+def convert_model(
+    model_dir: Path,
+    outfile: Path,
+    outtype: str,
+    *,
+    vocab_only: bool = False,
+    name: str | None = None,
+    metadata: Path | None = None,
+    split_max_size: str | None = None,
+    log=lambda line: None,
+) -> None:
     refuse_code(model_dir, TOOL)
     args = [_abs(model_dir), "--outfile", _abs(outfile), "--outtype", outtype]
     if vocab_only:
@@ -108,5 +164,8 @@ def convert_model(model_dir: Path, outfile: Path, outtype: str, *, vocab_only: b
 def convert_lora(adapter_dir: Path, base_dir: Path, outfile: Path, outtype: str, log=lambda line: None) -> None:
     refuse_code(adapter_dir, TOOL, "adapter folder")
     refuse_code(base_dir, TOOL, "base model folder")
-    run_converter("convert_lora_to_gguf.py",
-                  [_abs(adapter_dir), "--base", _abs(base_dir), "--outfile", _abs(outfile), "--outtype", outtype], log)
+    run_converter(
+        "convert_lora_to_gguf.py",
+        [_abs(adapter_dir), "--base", _abs(base_dir), "--outfile", _abs(outfile), "--outtype", outtype],
+        log,
+    )

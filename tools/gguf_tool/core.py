@@ -43,7 +43,9 @@ def _metadata(model_dir: Path, name: str) -> dict:
     repo = base.get("repo_id") if base.get("source") == "hub" else None
     if looks_like_repo_id(repo):
         org, _, model = repo.partition("/")
-        meta["general.base_models"] = [{"name": model, "organization": org, "repo_url": f"https://huggingface.co/{repo}"}]
+        meta["general.base_models"] = [
+            {"name": model, "organization": org, "repo_url": f"https://huggingface.co/{repo}"}
+        ]
     kind = ((manifest.get("training") or {}).get("trainer") or {}).get("kind")
     if kind and kind != "unknown":
         meta["general.finetune"] = kind
@@ -51,9 +53,24 @@ def _metadata(model_dir: Path, name: str) -> dict:
     return meta
 
 
-def run(model_dir, out, *, quants=("Q8_0", "Q4_K_M"), outtype: str = "auto", imatrix=None, calibration=None,
-        split_max_size: str | None = None, lora=None, base=None, validate_tokens: int = 128, validate: bool = True,
-        name: str | None = None, min_top1: dict | None = None, overwrite: bool = False, log=lambda m: None) -> dict:
+def run(
+    model_dir,
+    out,
+    *,
+    quants=("Q8_0", "Q4_K_M"),
+    outtype: str = "auto",
+    imatrix=None,
+    calibration=None,
+    split_max_size: str | None = None,
+    lora=None,
+    base=None,
+    validate_tokens: int = 128,
+    validate: bool = True,
+    name: str | None = None,
+    min_top1: dict | None = None,
+    overwrite: bool = False,
+    log=lambda m: None,
+) -> dict:
     t0 = time.monotonic()
     model_dir, out = Path(model_dir).absolute(), Path(out)
     wanted = wanted_quants(quants, imatrix, calibration, lora, base)
@@ -63,14 +80,30 @@ def run(model_dir, out, *, quants=("Q8_0", "Q4_K_M"), outtype: str = "auto", ima
         check_inputs(Path(base))
     config = read_json_object(model_dir / "config.json", "model config", "pass a Hugging Face model folder")
     specs = model_specs(model_dir)
-    job = GgufJob(model_dir=model_dir, name=_name(model_dir, name), wanted=wanted,
-                  inter_type=intermediate_type(wanted, outtype, config),
-                  thresholds={**DEFAULT_MIN_TOP1, **(min_top1 or {})},
-                  imatrix=Path(imatrix) if imatrix else None, calibration=Path(calibration) if calibration else None,
-                  split_max_size=split_max_size, lora=Path(lora) if lora else None, base=Path(base) if base else None,
-                  validate=validate, validate_tokens=validate_tokens)
-    with Step(TOOL, out, inputs=job.inputs(), params=job.params(), overwrite=overwrite,
-              libraries=("llama-cpp-python", "torch", "transformers", "gguf"), log=log, began=t0) as s:
+    job = GgufJob(
+        model_dir=model_dir,
+        name=_name(model_dir, name),
+        wanted=wanted,
+        inter_type=intermediate_type(wanted, outtype, config),
+        thresholds={**DEFAULT_MIN_TOP1, **(min_top1 or {})},
+        imatrix=Path(imatrix) if imatrix else None,
+        calibration=Path(calibration) if calibration else None,
+        split_max_size=split_max_size,
+        lora=Path(lora) if lora else None,
+        base=Path(base) if base else None,
+        validate=validate,
+        validate_tokens=validate_tokens,
+    )
+    with Step(
+        TOOL,
+        out,
+        inputs=job.inputs(),
+        params=job.params(),
+        overwrite=overwrite,
+        libraries=("llama-cpp-python", "torch", "transformers", "gguf"),
+        log=log,
+        began=t0,
+    ) as s:
         s.reserve(job.estimate(specs))
         # llama.cpp's programs (for an importance matrix) are built on first need, before anything is written
         tools = llama_tree.ensure_tools(log) if job.needs_tools else {}
@@ -105,8 +138,15 @@ def _convert(job: GgufJob, s: Step, log, tool_log) -> Path:
         # the converter checks the architecture and the tokenizer (pre-tokenizer included) before it
         # computes any tensor data, so those failures come within seconds, before the long part
         log(f"converting to {job.inter_type} with llama.cpp's converter")
-        convert_model(job.model_dir, inter, FLOAT_OUTTYPES[job.inter_type], name=job.name, metadata=meta_path,
-                      split_max_size=job.split_max_size, log=tool_log)
+        convert_model(
+            job.model_dir,
+            inter,
+            FLOAT_OUTTYPES[job.inter_type],
+            name=job.name,
+            metadata=meta_path,
+            split_max_size=job.split_max_size,
+            log=tool_log,
+        )
         meta_path.unlink()
         inter_first = _first_split(s.folder, job.name, job.inter_type)
         template = _chat_template(inter_first)
@@ -146,8 +186,9 @@ def _quantize_all(job: GgufJob, folder: Path, inter_first: Path, imx: Path | Non
             log(f"quantizing to {q}")
             split = bool(job.split_max_size)
             if imx:
-                quantize_with_imatrix(quantize_tool, inter_first, dst, get_quant(q), nthread=nthread, imatrix=imx,
-                                      keep_split=split)
+                quantize_with_imatrix(
+                    quantize_tool, inter_first, dst, get_quant(q), nthread=nthread, imatrix=imx, keep_split=split
+                )
             else:
                 quantize(inter_first, dst, get_quant(q), nthread=nthread, keep_split=split)
             settle_files(q)
@@ -168,8 +209,10 @@ def _describe_files(job: GgufJob, folder: Path, warn) -> dict:
         fb = fallbacks(first, get_quant(q))
         if fb:
             info["fallbacks"] = fb
-            warn(f"{q}: {len(fb)} tensors have rows not a multiple of 256 and were stored as "
-                 f"{', '.join(sorted({f['type'] for f in fb}))} instead")
+            warn(
+                f"{q}: {len(fb)} tensors have rows not a multiple of 256 and were stored as "
+                f"{', '.join(sorted({f['type'] for f in fb}))} instead"
+            )
         files[q] = info
     return files
 
@@ -192,11 +235,15 @@ def _judge(files: dict, thresholds: dict) -> None:
     for q, info in files.items():
         v = info["validation"]
         if not v["tokenization_matches"]:
-            bad.append(f"{q} tokenizes the validation text differently from the HF tokenizer (is tokenizer.model "
-                       "missing from the model folder?)")
+            bad.append(
+                f"{q} tokenizes the validation text differently from the HF tokenizer (is tokenizer.model "
+                "missing from the model folder?)"
+            )
         elif q in thresholds and v["top1_agreement"] < thresholds[q]:
-            bad.append(f"{q} agrees with the HF model on {v['top1_agreement']:.3f} of next tokens "
-                       f"(needs {thresholds[q]}; mean KL {v['mean_kl']:.4f})")
+            bad.append(
+                f"{q} agrees with the HF model on {v['top1_agreement']:.3f} of next tokens "
+                f"(needs {thresholds[q]}; mean KL {v['mean_kl']:.4f})"
+            )
     if bad:
         raise InvalidInput("validation failed: " + "; ".join(bad), validation=files)
 
@@ -224,4 +271,3 @@ def _debug_log(log):
     from upload_common.cli import debug_enabled
 
     return log if debug_enabled() else (lambda line: None)
-

@@ -36,10 +36,17 @@ class GgufJob:
         return bool(self.imatrix or self.calibration)
 
     def params(self) -> dict:
-        return {"quants": list(self.wanted), "intermediate": self.inter_type, "imatrix": bool(self.imatrix),
-                "calibration": bool(self.calibration), "split_max_size": self.split_max_size,
-                "validate": self.validate, "validate_tokens": self.validate_tokens, "min_top1": self.thresholds,
-                "name": self.name}
+        return {
+            "quants": list(self.wanted),
+            "intermediate": self.inter_type,
+            "imatrix": bool(self.imatrix),
+            "calibration": bool(self.calibration),
+            "split_max_size": self.split_max_size,
+            "validate": self.validate,
+            "validate_tokens": self.validate_tokens,
+            "min_top1": self.thresholds,
+            "name": self.name,
+        }
 
     def inputs(self) -> dict:
         inputs = {"model": describe_input(self.model_dir)}

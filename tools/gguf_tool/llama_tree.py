@@ -55,8 +55,11 @@ def converter() -> Path:
     """The folder holding convert_hf_to_gguf.py, or an error saying how to set it up."""
     folder = tree_dir()
     if not (folder / "convert_hf_to_gguf.py").is_file():
-        raise InputNotFound(f"llama.cpp's converter is not set up in {folder}: run `gguf-tool setup` once "
-                            f"(or set {ENV} to a llama.cpp tree of the same version)", path=str(folder))
+        raise InputNotFound(
+            f"llama.cpp's converter is not set up in {folder}: run `gguf-tool setup` once "
+            f"(or set {ENV} to a llama.cpp tree of the same version)",
+            path=str(folder),
+        )
     return folder
 
 
@@ -92,8 +95,11 @@ def ensure_tools(log=print, why: str = "for an importance matrix") -> dict[str, 
     blocker = _cannot_build(folder)
     missing = ", ".join(n for n, p in found.items() if not p)
     if blocker:
-        raise Unsupported(f"llama.cpp's {missing} {'is' if ', ' not in missing else 'are'} not built in {folder}/bin "
-                          f"({why}), {blocker}: {SETUP_HINT}", path=str(folder))
+        raise Unsupported(
+            f"llama.cpp's {missing} {'is' if ', ' not in missing else 'are'} not built in {folder}/bin "
+            f"({why}), {blocker}: {SETUP_HINT}",
+            path=str(folder),
+        )
     from filelock import FileLock
 
     lock = folder.with_name(folder.name + ".lock")
@@ -104,8 +110,11 @@ def ensure_tools(log=print, why: str = "for an importance matrix") -> dict[str, 
         kept_sdist(folder).unlink(missing_ok=True)
     found = {n: tool(n) for n in TOOLS}
     if not all(found.values()):
-        raise Unsupported(f"llama.cpp's {', '.join(n for n, p in found.items() if not p)} not found in {folder}/bin "
-                          f"after the build ({why}): {SETUP_HINT}", path=str(folder))
+        raise Unsupported(
+            f"llama.cpp's {', '.join(n for n, p in found.items() if not p)} not found in {folder}/bin "
+            f"after the build ({why}): {SETUP_HINT}",
+            path=str(folder),
+        )
     return found
 
 
@@ -136,8 +145,10 @@ def run_with_progress(cmd: list[str], what: str, log, every: int = 10) -> None:
                 log(f"{what}: {pct}%")
     if proc.returncode:
         last = next((line.strip() for line in reversed(tail) if line.strip()), "no output")
-        raise Unsupported(f"{what} failed ({last[:200]}): set up a working cmake and C++ compiler, or use the "
-                          "gguf-tool image", log_tail=list(tail))
+        raise Unsupported(
+            f"{what} failed ({last[:200]}): set up a working cmake and C++ compiler, or use the gguf-tool image",
+            log_tail=list(tail),
+        )
 
 
 def build_tools(sdist: Path, dest: Path, log=print) -> None:
@@ -149,13 +160,23 @@ def build_tools(sdist: Path, dest: Path, log=print) -> None:
         tar.extractall(tmp, members=[m for m in tar.getmembers() if "/vendor/llama.cpp/" in m.name], **safe)
         src = next(Path(tmp).glob("*/vendor/llama.cpp"))
         build = Path(tmp) / "build"
-        args = ["-DGGML_NATIVE=OFF", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
-                "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DCMAKE_BUILD_TYPE=Release",
-                *shlex.split(os.environ.get("CMAKE_ARGS", ""))]
+        args = [
+            "-DGGML_NATIVE=OFF",
+            "-DBUILD_SHARED_LIBS=OFF",
+            "-DLLAMA_CURL=OFF",
+            "-DLLAMA_BUILD_TESTS=OFF",
+            "-DLLAMA_BUILD_EXAMPLES=OFF",
+            "-DLLAMA_BUILD_SERVER=OFF",
+            "-DCMAKE_BUILD_TYPE=Release",
+            *shlex.split(os.environ.get("CMAKE_ARGS", "")),
+        ]
         log("configuring llama.cpp (cmake)")
         run_with_progress(["cmake", "-S", str(src), "-B", str(build), *args], "configuring llama.cpp", lambda m: None)
-        run_with_progress(["cmake", "--build", str(build), "--target", *TOOLS, "-j", str(os.cpu_count() or 1)],
-                          f"building {', '.join(TOOLS)}", log)
+        run_with_progress(
+            ["cmake", "--build", str(build), "--target", *TOOLS, "-j", str(os.cpu_count() or 1)],
+            f"building {', '.join(TOOLS)}",
+            log,
+        )
         (dest / "bin").mkdir(parents=True, exist_ok=True)
         for name in TOOLS:
             part = dest / "bin" / f".{name}.partial"
@@ -177,8 +198,9 @@ def extract(sdist: Path, dest: Path) -> Path:
                 m.name = parts[1]
                 members.append(m)
         if not any(m.name == "convert_hf_to_gguf.py" for m in members):
-            raise InputNotFound(f"{sdist} holds no vendor/llama.cpp/convert_hf_to_gguf.py: "
-                                "pass a llama-cpp-python sdist")
+            raise InputNotFound(
+                f"{sdist} holds no vendor/llama.cpp/convert_hf_to_gguf.py: pass a llama-cpp-python sdist"
+            )
         safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python < 3.11.4 lacks filters
         tar.extractall(tmp, members=members, **safe)
     if (dest / "bin").is_dir():
@@ -209,8 +231,22 @@ def setup(sdist: Path | None = None, with_tools: bool = False, log=print) -> Pat
     with tempfile.TemporaryDirectory() as tmp:
         if sdist is None:
             log(f"downloading the llama-cpp-python {version} sdist (pip download)")
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                            f"llama-cpp-python=={version}", "-d", tmp, "-q"], check=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "--no-deps",
+                    "--no-binary",
+                    ":all:",
+                    f"llama-cpp-python=={version}",
+                    "-d",
+                    tmp,
+                    "-q",
+                ],
+                check=True,
+            )
             sdist = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
         extract(Path(sdist), dest)
         keep_sdist(Path(sdist), dest)

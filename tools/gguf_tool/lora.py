@@ -30,13 +30,16 @@ def check_inputs(base_dir: Path) -> None:
 
 def adapter_for_llama_cpp(adapter_dir: Path, work: Path) -> tuple[Path, dict]:
     """A copy of the adapter whose config llama.cpp reads correctly; and what was changed."""
-    config = read_json_object(Path(adapter_dir) / "adapter_config.json", "adapter config",
-                              "pass a LoRA adapter folder with --lora")
+    config = read_json_object(
+        Path(adapter_dir) / "adapter_config.json", "adapter config", "pass a LoRA adapter folder with --lora"
+    )
     if str(config.get("peft_type", "LORA")).upper() != "LORA":
         raise Unsupported(f"--lora takes a LoRA adapter; this one is {config.get('peft_type')}")
     if config.get("rank_pattern") or config.get("alpha_pattern"):
-        raise Unsupported("the adapter has per-module rank/alpha patterns, which llama.cpp's LoRA format cannot "
-                          "express: use the merged model's GGUF instead")
+        raise Unsupported(
+            "the adapter has per-module rank/alpha patterns, which llama.cpp's LoRA format cannot "
+            "express: use the merged model's GGUF instead"
+        )
     if config.get("use_dora"):
         raise Unsupported("llama.cpp cannot apply DoRA adapters: use the merged model's GGUF instead")
     change = {}

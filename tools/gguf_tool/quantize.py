@@ -29,8 +29,10 @@ def quantize(src: Path, dst: Path, quant: dict, *, nthread: int, keep_split: boo
     params.keep_split = keep_split
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0:
-        raise InvalidInput(f"llama.cpp could not quantize to {quant['name']} (code {rc}): "
-                           "set UPLOAD_DRIVER_DEBUG=1 for its log", quant=quant["name"])
+        raise InvalidInput(
+            f"llama.cpp could not quantize to {quant['name']} (code {rc}): set UPLOAD_DRIVER_DEBUG=1 for its log",
+            quant=quant["name"],
+        )
 
 
 def run_tool(cmd: list, what: str) -> None:
@@ -42,11 +44,14 @@ def run_tool(cmd: list, what: str) -> None:
         raise InvalidInput(f"llama.cpp's {what} failed ({last.strip()[:200]})", log_tail=proc.stdout.splitlines()[-30:])
 
 
-def quantize_with_imatrix(tool: Path, src: Path, dst: Path, quant: dict, *, nthread: int, imatrix: Path,
-                          keep_split: bool = False) -> None:
+def quantize_with_imatrix(
+    tool: Path, src: Path, dst: Path, quant: dict, *, nthread: int, imatrix: Path, keep_split: bool = False
+) -> None:
     """llama-quantize with an importance matrix (the C API cannot take one)."""
-    run_tool([tool, "--imatrix", imatrix, *(["--keep-split"] if keep_split else []), src, dst, quant["name"], nthread],
-             f"llama-quantize to {quant['name']}")
+    run_tool(
+        [tool, "--imatrix", imatrix, *(["--keep-split"] if keep_split else []), src, dst, quant["name"], nthread],
+        f"llama-quantize to {quant['name']}",
+    )
 
 
 def compute_imatrix(tool: Path, model: Path, text: Path, dst: Path, *, nthread: int, ctx: int = 128) -> None:

@@ -15,8 +15,15 @@ def gguf_run(path: Path, ids: list[int], text: str, lora: Path | None = None):
     import numpy as np
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(path), n_ctx=max(64, len(ids) + 8), logits_all=True, verbose=False,
-                n_threads=os.cpu_count() or 1, n_gpu_layers=0, lora_path=str(lora) if lora else None)
+    llm = Llama(
+        model_path=str(path),
+        n_ctx=max(64, len(ids) + 8),
+        logits_all=True,
+        verbose=False,
+        n_threads=os.cpu_count() or 1,
+        n_gpu_layers=0,
+        lora_path=str(lora) if lora else None,
+    )
     try:
         tokens = llm.tokenize(text.encode(), add_bos=bool(ids) and ids[0] == llm.token_bos(), special=False)
         llm.eval(ids)

@@ -36,9 +36,23 @@ def parse_target(text: str) -> dict:
     raise UsageError(f"unknown target {text!r}: use hf, local:DIR or ollama[:NAME]")
 
 
-def run(docs, artifacts, out, *, targets=("hf",), only=(), private: bool = False, ollama_push: bool = False,
-        dry_run: bool = False, retries: int = 5, retry_wait: float = 2.0, overwrite: bool = False,
-        timeout: float | None = None, retry_budget: float | None = None, log=lambda m: None) -> dict:
+def run(
+    docs,
+    artifacts,
+    out,
+    *,
+    targets=("hf",),
+    only=(),
+    private: bool = False,
+    ollama_push: bool = False,
+    dry_run: bool = False,
+    retries: int = 5,
+    retry_wait: float = 2.0,
+    overwrite: bool = False,
+    timeout: float | None = None,
+    retry_budget: float | None = None,
+    log=lambda m: None,
+) -> dict:
     """Publish; ``timeout``: seconds without progress before a request fails (else
     UPLOAD_DRIVER_NET_TIMEOUT, else 60); ``retry_budget``: seconds an operation may spend on failed
     attempts and waits (else UPLOAD_DRIVER_RETRY_BUDGET, else five timeouts)."""
@@ -48,15 +62,18 @@ def run(docs, artifacts, out, *, targets=("hf",), only=(), private: bool = False
     upload, local = load_plan(docs, artifacts, only)
     if any(t["kind"] == "hf" for t in parsed):
         for s, e in upload["sets"].items():
-            check_repo_id(e["repo_id"], f"the {s} set's repo id (docs-tool --namespace and --name)",
-                          namespace=True, usage=False)
+            check_repo_id(
+                e["repo_id"], f"the {s} set's repo id (docs-tool --namespace and --name)", namespace=True, usage=False
+            )
     plan = describe_plan(upload, parsed)
     if any(t["kind"] == "ollama" for t in parsed) and not any(r["target"].startswith("ollama") for r in plan):
         raise InvalidInput("ollama target: no set with a Modelfile (pass the gguf-tool output and its docs)")
     for r in plan:
         if r["target"].startswith("ollama") and ollama_push and "/" not in r["destination"].split(":")[0]:
-            raise UsageError(f"--ollama-push needs a model name with a namespace (a registry account), not "
-                             f"{r['destination']!r}: use --to ollama:USER/NAME")
+            raise UsageError(
+                f"--ollama-push needs a model name with a namespace (a registry account), not "
+                f"{r['destination']!r}: use --to ollama:USER/NAME"
+            )
     if dry_run:
         return {"dry_run": True, "plan": plan}
     if out is None:
@@ -64,17 +81,30 @@ def run(docs, artifacts, out, *, targets=("hf",), only=(), private: bool = False
     out = Path(out)
     sources = {f"artifact_{s}": {"manifest_sha256": e["source"]["manifest_sha256"]} for s, e in upload["sets"].items()}
     inputs = {"docs": describe_input(Path(docs)), **sources}
-    params = {"targets": [t["spec"] for t in parsed], "sets": sorted(upload["sets"]), "private": private,
-              "ollama_push": ollama_push}
+    params = {
+        "targets": [t["spec"] for t in parsed],
+        "sets": sorted(upload["sets"]),
+        "private": private,
+        "ollama_push": ollama_push,
+    }
     retry = {"attempts": max(1, retries), "wait": retry_wait, "log": log}
-    with Step(TOOL, out, inputs=inputs, params=params, overwrite=overwrite, libraries=("huggingface_hub", "ollama"),
-              log=log, began=t0) as s:
+    with Step(
+        TOOL,
+        out,
+        inputs=inputs,
+        params=params,
+        overwrite=overwrite,
+        libraries=("huggingface_hub", "ollama"),
+        log=log,
+        began=t0,
+    ) as s:
         published = s.manifest["published"] = {}
         s.begin()  # from here a failed publish leaves error.json
         for t in parsed:
             with s.timed(t["spec"]):
-                published[t["spec"]] = _publish(t, upload, local, private=private, ollama_push=ollama_push,
-                                                retry=retry, log=log)
+                published[t["spec"]] = _publish(
+                    t, upload, local, private=private, ollama_push=ollama_push, retry=retry, log=log
+                )
     return s.manifest
 
 
@@ -95,6 +125,5 @@ def _publish(target: dict, upload: dict, local: dict, *, private, ollama_push, r
     with net.hub_client():  # every request with the timeout, huggingface_hub's own retries within the budget
         api = HfApi()
         who = check_token(api, log)
-        done = {s: push_set(api, e, local[s], private=private, retry=retry, log=log)
-                for s, e in upload["sets"].items()}
+        done = {s: push_set(api, e, local[s], private=private, retry=retry, log=log) for s, e in upload["sets"].items()}
     return {"user": who["user"], **done}

@@ -57,8 +57,9 @@ def _copy_file(repo_dir: Path, f: dict, src: Path) -> bool:
     digest, tmp = _copy_hashed(src, dst)
     if digest != f["sha256"]:
         tmp.unlink(missing_ok=True)
-        raise InvalidInput(f"{src} changed since its step wrote it (sha256 differs from the manifest): rerun that "
-                           "step", path=str(src))
+        raise InvalidInput(
+            f"{src} changed since its step wrote it (sha256 differs from the manifest): rerun that step", path=str(src)
+        )
     os.replace(tmp, dst)
     return True
 
@@ -74,13 +75,25 @@ def push_set(root: Path, entry: dict, local: dict[str, Path], log) -> dict:
         for f in entry["files"]:
             (sent if _copy_file(repo_dir, f, local[f["path_in_repo"]]) else unchanged).append(f["path_in_repo"])
         log(f"{repo_dir}: {len(sent)} files written, {len(unchanged)} unchanged")
-        _write_record(repo_dir, {"repo_id": entry["repo_id"], "content_sha256": entry["content_sha256"],
-                                 "files": {f["path_in_repo"]: f["sha256"] for f in entry["files"]}})
+        _write_record(
+            repo_dir,
+            {
+                "repo_id": entry["repo_id"],
+                "content_sha256": entry["content_sha256"],
+                "files": {f["path_in_repo"]: f["sha256"] for f in entry["files"]},
+            },
+        )
     except OSError as exc:
         known = from_os_error(exc, f"publishing {entry['repo_id']} to {root}")
         if known is None:
             raise
         raise known from None
-    return {"repo_id": entry["repo_id"], "url": repo_dir.as_uri(), "path": str(repo_dir), "sent": sent,
-            "unchanged": unchanged, "bytes_sent": sum(f["size"] for f in entry["files"] if f["path_in_repo"] in sent),
-            "verified": len(entry["files"])}
+    return {
+        "repo_id": entry["repo_id"],
+        "url": repo_dir.as_uri(),
+        "path": str(repo_dir),
+        "sent": sent,
+        "unchanged": unchanged,
+        "bytes_sent": sum(f["size"] for f in entry["files"] if f["path_in_repo"] in sent),
+        "verified": len(entry["files"]),
+    }

@@ -182,8 +182,9 @@ def _limit_waits(response, host: str) -> None:
 
 def _fill_timeouts(request, seconds: float) -> None:
     given = request.extensions.get("timeout") or {}
-    request.extensions["timeout"] = {k: (seconds if given.get(k) is None else min(given[k], seconds))
-                                     for k in ("connect", "read", "write", "pool")}
+    request.extensions["timeout"] = {
+        k: (seconds if given.get(k) is None else min(given[k], seconds)) for k in ("connect", "read", "write", "pool")
+    }
 
 
 @functools.cache
@@ -226,8 +227,13 @@ def hub_client_factory():
     try:
         module = type(base).__module__.split(".")[0]
         http = importlib.import_module(module)
-        return http.Client(event_hooks=base.event_hooks, follow_redirects=base.follow_redirects,
-                           headers=base.headers, timeout=WATCH.limits.timeout, transport=guarded_transport(module))
+        return http.Client(
+            event_hooks=base.event_hooks,
+            follow_redirects=base.follow_redirects,
+            headers=base.headers,
+            timeout=WATCH.limits.timeout,
+            transport=guarded_transport(module),
+        )
     finally:
         base.close()
 

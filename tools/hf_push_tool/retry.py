@@ -84,8 +84,9 @@ def describe(exc, where: str) -> tuple[str, str]:
     return host, net.failure_text(error)
 
 
-def with_retries(what: str, fn, *, attempts: int = 5, wait: float = 2.0, log=lambda m: None, explain=None,
-                 where: str = ""):
+def with_retries(
+    what: str, fn, *, attempts: int = 5, wait: float = 2.0, log=lambda m: None, explain=None, where: str = ""
+):
     """``fn()``, tried up to ``attempts`` times while failures are retryable and the retry budget
     lasts; then a RetryableError (exit code 3) naming the host and what it did, and saying that a
     rerun sends only what is missing. Any other failure is passed to ``explain(exc)``, which returns
@@ -116,7 +117,10 @@ def with_retries(what: str, fn, *, attempts: int = 5, wait: float = 2.0, log=lam
                         f"{what}: {host} {why} ({attempt} attempt{'s' if attempt > 1 else ''} over "
                         f"{time.monotonic() - t0:.0f} s): the service or the network is not answering; run the "
                         "same command again later: files already stored are not sent again",
-                        attempts=attempt, host=host, last_error=why) from None
+                        attempts=attempt,
+                        host=host,
+                        last_error=why,
+                    ) from None
                 short = why.replace("answered ", "") if status_of(exc) else f"{host} {why}"
                 log(f"{what}: {short}; retrying in {delay:.1f} s (attempt {attempt + 1} of {attempts})")
                 time.sleep(delay)

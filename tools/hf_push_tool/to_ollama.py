@@ -31,8 +31,9 @@ def push_model(entry: dict, local: dict[str, Path], *, name: str | None, push: b
     import ollama
 
     if not entry.get("ollama"):
-        raise InvalidInput("the GGUF set has no Modelfile (docs-tool writes one unless the file is split): "
-                           "nothing to create in Ollama")
+        raise InvalidInput(
+            "the GGUF set has no Modelfile (docs-tool writes one unless the file is split): nothing to create in Ollama"
+        )
     fields = OllamaFields.from_json(entry["ollama"])  # checked when the upload manifest was read
     filename = fields.file
     model = name or fields.ollama_name
@@ -44,8 +45,9 @@ def push_model(entry: dict, local: dict[str, Path], *, name: str | None, push: b
     def call(what, fn):
         def explain(exc):
             if isinstance(exc, ollama.ResponseError):
-                return OllamaError(f"{what}: Ollama at {host} answered {exc.status_code}: {exc.error}",
-                                   status=exc.status_code)
+                return OllamaError(
+                    f"{what}: Ollama at {host} answered {exc.status_code}: {exc.error}", status=exc.status_code
+                )
             return None
 
         return with_retries(what, fn, explain=explain, where=where, **retry)
@@ -61,8 +63,10 @@ def push_model(entry: dict, local: dict[str, Path], *, name: str | None, push: b
         if sent != digest:
             raise InvalidInput(f"{local[filename]} changed since gguf-tool wrote it (digest {sent}): rerun gguf-tool")
     create = fields.create_fields()
-    statuses = call(f"creating {model} in Ollama", lambda: [r.status for r in client.create(
-        model=model, files={filename: digest}, stream=True, **create)])
+    statuses = call(
+        f"creating {model} in Ollama",
+        lambda: [r.status for r in client.create(model=model, files={filename: digest}, stream=True, **create)],
+    )
     log(f"Ollama: {model}: {statuses[-1] if statuses else 'no status'}")
     pushed = False
     if push:
@@ -71,6 +75,14 @@ def push_model(entry: dict, local: dict[str, Path], *, name: str | None, push: b
     shown = call(f"checking {model} in Ollama", lambda: client.show(model))
     if fields.template and (shown.template or "") != fields.template:
         raise OllamaError(f"Ollama holds another template for {model} than the Modelfile's: rerun the push")
-    return {"model": model, "host": host, "digest": digest, "file": filename, "pushed": pushed,
-            "sent": [] if stored else [filename], "unchanged": [filename] if stored else [],
-            "fields": sorted(create), "verified": 1}
+    return {
+        "model": model,
+        "host": host,
+        "digest": digest,
+        "file": filename,
+        "pushed": pushed,
+        "sent": [] if stored else [filename],
+        "unchanged": [filename] if stored else [],
+        "fields": sorted(create),
+        "verified": 1,
+    }

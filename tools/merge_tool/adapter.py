@@ -15,8 +15,12 @@ from upload_common.st_io import check_finite, file_specs
 
 PREFIX = "base_model.model."
 _LORA_PARTS = {  # key suffix -> role
-    "lora_A.weight": "A", "lora_B.weight": "B", "lora_B.bias": "B_bias",
-    "lora_embedding_A": "emb_A", "lora_embedding_B": "emb_B", "lora_magnitude_vector": "magnitude",
+    "lora_A.weight": "A",
+    "lora_B.weight": "B",
+    "lora_B.bias": "B_bias",
+    "lora_embedding_A": "emb_A",
+    "lora_embedding_B": "emb_B",
+    "lora_magnitude_vector": "magnitude",
     "lora_magnitude_vector.weight": "magnitude",
 }
 # Config fields that change the maths in ways this merge does not reproduce.
@@ -30,19 +34,26 @@ _REFUSED_FIELDS = {
 
 
 def read_config(adapter_dir: Path) -> dict:
-    return read_json_object(Path(adapter_dir) / "adapter_config.json", "adapter config",
-                            "pass an adapter or trainer output folder")
+    return read_json_object(
+        Path(adapter_dir) / "adapter_config.json", "adapter config", "pass an adapter or trainer output folder"
+    )
 
 
 def check_mergeable(config: dict) -> None:
     ptype = str(config.get("peft_type", "LORA")).upper()
     if ptype != "LORA":
-        raise Unsupported(f"adapter is PEFT type {ptype}; merging supports LoRA (with rsLoRA, DoRA and "
-                          f"patterns) only: export it unmerged with --method lora", peft_type=ptype)
+        raise Unsupported(
+            f"adapter is PEFT type {ptype}; merging supports LoRA (with rsLoRA, DoRA and "
+            f"patterns) only: export it unmerged with --method lora",
+            peft_type=ptype,
+        )
     for field, what in _REFUSED_FIELDS.items():
         if config.get(field):
-            raise Unsupported(f"adapter uses {what} ({field}), which merge-tool cannot merge exactly: "
-                              "export it unmerged with --method lora", field=field)
+            raise Unsupported(
+                f"adapter uses {what} ({field}), which merge-tool cannot merge exactly: "
+                "export it unmerged with --method lora",
+                field=field,
+            )
 
 
 def weights_file(adapter_dir: Path) -> Path:
@@ -50,9 +61,11 @@ def weights_file(adapter_dir: Path) -> Path:
     for name in ("adapter_model.safetensors", "adapter_model.bin"):
         if (adapter_dir / name).is_file():
             return adapter_dir / name
-    raise InvalidInput(f"config without weights: {adapter_dir} has adapter_config.json but no "
-                       "adapter_model.safetensors or adapter_model.bin: copy the weights beside it",
-                       path=str(adapter_dir))
+    raise InvalidInput(
+        f"config without weights: {adapter_dir} has adapter_config.json but no "
+        "adapter_model.safetensors or adapter_model.bin: copy the weights beside it",
+        path=str(adapter_dir),
+    )
 
 
 def pickle_to_safetensors(src: Path, dst: Path) -> None:
@@ -63,8 +76,9 @@ def pickle_to_safetensors(src: Path, dst: Path) -> None:
     try:
         state = torch.load(src, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for unreadable or unsafe pickles
-        raise InvalidInput(f"cannot read {src} safely ({type(exc).__name__}): re-save the adapter as safetensors",
-                           path=str(src)) from None
+        raise InvalidInput(
+            f"cannot read {src} safely ({type(exc).__name__}): re-save the adapter as safetensors", path=str(src)
+        ) from None
     save_file({k: v.contiguous() for k, v in state.items()}, dst, metadata={"format": "pt"})
 
 
@@ -79,14 +93,20 @@ def pattern_value(patterns: dict, module: str, default):
 def module_scale(config: dict, module: str, rank: int) -> float:
     r = pattern_value(config.get("rank_pattern"), module, config.get("r", rank))
     if r != rank:
-        raise InvalidInput(f"adapter config gives rank {r} for {module} but its tensors have rank {rank}: "
-                           "the config does not belong to these weights", module=module)
+        raise InvalidInput(
+            f"adapter config gives rank {r} for {module} but its tensors have rank {rank}: "
+            "the config does not belong to these weights",
+            module=module,
+        )
     alpha = pattern_value(config.get("alpha_pattern"), module, config.get("lora_alpha", rank))
     return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
 
 
 _WRAPPERS = [  # (infix peft may save a full tensor under, precedence; < 0: never used)
-    (".modules_to_save.default.", 3), (".modules_to_save.", 3), (".base_layer.", 1), (".original_module.", -1),
+    (".modules_to_save.default.", 3),
+    (".modules_to_save.", 3),
+    (".base_layer.", 1),
+    (".original_module.", -1),
 ]
 
 
@@ -106,7 +126,7 @@ def group_tensors(specs: dict[str, dict]) -> tuple[dict[str, dict], dict[str, st
     modules: dict[str, dict] = {}
     best: dict[str, tuple[int, str]] = {}
     for key in specs:
-        name = key[len(PREFIX):] if key.startswith(PREFIX) else key
+        name = key[len(PREFIX) :] if key.startswith(PREFIX) else key
         for suffix, role in _LORA_PARTS.items():
             if name.endswith("." + suffix):
                 module = name[: -len(suffix) - 1]
@@ -120,12 +140,18 @@ def group_tensors(specs: dict[str, dict]) -> tuple[dict[str, dict], dict[str, st
     for module, roles in modules.items():
         linear, emb = {"A", "B"} <= roles.keys(), {"emb_A", "emb_B"} <= roles.keys()
         if not (linear or emb):
-            raise InvalidInput(f"adapter module {module} has {sorted(roles)} but not both LoRA matrices: "
-                               "the adapter file is incomplete", module=module)
+            raise InvalidInput(
+                f"adapter module {module} has {sorted(roles)} but not both LoRA matrices: "
+                "the adapter file is incomplete",
+                module=module,
+            )
         roles["kind"] = "embedding" if emb else "linear"
         if emb and "magnitude" in roles:
-            raise Unsupported(f"DoRA on an embedding layer ({module}) is not supported by merge-tool: "
-                              "export it unmerged with --method lora", module=module)
+            raise Unsupported(
+                f"DoRA on an embedding layer ({module}) is not supported by merge-tool: "
+                "export it unmerged with --method lora",
+                module=module,
+            )
     return modules, replacements
 
 
@@ -137,7 +163,18 @@ def read_adapter(adapter_dir: Path) -> dict:
     if not specs:
         raise InvalidInput(f"{wfile} holds no tensors: the adapter was not saved", path=str(wfile))
     modules, replacements = group_tensors(specs)
-    check_finite(wfile, specs, "adapter", "the training diverged or the file is damaged: use an earlier checkpoint "
-                 "(--checkpoint N) or retrain with a lower learning rate")
-    return {"dir": Path(adapter_dir), "config": config, "weights": wfile, "specs": specs,
-            "modules": modules, "replacements": replacements}
+    check_finite(
+        wfile,
+        specs,
+        "adapter",
+        "the training diverged or the file is damaged: use an earlier checkpoint "
+        "(--checkpoint N) or retrain with a lower learning rate",
+    )
+    return {
+        "dir": Path(adapter_dir),
+        "config": config,
+        "weights": wfile,
+        "specs": specs,
+        "modules": modules,
+        "replacements": replacements,
+    }

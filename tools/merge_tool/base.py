@@ -38,16 +38,23 @@ def download(repo_id: str) -> dict:
     try:
         path = snapshot_download(repo_id, allow_patterns=MODEL_FILES)
     except GatedRepoError:
-        raise BaseModelUnavailable(f"base model {repo_id} is gated: accept its licence on the Hub and set HF_TOKEN, "
-                                   "or pass a local copy with --base", repo_id=repo_id) from None
+        raise BaseModelUnavailable(
+            f"base model {repo_id} is gated: accept its licence on the Hub and set HF_TOKEN, "
+            "or pass a local copy with --base",
+            repo_id=repo_id,
+        ) from None
     except RepositoryNotFoundError:
-        raise BaseModelUnavailable(f"base model {repo_id} was not found on the Hub (or needs a token): "
-                                   "pass a local folder or the right id with --base", repo_id=repo_id) from None
+        raise BaseModelUnavailable(
+            f"base model {repo_id} was not found on the Hub (or needs a token): "
+            "pass a local folder or the right id with --base",
+            repo_id=repo_id,
+        ) from None
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
         offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
         why = "offline (HF_HUB_OFFLINE) and not in the cache" if offline else f"not reachable ({type(exc).__name__})"
-        raise BaseModelUnavailable(f"base model {repo_id} is {why}: pass a local copy with --base DIR",
-                                   repo_id=repo_id) from None
+        raise BaseModelUnavailable(
+            f"base model {repo_id} is {why}: pass a local copy with --base DIR", repo_id=repo_id
+        ) from None
     path = Path(path)
     return {"path": path, "source": "hub", "repo_id": repo_id, "revision": path.name}
 
@@ -59,13 +66,11 @@ def locate(name: str) -> dict:
         return {"path": p.absolute(), "source": "local", "repo_id": None, "revision": None}
     if _looks_like_repo_id(name):
         return download(name)
-    raise BaseModelUnavailable(f"base model {name} is neither a folder nor a Hub id: pass it with --base",
-                               name=name)
+    raise BaseModelUnavailable(f"base model {name} is neither a folder nor a Hub id: pass it with --base", name=name)
 
 
 def read_model_config(path: Path) -> dict:
-    return read_json_object(Path(path) / "config.json", "model config",
-                            "pass a Hugging Face model folder with --base")
+    return read_json_object(Path(path) / "config.json", "model config", "pass a Hugging Face model folder with --base")
 
 
 def _with_config(found: dict) -> dict:
@@ -110,7 +115,9 @@ def resolve_base(base_arg: str | None, adapter_config: dict, log=lambda m: None)
             alt.update(requested=str(name), quantized=None, replaces=str(name))
             return alt
     found["tried_originals"] = tried
-    log(f"WARNING: base {name} is {found['quantized']} and no 16-bit original could be had "
+    log(
+        f"WARNING: base {name} is {found['quantized']} and no 16-bit original could be had "
         f"({', '.join(tried) or 'none known'}): merging into its DEQUANTIZED weights; quality is that of "
-        f"the 4-bit model. Pass the original with --base to avoid this.")
+        f"the 4-bit model. Pass the original with --base to avoid this."
+    )
     return found

@@ -50,15 +50,21 @@ def dequantize(name: str, spec: dict):
     try:
         import bitsandbytes.functional as bnbf
     except ImportError:
-        raise Unsupported("dequantizing a bitsandbytes base needs bitsandbytes: pip install "
-                          "'upload-driver[merge-bnb]', or pass the 16-bit original with --base") from None
+        raise Unsupported(
+            "dequantizing a bitsandbytes base needs bitsandbytes: pip install "
+            "'upload-driver[merge-bnb]', or pass the 16-bit original with --base"
+        ) from None
     if info["kind"] == "8bit":
         return bnbf.int8_vectorwise_dequant(packed, parts["SCB"].float())
-    qs_dict = {("quant_state." + info["parts"]["quant_state"].split(".quant_state.")[1]
-                if p == "quant_state" else p): t for p, t in parts.items()}
+    qs_dict = {
+        ("quant_state." + info["parts"]["quant_state"].split(".quant_state.")[1] if p == "quant_state" else p): t
+        for p, t in parts.items()
+    }
     try:
         state = bnbf.QuantState.from_dict(qs_dict, device=torch.device("cpu"))
         return bnbf.dequantize_4bit(packed, state).reshape(spec["shape"])
     except Exception as exc:  # bitsandbytes raises bare exceptions for malformed states
-        raise InvalidInput(f"cannot dequantize {name} ({exc}): the 4-bit base is corrupt; pass the 16-bit "
-                           "original with --base", tensor=name) from None
+        raise InvalidInput(
+            f"cannot dequantize {name} ({exc}): the 4-bit base is corrupt; pass the 16-bit original with --base",
+            tensor=name,
+        ) from None

@@ -71,15 +71,19 @@ def texts(source, chat_template=None) -> list[str]:
         return _paragraphs(BUILTIN)
     path = Path(source)
     if not path.exists():
-        raise InvalidInput(f"calibration source {path} does not exist: pass a text file, a JSON Lines/Parquet/CSV file "
-                           "or a dataset folder", path=str(path))
+        raise InvalidInput(
+            f"calibration source {path} does not exist: pass a text file, a JSON Lines/Parquet/CSV file "
+            "or a dataset folder",
+            path=str(path),
+        )
     if path.is_dir():
         if (path / "dataset_info.json").is_file() or (path / "state.json").is_file():
             return _from_records(_load_saved(path), chat_template, path)
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in (*TEXTS, *TABLES))
         if not files:
-            raise InvalidInput(f"calibration folder {path} holds no .txt, .md, .jsonl, .json, .parquet or .csv file",
-                               path=str(path))
+            raise InvalidInput(
+                f"calibration folder {path} holds no .txt, .md, .jsonl, .json, .parquet or .csv file", path=str(path)
+            )
         return [t for f in files for t in _file_texts(f, chat_template)]
     return _file_texts(path, chat_template)
 
@@ -91,11 +95,13 @@ def _file_texts(path: Path, chat_template) -> list[str]:
     try:
         found = _paragraphs(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
-        raise InvalidInput(f"calibration file {path} is not UTF-8 text: pass a text, JSON Lines, Parquet or CSV file",
-                           path=str(path)) from None
+        raise InvalidInput(
+            f"calibration file {path} is not UTF-8 text: pass a text, JSON Lines, Parquet or CSV file", path=str(path)
+        ) from None
     if not found:
-        raise InvalidInput(f"calibration file {path} is empty: pass text like the model's training data",
-                           path=str(path))
+        raise InvalidInput(
+            f"calibration file {path} is empty: pass text like the model's training data", path=str(path)
+        )
     return found
 
 
@@ -109,8 +115,10 @@ def _load_table(path: Path, kind: str):
     try:
         return datasets.load_dataset(kind, data_files=str(path), split="train")
     except Exception as exc:  # datasets raises many kinds for a malformed file
-        raise InvalidInput(f"cannot read calibration file {path} ({type(exc).__name__}: {str(exc)[:200]}): pass a "
-                           "valid file", path=str(path)) from None
+        raise InvalidInput(
+            f"cannot read calibration file {path} ({type(exc).__name__}: {str(exc)[:200]}): pass a valid file",
+            path=str(path),
+        ) from None
 
 
 def _load_saved(path: Path):
@@ -118,8 +126,10 @@ def _load_saved(path: Path):
     try:
         data = datasets.load_from_disk(str(path))
     except Exception as exc:
-        raise InvalidInput(f"cannot read the saved dataset {path} ({type(exc).__name__}): pass a folder written by "
-                           "save_to_disk", path=str(path)) from None
+        raise InvalidInput(
+            f"cannot read the saved dataset {path} ({type(exc).__name__}): pass a folder written by save_to_disk",
+            path=str(path),
+        ) from None
     if isinstance(data, datasets.DatasetDict):
         data = data["train"] if "train" in data else next(iter(data.values()))
     return data
@@ -129,8 +139,10 @@ def _datasets():
     try:
         import datasets
     except ImportError:
-        raise Unsupported("reading a calibration dataset needs the datasets package: pip install "
-                          "'upload-driver[merge-quant]', or pass a plain text file") from None
+        raise Unsupported(
+            "reading a calibration dataset needs the datasets package: pip install "
+            "'upload-driver[merge-quant]', or pass a plain text file"
+        ) from None
     return datasets
 
 
@@ -138,8 +150,10 @@ def _from_records(data, chat_template, path: Path) -> list[str]:
     columns = set(data.column_names)
     key = next((k for k in ("text", "content", "messages", "conversations", "prompt") if k in columns), None)
     if key is None:
-        raise InvalidInput(f"calibration data {path} has no text, messages or prompt column (it has "
-                           f"{', '.join(sorted(columns))})", path=str(path))
+        raise InvalidInput(
+            f"calibration data {path} has no text, messages or prompt column (it has {', '.join(sorted(columns))})",
+            path=str(path),
+        )
     out = []
     for row in data:
         value = row[key]
@@ -157,8 +171,9 @@ def _from_records(data, chat_template, path: Path) -> list[str]:
 def _render_chat(messages, chat_template) -> str:
     if isinstance(messages, str):
         messages = json.loads(messages)
-    turns = [{"role": m.get("role") or m.get("from"), "content": m.get("content") or m.get("value") or ""}
-             for m in messages]
+    turns = [
+        {"role": m.get("role") or m.get("from"), "content": m.get("content") or m.get("value") or ""} for m in messages
+    ]
     if chat_template is not None:
         return chat_template(turns)
     return "\n".join(f"{t['role']}: {t['content']}" for t in turns)
@@ -172,4 +187,4 @@ def token_samples(tokenizer, texts_: list[str], *, samples: int = SAMPLES, seq_l
         stream += tokenizer(t, add_special_tokens=not stream).input_ids + ([eos] if eos is not None else [])
         if len(stream) >= samples * seq_len:
             break
-    return [stream[i:i + seq_len] for i in range(0, min(len(stream), samples * seq_len), seq_len)]
+    return [stream[i : i + seq_len] for i in range(0, min(len(stream), samples * seq_len), seq_len)]

@@ -14,30 +14,63 @@ from .formats import FORMATS
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--adapter", "adapter", type=click.Path(), help="Adapter folder or a whole trainer output folder.")
-@click.option("--model", "model", type=click.Path(),
-              help="A merged 16-bit model folder (the merged_16bit output), for the formats made from it: "
-                   + ", ".join(k for k, s in SETS.items() if s.tool == "merge-tool" and s.consumes) + ".")
+@click.option(
+    "--model",
+    "model",
+    type=click.Path(),
+    help="A merged 16-bit model folder (the merged_16bit output), for the formats made from it: "
+    + ", ".join(k for k, s in SETS.items() if s.tool == "merge-tool" and s.consumes)
+    + ".",
+)
 @click.option("--out", "out", type=click.Path(), help="Output folder (model files at its top level).")
 @click.option("--base", default=None, help="Base model: local folder or Hub id (default: from adapter_config.json).")
-@click.option("--method", default="merged_16bit", show_default=True,
-              help="Output format: " + ", ".join(f"{k} ({v['summary']})" for k, v in FORMATS.items()))
+@click.option(
+    "--method",
+    default="merged_16bit",
+    show_default=True,
+    help="Output format: " + ", ".join(f"{k} ({v['summary']})" for k, v in FORMATS.items()),
+)
 @click.option("--dtype", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True)
 @click.option("--max-shard-size", default="5GB", show_default=True)
 @click.option("--checkpoint", type=int, default=None, help="Use checkpoint-N instead of the default choice.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--engine", type=click.Choice(["streaming", "unsloth"]), default="streaming", show_default=True,
-              help="unsloth: merge with Unsloth (needs a CUDA GPU and the unsloth package).")
-@click.option("--calibration", type=click.Path(), default=None,
-              help="Calibration text for formats that need one (gptq, awq): a text file, a JSON Lines/JSON/Parquet/"
-                   "CSV file with a text or messages column, or a folder of them or a saved dataset "
-                   "(default: a built-in text).")
+@click.option(
+    "--engine",
+    type=click.Choice(["streaming", "unsloth"]),
+    default="streaming",
+    show_default=True,
+    help="unsloth: merge with Unsloth (needs a CUDA GPU and the unsloth package).",
+)
+@click.option(
+    "--calibration",
+    type=click.Path(),
+    default=None,
+    help="Calibration text for formats that need one (gptq, awq): a text file, a JSON Lines/JSON/Parquet/"
+    "CSV file with a text or messages column, or a folder of them or a saved dataset "
+    "(default: a built-in text).",
+)
 @click.option("--allow-pickle", is_flag=True, help="Convert an adapter_model.bin (torch.load weights_only=True).")
 @overwrite_option
 @json_option
 @click.pass_context
 @report_errors
-def main(ctx, adapter, model, out, base, method, dtype, max_shard_size, checkpoint, device, engine, calibration,
-         allow_pickle, overwrite, as_json):
+def main(
+    ctx,
+    adapter,
+    model,
+    out,
+    base,
+    method,
+    dtype,
+    max_shard_size,
+    checkpoint,
+    device,
+    engine,
+    calibration,
+    allow_pickle,
+    overwrite,
+    as_json,
+):
     """Export a LoRA adapter as-is or merged into its base model.
 
     \b
@@ -49,20 +82,35 @@ def main(ctx, adapter, model, out, base, method, dtype, max_shard_size, checkpoi
     if ctx.invoked_subcommand:
         return
     if not out or bool(adapter) == bool(model):
-        raise click.UsageError("--out and one of --adapter (the trainer output) or --model (a merged model, for the "
-                               "quantized formats) are required (or use: merge-tool inspect PATH, merge-tool setup)")
+        raise click.UsageError(
+            "--out and one of --adapter (the trainer output) or --model (a merged model, for the "
+            "quantized formats) are required (or use: merge-tool inspect PATH, merge-tool setup)"
+        )
     if model:
         from .from_merged import run as run_from_merged
 
-        manifest = run_from_merged(model, out, method=method, device=device, calibration=calibration,
-                                   overwrite=overwrite, log=log)
+        manifest = run_from_merged(
+            model, out, method=method, device=device, calibration=calibration, overwrite=overwrite, log=log
+        )
         emit(manifest if as_json else str(click.format_filename(out)), as_json)
         return
     from .core import run
 
-    manifest = run(adapter, out, base=base, method=method, dtype=dtype, max_shard_size=max_shard_size,
-                   checkpoint=checkpoint, device=device, engine=engine, overwrite=overwrite, allow_pickle=allow_pickle,
-                   calibration=calibration, log=log)
+    manifest = run(
+        adapter,
+        out,
+        base=base,
+        method=method,
+        dtype=dtype,
+        max_shard_size=max_shard_size,
+        checkpoint=checkpoint,
+        device=device,
+        engine=engine,
+        overwrite=overwrite,
+        allow_pickle=allow_pickle,
+        calibration=calibration,
+        log=log,
+    )
     emit(manifest if as_json else str(click.format_filename(out)), as_json)
 
 
@@ -78,10 +126,19 @@ def inspect(path, checkpoint):
 
 
 @main.command()
-@click.option("--extra", "extras", multiple=True, metavar="EXTRA[,EXTRA...]",
-              help="Only what these extras need (default: every extra's), e.g. merge-quant.")
-@click.option("--print", "print_only", is_flag=True,
-              help="Print the pinned requirements, one a line, instead of installing them (for pip download, images).")
+@click.option(
+    "--extra",
+    "extras",
+    multiple=True,
+    metavar="EXTRA[,EXTRA...]",
+    help="Only what these extras need (default: every extra's), e.g. merge-quant.",
+)
+@click.option(
+    "--print",
+    "print_only",
+    is_flag=True,
+    help="Print the pinned requirements, one a line, instead of installing them (for pip download, images).",
+)
 @report_errors
 def setup(extras, print_only):
     """Install what the extras need but pip cannot resolve with the project's pins, with --no-deps.

@@ -26,8 +26,17 @@ from .adapter import pickle_to_safetensors, read_adapter
 from .base import TOOL, resolve_base
 from .formats import get_format
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
-                   "added_tokens.json", "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "vocab.json",
+    "merges.txt",
+)
 
 
 def copy_tokenizer(found: dict, base: dict | None, folder: Path, warnings: list) -> dict:
@@ -98,15 +107,31 @@ def _drop_code(folder: Path, warnings: list) -> None:
         warnings.append(f"{name} (Python code) written by the {folder.name} writer: removed, outputs carry no code")
 
 
-def run(adapter_path, out, *, base: str | None = None, method: str = "merged_16bit", dtype: str = "auto",
-        max_shard_size: str = "5GB", checkpoint: int | None = None, device: str = "auto", engine: str = "streaming",
-        overwrite: bool = False, allow_pickle: bool = False, calibration=None, log=lambda m: None) -> dict:
+def run(
+    adapter_path,
+    out,
+    *,
+    base: str | None = None,
+    method: str = "merged_16bit",
+    dtype: str = "auto",
+    max_shard_size: str = "5GB",
+    checkpoint: int | None = None,
+    device: str = "auto",
+    engine: str = "streaming",
+    overwrite: bool = False,
+    allow_pickle: bool = False,
+    calibration=None,
+    log=lambda m: None,
+) -> dict:
     """Export or merge; returns the step manifest written beside the output files."""
     t0 = time.monotonic()
     fmt = get_format(method)
     if get_set(method).consumes:
-        raise UsageError(f"{method} is made from the merged 16-bit model: make that once (merge-tool --method "
-                         f"merged_16bit) and pass its folder as --model (upload-driver run does both)", method=method)
+        raise UsageError(
+            f"{method} is made from the merged 16-bit model: make that once (merge-tool --method "
+            f"merged_16bit) and pass its folder as --model (upload-driver run does both)",
+            method=method,
+        )
     out = Path(out)
     if dtype not in ("auto", "bf16", "fp16", "fp32"):
         raise UsageError(f"unknown dtype {dtype!r}: choose auto, bf16, fp16 or fp32")
@@ -115,9 +140,16 @@ def run(adapter_path, out, *, base: str | None = None, method: str = "merged_16b
     check_no_code(found)
     log(f"adapter: {found['adapter']['path']} ({found['adapter']['reason']})")
     adapter_dir = Path(found["adapter"]["path"])
-    params = {"method": method, "dtype": dtype, "max_shard_size": max_shard_size, "device": device,
-              "engine": engine, "checkpoint": checkpoint, "base": base,
-              "calibration": str(calibration) if calibration else None}
+    params = {
+        "method": method,
+        "dtype": dtype,
+        "max_shard_size": max_shard_size,
+        "device": device,
+        "engine": engine,
+        "checkpoint": checkpoint,
+        "base": base,
+        "calibration": str(calibration) if calibration else None,
+    }
     with tempfile.TemporaryDirectory(prefix="merge-tool-") as tmp:
         if (adapter_dir / "adapter_model.bin").is_file() and not (adapter_dir / "adapter_model.safetensors").is_file():
             adapter = _read_pickled(adapter_dir, Path(tmp), allow_pickle)
@@ -130,17 +162,22 @@ def run(adapter_path, out, *, base: str | None = None, method: str = "merged_16b
         plan = fmt.plan(job)
         inputs = {"adapter": describe_input(adapter["weights"], folder=str(adapter_dir))}
         if resolved:
-            inputs["base"] = describe_input(resolved["path"], repo_id=resolved.get("repo_id"),
-                                            revision=resolved.get("revision"))
+            inputs["base"] = describe_input(
+                resolved["path"], repo_id=resolved.get("repo_id"), revision=resolved.get("revision")
+            )
         if calibration and getattr(fmt, "CALIBRATION", False):
             inputs["calibration"] = describe_input(Path(calibration))
-        with Step(TOOL, out, inputs=inputs, params=params, overwrite=overwrite, libraries=libraries(fmt), log=log,
-                  began=t0) as s:
+        with Step(
+            TOOL, out, inputs=inputs, params=params, overwrite=overwrite, libraries=libraries(fmt), log=log, began=t0
+        ) as s:
             manifest = s.manifest
             manifest["decisions"] = {"adapter": found["adapter"] | {"config": None}, **plan["decisions"]}
             if resolved:
-                manifest["decisions"]["base"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in resolved.items()
-                                                 if k not in ("config", "warnings")}
+                manifest["decisions"]["base"] = {
+                    k: (str(v) if isinstance(v, Path) else v)
+                    for k, v in resolved.items()
+                    if k not in ("config", "warnings")
+                }
                 card = front_matter(resolved["path"], BASE_KEYS)
                 if "license" not in card and isinstance(resolved["config"].get("license"), str):
                     card["license"] = resolved["config"]["license"]  # some configs name it where the card does not
@@ -148,12 +185,15 @@ def run(adapter_path, out, *, base: str | None = None, method: str = "merged_16b
             s.reserve(plan["estimated_bytes"])
             manifest["warnings"] = plan["warnings"]
             manifest["warnings"][:0] = (resolved or {}).get("warnings", [])
-            manifest["training"] = {"trainer": found["trainer"], "summary": found["training"],
-                                    "card": front_matter(adapter_dir, TRAINER_KEYS)
-                                    or front_matter(found["root"], TRAINER_KEYS),
-                                    "adapter": _adapter_summary(adapter["config"])}
-            write_format(fmt, method, plan, s,
-                         lambda folder, warnings: copy_tokenizer(found, resolved, folder, warnings))
+            manifest["training"] = {
+                "trainer": found["trainer"],
+                "summary": found["training"],
+                "card": front_matter(adapter_dir, TRAINER_KEYS) or front_matter(found["root"], TRAINER_KEYS),
+                "adapter": _adapter_summary(adapter["config"]),
+            }
+            write_format(
+                fmt, method, plan, s, lambda folder, warnings: copy_tokenizer(found, resolved, folder, warnings)
+            )
     return s.manifest
 
 
@@ -177,15 +217,27 @@ def write_format(fmt, method: str, plan: dict, s: Step, tokenizer) -> None:
 
 def _adapter_summary(config: dict) -> dict:
     """What a model card says about the adapter."""
-    keys = ("peft_type", "r", "lora_alpha", "target_modules", "use_rslora", "use_dora", "lora_dropout",
-            "base_model_name_or_path", "modules_to_save")
+    keys = (
+        "peft_type",
+        "r",
+        "lora_alpha",
+        "target_modules",
+        "use_rslora",
+        "use_dora",
+        "lora_dropout",
+        "base_model_name_or_path",
+        "modules_to_save",
+    )
     return {k: config.get(k) for k in keys if config.get(k) not in (None, [], {})}
 
 
 def _read_pickled(adapter_dir: Path, tmp: Path, allow_pickle: bool) -> dict:
     if not allow_pickle:
-        raise InvalidInput(f"{adapter_dir} holds only a pickle adapter (adapter_model.bin): pass --allow-pickle to "
-                           "convert it safely (torch.load with weights_only=True)", path=str(adapter_dir))
+        raise InvalidInput(
+            f"{adapter_dir} holds only a pickle adapter (adapter_model.bin): pass --allow-pickle to "
+            "convert it safely (torch.load with weights_only=True)",
+            path=str(adapter_dir),
+        )
     shutil.copyfile(adapter_dir / "adapter_config.json", tmp / "adapter_config.json")
     pickle_to_safetensors(adapter_dir / "adapter_model.bin", tmp / "adapter_model.safetensors")
     adapter = read_adapter(tmp)

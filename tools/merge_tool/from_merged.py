@@ -28,8 +28,9 @@ from .formats import get_format
 CARRIED = ("adapter", "base")  # the merged set's decisions a format made from it repeats
 
 
-def run(model_dir, out, *, method: str, device: str = "auto", calibration=None, overwrite: bool = False,
-        log=lambda m: None) -> dict:
+def run(
+    model_dir, out, *, method: str, device: str = "auto", calibration=None, overwrite: bool = False, log=lambda m: None
+) -> dict:
     """Quantize the merged model in ``model_dir`` into ``out``; returns the step manifest."""
     t0 = time.monotonic()
     fmt, spec = get_format(method), get_set(method)
@@ -38,21 +39,26 @@ def run(model_dir, out, *, method: str, device: str = "auto", calibration=None, 
         raise UsageError(f"--model is for the formats made from the merged model ({made}): {method} reads --adapter")
     model_dir, out = Path(model_dir).absolute(), Path(out)
     check_output_free(out, overwrite)
-    read_json_object(model_dir / "config.json", "model config",
-                     "pass merge-tool's merged_16bit output (a model folder) as --model")
+    read_json_object(
+        model_dir / "config.json", "model config", "pass merge-tool's merged_16bit output (a model folder) as --model"
+    )
     refuse_code(model_dir, TOOL)
     params = {"method": method, "device": device, "calibration": str(calibration) if calibration else None}
     tokenizer = {"dir": str(model_dir), "chat_template": chat_template(model_dir)}
-    job = {"model": {"path": model_dir, "specs": model_specs(model_dir)}, "params": params,
-           "found": {"tokenizer": tokenizer}}
+    job = {
+        "model": {"path": model_dir, "specs": model_specs(model_dir)},
+        "params": params,
+        "found": {"tokenizer": tokenizer},
+    }
     plan = fmt.plan(job)
     inputs = {"model": describe_input(model_dir)}
     if calibration and spec.calibration:
         inputs["calibration"] = describe_input(Path(calibration))
     source = read_manifest(model_dir) or {}
     decisions = source.get("decisions") or {}
-    with Step(TOOL, out, inputs=inputs, params=params, overwrite=overwrite, libraries=libraries(fmt), log=log,
-              began=t0) as s:
+    with Step(
+        TOOL, out, inputs=inputs, params=params, overwrite=overwrite, libraries=libraries(fmt), log=log, began=t0
+    ) as s:
         s.manifest["decisions"] = {**{k: decisions[k] for k in CARRIED if k in decisions}, **plan["decisions"]}
         s.reserve(plan["estimated_bytes"])
         s.manifest["warnings"] = plan["warnings"]

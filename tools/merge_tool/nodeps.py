@@ -69,12 +69,20 @@ def install(todo: list[Entry], log) -> None:
         return
     reqs = [e.requirement for e in todo]
     for e in todo:
-        log(f"installing {e.requirement} without its dependencies (it declares {e.without}; what it uses is in "
-            f"upload-driver[{e.extra}])")
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--disable-pip-version-check", "-q",
-                           *reqs], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        log(
+            f"installing {e.requirement} without its dependencies (it declares {e.without}; what it uses is in "
+            f"upload-driver[{e.extra}])"
+        )
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--disable-pip-version-check", "-q", *reqs],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     if proc.returncode:
         last = next((line.strip() for line in reversed(proc.stdout.splitlines()) if line.strip()), "no output")
-        raise RetryableError(f"pip could not install {' '.join(reqs)} ({last[:300]}): check that pip reaches its "
-                             "package index (`pip config list`), then run `merge-tool setup` again",
-                             pip_output=proc.stdout.splitlines()[-30:])
+        raise RetryableError(
+            f"pip could not install {' '.join(reqs)} ({last[:300]}): check that pip reaches its "
+            "package index (`pip config list`), then run `merge-tool setup` again",
+            pip_output=proc.stdout.splitlines()[-30:],
+        )

@@ -36,10 +36,13 @@ def require(module: str, extra: str, what: str):
     except ImportError as exc:
         entry = entry_for(module)
         if entry and (exc.name or "").partition(".")[0] == module:
-            raise Unsupported(f"{what} needs {entry.title}: run `merge-tool setup` once (it installs "
-                              f"{entry.requirement} without its {entry.without} pin)") from None
-        raise Unsupported(f"{what} needs {module.replace('_', '-')} ({exc.name} is missing): pip install "
-                          f"'upload-driver[{extra}]'") from None
+            raise Unsupported(
+                f"{what} needs {entry.title}: run `merge-tool setup` once (it installs "
+                f"{entry.requirement} without its {entry.without} pin)"
+            ) from None
+        raise Unsupported(
+            f"{what} needs {module.replace('_', '-')} ({exc.name} is missing): pip install 'upload-driver[{extra}]'"
+        ) from None
 
 
 def device(plan: dict) -> str:
@@ -53,23 +56,38 @@ def plan(job: dict, *, min_top1: float, bits: float) -> dict:
     specs = job["model"]["specs"]
     floats = Counter(s["dtype"] for s in specs.values() if s["dtype"] in FLOATS)
     if not floats:
-        raise InvalidInput(f"{job['model']['path']} holds no 16- or 32-bit float weights: pass a merged 16-bit "
-                           "model (merge-tool --method merged_16bit)", path=str(job["model"]["path"]))
+        raise InvalidInput(
+            f"{job['model']['path']} holds no 16- or 32-bit float weights: pass a merged 16-bit "
+            "model (merge-tool --method merged_16bit)",
+            path=str(job["model"]["path"]),
+        )
     largest = max(nbytes({"dtype": "F32", "shape": s["shape"]}) for s in specs.values())
     on, device_info = pick_device(job["params"]["device"], largest)
     sixteen = sum(nbytes({"dtype": "BF16", "shape": s["shape"]}) for s in specs.values())
-    return {"job": job, "model_dir": Path(job["model"]["path"]), "specs": specs, "dtype": floats.most_common(1)[0][0],
-            "device": on, "min_top1": min_top1, "estimated_bytes": int(sixteen * bits / 16) + (4 << 20),
-            "warnings": [], "decisions": {"device": device_info}}
+    return {
+        "job": job,
+        "model_dir": Path(job["model"]["path"]),
+        "specs": specs,
+        "dtype": floats.most_common(1)[0][0],
+        "device": on,
+        "min_top1": min_top1,
+        "estimated_bytes": int(sixteen * bits / 16) + (4 << 20),
+        "warnings": [],
+        "decisions": {"device": device_info},
+    }
 
 
 def calibration_plan(job: dict) -> dict:
     """The calibration texts, read (and checked) at plan time."""
     source = job["params"].get("calibration")
     found = calibration.texts(source, _chat_renderer(job["found"].get("tokenizer") or {}))
-    return {"texts": found, "source": calibration.describe(source),
-            "warning": None if source else "calibrated on the built-in text: pass --calibration with text like the "
-                                           "training data for a better fit"}
+    return {
+        "texts": found,
+        "source": calibration.describe(source),
+        "warning": None
+        if source
+        else "calibrated on the built-in text: pass --calibration with text like the training data for a better fit",
+    }
 
 
 def _chat_renderer(tokenizer: dict):
@@ -89,8 +107,10 @@ def _chat_renderer(tokenizer: dict):
         try:
             return load().apply_chat_template(turns, tokenize=False)
         except Exception as exc:  # jinja2 and the template's own raise_exception
-            raise InvalidInput(f"a calibration conversation does not fit the model's chat template ({exc}): fix the "
-                               "roles in the calibration data, or give plain text") from None
+            raise InvalidInput(
+                f"a calibration conversation does not fit the model's chat template ({exc}): fix the "
+                "roles in the calibration data, or give plain text"
+            ) from None
 
     return render
 
@@ -105,11 +125,17 @@ def write(plan: dict, folder: Path, progress, quantize) -> dict:
             os.chmod(p, 0o644)
     plan["report"] = {"quantization": summary, "validation": figures}
     if figures["top1_agreement"] < plan["min_top1"]:
-        hint = ("try more, or more typical, --calibration text" if "calibration" in plan else
-                "this model loses too much in this format: try a wider one (merged_8bit, or gguf with Q8_0)")
-        raise InvalidInput(f"validation failed: the quantized model agrees with the 16-bit merge on "
-                           f"{figures['top1_agreement']:.3f} of next tokens (needs {plan['min_top1']}; mean KL "
-                           f"{figures['mean_kl']:.4f}): {hint}", validation=figures)
+        hint = (
+            "try more, or more typical, --calibration text"
+            if "calibration" in plan
+            else "this model loses too much in this format: try a wider one (merged_8bit, or gguf with Q8_0)"
+        )
+        raise InvalidInput(
+            f"validation failed: the quantized model agrees with the 16-bit merge on "
+            f"{figures['top1_agreement']:.3f} of next tokens (needs {plan['min_top1']}; mean KL "
+            f"{figures['mean_kl']:.4f}): {hint}",
+            validation=figures,
+        )
     return {}
 
 

@@ -10,11 +10,14 @@ def check_available() -> str:
     try:
         import unsloth
     except ImportError:
-        raise Unsupported("--engine unsloth needs the unsloth package and a CUDA GPU: pip install unsloth, or use "
-                          "the default --engine streaming, which needs neither") from None
+        raise Unsupported(
+            "--engine unsloth needs the unsloth package and a CUDA GPU: pip install unsloth, or use "
+            "the default --engine streaming, which needs neither"
+        ) from None
     except Exception as exc:  # unsloth raises at import time when it finds no accelerator
-        raise Unsupported(f"unsloth cannot run here ({' '.join(str(exc).split())[:120]}): use the default "
-                          "--engine streaming") from None
+        raise Unsupported(
+            f"unsloth cannot run here ({' '.join(str(exc).split())[:120]}): use the default --engine streaming"
+        ) from None
     return getattr(unsloth, "__version__", "unknown")  # pragma: no cover - needs a GPU
 
 
@@ -23,6 +26,7 @@ def write(adapter_dir, folder, dtype: str) -> None:  # pragma: no cover - needs 
     from unsloth import FastLanguageModel
 
     torch_dtype = {"BF16": torch.bfloat16, "F16": torch.float16}.get(dtype)
-    model, tokenizer = FastLanguageModel.from_pretrained(str(adapter_dir), load_in_4bit=False, trust_remote_code=False,
-                                                         dtype=torch_dtype)
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        str(adapter_dir), load_in_4bit=False, trust_remote_code=False, dtype=torch_dtype
+    )
     model.save_pretrained_merged(str(folder), tokenizer, save_method="merged_16bit")

@@ -93,8 +93,12 @@ def step_fingerprint(tool: str, tool_version: str, inputs: dict, parameters: dic
         return {k: v for k, v in entry.items() if k != "path"} if isinstance(entry, dict) else entry
 
     return canonical_sha256(
-        {"tool": tool, "version": tool_version, "parameters": parameters,
-         "inputs": {k: identity(v) for k, v in inputs.items()}}
+        {
+            "tool": tool,
+            "version": tool_version,
+            "parameters": parameters,
+            "inputs": {k: identity(v) for k, v in inputs.items()},
+        }
     )
 
 
@@ -136,8 +140,11 @@ def write_json_atomic(path: Path, data) -> None:
     try:  # strict JSON: a NaN or Infinity is a bug upstream, never something to publish
         text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False)
     except ValueError as exc:
-        raise InvalidInput(f"refusing to write {path.name}: it would hold a non-finite number ({exc}): a value "
-                           "computed upstream is NaN or infinite", path=str(path)) from None
+        raise InvalidInput(
+            f"refusing to write {path.name}: it would hold a non-finite number ({exc}): a value "
+            "computed upstream is NaN or infinite",
+            path=str(path),
+        ) from None
     tmp.unlink(missing_ok=True)  # a fresh file, never one planted there (a link is not followed)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
     try:
@@ -170,8 +177,9 @@ def read_json_object(path: Path, what: str, missing_hint: str) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise InvalidInput(f"{what} {path} is not valid JSON ({' '.join(str(exc).split())}): fix or replace it",
-                           path=str(path)) from None
+        raise InvalidInput(
+            f"{what} {path} is not valid JSON ({' '.join(str(exc).split())}): fix or replace it", path=str(path)
+        ) from None
     if not isinstance(data, dict):
         raise InvalidInput(f"{what} {path} does not hold a JSON object: fix or replace it", path=str(path))
     return data
@@ -210,9 +218,13 @@ def check_free_space(out: Path, need: int) -> dict:
     probe = nearest_existing(Path(out).absolute().parent)
     free = shutil.disk_usage(probe).free
     if free < need + SPACE_MARGIN:
-        raise NotEnoughSpace(f"{_size(need)} needed in {probe} (plus a {_size(SPACE_MARGIN)} margin) but only "
-                             f"{_size(free)} free: free some space or choose another --out", need=need, free=free,
-                             margin=SPACE_MARGIN)
+        raise NotEnoughSpace(
+            f"{_size(need)} needed in {probe} (plus a {_size(SPACE_MARGIN)} margin) but only "
+            f"{_size(free)} free: free some space or choose another --out",
+            need=need,
+            free=free,
+            margin=SPACE_MARGIN,
+        )
     return {"needed_bytes": need, "free_bytes": free}
 
 
@@ -223,8 +235,9 @@ def _size(n: int) -> str:
 def check_output_free(out: Path, overwrite: bool) -> None:
     out = Path(out)
     if out.exists() and not overwrite:
-        raise OutputExists(f"output {out} already exists: pass --overwrite to replace it, or choose another --out",
-                           path=str(out))
+        raise OutputExists(
+            f"output {out} already exists: pass --overwrite to replace it, or choose another --out", path=str(out)
+        )
 
 
 def _fsync_tree(folder: Path) -> None:

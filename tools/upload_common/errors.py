@@ -98,5 +98,8 @@ def from_os_error(exc: BaseException, doing: str = "") -> "SystemFault | None":
     named = (exc.filename2 or exc.filename) if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) else exc.filename
     where = f" ({named})" if named else ""
     prefix = f"{doing}: " if doing else ""
-    return SystemFault(f"{prefix}{what}{where}: {todo}", errno=errno.errorcode.get(exc.errno, str(exc.errno)),
-                       path=str(named) if named else None)
+    return SystemFault(
+        f"{prefix}{what}{where}: {todo}",
+        errno=errno.errorcode.get(exc.errno, str(exc.errno)),
+        path=str(named) if named else None,
+    )

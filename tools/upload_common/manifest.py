@@ -24,8 +24,13 @@ STEP_SCHEMA_FILE = "manifest.schema.json"
 UPLOAD_SCHEMA_FILE = "upload-manifest.schema.json"
 
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="hex sha256")]
-Time = Annotated[str, Field(pattern=r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$",
-                            description="UTC ISO-8601 time, to the second")]
+Time = Annotated[
+    str,
+    Field(
+        pattern=r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$",
+        description="UTC ISO-8601 time, to the second",
+    ),
+]
 Name = Annotated[str, Field(min_length=1)]
 Size = Annotated[int, Field(ge=0)]
 Open = dict[str, Any]
@@ -146,7 +151,8 @@ class Manifest(_Closed):
     files: dict[str, GgufFiles] | None = Field(None, description="gguf-tool: type -> its files and check")
     sets: dict[str, SetRecord] | None = Field(None, description="docs-tool: the sets of the upload manifest")
     published: dict[str, dict[str, Open]] | None = Field(
-        None, description="hf-push-tool: target -> set -> where it went (repo, commit, files sent)")
+        None, description="hf-push-tool: target -> set -> where it went (repo, commit, files sent)"
+    )
 
 
 class UploadFile(_Closed):
@@ -183,8 +189,10 @@ def _validate(model: type[BaseModel], data, what: str):
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise InvalidInput(f"{what} does not follow its schema ({_problems(exc)}): rerun the step that wrote it",
-                           problems=[e["msg"] for e in exc.errors(include_url=False)][:20]) from None
+        raise InvalidInput(
+            f"{what} does not follow its schema ({_problems(exc)}): rerun the step that wrote it",
+            problems=[e["msg"] for e in exc.errors(include_url=False)][:20],
+        ) from None
 
 
 def validate_manifest(data: dict) -> Manifest:

@@ -32,8 +32,15 @@ def byte_progress(label: str, total: int):
         if done[1] < 4:
             say(4)
         return
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  TimeElapsedColumn(), console=console, transient=False) as bar:  # pragma: no cover - tty only
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as bar:  # pragma: no cover - tty only
         task, moved = bar.add_task(label, total=total), [0]
 
         def advance_bar(n: int) -> None:

@@ -37,8 +37,9 @@ def reference(model_dir: Path, text: str, max_tokens: int, device: str = "cpu"):
     tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)  # an untrusted folder never runs code
     ids = tok(text).input_ids[:max_tokens]
     placement = {"device_map": device} if device != "cpu" else {}
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, trust_remote_code=False,
-                                                 **placement).eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.float32, trust_remote_code=False, **placement
+    ).eval()
     return ids, logprobs(model, ids)
 
 
@@ -49,9 +50,13 @@ def check_finite(logprobs, which: str, todo: str) -> None:
 
     bad = int((~np.isfinite(logprobs)).any(-1).sum())
     if bad:
-        raise InvalidInput(f"validation: the {which} model produces NaN/infinite log-probabilities at {bad} of "
-                           f"{logprobs.shape[0]} positions: its weights are broken; {todo}",
-                           model=which, nonfinite_positions=bad, positions=int(logprobs.shape[0]))
+        raise InvalidInput(
+            f"validation: the {which} model produces NaN/infinite log-probabilities at {bad} of "
+            f"{logprobs.shape[0]} positions: its weights are broken; {todo}",
+            model=which,
+            nonfinite_positions=bad,
+            positions=int(logprobs.shape[0]),
+        )
 
 
 def compare(ref, got, names: tuple[str, str] = ("reference", "exported")) -> dict:
@@ -64,8 +69,12 @@ def compare(ref, got, names: tuple[str, str] = ("reference", "exported")) -> dic
     p = np.exp(ref)
     kl = (p * (ref - got)).sum(-1)
     top1 = float((ref.argmax(-1) == got.argmax(-1)).mean())
-    return {"positions": int(ref.shape[0]), "top1_agreement": round(top1, 4), "mean_kl": _figure(kl.mean()),
-            "max_kl": _figure(kl.max())}
+    return {
+        "positions": int(ref.shape[0]),
+        "top1_agreement": round(top1, 4),
+        "mean_kl": _figure(kl.mean()),
+        "max_kl": _figure(kl.max()),
+    }
 
 
 def _figure(kl) -> float:

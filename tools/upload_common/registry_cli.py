@@ -64,37 +64,42 @@ def _made_by(s: SetSpec) -> str:
 
 def section() -> str:
     """The registry's section of docs/architecture.md, markers included."""
-    rows = [f"| `{s.name}` | {_made_by(s)} | {_consumes(s)} | {'yes' if s.gpu else 'no'} | `[{s.extra}]` | "
-            f"`{s.publish.suffix or '(none)'}` |" for s in SETS.values()]
+    rows = [
+        f"| `{s.name}` | {_made_by(s)} | {_consumes(s)} | {'yes' if s.gpu else 'no'} | `[{s.extra}]` | "
+        f"`{s.publish.suffix or '(none)'}` |"
+        for s in SETS.values()
+    ]
     made = ", ".join(f"`{n}`" for n in SETS)
     image_rows = [f"| {t} | `{','.join(extras(t))}` |" for t in tools()] + [f"| upload-driver | `{DRIVER_EXTRA}` |"]
-    return "\n".join([
-        BEGIN,
-        "## The sets and the steps (from the registry)",
-        "Generated from `tools/upload_common/sets.py`; after changing a row, regenerate it with",
-        f"`{REGENERATE}` (tests/test_import_graph.py fails until the committed text matches).",
-        "",
-        "| set | made by | consumes | GPU | extra | repo suffix |",
-        "|---|---|---|---|---|---|",
-        *rows,
-        "",
-        f"docs-tool reads the step manifests of the sets made ({made}) and writes the cards and the upload",
-        "manifest; hf-push-tool reads docs-tool's output and the sets' folders and publishes them. A step",
-        "runs after the steps whose sets it consumes.",
-        "",
-        "Each image installs its tool's extras (the union of its rows' extras; images/build.sh asks",
-        "`python -m upload_common.registry_cli extras TOOL`):",
-        "",
-        "| tool | extras |",
-        "|---|---|",
-        *image_rows,
-        "",
-        "The import rule (tests/test_import_graph.py): a tool imports `upload_common` and third-party",
-        "libraries, never another tool; the driver imports `upload_common` only and runs the tools as",
-        "processes or images; `upload_common` imports no tool. Every third-party import of a tool (and of",
-        "the `upload_common` code it reaches) is installed by that tool's extras.",
-        END,
-    ])
+    return "\n".join(
+        [
+            BEGIN,
+            "## The sets and the steps (from the registry)",
+            "Generated from `tools/upload_common/sets.py`; after changing a row, regenerate it with",
+            f"`{REGENERATE}` (tests/test_import_graph.py fails until the committed text matches).",
+            "",
+            "| set | made by | consumes | GPU | extra | repo suffix |",
+            "|---|---|---|---|---|---|",
+            *rows,
+            "",
+            f"docs-tool reads the step manifests of the sets made ({made}) and writes the cards and the upload",
+            "manifest; hf-push-tool reads docs-tool's output and the sets' folders and publishes them. A step",
+            "runs after the steps whose sets it consumes.",
+            "",
+            "Each image installs its tool's extras (the union of its rows' extras; images/build.sh asks",
+            "`python -m upload_common.registry_cli extras TOOL`):",
+            "",
+            "| tool | extras |",
+            "|---|---|",
+            *image_rows,
+            "",
+            "The import rule (tests/test_import_graph.py): a tool imports `upload_common` and third-party",
+            "libraries, never another tool; the driver imports `upload_common` only and runs the tools as",
+            "processes or images; `upload_common` imports no tool. Every third-party import of a tool (and of",
+            "the `upload_common` code it reaches) is installed by that tool's extras.",
+            END,
+        ]
+    )
 
 
 def replace_section(text: str) -> str:

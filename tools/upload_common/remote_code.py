@@ -30,8 +30,11 @@ from .errors import InvalidInput
 
 CODE_KEYS = ("auto_map", "custom_pipelines")
 CONFIG_FILES = {  # file name -> what it describes
-    "config.json": "model", "tokenizer_config.json": "tokenizer", "processor_config.json": "processor",
-    "preprocessor_config.json": "processor", "video_preprocessor_config.json": "processor",
+    "config.json": "model",
+    "tokenizer_config.json": "tokenizer",
+    "processor_config.json": "processor",
+    "preprocessor_config.json": "processor",
+    "video_preprocessor_config.json": "processor",
     "generation_config.json": "generation",
 }
 _PROCESSOR_KEYS = ("processor_class", "image_processor_type", "feature_extractor_type", "video_processor_type")
@@ -120,8 +123,11 @@ def _needs_code(what: str, data: dict) -> tuple[str, ...]:
         names = _transformers_names()
         archs = data.get("architectures") or []
         missing += [f"architecture {a!r}" for a in archs if not (isinstance(a, str) and a in names)]
-        if "AutoTokenizer" in (data.get("auto_map") or {}) and data.get("tokenizer_class") is not None \
-                and not _known_tokenizer(data.get("tokenizer_class")):
+        if (
+            "AutoTokenizer" in (data.get("auto_map") or {})
+            and data.get("tokenizer_class") is not None
+            and not _known_tokenizer(data.get("tokenizer_class"))
+        ):
             missing.append(f"tokenizer_class {data.get('tokenizer_class')!r}")
         return tuple(missing)
     elif what == "processor":
@@ -180,7 +186,10 @@ def _refusal(finding: Finding, where, tool: str) -> InvalidInput:
     return InvalidInput(
         f"{Path(where) / finding.file} names custom {finding.what} code ({finding.describe()}) and "
         f"{', '.join(finding.needs_code)}, which only that code defines: {tool} never runs code from a model "
-        f"folder; {_TODO[finding.what]}", path=str(Path(where) / finding.file), refs=list(finding.refs))
+        f"folder; {_TODO[finding.what]}",
+        path=str(Path(where) / finding.file),
+        refs=list(finding.refs),
+    )
 
 
 def sanitize(name: str, data: dict, where, tool: str) -> tuple[dict, str | None]:
@@ -192,8 +201,10 @@ def sanitize(name: str, data: dict, where, tool: str) -> tuple[dict, str | None]
     if found.needs_code:
         raise _refusal(found, where, tool)
     clean = {k: v for k, v in data.items() if k not in CODE_KEYS}
-    return clean, (f"{name} of {where} refers to custom {found.what} code ({found.describe()}): removed, since "
-                   f"transformers ships what the file names; the output loads without that code and never runs it")
+    return clean, (
+        f"{name} of {where} refers to custom {found.what} code ({found.describe()}): removed, since "
+        f"transformers ships what the file names; the output loads without that code and never runs it"
+    )
 
 
 def check_sanitizable(folder, names, tool: str) -> list[str]:
@@ -215,10 +226,13 @@ def refuse_code(folder, tool: str, what: str = "model folder") -> None:
     if findings:
         f = findings[0]
         path = Path(folder) / f.file
-        raise InvalidInput(f"{what} {folder} refers to custom code ({f.file} {f.describe()}): {tool} never runs code "
-                           f"from a model folder; give it merge-tool's output (which never carries a code reference), "
-                           f"or remove {f.keys} from {f.file} if the model loads without it, and rerun",
-                           path=str(path), refs=[r for x in findings for r in x.refs])
+        raise InvalidInput(
+            f"{what} {folder} refers to custom code ({f.file} {f.describe()}): {tool} never runs code "
+            f"from a model folder; give it merge-tool's output (which never carries a code reference), "
+            f"or remove {f.keys} from {f.file} if the model loads without it, and rerun",
+            path=str(path),
+            refs=[r for x in findings for r in x.refs],
+        )
 
 
 REFUSED = "remote code refused: this process never runs code from a model folder or the Hub"
@@ -239,8 +253,12 @@ def forbid_in_process() -> None:
         return False
 
     # swapping the code object reaches every module that imported these functions by name
-    for fn in (dyn.get_class_from_dynamic_module, dyn.get_class_in_module, dyn.get_cached_module_file,
-               dyn.check_imports):
+    for fn in (
+        dyn.get_class_from_dynamic_module,
+        dyn.get_class_in_module,
+        dyn.get_cached_module_file,
+        dyn.check_imports,
+    ):
         fn.__code__, fn.__defaults__, fn.__kwdefaults__ = refuse.__code__, None, refuse.__kwdefaults__
     resolve = dyn.resolve_trust_remote_code
     resolve.__code__, resolve.__defaults__, resolve.__kwdefaults__ = never.__code__, None, None

@@ -28,9 +28,11 @@ def check_repo_id(value, what: str, *, namespace: bool = False, usage: bool = Tr
             raise HFValidationError("not a name")
         validate_repo_id(value)
     except HFValidationError:
-        raise cls(f"{what} {text!r} is not a valid Hub repo id: use NAME or NAMESPACE/NAME with letters, digits, "
-                  "'-', '_' and '.' only (no '..', '--', '/' at either end, at most 96 characters)",
-                  repo_id=text) from None
+        raise cls(
+            f"{what} {text!r} is not a valid Hub repo id: use NAME or NAMESPACE/NAME with letters, digits, "
+            "'-', '_' and '.' only (no '..', '--', '/' at either end, at most 96 characters)",
+            repo_id=text,
+        ) from None
     if namespace and "/" not in value:
         raise cls(f"{what} {value!r} has no namespace: use NAMESPACE/NAME (your user or organisation)", repo_id=value)
     return value
@@ -44,19 +46,31 @@ def check_namespace(value, what: str) -> str:
             return value
         except UsageError:
             pass
-    raise UsageError(f"{what} {value!r} is not a Hub user or organisation name: use letters, digits, '-', '_' and "
-                     "'.' only, without '/'", namespace=str(value))
+    raise UsageError(
+        f"{what} {value!r} is not a Hub user or organisation name: use letters, digits, '-', '_' and "
+        "'.' only, without '/'",
+        namespace=str(value),
+    )
 
 
 def relative_path(value, what: str) -> PurePosixPath:
     """A path inside a repo or folder as the Hub writes it: relative, '/'-separated, no '..', no
     empty or '.' parts, no drive, no backslash. Else InvalidInput."""
-    ok = isinstance(value, str) and value and "\\" not in value and "\0" not in value and \
-        not value.startswith("/") and not _WINDOWS_DRIVE.match(value)
+    ok = (
+        isinstance(value, str)
+        and value
+        and "\\" not in value
+        and "\0" not in value
+        and not value.startswith("/")
+        and not _WINDOWS_DRIVE.match(value)
+    )
     parts = value.split("/") if ok else []
     if not ok or any(p in ("", ".", "..") for p in parts):
-        raise InvalidInput(f"{what} {value!r} is not a relative path inside the repo: the file was edited or made by "
-                           "something else; rerun the step that wrote it", path=str(value))
+        raise InvalidInput(
+            f"{what} {value!r} is not a relative path inside the repo: the file was edited or made by "
+            "something else; rerun the step that wrote it",
+            path=str(value),
+        )
     return PurePosixPath(value)
 
 
@@ -64,8 +78,9 @@ def join_inside(root: Path, rel, what: str) -> Path:
     """``root / rel`` for a checked relative path, proven to resolve inside ``root`` (symlinks included)."""
     path = Path(root) / relative_path(str(rel), what)
     if not is_inside(path, root):
-        raise InvalidInput(f"{what} {rel!r} leads outside {root} (through a symbolic link): refusing to write there",
-                           path=str(path))
+        raise InvalidInput(
+            f"{what} {rel!r} leads outside {root} (through a symbolic link): refusing to write there", path=str(path)
+        )
     return path
 
 

@@ -52,16 +52,34 @@ def make_tokenizer(folder: Path, vocab_size: int = 384) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(sample_text()), model_writer=buf, vocab_size=vocab_size,
-        model_type="bpe", byte_fallback=True, character_coverage=1.0,
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2,
+        sentence_iterator=iter(sample_text()),
+        model_writer=buf,
+        vocab_size=vocab_size,
+        model_type="bpe",
+        byte_fallback=True,
+        character_coverage=1.0,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        minloglevel=2,
     )
     (folder / "tokenizer.model").write_bytes(buf.getvalue())
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
-        "unk_token": "<unk>", "add_bos_token": True, "add_eos_token": False,
-        "model_max_length": 512, "chat_template": CHAT_TEMPLATE,
-    }, indent=2))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "LlamaTokenizer",
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "unk_token": "<unk>",
+                "add_bos_token": True,
+                "add_eos_token": False,
+                "model_max_length": 512,
+                "chat_template": CHAT_TEMPLATE,
+            },
+            indent=2,
+        )
+    )
     tok = AutoTokenizer.from_pretrained(folder)  # writes tokenizer.json beside tokenizer.model
     tok.save_pretrained(folder)
     if not (folder / "tokenizer.model").exists():  # pragma: no cover - transformers may drop it
@@ -73,21 +91,43 @@ def make_tokenizer(folder: Path, vocab_size: int = 384) -> Path:
     return folder
 
 
-def model_config(family: str = "llama", *, vocab: int = 384, hidden: int = 64, intermediate: int = 128,
-                 layers: int = 2, heads: int = 4, kv_heads: int = 2, tie: bool = False):
+def model_config(
+    family: str = "llama",
+    *,
+    vocab: int = 384,
+    hidden: int = 64,
+    intermediate: int = 128,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    tie: bool = False,
+):
     import transformers as tf
 
     common = dict(vocab_size=vocab, tie_word_embeddings=tie, bos_token_id=1, eos_token_id=2)
     if family == "gpt2":
         return tf.GPT2Config(n_embd=hidden, n_layer=layers, n_head=heads, n_positions=256, **common)
     cls = {"llama": tf.LlamaConfig, "qwen2": tf.Qwen2Config, "mistral": tf.MistralConfig}[family]
-    return cls(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-               num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=256,
-               **common)
+    return cls(
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=256,
+        **common,
+    )
 
 
-def make_base(folder: Path, family: str = "llama", *, dtype: str = "float32", seed: int = 0,
-              tokenizer_dir: Path | None = None, **config_kwargs) -> Path:
+def make_base(
+    folder: Path,
+    family: str = "llama",
+    *,
+    dtype: str = "float32",
+    seed: int = 0,
+    tokenizer_dir: Path | None = None,
+    **config_kwargs,
+) -> Path:
     """A randomly initialised causal LM saved as a Hugging Face model folder."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -110,9 +150,17 @@ def make_base(folder: Path, family: str = "llama", *, dtype: str = "float32", se
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def make_lora_adapter(base_dir: Path, folder: Path, *, r: int = 8, alpha: int = 16,
-                      targets=tuple(LLAMA_TARGETS), seed: int = 0, base_name: str | None = None,
-                      scale: float = 0.1) -> Path:
+def make_lora_adapter(
+    base_dir: Path,
+    folder: Path,
+    *,
+    r: int = 8,
+    alpha: int = 16,
+    targets=tuple(LLAMA_TARGETS),
+    seed: int = 0,
+    base_name: str | None = None,
+    scale: float = 0.1,
+) -> Path:
     """An adapter with peft's file layout and tensor names for every ``targets`` linear layer of
     ``base_dir``, with random non-zero A and B of std ``scale`` (a freshly initialised adapter has
     B = 0); a small scale keeps a trained base's behaviour, a large one makes merges matter."""
@@ -136,12 +184,28 @@ def make_lora_adapter(base_dir: Path, folder: Path, *, r: int = 8, alpha: int = 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_file(tensors, folder / "adapter_model.safetensors", metadata={"format": "pt"})
-    (folder / "adapter_config.json").write_text(json.dumps({
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_name or str(base_dir),
-        "r": r, "lora_alpha": alpha, "target_modules": sorted(targets), "lora_dropout": 0.0,
-        "bias": "none", "fan_in_fan_out": False, "use_rslora": False, "use_dora": False,
-        "modules_to_save": None, "rank_pattern": {}, "alpha_pattern": {}, "inference_mode": True,
-    }, indent=2))
+    (folder / "adapter_config.json").write_text(
+        json.dumps(
+            {
+                "peft_type": "LORA",
+                "task_type": "CAUSAL_LM",
+                "base_model_name_or_path": base_name or str(base_dir),
+                "r": r,
+                "lora_alpha": alpha,
+                "target_modules": sorted(targets),
+                "lora_dropout": 0.0,
+                "bias": "none",
+                "fan_in_fan_out": False,
+                "use_rslora": False,
+                "use_dora": False,
+                "modules_to_save": None,
+                "rank_pattern": {},
+                "alpha_pattern": {},
+                "inference_mode": True,
+            },
+            indent=2,
+        )
+    )
     return folder
 
 
@@ -149,11 +213,17 @@ def _log_history(kind: str, steps: list[int]) -> list[dict]:
     rows = []
     for i, step in enumerate(steps):
         loss = round(2.5 / (1 + i), 4)
-        row = {"step": step, "epoch": round(step / steps[-1], 3), "loss": loss,
-               "learning_rate": 2e-4 * (1 - i / len(steps)), "grad_norm": 1.0}
+        row = {
+            "step": step,
+            "epoch": round(step / steps[-1], 3),
+            "loss": loss,
+            "learning_rate": 2e-4 * (1 - i / len(steps)),
+            "grad_norm": 1.0,
+        }
         if kind == "kto":
-            row.update({"kl": 0.1, "rewards/chosen_sum": 1.0 + i, "rewards/rejected_sum": -1.0 - i,
-                        "logps/chosen_sum": -40.0})
+            row.update(
+                {"kl": 0.1, "rewards/chosen_sum": 1.0 + i, "rewards/rejected_sum": -1.0 - i, "logps/chosen_sum": -40.0}
+            )
         elif kind == "sft":
             row["mean_token_accuracy"] = 0.5 + i / (2 * len(steps))
         rows.append(row)
@@ -161,20 +231,35 @@ def _log_history(kind: str, steps: list[int]) -> list[dict]:
     return rows
 
 
-def make_trainer_output(folder: Path, base_dir: Path, *, kind: str = "sft", steps=(10, 20, 30),
-                        tokenizer_dir: Path | None = None, base_name: str | None = None,
-                        lora_scale: float = 0.1) -> Path:
+def make_trainer_output(
+    folder: Path,
+    base_dir: Path,
+    *,
+    kind: str = "sft",
+    steps=(10, 20, 30),
+    tokenizer_dir: Path | None = None,
+    base_name: str | None = None,
+    lora_scale: float = 0.1,
+) -> Path:
     """A folder shaped like an Unsloth/TRL run: the final adapter and tokenizer at the root,
     ``checkpoint-N/`` folders, ``trainer_state.json``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tok_src = Path(tokenizer_dir) if tokenizer_dir else None
     for i, step in enumerate(steps):
-        ck = make_lora_adapter(base_dir, folder / f"checkpoint-{step}", seed=100 + i, base_name=base_name,
-                               scale=lora_scale)
-        state = {"global_step": step, "max_steps": steps[-1], "epoch": step / steps[-1],
-                 "num_train_epochs": 1, "train_batch_size": 2, "best_metric": None,
-                 "best_model_checkpoint": None, "log_history": _log_history(kind, list(steps[: i + 1]))}
+        ck = make_lora_adapter(
+            base_dir, folder / f"checkpoint-{step}", seed=100 + i, base_name=base_name, scale=lora_scale
+        )
+        state = {
+            "global_step": step,
+            "max_steps": steps[-1],
+            "epoch": step / steps[-1],
+            "num_train_epochs": 1,
+            "train_batch_size": 2,
+            "best_metric": None,
+            "best_model_checkpoint": None,
+            "log_history": _log_history(kind, list(steps[: i + 1])),
+        }
         (ck / "trainer_state.json").write_text(json.dumps(state, indent=2))
     make_lora_adapter(base_dir, folder, seed=7, base_name=base_name, scale=lora_scale)
     final_state = json.loads((folder / f"checkpoint-{steps[-1]}" / "trainer_state.json").read_text())
@@ -208,7 +293,7 @@ def train_briefly(model_dir: Path, steps: int = 200, seed: int = 0, lr: float = 
     model.train()
     for _ in range(steps):
         starts = torch.randint(0, len(ids) - seq - 1, (batch,))
-        x = torch.stack([ids[s: s + seq] for s in starts])
+        x = torch.stack([ids[s : s + seq] for s in starts])
         loss = model(input_ids=x, labels=x).loss
         loss.backward()
         opt.step()
@@ -218,8 +303,9 @@ def train_briefly(model_dir: Path, steps: int = 200, seed: int = 0, lr: float = 
     return Path(model_dir)
 
 
-def make_trained_base(folder: Path, tokenizer_dir: Path, *, steps: int = SAMPLE_STEPS,
-                      cache: Path | None = None) -> Path:
+def make_trained_base(
+    folder: Path, tokenizer_dir: Path, *, steps: int = SAMPLE_STEPS, cache: Path | None = None
+) -> Path:
     """The sample's base model with the tokenizer of ``tokenizer_dir``, briefly trained, at ``folder``.
 
     With ``cache`` (a folder) it is trained once: kept there under the hash of what makes it (this module's
@@ -251,11 +337,15 @@ def _train_base(folder: Path, tokenizer_dir: Path, steps: int) -> Path:
 def _recipe_key(tokenizer_dir: Path, steps: int) -> str:
     from importlib.metadata import version
 
-    return canonical_sha256({
-        "code": sha256_file(Path(__file__)), "shape": SAMPLE_SHAPE, "steps": steps,
-        "tokenizer": {p.name: sha256_file(p) for p in sorted(tokenizer_dir.iterdir()) if p.is_file()},
-        "versions": {lib: version(lib) for lib in ("torch", "transformers")},
-    })
+    return canonical_sha256(
+        {
+            "code": sha256_file(Path(__file__)),
+            "shape": SAMPLE_SHAPE,
+            "steps": steps,
+            "tokenizer": {p.name: sha256_file(p) for p in sorted(tokenizer_dir.iterdir()) if p.is_file()},
+            "versions": {lib: version(lib) for lib in ("torch", "transformers")},
+        }
+    )
 
 
 def _intact(entry: Path) -> bool:

@@ -26,16 +26,41 @@ INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 
 DTYPES = {  # torch dtype name -> safetensors dtype code
-    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
-    "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
-    "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
+    "float64": "F64",
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "int64": "I64",
+    "int32": "I32",
+    "int16": "I16",
+    "int8": "I8",
+    "uint8": "U8",
+    "bool": "BOOL",
+    "float8_e4m3fn": "F8_E4M3",
+    "float8_e5m2": "F8_E5M2",
 }
 CODES = {v: k for k, v in DTYPES.items()}
 # safetensors dtype -> (unsigned integer of its width, its exponent bits): the types checked for NaN/infinity
-EXPONENT_BITS = {"F64": ("uint64", 0x7FF0000000000000), "F32": ("uint32", 0x7F800000), "F16": ("uint16", 0x7C00),
-                 "BF16": ("uint16", 0x7F80)}
-ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-            "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+EXPONENT_BITS = {
+    "F64": ("uint64", 0x7FF0000000000000),
+    "F32": ("uint32", 0x7F800000),
+    "F16": ("uint16", 0x7C00),
+    "BF16": ("uint16", 0x7F80),
+}
+ITEMSIZE = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+}
 
 
 def read_header(file: Path) -> dict:
@@ -50,11 +75,13 @@ def read_header(file: Path) -> dict:
             header = json.loads(f.read(n))
         end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
     except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
-        raise InvalidInput(f"{file} is not a readable safetensors file ({exc}): re-copy or re-save it",
-                           path=str(file)) from None
+        raise InvalidInput(
+            f"{file} is not a readable safetensors file ({exc}): re-copy or re-save it", path=str(file)
+        ) from None
     if 8 + n + end > size:
-        raise InvalidInput(f"{file} is truncated ({size} bytes, header promises {8 + n + end}): re-copy it",
-                           path=str(file))
+        raise InvalidInput(
+            f"{file} is truncated ({size} bytes, header promises {8 + n + end}): re-copy it", path=str(file)
+        )
     return header
 
 
@@ -72,8 +99,11 @@ def model_tensor_files(model_dir: Path) -> dict[str, Path]:
     if single.is_file():
         return {name: single for name in read_header(single) if name != "__metadata__"}
     if any(model_dir.glob("*.bin")) or any(model_dir.glob("*.pt")):
-        raise InvalidInput(f"{model_dir} holds only pickle weights (.bin): re-save the base with "
-                           "safe_serialization=True, or pass a safetensors base with --base", path=str(model_dir))
+        raise InvalidInput(
+            f"{model_dir} holds only pickle weights (.bin): re-save the base with "
+            "safe_serialization=True, or pass a safetensors base with --base",
+            path=str(model_dir),
+        )
     raise InputNotFound(f"no {SINGLE_NAME} or {INDEX_NAME} in {model_dir}: pass a model folder", path=str(model_dir))
 
 
@@ -85,15 +115,19 @@ def model_specs(model_dir: Path) -> dict[str, dict]:
     for name, f in files.items():
         h = headers[f].get(name)
         if h is None:
-            raise InvalidInput(f"{f.name} lacks tensor {name} listed in its index: the model folder is incomplete",
-                               path=str(f))
+            raise InvalidInput(
+                f"{f.name} lacks tensor {name} listed in its index: the model folder is incomplete", path=str(f)
+            )
         specs[name] = {"file": f, "dtype": h["dtype"], "shape": list(h["shape"])}
     return specs
 
 
 def file_specs(file: Path) -> dict[str, dict]:
-    return {k: {"file": Path(file), "dtype": v["dtype"], "shape": list(v["shape"])}
-            for k, v in read_header(file).items() if k != "__metadata__"}
+    return {
+        k: {"file": Path(file), "dtype": v["dtype"], "shape": list(v["shape"])}
+        for k, v in read_header(file).items()
+        if k != "__metadata__"
+    }
 
 
 def load_tensor(file: Path, name: str, rows: tuple[int, int] | None = None):
@@ -104,10 +138,11 @@ def load_tensor(file: Path, name: str, rows: tuple[int, int] | None = None):
         with safe_open(str(file), framework="pt") as f:
             if rows is None:
                 return f.get_tensor(name)
-            return f.get_slice(name)[rows[0]:rows[1]]
+            return f.get_slice(name)[rows[0] : rows[1]]
     except (SafetensorError, OSError) as exc:
-        raise InvalidInput(f"cannot read tensor {name} from {file} ({exc}): the file is corrupt",
-                           path=str(file)) from None
+        raise InvalidInput(
+            f"cannot read tensor {name} from {file} ({exc}): the file is corrupt", path=str(file)
+        ) from None
 
 
 class NonFiniteTensor(InvalidInput):
@@ -152,8 +187,12 @@ def check_finite(file: Path, specs: dict[str, dict], what: str, todo: str) -> No
         bad = count_nonfinite(load_tensor(file, name))
         if bad:
             total = nbytes(spec) // ITEMSIZE[spec["dtype"]]
-            raise InvalidInput(f"{what} tensor {name} in {file} holds {bad} NaN/infinite value(s) of {total}: {todo}",
-                               tensor=name, nonfinite=bad, path=str(file))
+            raise InvalidInput(
+                f"{what} tensor {name} in {file} holds {bad} NaN/infinite value(s) of {total}: {todo}",
+                tensor=name,
+                nonfinite=bad,
+                path=str(file),
+            )
 
 
 def nbytes(spec: dict) -> int:
@@ -168,8 +207,11 @@ def plan_shards(specs: dict[str, dict], max_shard_size) -> dict[str, list[str]]:
     from huggingface_hub import split_state_dict_into_shards_factory
 
     split = split_state_dict_into_shards_factory(
-        specs, get_storage_size=nbytes, filename_pattern="model{suffix}.safetensors",
-        max_shard_size=max_shard_size, get_storage_id=lambda s: None,
+        specs,
+        get_storage_size=nbytes,
+        filename_pattern="model{suffix}.safetensors",
+        max_shard_size=max_shard_size,
+        get_storage_id=lambda s: None,
     )
     return split.filename_to_tensors
 
@@ -178,8 +220,10 @@ def write_index(folder: Path, shards: dict[str, list[str]], specs: dict[str, dic
     if len(shards) < 2:
         return
     weight_map = {name: fname for fname, names in shards.items() for name in names}
-    index = {"metadata": {"total_size": sum(nbytes(s) for s in specs.values())},
-             "weight_map": dict(sorted(weight_map.items()))}
+    index = {
+        "metadata": {"total_size": sum(nbytes(s) for s in specs.values())},
+        "weight_map": dict(sorted(weight_map.items())),
+    }
     (Path(folder) / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
 
 
@@ -196,8 +240,9 @@ def _start_writeback(f, start: int) -> int:
     return end
 
 
-def write_stream(path: Path, names: list[str], specs: dict[str, dict], produce, on_bytes=None,
-                 metadata: dict | None = None) -> str:
+def write_stream(
+    path: Path, names: list[str], specs: dict[str, dict], produce, on_bytes=None, metadata: dict | None = None
+) -> str:
     """Write a safetensors file tensor by tensor. ``produce(name)`` returns the tensor, or an iterable
     of row blocks of it, in order. Writing and hashing run in a second thread, so computing the next
     block overlaps with the disk and with checking for NaN and infinity: a floating block holding one
@@ -224,8 +269,11 @@ def _header_bytes(names: list[str], specs: dict[str, dict], metadata: dict | Non
     header, offset = {"__metadata__": metadata or {"format": "pt"}}, 0
     for name in names:
         size = nbytes(specs[name])
-        header[name] = {"dtype": specs[name]["dtype"], "shape": specs[name]["shape"],
-                        "data_offsets": [offset, offset + size]}
+        header[name] = {
+            "dtype": specs[name]["dtype"],
+            "shape": specs[name]["shape"],
+            "data_offsets": [offset, offset + size],
+        }
         offset += size
     raw = json.dumps(header, separators=(",", ":")).encode()
     return raw + b" " * (-len(raw) % 8)
@@ -274,8 +322,9 @@ def writer(f, h, pending, failed: list[BaseException], on_bytes) -> None:
         name, code, data = item
         try:
             if bad := nonfinite_in(data, code):  # checked here, overlapping the next block's computation
-                raise NonFiniteTensor(f"{name} would be written with {bad} NaN/infinite value(s)", tensor=name,
-                                      nonfinite=bad)
+                raise NonFiniteTensor(
+                    f"{name} would be written with {bad} NaN/infinite value(s)", tensor=name, nonfinite=bad
+                )
             f.write(data)
             h.update(data)
             if on_bytes:
@@ -294,8 +343,10 @@ def _feed(names: list[str], specs: dict[str, dict], produce, pending, failed: li
         want, done = specs[name], 0
         produced = produce(name)
         for block in [produced] if isinstance(produced, torch.Tensor) else produced:
-            if DTYPES.get(str(block.dtype).removeprefix("torch.")) != want["dtype"] or \
-                    list(block.shape[1:]) != want["shape"][1:]:
+            if (
+                DTYPES.get(str(block.dtype).removeprefix("torch.")) != want["dtype"]
+                or list(block.shape[1:]) != want["shape"][1:]
+            ):
                 raise RuntimeError(f"{name}: produced {block.dtype}{list(block.shape)}, planned {want}")
             data = block.contiguous().reshape(-1).view(torch.uint8).numpy()
             done += data.nbytes

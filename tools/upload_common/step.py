@@ -53,9 +53,18 @@ class Produced:
 class Step:
     """The step sequence as one context manager (see the module's docstring)."""
 
-    def __init__(self, tool: str, out, *, inputs: dict, params: dict, overwrite: bool = False,
-                 libraries: Iterable[str] = (), log: Callable[[str], None] = lambda m: None,
-                 began: float | None = None):
+    def __init__(
+        self,
+        tool: str,
+        out,
+        *,
+        inputs: dict,
+        params: dict,
+        overwrite: bool = False,
+        libraries: Iterable[str] = (),
+        log: Callable[[str], None] = lambda m: None,
+        began: float | None = None,
+    ):
         """``libraries``: whose versions the manifest records; ``began``: ``time.monotonic()`` when the
         tool started, if before the Step (its total time then counts the argument checks and hashing)."""
         self.tool, self.out, self.overwrite = tool, Path(out), overwrite
@@ -117,8 +126,11 @@ class Step:
         with self._stack:
             self.manifest["versions"] = library_versions(*self._libraries)
             finish_manifest(self.manifest, self.folder, self._hashes, self._began)
-        self.produced = Produced(self.out, tuple(OutputFile(o["path"], o["size"], o["sha256"])
-                                                 for o in self.manifest["outputs"]), tuple(self.warnings))
+        self.produced = Produced(
+            self.out,
+            tuple(OutputFile(o["path"], o["size"], o["sha256"]) for o in self.manifest["outputs"]),
+            tuple(self.warnings),
+        )
         for w in self.warnings:
             self._log(f"WARNING: {w}")
         return False

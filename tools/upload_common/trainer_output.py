@@ -17,22 +17,25 @@ from .errors import InputNotFound, InvalidInput
 from .remote_code import scan
 from .safety import is_inside
 from .st_io import read_header
+from .trainer_kind import trainer_kind
 
 ADAPTER_CONFIG = "adapter_config.json"
 WEIGHTS = (("adapter_model.safetensors", "safetensors"), ("adapter_model.bin", "pickle"))
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
-                   "added_tokens.json", "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "vocab.json",
+    "merges.txt",
+)
 _TOKENIZER_CORE = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 FINAL_NAMES = ("final_model", "final", "adapter", "lora_model", "lora_adapter")
-ARGS_FILES = ("training_args.json", "trainer_config.json", "args.json")
-KINDS = ("sft", "kto", "dpo", "orpo", "cpo", "grpo", "ppo", "reward")
-_README_TAGS = {k: k for k in KINDS if k != "reward"} | {"reward-trainer": "reward"}
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-_TRAINED_WITH = re.compile(r"\btrained with (SFT|KTO|DPO|ORPO|CPO|GRPO|PPO|Reward)\b", re.IGNORECASE)
 # Keys any Trainer logs whatever the objective: a log with only these is plain language modelling.
-_GENERIC_KEYS = {"step", "epoch", "loss", "learning_rate", "grad_norm", "total_flos", "train_loss", "train_runtime",
-                 "train_samples_per_second", "train_steps_per_second", "eval_loss", "eval_runtime",
-                 "eval_samples_per_second", "eval_steps_per_second", "num_tokens", "num_input_tokens_seen"}
 
 
 def _read_json(path: Path, what: str, notes: list | None = None):
@@ -59,18 +62,28 @@ def _find_adapters(root: Path) -> list[dict]:
     for sub in _subdirs(root):
         if (sub / ADAPTER_CONFIG).is_file():
             m = _CHECKPOINT.match(sub.name)
-            found.append({"path": str(sub), "source": "checkpoint" if m else "subfolder",
-                          "step": int(m.group(1)) if m else None})
+            found.append(
+                {"path": str(sub), "source": "checkpoint" if m else "subfolder", "step": int(m.group(1)) if m else None}
+            )
     return found
 
 
 def _no_adapter_message(root: Path) -> str:
-    deeper = [p.parent.relative_to(root).as_posix() for sub in _subdirs(root) for p in sub.glob(f"*/{ADAPTER_CONFIG}")
-              if not p.parent.name.startswith(".")]
-    todo = (f"adapters found deeper: {', '.join(sorted(deeper)[:5])}: pass one of those folders" if deeper
-            else f"pass the folder that holds {ADAPTER_CONFIG} and adapter_model.safetensors")
-    return (f"no adapter found in {root}: looked for {ADAPTER_CONFIG} at the root, in its subfolders and in "
-            f"checkpoint-N folders; {todo}")
+    deeper = [
+        p.parent.relative_to(root).as_posix()
+        for sub in _subdirs(root)
+        for p in sub.glob(f"*/{ADAPTER_CONFIG}")
+        if not p.parent.name.startswith(".")
+    ]
+    todo = (
+        f"adapters found deeper: {', '.join(sorted(deeper)[:5])}: pass one of those folders"
+        if deeper
+        else f"pass the folder that holds {ADAPTER_CONFIG} and adapter_model.safetensors"
+    )
+    return (
+        f"no adapter found in {root}: looked for {ADAPTER_CONFIG} at the root, in its subfolders and in "
+        f"checkpoint-N folders; {todo}"
+    )
 
 
 def _last_component(value: str) -> str:
@@ -82,16 +95,21 @@ def _choose(root: Path, candidates: list[dict], checkpoint: int | None, best: st
     listing = ", ".join(str(s) for s in sorted(ckpts)) or "none"
     if checkpoint is not None:
         if checkpoint not in ckpts:
-            raise InputNotFound(f"checkpoint-{checkpoint} not found in {root} (checkpoints with an adapter: "
-                                f"{listing}): pass one of those or leave the checkpoint out",
-                                path=str(root), checkpoint=checkpoint, available=sorted(ckpts))
+            raise InputNotFound(
+                f"checkpoint-{checkpoint} not found in {root} (checkpoints with an adapter: "
+                f"{listing}): pass one of those or leave the checkpoint out",
+                path=str(root),
+                checkpoint=checkpoint,
+                available=sorted(ckpts),
+            )
         return ckpts[checkpoint] | {"reason": f"checkpoint-{checkpoint} chosen explicitly"}
     if best:
         name = _last_component(best)
         m = _CHECKPOINT.match(name)
         if m and int(m.group(1)) in ckpts:
             return ckpts[int(m.group(1))] | {
-                "reason": f"{name} is the best checkpoint named in trainer_state.json (best_model_checkpoint)"}
+                "reason": f"{name} is the best checkpoint named in trainer_state.json (best_model_checkpoint)"
+            }
         notes.append(f"best_model_checkpoint {best!r} has no adapter here: ignored")
     others = f" (checkpoints also present: {listing}; pick one with --checkpoint N)" if ckpts else ""
     for c in candidates:
@@ -106,8 +124,10 @@ def _choose(root: Path, candidates: list[dict], checkpoint: int | None, best: st
         reason = f"no adapter at the root: the final adapter in subfolder {names[0]}{several}{others}"
         return subs[0] | {"reason": reason}
     top = max(ckpts)
-    return ckpts[top] | {"reason": f"no final adapter: using the latest checkpoint, checkpoint-{top}"
-                                   f"{f' (of {listing})' if len(ckpts) > 1 else ''}"}
+    return ckpts[top] | {
+        "reason": f"no final adapter: using the latest checkpoint, checkpoint-{top}"
+        f"{f' (of {listing})' if len(ckpts) > 1 else ''}"
+    }
 
 
 def _check_weights(folder: Path) -> tuple[str, str]:
@@ -116,9 +136,11 @@ def _check_weights(folder: Path) -> tuple[str, str]:
             if fmt == "safetensors":
                 read_header(folder / name)  # an empty or truncated file fails here
             return name, fmt
-    raise InvalidInput(f"config without weights: {folder} has {ADAPTER_CONFIG} but neither adapter_model.safetensors "
-                       "nor adapter_model.bin: the save was probably interrupted; pick another checkpoint or re-save",
-                       path=str(folder))
+    raise InvalidInput(
+        f"config without weights: {folder} has {ADAPTER_CONFIG} but neither adapter_model.safetensors "
+        "nor adapter_model.bin: the save was probably interrupted; pick another checkpoint or re-save",
+        path=str(folder),
+    )
 
 
 def _template_of(value):
@@ -158,82 +180,24 @@ def _summary(state: dict, source: Path) -> dict:
     evals = [[e.get("step"), e["eval_loss"]] for e in log if isinstance(e.get("eval_loss"), (int, float))]
     runtime = [e["train_runtime"] for e in log if "train_runtime" in e]
     lrs = [e["learning_rate"] for e in log if "learning_rate" in e]
-    keys = ("global_step", "max_steps", "epoch", "num_train_epochs", "train_batch_size", "best_metric",
-            "best_model_checkpoint")
-    return {"source": str(source), **{k: state.get(k) for k in keys}, "loss_history": losses,
-            "eval_loss_history": evals, "final_loss": losses[-1][1] if losses else None,
-            "train_runtime": runtime[-1] if runtime else None, "learning_rate_final": lrs[-1] if lrs else None}
-
-
-def _kind_from_readme(folders) -> dict | None:
-    for folder in folders:
-        readme = folder / "README.md"
-        if not readme.is_file():
-            continue
-        text = readme.read_text(encoding="utf-8", errors="replace")
-        front = re.match(r"\A---\s*\n(.*?)\n---\s*(\n|\Z)", text, re.DOTALL)
-        if front:
-            tags = re.search(r"^tags:[ \t]*(\[.*?\]|\n(?:[ \t]*-.*\n?)+)", front.group(1), re.MULTILINE)
-            items = re.findall(r"[\w./-]+", tags.group(1)) if tags else []
-            kinds = [_README_TAGS[t.lower()] for t in items if t.lower() in _README_TAGS]
-            if kinds:
-                pick = next((k for k in kinds if k != "sft"), kinds[0])  # sft is the common default tag
-                return {"kind": pick, "evidence": f"{readme.name} in {folder.name}/ is tagged {', '.join(kinds)}"}
-        m = _TRAINED_WITH.search(text)
-        if m:
-            return {"kind": m.group(1).lower(), "evidence": f"{readme.name} in {folder.name}/ says "
-                                                              f"'trained with {m.group(1)}'"}
-    return None
-
-
-def _kind_from_args(root: Path, notes: list) -> dict | None:
-    for name in ARGS_FILES:
-        if not (root / name).is_file():
-            continue
-        args = _read_json(root / name, name, notes)
-        if not isinstance(args, dict):
-            continue
-        named = args.get("trainer") or args.get("trainer_type")
-        if isinstance(named, str):
-            key = re.sub(r"[_\s-]*trainer$", "", named.strip().lower())
-            if key in KINDS:
-                return {"kind": key, "evidence": f"{name} names the trainer {named!r}"}
-        rules = ((("desirable_weight", "undesirable_weight"), "kto"), (("num_generations",), "grpo"),
-                 (("cpo_alpha", "simpo_gamma"), "cpo"), (("num_ppo_epochs", "cliprange"), "ppo"),
-                 (("center_rewards_coefficient",), "reward"))
-        for keys, kind in rules:
-            hit = [k for k in keys if k in args]
-            if hit:
-                return {"kind": kind, "evidence": f"{name} has {', '.join(hit)}"}
-        if "beta" in args and "loss_type" in args:
-            return {"kind": "dpo", "evidence": f"{name} has beta and loss_type"}
-        if "dataset_text_field" in args or "packing" in args:
-            return {"kind": "sft", "evidence": f"{name} has SFT options (dataset_text_field/packing)"}
-    return None
-
-
-def _kind_from_log(state: dict | None) -> dict | None:
-    log = (state or {}).get("log_history") or []
-    raw = {k for e in log if isinstance(e, dict) for k in e}
-    if not raw:
-        return None
-    keys = raw | {k.removeprefix("eval_") for k in raw}
-    rewards = any(k.startswith("rewards/") for k in keys)
-    rules = (
-        ({"reward", "reward_std"} & keys or any(k.startswith("completions/") for k in keys), "grpo",
-         "GRPO metrics logged (reward, completions/*)"),
-        (any(k.startswith(("objective/", "policy/")) for k in keys), "ppo", "PPO metrics logged (objective/*)"),
-        (rewards and "kl" in keys, "kto", "rewards/* and kl logged"),
-        ({"log_odds_ratio", "log_odds_chosen"} & keys, "orpo", "log_odds_ratio logged"),
-        ("nll_loss" in keys, "cpo", "nll_loss without log odds logged (a DPO run with rpo_alpha logs the same)"),
-        ("rewards/margins" in keys, "dpo", "rewards/margins logged"),
-        ("mean_token_accuracy" in keys, "sft", "mean_token_accuracy logged"),
-        ("loss" in raw and raw <= _GENERIC_KEYS, "sft", "only language-modelling loss logged"),
+    keys = (
+        "global_step",
+        "max_steps",
+        "epoch",
+        "num_train_epochs",
+        "train_batch_size",
+        "best_metric",
+        "best_model_checkpoint",
     )
-    for hit, kind, evidence in rules:
-        if hit:
-            return {"kind": kind, "evidence": f"trainer_state.json: {evidence}"}
-    return None
+    return {
+        "source": str(source),
+        **{k: state.get(k) for k in keys},
+        "loss_history": losses,
+        "eval_loss_history": evals,
+        "final_loss": losses[-1][1] if losses else None,
+        "train_runtime": runtime[-1] if runtime else None,
+        "learning_rate_final": lrs[-1] if lrs else None,
+    }
 
 
 def _check_links(root: Path, folders) -> None:
@@ -243,17 +207,23 @@ def _check_links(root: Path, folders) -> None:
         for entry in entries:
             if not is_inside(entry, root):
                 rel = entry.relative_to(root).as_posix() if entry != root else entry.name
-                raise InvalidInput(f"{rel} in {root} is a symbolic link to {os.path.realpath(entry)}, outside the "
-                                   f"trainer folder: it would be read and published as the trainer's; replace the "
-                                   f"link with the file itself (or remove it) and rerun", path=str(entry))
+                raise InvalidInput(
+                    f"{rel} in {root} is a symbolic link to {os.path.realpath(entry)}, outside the "
+                    f"trainer folder: it would be read and published as the trainer's; replace the "
+                    f"link with the file itself (or remove it) and rerun",
+                    path=str(entry),
+                )
 
 
 def _code_notes(tokenizer: dict) -> list[str]:
     if not tokenizer["dir"]:
         return []
-    return [f"{f.file} refers to custom {f.what} code ({f.describe()}): never run; merge-tool removes the reference"
-            + (f", or refuses, as {', '.join(f.needs_code)} is defined only by that code" if f.needs_code else "")
-            for f in scan(tokenizer["dir"]) if f.file == "tokenizer_config.json"]
+    return [
+        f"{f.file} refers to custom {f.what} code ({f.describe()}): never run; merge-tool removes the reference"
+        + (f", or refuses, as {', '.join(f.needs_code)} is defined only by that code" if f.needs_code else "")
+        for f in scan(tokenizer["dir"])
+        if f.file == "tokenizer_config.json"
+    ]
 
 
 def inspect_trainer_output(path, checkpoint: int | None = None) -> dict:
@@ -267,8 +237,9 @@ def inspect_trainer_output(path, checkpoint: int | None = None) -> dict:
     states = _States(notes)
     latest = root / f"checkpoint-{steps[-1]}" if steps else None
     best_from = states.of(root) or states.of(latest)
-    chosen = _choose(root, candidates, checkpoint, best_from[0].get("best_model_checkpoint") if best_from else None,
-                     notes)
+    chosen = _choose(
+        root, candidates, checkpoint, best_from[0].get("best_model_checkpoint") if best_from else None, notes
+    )
     adapter_dir = Path(chosen["path"])
     _check_links(root, dict.fromkeys((root, adapter_dir, latest or root)))
     found = states.of(root) or states.of(adapter_dir) or states.of(latest)
@@ -280,9 +251,7 @@ def inspect_trainer_output(path, checkpoint: int | None = None) -> dict:
     notes += _file_notes(root, chosen, candidates, weights, fmt)
     tokenizer = _tokenizer(adapter_dir, root, notes)
     notes += _code_notes(tokenizer)
-    trainer = (_kind_from_readme(dict.fromkeys((root, adapter_dir))) or _kind_from_args(root, notes)
-               or _kind_from_log(state) or {"kind": "unknown", "evidence": "no README tags, args file or "
-                                                                          "recognisable log_history keys"})
+    trainer = trainer_kind(root, adapter_dir, state, lambda path, what: _read_json(path, what, notes))
     return {
         "root": str(root),
         "adapter": {**chosen, "weights": weights, "weights_format": fmt, "config": config},
@@ -299,8 +268,9 @@ def inspect_trainer_output(path, checkpoint: int | None = None) -> dict:
 def _root_folder(path) -> Path:
     root = Path(os.path.abspath(path))
     if not root.exists():
-        raise InputNotFound(f"{root} does not exist: pass the trainer output folder or the adapter folder",
-                            path=str(root))
+        raise InputNotFound(
+            f"{root} does not exist: pass the trainer output folder or the adapter folder", path=str(root)
+        )
     if not root.is_dir():
         raise InvalidInput(f"{root} is a file: pass the folder that holds {ADAPTER_CONFIG}", path=str(root))
     return root
@@ -326,8 +296,10 @@ class _States:
 def _adapter_config(adapter_dir: Path) -> dict:
     config = _read_json(adapter_dir / ADAPTER_CONFIG, ADAPTER_CONFIG)
     if not isinstance(config, dict):
-        raise InvalidInput(f"{adapter_dir / ADAPTER_CONFIG} holds a {type(config).__name__}, not an object: "
-                           "fix or replace the file", path=str(adapter_dir))
+        raise InvalidInput(
+            f"{adapter_dir / ADAPTER_CONFIG} holds a {type(config).__name__}, not an object: fix or replace the file",
+            path=str(adapter_dir),
+        )
     return config
 
 

@@ -54,8 +54,11 @@ class OllamaFields:
     parameters: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self):
-        object.__setattr__(self, "parameters", MappingProxyType({k: tuple(v) if isinstance(v, list) else v
-                                                                 for k, v in dict(self.parameters).items()}))
+        object.__setattr__(
+            self,
+            "parameters",
+            MappingProxyType({k: tuple(v) if isinstance(v, list) else v for k, v in dict(self.parameters).items()}),
+        )
 
     @property
     def stop(self) -> tuple[str, ...]:
@@ -65,13 +68,26 @@ class OllamaFields:
         """What /api/create takes besides the model name and files: the fields with a value, lists as
         lists (as Ollama's own client sends a Modelfile's)."""
         params = {k: list(v) if isinstance(v, tuple) else v for k, v in self.parameters.items()}
-        return {k: v for k, v in (("template", self.template), ("system", self.system), ("license", self.license),
-                                  ("parameters", params)) if v}
+        return {
+            k: v
+            for k, v in (
+                ("template", self.template),
+                ("system", self.system),
+                ("license", self.license),
+                ("parameters", params),
+            )
+            if v
+        }
 
     def to_json(self) -> dict:
-        return {"file": self.file, "ollama_name": self.ollama_name, "template": self.template,
-                "system": self.system, "license": self.license,
-                "parameters": {k: list(v) if isinstance(v, tuple) else v for k, v in self.parameters.items()}}
+        return {
+            "file": self.file,
+            "ollama_name": self.ollama_name,
+            "template": self.template,
+            "system": self.system,
+            "license": self.license,
+            "parameters": {k: list(v) if isinstance(v, tuple) else v for k, v in self.parameters.items()},
+        }
 
     @classmethod
     def from_json(cls, data) -> OllamaFields:
@@ -84,6 +100,11 @@ class OllamaFields:
         params = data.get("parameters", {})
         if not isinstance(params, dict):
             raise ValueError("parameters is not an object")
-        return cls(file=data["file"], ollama_name=data["ollama_name"], template=_text_or_none(data, "template"),
-                   system=_text_or_none(data, "system"), license=_text_or_none(data, "license"),
-                   parameters={k: _parameter(k, v) for k, v in params.items()})
+        return cls(
+            file=data["file"],
+            ollama_name=data["ollama_name"],
+            template=_text_or_none(data, "template"),
+            system=_text_or_none(data, "system"),
+            license=_text_or_none(data, "license"),
+            parameters={k: _parameter(k, v) for k, v in params.items()},
+        )

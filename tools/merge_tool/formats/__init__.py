@@ -38,8 +38,11 @@ class Format(Protocol):
 
     def write(self, plan: dict, folder: Path, progress: Callable[[int], None]) -> dict: ...
 
-FORMATS = {name: {"module": s.module, "summary": s.summary, "publish": s.publish.as_dict()}
-           for name, s in sets_of("merge-tool").items()}
+
+FORMATS = {
+    name: {"module": s.module, "summary": s.summary, "publish": s.publish.as_dict()}
+    for name, s in sets_of("merge-tool").items()
+}
 
 
 def get_format(name: str) -> Format:

@@ -27,8 +27,10 @@ def plan(job: dict) -> dict:
     if not callable(getattr(IntermediatesCache, "pin_memory", None)):  # pragma: no cover - another llm-compressor
         from upload_common.errors import Unsupported
 
-        raise Unsupported("awq: this llm-compressor has no IntermediatesCache.pin_memory; install the pinned "
-                          "version (constraints.txt)")
+        raise Unsupported(
+            "awq: this llm-compressor has no IntermediatesCache.pin_memory; install the pinned "
+            "version (constraints.txt)"
+        )
     return plan
 
 

@@ -10,8 +10,12 @@ from .gptq import llmcompressor_plan, preset_write
 NEEDS_BASE = False  # it reads the merged_16bit set (--model), not the adapter and base
 LIBRARIES = ("transformers", "llmcompressor", "compressed-tensors")
 MIN_TOP1 = 0.85  # activations are quantized too: a little below int8 weight-only (bf16 compute moves near-ties)
-PRESET = {"name": "FP8_DYNAMIC", "bits": 8, "weights": "fp8 e4m3, a scale per output channel",
-          "activations": "fp8 e4m3, a scale per token, computed at run time"}
+PRESET = {
+    "name": "FP8_DYNAMIC",
+    "bits": 8,
+    "weights": "fp8 e4m3, a scale per output channel",
+    "activations": "fp8 e4m3, a scale per token, computed at run time",
+}
 
 
 def plan(job: dict) -> dict:

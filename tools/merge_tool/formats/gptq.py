@@ -41,8 +41,9 @@ def _preset_recipe(plan: dict):
     return [QuantizationModifier(targets="Linear", scheme=plan["scheme"], ignore=["lm_head"])]
 
 
-def llmcompressor_plan(job: dict, fmt: str, method: str, *, min_top1: float, calibrate: bool = True,
-                      preset: dict | None = None) -> dict:
+def llmcompressor_plan(
+    job: dict, fmt: str, method: str, *, min_top1: float, calibrate: bool = True, preset: dict | None = None
+) -> dict:
     """Checks and decisions shared by the llm-compressor formats: libraries present, the scheme
     (W4A16 with the group size the layers allow, or a ``preset`` {name, bits, ...}), calibration
     text read."""
@@ -59,22 +60,36 @@ def llmcompressor_plan(job: dict, fmt: str, method: str, *, min_top1: float, cal
     plan["method"] = method
     if preset:
         plan["scheme"] = preset["name"]
-        plan["decisions"]["quantization"] = {"library": f"llmcompressor {version('llmcompressor')}",
-                                             "scheme": preset["name"],
-                                             **{k: v for k, v in preset.items() if k != "name"}}
+        plan["decisions"]["quantization"] = {
+            "library": f"llmcompressor {version('llmcompressor')}",
+            "scheme": preset["name"],
+            **{k: v for k, v in preset.items() if k != "name"},
+        }
         return plan
-    widths = {s["shape"][1] for name, s in plan["specs"].items()
-              if name.endswith(".weight") and len(s["shape"]) == 2 and "embed" not in name and name != "lm_head.weight"}
+    widths = {
+        s["shape"][1]
+        for name, s in plan["specs"].items()
+        if name.endswith(".weight") and len(s["shape"]) == 2 and "embed" not in name and name != "lm_head.weight"
+    }
     group = next((g for g in GROUP_SIZES if all(w % g == 0 for w in widths)), None)
     if group is None:
         from upload_common.errors import Unsupported
 
-        raise Unsupported(f"{fmt}: the model's layer widths ({', '.join(map(str, sorted(widths)))}) are not multiples "
-                          f"of {GROUP_SIZES[-1]}: use merged_4bit or gguf for this model")
-    plan["scheme"] = {"targets": ["Linear"], "weights": {"num_bits": 4, "type": "int", "symmetric": True,
-                                                         "strategy": "group", "group_size": group}}
-    plan["decisions"]["quantization"] = {"library": f"llmcompressor {version('llmcompressor')}", "scheme": "W4A16",
-                                         "bits": 4, "group_size": group, "symmetric": True}
+        raise Unsupported(
+            f"{fmt}: the model's layer widths ({', '.join(map(str, sorted(widths)))}) are not multiples "
+            f"of {GROUP_SIZES[-1]}: use merged_4bit or gguf for this model"
+        )
+    plan["scheme"] = {
+        "targets": ["Linear"],
+        "weights": {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group", "group_size": group},
+    }
+    plan["decisions"]["quantization"] = {
+        "library": f"llmcompressor {version('llmcompressor')}",
+        "scheme": "W4A16",
+        "bits": 4,
+        "group_size": group,
+        "symmetric": True,
+    }
     if calibrate:
         cal = quantized.calibration_plan(job)
         plan["calibration"] = cal
@@ -105,10 +120,19 @@ def oneshot(merged_dir, folder, plan: dict, recipe) -> dict:
     kwargs, summary_cal = {}, {}
     if "calibration" in plan:  # its source is in the decisions already
         samples = calibration.token_samples(tok, plan["calibration"]["texts"])
-        kwargs = {"dataset": Dataset.from_dict({"input_ids": samples}), "num_calibration_samples": len(samples),
-                  "max_seq_length": calibration.SEQ_LEN}
+        kwargs = {
+            "dataset": Dataset.from_dict({"input_ids": samples}),
+            "num_calibration_samples": len(samples),
+            "max_seq_length": calibration.SEQ_LEN,
+        }
         summary_cal = {"calibration_samples": len(samples), "calibration_tokens": sum(map(len, samples))}
     run_oneshot(model=model, recipe=recipe(plan), **kwargs)
     model.save_pretrained(folder, save_compressed=True)
-    return {"method": f"{plan['method']} (llm-compressor)", **plan["decisions"]["quantization"],
-            "format": "compressed-tensors", **summary_cal, "kept_at_16_bit": "lm_head", "quantized_on": on}
+    return {
+        "method": f"{plan['method']} (llm-compressor)",
+        **plan["decisions"]["quantization"],
+        "format": "compressed-tensors",
+        **summary_cal,
+        "kept_at_16_bit": "lm_head",
+        "quantized_on": on,
+    }

@@ -16,8 +16,12 @@ def plan(job: dict) -> dict:
     adapter = job["adapter"]
     read_header(adapter["weights"])  # truncated or corrupt files fail here, before anything is written
     converted = adapter.get("converted_from")
-    return {"job": job, "estimated_bytes": adapter["weights"].stat().st_size + (1 << 20), "warnings": [],
-            "decisions": {"weights": f"converted from {converted} (weights_only)" if converted else "copied"}}
+    return {
+        "job": job,
+        "estimated_bytes": adapter["weights"].stat().st_size + (1 << 20),
+        "warnings": [],
+        "decisions": {"weights": f"converted from {converted} (weights_only)" if converted else "copied"},
+    }
 
 
 def write(plan: dict, folder, progress) -> dict:

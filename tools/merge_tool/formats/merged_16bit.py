@@ -28,8 +28,14 @@ from ..device import pick_device
 
 NEEDS_BASE = True
 HEAD = "lm_head.weight"
-EMBEDDINGS = ("model.embed_tokens.weight", "transformer.wte.weight", "model.decoder.embed_tokens.weight",
-              "gpt_neox.embed_in.weight", "transformer.word_embeddings.weight", "model.embed_in.weight")
+EMBEDDINGS = (
+    "model.embed_tokens.weight",
+    "transformer.wte.weight",
+    "model.decoder.embed_tokens.weight",
+    "gpt_neox.embed_in.weight",
+    "transformer.word_embeddings.weight",
+    "model.embed_in.weight",
+)
 DTYPE_CODES = {"bf16": "BF16", "fp16": "F16", "fp32": "F32"}
 _FLOATS = {"BF16", "F16", "F32", "F64"}
 
@@ -70,10 +76,13 @@ def _check_lora_shapes(module: str, roles: dict, aspecs: dict, wshape: list, fan
         expect = {"A": [r, in_f], "B": [out_f, r], "magnitude": [out_f], "B_bias": [out_f]}
     for role, got in shape.items():
         if got != expect[role]:
-            raise InvalidInput(f"adapter tensor {roles[role]} has shape {got} but the base weight of {module} "
-                               f"has shape {wshape} (expected {expect[role]}): this adapter was trained for a "
-                               "different base; pass the right one with --base", tensor=roles[role],
-                               shapes=[got, wshape])
+            raise InvalidInput(
+                f"adapter tensor {roles[role]} has shape {got} but the base weight of {module} "
+                f"has shape {wshape} (expected {expect[role]}): this adapter was trained for a "
+                "different base; pass the right one with --base",
+                tensor=roles[role],
+                shapes=[got, wshape],
+            )
     return r
 
 
@@ -84,8 +93,11 @@ def _target(name: str, what: str, specs: dict, recipes: dict, embed: str | None,
         return HEAD
     found = _base_name(name, specs)
     if not found:
-        raise InvalidInput(f"adapter {what} targets {name}, which the base model does not have: this adapter "
-                           "was trained for a different base; pass the right one with --base", tensor=name)
+        raise InvalidInput(
+            f"adapter {what} targets {name}, which the base model does not have: this adapter "
+            "was trained for a different base; pass the right one with --base",
+            tensor=name,
+        )
     return found
 
 
@@ -117,25 +129,33 @@ def _apply_replacements(adapter: dict, specs: dict, recipes: dict, embed: str | 
         touched.add(tname)
         old, new = specs.get(recipes[tname]["src"], {}).get("shape"), adapter["specs"][key]["shape"]
         if old != new and tname not in (embed, HEAD):
-            raise InvalidInput(f"adapter tensor {key} has shape {new} but the base's {tname} has shape {old}: "
-                               "this adapter was trained for a different base; pass the right one with --base",
-                               tensor=key, shapes=[new, old])
+            raise InvalidInput(
+                f"adapter tensor {key} has shape {new} but the base's {tname} has shape {old}: "
+                "this adapter was trained for a different base; pass the right one with --base",
+                tensor=key,
+                shapes=[new, old],
+            )
     return touched
 
 
-def _model_config(base: dict, specs: dict, out_specs: dict, embed: str | None, untie: bool, out_dtype: str,
-                  warnings: list) -> dict:
+def _model_config(
+    base: dict, specs: dict, out_specs: dict, embed: str | None, untie: bool, out_dtype: str, warnings: list
+) -> dict:
     """The merged model's config.json: the base's, unquantized, with its dtype and vocabulary size."""
-    model_config = {k: v for k, v in base["config"].items()
-                    if k not in ("quantization_config", "_pre_quantization_dtype")}
+    model_config = {
+        k: v for k, v in base["config"].items() if k not in ("quantization_config", "_pre_quantization_dtype")
+    }
     if untie:
         model_config["tie_word_embeddings"] = False
     if embed:
         vocab = out_specs[embed]["shape"][0]
         head_rows = out_specs.get(HEAD, out_specs[embed])["shape"][0]
         if head_rows != vocab:
-            raise InvalidInput(f"the adapter resized the vocabulary to {vocab} in {embed} but the output layer has "
-                               f"{head_rows} rows: save lm_head too (modules_to_save) when resizing", vocab=vocab)
+            raise InvalidInput(
+                f"the adapter resized the vocabulary to {vocab} in {embed} but the output layer has "
+                f"{head_rows} rows: save lm_head too (modules_to_save) when resizing",
+                vocab=vocab,
+            )
         if vocab != specs[embed]["shape"][0]:
             model_config["vocab_size"] = vocab
             warnings.append(f"vocabulary resized during training: {specs[embed]['shape'][0]} -> {vocab}")
@@ -147,8 +167,10 @@ def _model_config(base: dict, specs: dict, out_specs: dict, embed: str | None, u
 
 def _notes(job: dict, base: dict, warnings: list) -> None:
     if base.get("quantized"):
-        warnings.append(f"merged into the DEQUANTIZED {base['quantized']} base {base['requested']}: quality is that "
-                        "of the quantized model; pass the 16-bit original with --base for a better merge")
+        warnings.append(
+            f"merged into the DEQUANTIZED {base['quantized']} base {base['requested']}: quality is that "
+            "of the quantized model; pass the 16-bit original with --base for a better merge"
+        )
     if job["params"].get("engine") == "unsloth":
         from ..unsloth_engine import check_available
 
@@ -165,13 +187,16 @@ def plan(job: dict) -> dict:
     recipes = {name: {"src": name} for name in specs}
     embed = next((n for n in EMBEDDINGS if n in specs), None)
     tied = embed is not None and (HEAD not in specs or base["config"].get("tie_word_embeddings") is True)
-    touched = _apply_lora(adapter, specs, recipes, embed, tied) | _apply_replacements(adapter, specs, recipes, embed,
-                                                                                      tied)
+    touched = _apply_lora(adapter, specs, recipes, embed, tied) | _apply_replacements(
+        adapter, specs, recipes, embed, tied
+    )
     untie = tied and bool(touched & {embed, HEAD})
     if untie:  # peft applies an embedding update to the input side only: keep the output side apart
         recipes.setdefault(HEAD, {"src": embed})
-        warnings.append("the base ties its input and output embeddings and the adapter changes one of them: "
-                        "the merged model stores both (tie_word_embeddings=false), as the adapter computed them")
+        warnings.append(
+            "the base ties its input and output embeddings and the adapter changes one of them: "
+            "the merged model stores both (tie_word_embeddings=false), as the adapter computed them"
+        )
     out_dtype, dtype_reason = _output_dtype(job["params"]["dtype"], base, specs)
     out_specs = {}
     for name, rec in recipes.items():
@@ -185,13 +210,24 @@ def plan(job: dict) -> dict:
     device, device_info = pick_device(job["params"]["device"], largest)
     shards = plan_shards(out_specs, job["params"]["max_shard_size"])
     return {
-        "job": job, "recipes": recipes, "specs": specs, "out_specs": out_specs, "shards": shards,
-        "model_config": model_config, "out_dtype": out_dtype, "device": device,
+        "job": job,
+        "recipes": recipes,
+        "specs": specs,
+        "out_specs": out_specs,
+        "shards": shards,
+        "model_config": model_config,
+        "out_dtype": out_dtype,
+        "device": device,
         "estimated_bytes": sum(nbytes(s) for s in out_specs.values()) + (4 << 20),
         "warnings": warnings,
-        "decisions": {"dtype": {"value": dtype_name, "why": dtype_reason}, "device": device_info,
-                      "lora_modules": len(adapter["modules"]), "replaced_tensors": len(adapter["replacements"]),
-                      "tied_embeddings": tied, "shards": len(shards)},
+        "decisions": {
+            "dtype": {"value": dtype_name, "why": dtype_reason},
+            "device": device_info,
+            "lora_modules": len(adapter["modules"]),
+            "replaced_tensors": len(adapter["replacements"]),
+            "tied_embeddings": tied,
+            "shards": len(shards),
+        },
     }
 
 
@@ -260,9 +296,11 @@ def _loaders(plan: dict, name: str, device):
         whole = fp32(bnb.dequantize(rec["src"], src))
         load_base = whole.__getitem__
     else:
+
         def load_base(sl):
             raw = load_tensor(src["file"], rec["src"], rows=None if sl == slice(None) else (sl.start, sl.stop))
             return raw if pure_copy else fp32(raw)
+
     whole_only = "bnb" in src or (fan and "magnitude" in rec.get("lora", {}))
     return rec, load_base, load, pure_copy, whole_only
 
@@ -278,16 +316,20 @@ def _nonfinite_reason(plan: dict, name: str, device) -> str:
     for rows in row_blocks(plan["out_specs"][name]["shape"], whole_only):
         sl = slice(*rows) if rows else slice(None)
         if "replace" not in rec and not bool(torch.isfinite(load_base(sl)).all()):
-            return (f"the base model's tensor {rec['src']} holds NaN or infinite values: the base is damaged; "
-                    "re-download it or pass another --base")
+            return (
+                f"the base model's tensor {rec['src']} holds NaN or infinite values: the base is damaged; "
+                "re-download it or pass another --base"
+            )
         w = merge_rows(rec, load_base, load, fan, rows)
         if not bool(torch.isfinite(w).all()):
             return "the adapter's update overflows even in fp32: the adapter is broken; use an earlier checkpoint"
         peak = max(peak, float(w.abs().max()))
     code = plan["out_specs"][name]["dtype"]
     limit = torch.finfo(getattr(torch, CODES[code])).max
-    return (f"merged values reach {peak:.4g}, beyond the {CODES[code]} range (±{limit:.4g}): merge with --dtype bf16 "
-            "(or fp32)")
+    return (
+        f"merged values reach {peak:.4g}, beyond the {CODES[code]} range (±{limit:.4g}): merge with --dtype bf16 "
+        "(or fp32)"
+    )
 
 
 def write(plan: dict, folder, progress) -> dict:
@@ -306,8 +348,11 @@ def write(plan: dict, folder, progress) -> dict:
         rec, load_base, load, pure_copy, whole_only = _loaders(plan, name, device)
         want = getattr(torch, CODES[out_specs[name]["dtype"]])
         for rows in row_blocks(out_specs[name]["shape"], whole_only):
-            w = load_base(slice(*rows) if rows else slice(None)) if pure_copy else \
-                merge_rows(rec, load_base, load, fan, rows)
+            w = (
+                load_base(slice(*rows) if rows else slice(None))
+                if pure_copy
+                else merge_rows(rec, load_base, load, fan, rows)
+            )
             yield (w.to(dtype=want) if w.is_floating_point() else w).cpu()
 
     hashes = {}
@@ -317,8 +362,12 @@ def write(plan: dict, folder, progress) -> dict:
             hashes[fname] = write_stream(folder / fname, names, out_specs, produce, on_bytes=progress)
         except NonFiniteTensor as exc:  # every output block is checked as it streams: say why this one failed
             name, bad = exc.fields["tensor"], exc.fields["nonfinite"]
-            raise InvalidInput(f"the merged model's tensor {name} would hold {bad} NaN/infinite value(s): "
-                               f"{_nonfinite_reason(plan, name, device)}", tensor=name, nonfinite=bad) from None
+            raise InvalidInput(
+                f"the merged model's tensor {name} would hold {bad} NaN/infinite value(s): "
+                f"{_nonfinite_reason(plan, name, device)}",
+                tensor=name,
+                nonfinite=bad,
+            ) from None
     write_index(folder, shards, out_specs)
     (folder / "config.json").write_text(json.dumps(plan["model_config"], indent=2) + "\n")
     return hashes

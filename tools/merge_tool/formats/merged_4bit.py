@@ -49,8 +49,10 @@ def check_bitsandbytes(on: str, fmt: str, probe: str) -> str:
         from upload_common.errors import Unsupported
 
         where = "on this GPU" if cuda else "on the CPU"
-        raise Unsupported(f"{fmt} needs a CUDA GPU here: bitsandbytes {bnb.__version__} cannot quantize {where} "
-                          f"({type(exc).__name__}); run on a machine with a GPU (upload-driver --gpus all)") from None
+        raise Unsupported(
+            f"{fmt} needs a CUDA GPU here: bitsandbytes {bnb.__version__} cannot quantize {where} "
+            f"({type(exc).__name__}); run on a machine with a GPU (upload-driver --gpus all)"
+        ) from None
     return bnb.__version__
 
 
@@ -64,10 +66,19 @@ def quantize_with(merged_dir, folder, plan: dict, settings: dict, method: str) -
     on = quantized.device(plan)
     compute = CODES[plan["dtype"]]
     extra = {"bnb_4bit_compute_dtype": getattr(torch, compute)} if settings.get("load_in_4bit") else {}
-    model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=getattr(torch, compute), trust_remote_code=False,
-                                                 quantization_config=BitsAndBytesConfig(**settings, **extra),
-                                                 device_map=on)
+    model = AutoModelForCausalLM.from_pretrained(
+        merged_dir,
+        dtype=getattr(torch, compute),
+        trust_remote_code=False,
+        quantization_config=BitsAndBytesConfig(**settings, **extra),
+        device_map=on,
+    )
     model.save_pretrained(folder)
-    return {"method": method, "library": plan["decisions"]["quantization"]["library"],
-            **{k: v for k, v in settings.items() if not k.startswith("load_in")},
-            **({"compute_dtype": compute} if extra else {}), "kept_at_16_bit": "lm_head", "quantized_on": on}
+    return {
+        "method": method,
+        "library": plan["decisions"]["quantization"]["library"],
+        **{k: v for k, v in settings.items() if not k.startswith("load_in")},
+        **({"compute_dtype": compute} if extra else {}),
+        "kept_at_16_bit": "lm_head",
+        "quantized_on": on,
+    }

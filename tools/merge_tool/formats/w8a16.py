@@ -11,8 +11,12 @@ from .gptq import llmcompressor_plan, preset_write
 NEEDS_BASE = False  # it reads the merged_16bit set (--model), not the adapter and base
 LIBRARIES = ("transformers", "llmcompressor", "compressed-tensors")
 MIN_TOP1 = 0.90  # int8 weights with 16-bit activations stay close to the 16-bit model
-PRESET = {"name": "W8A16", "bits": 8, "weights": "int8, symmetric, a scale per group of 128 input columns",
-          "activations": "16 bit"}
+PRESET = {
+    "name": "W8A16",
+    "bits": 8,
+    "weights": "int8, symmetric, a scale per group of 128 input columns",
+    "activations": "16 bit",
+}
 
 
 def plan(job: dict) -> dict:
