@@ -24,7 +24,8 @@ client's ``hf_raise_for_status`` expects them. Only model repos exist; dataset/s
 Repos live in memory; LFS objects are stored on disk under ``storage_dir/lfs`` (content-addressed by sha256). A new
 repo has no commit (its ``main`` branch is empty) so that ``commits()`` lists only what clients committed.
 
-The routes live in hub_read.py and hub_write.py, the repo data and small helpers in hub_store.py.
+The routes live in hub_read.py and hub_write.py, their dispatch in hub_routes.py, the request handler in
+hub_handler.py, the repo data and small helpers in hub_store.py.
 
 Faults (``add_fault``) are matched before normal handling, against the method and, with ``re.search``, the
 percent-decoded request path without its query string.
@@ -40,13 +41,13 @@ from __future__ import annotations
 import copy
 import os
 import re
-import time
 from pathlib import Path
-from urllib.parse import parse_qs, unquote
 
-from .http import CHUNK, LocalServer, RequestHandler
+from .http import LocalServer
+from .hub_handler import _Handler
 from .hub_read import ReadRoutes
-from .hub_store import _J, _WRITE_ROLES, _HttpError, _json, _Repo, git_blob_sha1
+from .hub_routes import DispatchRoutes
+from .hub_store import _WRITE_ROLES, _HttpError, _Repo, git_blob_sha1
 from .hub_write import WriteRoutes
 
 __all__ = ["HubServer", "client_env", "git_blob_sha1", "LFS_EXTENSIONS"]
@@ -102,7 +103,7 @@ def client_env(url: str, token: str | None = None) -> dict[str, str]:
     return env
 
 
-class HubServer(ReadRoutes, WriteRoutes, LocalServer):
+class HubServer(DispatchRoutes, ReadRoutes, WriteRoutes, LocalServer):
     """In-memory Hub on 127.0.0.1; see the module docstring for the surface it serves."""
 
     thread_name = "hub-server"
@@ -299,168 +300,3 @@ class HubServer(ReadRoutes, WriteRoutes, LocalServer):
         with self._lock:
             self._stats["requests"].append(entry)
             self._stats["bytes_received"] += entry["bytes"]
-
-    # ------------------------------------------------------------------ routes
-    def route(self, h: _Handler, method: str, segs: list[str], query: dict[str, list[str]]) -> None:
-        dec = [unquote(s) for s in segs]
-        if method == "PUT" and len(segs) == 4 and segs[0] == "lfs-upload":
-            return h.send(self._lfs_put(h, f"{dec[1]}/{dec[2]}", dec[3]))
-        body = h.read_body()
-        with self._lock:  # the state is read and changed under the lock; the answer is sent after it
-            response = self._route_locked(h, method, dec, segs, query, body)
-        h.send(response)
-
-    def _route_locked(self, h, method, dec, segs, query, body) -> tuple:
-        info = self._auth(h)
-        if dec[:1] == ["api"]:
-            return self._api(h, method, dec[1:], segs[1:], query, body, info)
-        if len(dec) >= 2 and dec[0] in ("datasets", "spaces", "buckets", "kernels"):
-            raise _HttpError(400, "Only model repositories are supported by this test Hub")
-        if len(dec) == 6 and dec[1].endswith(".git") and dec[2:] == ["info", "lfs", "objects", "batch"]:
-            if method != "POST":
-                raise _HttpError(405, "Method not allowed")
-            return self._lfs_batch(h, f"{dec[0]}/{dec[1][:-4]}", body, info)
-        if len(segs) >= 5 and dec[2] == "resolve" and method in ("GET", "HEAD"):
-            repo = self._get_repo(f"{dec[0]}/{dec[1]}", info)
-            return self._resolve(h, method, repo, dec[3], unquote("/".join(segs[4:])))
-        raise _HttpError(404, f"Not found: {h.path}")
-
-    def _api(self, h, method, dec, raw, query, body, info) -> tuple:
-        account = self._api_account(h, method, dec, body, info)
-        if account is not None:
-            return account
-        if dec[:1] in (["datasets"], ["spaces"], ["kernels"]):
-            raise _HttpError(400, "Only model repositories are supported by this test Hub")
-        if dec[:1] != ["models"] or len(dec) < 3:
-            raise _HttpError(404, f"Not found: {h.path}")
-        return self._api_model(h, method, f"{dec[1]}/{dec[2]}", dec[3:], raw[3:], query, body, info)
-
-    def _api_account(self, h, method, dec, body, info) -> tuple | None:
-        """The routes about the caller and their repos (whoami, YAML check, create, delete); None for others."""
-        if (method, dec) == ("GET", ["whoami-v2"]):
-            if info is None:
-                raise _HttpError(401, "Invalid credentials in Authorization header")
-            return _J(200, self._whoami(info))
-        if (method, dec) == ("GET", ["agent-harnesses"]):
-            return _J(200, {"standardEnvVars": [], "harnesses": {}})
-        if (method, dec) == ("POST", ["validate-yaml"]):
-            return _J(200, self._validate_yaml(body))
-        if (method, dec) == ("POST", ["repos", "create"]):
-            return self._create_repo(h, _json(body), info)
-        if (method, dec) == ("DELETE", ["repos", "delete"]):
-            return self._delete_repo(h, _json(body), info)
-        return None
-
-    def _api_model(self, h, method, repo_id, rest, raw_rest, query, body, info) -> tuple:
-        """The routes under /api/models/{repo}."""
-        if not rest and method == "GET":
-            return self._model_info(h, self._get_repo(repo_id, info), "main", query)
-        if rest == ["refs"] and method == "GET":
-            return self._refs(h, self._get_repo(repo_id, info), query)
-        if len(rest) >= 2 and rest[0] == "tree" and method == "GET":
-            path = unquote("/".join(raw_rest[2:])).strip("/")
-            return self._tree(h, self._get_repo(repo_id, info), rest[1], path, query)
-        if rest and rest[0].startswith("xet-"):
-            raise _HttpError(501, "This test Hub does not serve Xet storage: set HF_HUB_DISABLE_XET=1 in the client")
-        if len(rest) == 2:
-            return self._api_model_revision(h, method, repo_id, rest[0], rest[1], query, body, info)
-        raise _HttpError(404, f"Not found: {h.path}")
-
-    def _api_model_revision(self, h, method, repo_id, what, revision, query, body, info) -> tuple:
-        """The routes under /api/models/{repo}/{what}/{revision}."""
-        if (method, what) == ("GET", "revision"):
-            return self._model_info(h, self._get_repo(repo_id, info), revision, query)
-        if (method, what) == ("POST", "preupload"):
-            return self._preupload(h, self._writable_repo(repo_id, info), revision, _json(body))
-        if (method, what) == ("POST", "commit"):
-            with self._lock:
-                self._stats["commit_bytes"] += len(body)
-            return self._commit(h, self._writable_repo(repo_id, info), revision, body, query, info)
-        if (method, what) == ("POST", "paths-info"):
-            return self._paths_info(h, self._get_repo(repo_id, info), revision, body, h.headers)
-        if (method, what) == ("GET", "commits"):
-            return self._list_commits(h, self._get_repo(repo_id, info), revision)
-        raise _HttpError(404, f"Not found: {h.path}")
-
-
-class _Handler(RequestHandler):
-    server_version = "TestHub/1.0"
-    label = "hub"
-
-    def route(self) -> None:
-        segs = [s for s in self.url_parts.path.split("/") if s != ""]
-        self.owner.route(self, self.command, segs, parse_qs(self.url_parts.query, keep_blank_values=True))
-
-    def apply_fault(self, fault: dict) -> bool:
-        if fault["action"] == "delay":
-            time.sleep(fault["delay"])
-            return False
-        if fault["action"] == "drop":
-            n = fault["drop_after"]
-            if n is None:
-                length = self.content_length()
-                n = min((length if length is not None else 2 * 65536) // 2, 256 * 1024)
-            self.drop(after=n)
-        self.read_body()
-        body = fault["body"]
-        if body is None:
-            body = {"error": f"Injected fault: HTTP {fault['status']}"}
-        if isinstance(body, (dict, list)):
-            self.send_json(fault["status"], body, headers=fault["headers"])
-        else:
-            data = body.encode() if isinstance(body, str) else bytes(body)
-            self.send_bytes(fault["status"], data, {"Content-Type": "text/plain", **fault["headers"]})
-        return True
-
-    def answer_error(self, e: _HttpError) -> None:
-        headers = dict(e.headers)
-        if e.code:
-            headers["X-Error-Code"] = e.code
-        headers["X-Error-Message"] = e.message
-        self.send_json(e.status, {"error": e.message, **e.extra}, headers=headers)
-
-    def record(self, status: int | None) -> None:
-        self.owner._record(
-            {
-                "method": self.command,
-                "path": self.req_path,
-                "query": self.url_parts.query,
-                "headers": {k: v for k, v in self.headers.items()},
-                "status": status,
-                "bytes": self._body_bytes,
-                "time": time.monotonic(),
-            }
-        )
-
-    # --------------------------------------------------------------- responses
-    def send(self, response: tuple) -> None:
-        kind, rest = response[0], response[1:]
-        if kind == "json":
-            status, obj, headers, content_type = rest
-            self.send_json(status, obj, headers, content_type)
-        elif kind == "bytes":
-            self.send_bytes(*rest)
-        else:
-            self.send_content(*rest, head_only=self.command == "HEAD")
-
-    def send_content(self, status: int, headers: dict, source, start: int, length: int, head_only: bool) -> None:
-        self.begin_response(status)
-        for k, v in headers.items():
-            self.send_header(k, v)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(length))
-        self.end_headers()
-        if head_only or length == 0:
-            return
-        if isinstance(source, bytes):
-            self.wfile.write(source[start : start + length])
-            return
-        with open(source, "rb") as f:
-            f.seek(start)
-            left = length
-            while left > 0:
-                chunk = f.read(min(CHUNK, left))
-                if not chunk:
-                    break
-                self.wfile.write(chunk)
-                left -= len(chunk)
