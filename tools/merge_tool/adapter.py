@@ -13,6 +13,8 @@ from upload_common.contract import read_json_object
 from upload_common.errors import InvalidInput, Unsupported
 from upload_common.st_io import check_finite, file_specs
 
+from .job import Adapter
+
 PREFIX = "base_model.model."
 _LORA_PARTS = {  # key suffix -> role
     "lora_A.weight": "A",
@@ -155,7 +157,7 @@ def group_tensors(specs: dict[str, dict]) -> tuple[dict[str, dict], dict[str, st
     return modules, replacements
 
 
-def read_adapter(adapter_dir: Path) -> dict:
+def read_adapter(adapter_dir: Path) -> Adapter:
     """Config, weights file, tensor specs and their grouping; the weights must be safetensors."""
     config = read_config(adapter_dir)
     wfile = weights_file(adapter_dir)
@@ -170,11 +172,4 @@ def read_adapter(adapter_dir: Path) -> dict:
         "the training diverged or the file is damaged: use an earlier checkpoint "
         "(--checkpoint N) or retrain with a lower learning rate",
     )
-    return {
-        "dir": Path(adapter_dir),
-        "config": config,
-        "weights": wfile,
-        "specs": specs,
-        "modules": modules,
-        "replacements": replacements,
-    }
+    return Adapter(Path(adapter_dir), config, wfile, specs, modules, replacements)

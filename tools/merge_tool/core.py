@@ -7,6 +7,7 @@ without the reference, with a warning, or refused before any work when the model
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -24,7 +25,8 @@ from upload_common.trainer_output import inspect_trainer_output
 
 from .adapter import pickle_to_safetensors, read_adapter
 from .base import TOOL, resolve_base
-from .formats import get_format
+from .formats import Format, get_format
+from .job import Adapter, Base, Job, Plan
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -39,24 +41,24 @@ TOKENIZER_FILES = (
 )
 
 
-def copy_tokenizer(found: dict, base: dict | None, folder: Path, warnings: list) -> dict:
+def copy_tokenizer(found: dict, base: Base | None, folder: Path, warnings: list) -> dict:
     """The trainer's tokenizer (else the base's), always with a sentencepiece model when the base has
     one: without it llama.cpp falls back to tokenizer.json and tokenizes differently."""
     tok = found["tokenizer"]
     src = Path(tok["dir"]) if tok.get("dir") else None
     if src is None and base:
-        src = base["path"]
+        src = base.path
         warnings.append("no tokenizer in the trainer output: using the base model's")
     copied = {}
     for name in TOKENIZER_FILES:
         if src and (src / name).is_file():
             _copy_without_code(src / name, folder / name, warnings)
             copied[name] = str(src)
-    if base and "tokenizer.model" not in copied and (base["path"] / "tokenizer.model").is_file():
-        shutil.copyfile(base["path"] / "tokenizer.model", folder / "tokenizer.model")
-        copied["tokenizer.model"] = str(base["path"])
+    if base and "tokenizer.model" not in copied and (base.path / "tokenizer.model").is_file():
+        shutil.copyfile(base.path / "tokenizer.model", folder / "tokenizer.model")
+        copied["tokenizer.model"] = str(base.path)
     if base:
-        gen = base["path"] / "generation_config.json"
+        gen = base.path / "generation_config.json"
         if gen.is_file():
             _copy_without_code(gen, folder / "generation_config.json", warnings)
     return copied
@@ -85,7 +87,7 @@ def _copy_without_code(src: Path, dst: Path, warnings: list) -> None:
         warnings.append(warning)
 
 
-def check_no_code(found: dict, base: dict | None = None) -> None:
+def check_no_code(found: dict, base: Base | None = None) -> None:
     """Refuse now, before any slow step, what copy_tokenizer would refuse later (a tokenizer or
     generation config that needs the code it refers to): the trainer's tokenizer, or with ``base``
     the base's files copied into the output."""
@@ -94,7 +96,7 @@ def check_no_code(found: dict, base: dict | None = None) -> None:
         if tok_dir:
             check_sanitizable(tok_dir, ["tokenizer_config.json"], TOOL)
         return
-    check_sanitizable(base["path"], ["generation_config.json"] + ([] if tok_dir else ["tokenizer_config.json"]), TOOL)
+    check_sanitizable(base.path, ["generation_config.json"] + ([] if tok_dir else ["tokenizer_config.json"]), TOOL)
 
 
 def _drop_code(folder: Path, warnings: list) -> None:
@@ -155,41 +157,33 @@ def run(
             adapter = _read_pickled(adapter_dir, Path(tmp), allow_pickle)
         else:
             adapter = read_adapter(adapter_dir)
-        resolved = resolve_base(base, adapter["config"], log=log) if fmt.NEEDS_BASE else None
+        resolved = Base.from_resolved(resolve_base(base, adapter.config, log=log)) if fmt.NEEDS_BASE else None
         if resolved:
             check_no_code(found, resolved)
-        job = {"adapter": adapter, "base": resolved, "params": params, "found": found}
-        plan = fmt.plan(job)
-        inputs = {"adapter": describe_input(adapter["weights"], folder=str(adapter_dir))}
+        plan = fmt.plan(Job(params=params, found=found, adapter=adapter, base=resolved))
+        inputs = {"adapter": describe_input(adapter.weights, folder=str(adapter_dir))}
         if resolved:
-            inputs["base"] = describe_input(
-                resolved["path"], repo_id=resolved.get("repo_id"), revision=resolved.get("revision")
-            )
+            inputs["base"] = describe_input(resolved.path, repo_id=resolved.repo_id, revision=resolved.revision)
         if calibration and getattr(fmt, "CALIBRATION", False):
             inputs["calibration"] = describe_input(Path(calibration))
         with Step(
             TOOL, out, inputs=inputs, params=params, overwrite=overwrite, libraries=libraries(fmt), log=log, began=t0
         ) as s:
             manifest = s.manifest
-            manifest["decisions"] = {"adapter": found["adapter"] | {"config": None}, **plan["decisions"]}
+            manifest["decisions"] = {"adapter": found["adapter"] | {"config": None}, **plan.decisions}
             if resolved:
-                manifest["decisions"]["base"] = {
-                    k: (str(v) if isinstance(v, Path) else v)
-                    for k, v in resolved.items()
-                    if k not in ("config", "warnings")
-                }
-                card = front_matter(resolved["path"], BASE_KEYS)
-                if "license" not in card and isinstance(resolved["config"].get("license"), str):
-                    card["license"] = resolved["config"]["license"]  # some configs name it where the card does not
+                manifest["decisions"]["base"] = resolved.decision()
+                card = front_matter(resolved.path, BASE_KEYS)
+                if "license" not in card and isinstance(resolved.config.get("license"), str):
+                    card["license"] = resolved.config["license"]  # some configs name it where the card does not
                 manifest["decisions"]["base"]["card"] = card
-            s.reserve(plan["estimated_bytes"])
-            manifest["warnings"] = plan["warnings"]
-            manifest["warnings"][:0] = (resolved or {}).get("warnings", [])
+            s.reserve(plan.estimated_bytes)
+            manifest["warnings"] = [*(resolved.warnings if resolved else ()), *plan.warnings]
             manifest["training"] = {
                 "trainer": found["trainer"],
                 "summary": found["training"],
                 "card": front_matter(adapter_dir, TRAINER_KEYS) or front_matter(found["root"], TRAINER_KEYS),
-                "adapter": _adapter_summary(adapter["config"]),
+                "adapter": _adapter_summary(adapter.config),
             }
             write_format(
                 fmt, method, plan, s, lambda folder, warnings: copy_tokenizer(found, resolved, folder, warnings)
@@ -197,22 +191,24 @@ def run(
     return s.manifest
 
 
-def libraries(fmt) -> tuple[str, ...]:
+def libraries(fmt: Format) -> tuple[str, ...]:
     return ("torch", "safetensors", "huggingface_hub", "bitsandbytes", *getattr(fmt, "LIBRARIES", ()))
 
 
-def write_format(fmt, method: str, plan: dict, s: Step, tokenizer) -> None:
+def write_format(fmt: Format, method: str, plan: Plan, s: Step, tokenizer) -> None:
     """The format's files written into the step's folder, then ``tokenizer(folder, warnings)`` (the
     tokenizer files copied in, returning what came from where), no code left, and what a quantized
     format measured while writing recorded."""
     with s.timed("write"):
-        with byte_progress(f"{method} -> {s.out.name}", plan["estimated_bytes"]) as advance:
-            s.outputs(fmt.write(plan, s.folder, advance) or {})
+        with byte_progress(f"{method} -> {s.out.name}", plan.estimated_bytes) as advance:
+            written = fmt.write(plan, s.folder, advance)
+            s.outputs(written.hashes)
         s.manifest["decisions"]["tokenizer"] = tokenizer(s.folder, s.warnings)
         _drop_code(s.folder, s.warnings)
-    for key in ("quantization", "validation"):
-        if key in plan.get("report", {}):
-            s.manifest[key] = plan["report"][key]
+    if written.quantization is not None:
+        s.manifest["quantization"] = written.quantization
+    if written.validation is not None:
+        s.manifest["validation"] = written.validation
 
 
 def _adapter_summary(config: dict) -> dict:
@@ -231,7 +227,7 @@ def _adapter_summary(config: dict) -> dict:
     return {k: config.get(k) for k in keys if config.get(k) not in (None, [], {})}
 
 
-def _read_pickled(adapter_dir: Path, tmp: Path, allow_pickle: bool) -> dict:
+def _read_pickled(adapter_dir: Path, tmp: Path, allow_pickle: bool) -> Adapter:
     if not allow_pickle:
         raise InvalidInput(
             f"{adapter_dir} holds only a pickle adapter (adapter_model.bin): pass --allow-pickle to "
@@ -240,6 +236,4 @@ def _read_pickled(adapter_dir: Path, tmp: Path, allow_pickle: bool) -> dict:
         )
     shutil.copyfile(adapter_dir / "adapter_config.json", tmp / "adapter_config.json")
     pickle_to_safetensors(adapter_dir / "adapter_model.bin", tmp / "adapter_model.safetensors")
-    adapter = read_adapter(tmp)
-    adapter["converted_from"] = str(adapter_dir / "adapter_model.bin")
-    return adapter
+    return dataclasses.replace(read_adapter(tmp), converted_from=str(adapter_dir / "adapter_model.bin"))

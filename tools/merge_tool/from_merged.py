@@ -24,6 +24,7 @@ from upload_common.trainer_output import chat_template
 from .base import TOOL
 from .core import copy_model_files, libraries, write_format
 from .formats import get_format
+from .job import Job, Model
 
 CARRIED = ("adapter", "base")  # the merged set's decisions a format made from it repeats
 
@@ -45,12 +46,7 @@ def run(
     refuse_code(model_dir, TOOL)
     params = {"method": method, "device": device, "calibration": str(calibration) if calibration else None}
     tokenizer = {"dir": str(model_dir), "chat_template": chat_template(model_dir)}
-    job = {
-        "model": {"path": model_dir, "specs": model_specs(model_dir)},
-        "params": params,
-        "found": {"tokenizer": tokenizer},
-    }
-    plan = fmt.plan(job)
+    plan = fmt.plan(Job(params=params, found={"tokenizer": tokenizer}, model=Model(model_dir, model_specs(model_dir))))
     inputs = {"model": describe_input(model_dir)}
     if calibration and spec.calibration:
         inputs["calibration"] = describe_input(Path(calibration))
@@ -59,9 +55,9 @@ def run(
     with Step(
         TOOL, out, inputs=inputs, params=params, overwrite=overwrite, libraries=libraries(fmt), log=log, began=t0
     ) as s:
-        s.manifest["decisions"] = {**{k: decisions[k] for k in CARRIED if k in decisions}, **plan["decisions"]}
-        s.reserve(plan["estimated_bytes"])
-        s.manifest["warnings"] = plan["warnings"]
+        s.manifest["decisions"] = {**{k: decisions[k] for k in CARRIED if k in decisions}, **plan.decisions}
+        s.reserve(plan.estimated_bytes)
+        s.manifest["warnings"] = list(plan.warnings)
         if source.get("training"):
             s.manifest["training"] = source["training"]
         write_format(fmt, method, plan, s, lambda folder, warnings: copy_model_files(model_dir, folder, warnings))

@@ -4,13 +4,16 @@ users load it and compared with the 16-bit model on the validation text (top-1 a
 result below the format's bar fails the step; the figures go into the manifest (``validation``)
 beside the format's own summary (``quantization``).
 
-A format module using it defines ``quantize(model_dir, folder, plan) -> summary`` and passes it to
-:func:`write`. Everything runs on ``plan["device"]`` (``--device``, and the GPU's free memory)."""
+A format module using it plans with :func:`plan` (a ``Plan`` whose ``data`` is a :class:`Quantize`),
+defines ``quantize(model_dir, folder, plan) -> summary`` and passes it to :func:`write`. Everything
+runs on ``plan.data.device`` (``--device``, and the GPU's free memory)."""
 
 from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from upload_common.errors import InvalidInput, Unsupported
@@ -19,6 +22,7 @@ from upload_common.st_io import nbytes
 
 from . import calibration
 from .device import pick_device
+from .job import Job, Plan, Written
 
 VALIDATE_TOKENS = 128
 FLOATS = ("BF16", "F16", "F32")
@@ -45,44 +49,53 @@ def require(module: str, extra: str, what: str):
         ) from None
 
 
-def device(plan: dict) -> str:
+@dataclass(frozen=True)
+class Quantize:
+    """A quantized format's own plan data: the merged model, where it is quantized, the bar its
+    validation must clear; an llm-compressor format adds its ``method`` name, ``scheme`` and
+    ``calibration`` (:func:`calibration_plan`)."""
+
+    model_dir: Path
+    specs: dict
+    dtype: str  # the model's float type (BF16, F16 or F32), the compute type of bitsandbytes
+    device: str
+    min_top1: float
+    method: str | None = None
+    scheme: dict | str | None = None  # a W4A16 scheme, or the name of an llm-compressor preset
+    calibration: dict | None = None
+
+
+def device(plan: Plan[Quantize]) -> str:
     """Where the format works: ``--device``, or the GPU when it has room."""
-    return plan["device"]
+    return plan.data.device
 
 
-def plan(job: dict, *, min_top1: float, bits: float) -> dict:
-    """What quantizing the model of ``job["model"]`` needs: where it runs, its 16-bit dtype, room for
+def plan(job: Job, *, min_top1: float, bits: float) -> Plan[Quantize]:
+    """What quantizing the model of ``job.model`` needs: where it runs, its 16-bit dtype, room for
     the quantized files."""
-    specs = job["model"]["specs"]
+    specs = job.model.specs
     floats = Counter(s["dtype"] for s in specs.values() if s["dtype"] in FLOATS)
     if not floats:
         raise InvalidInput(
-            f"{job['model']['path']} holds no 16- or 32-bit float weights: pass a merged 16-bit "
+            f"{job.model.path} holds no 16- or 32-bit float weights: pass a merged 16-bit "
             "model (merge-tool --method merged_16bit)",
-            path=str(job["model"]["path"]),
+            path=str(job.model.path),
         )
     largest = max(nbytes({"dtype": "F32", "shape": s["shape"]}) for s in specs.values())
-    on, device_info = pick_device(job["params"]["device"], largest)
+    on, device_info = pick_device(job.params["device"], largest)
     sixteen = sum(nbytes({"dtype": "BF16", "shape": s["shape"]}) for s in specs.values())
-    return {
-        "job": job,
-        "model_dir": Path(job["model"]["path"]),
-        "specs": specs,
-        "dtype": floats.most_common(1)[0][0],
-        "device": on,
-        "min_top1": min_top1,
-        "estimated_bytes": int(sixteen * bits / 16) + (4 << 20),
-        "warnings": [],
-        "decisions": {"device": device_info},
-    }
+    own = Quantize(Path(job.model.path), specs, floats.most_common(1)[0][0], on, min_top1)
+    return Plan(job, int(sixteen * bits / 16) + (4 << 20), own, decisions={"device": device_info})
 
 
-def calibration_plan(job: dict) -> dict:
-    """The calibration texts, read (and checked) at plan time."""
-    source = job["params"].get("calibration")
-    found = calibration.texts(source, _chat_renderer(job["found"].get("tokenizer") or {}))
+def calibration_plan(job: Job | Mapping) -> dict:
+    """The calibration ``texts``, read (and checked) at plan time, their ``source`` as the manifest
+    names it and the ``warning`` the built-in text gets. ``job`` may also be a mapping with the
+    job's ``params`` and ``found``."""
+    params, found = (job.params, job.found) if isinstance(job, Job) else (job["params"], job["found"])
+    source = params.get("calibration")
     return {
-        "texts": found,
+        "texts": calibration.texts(source, _chat_renderer(found.get("tokenizer") or {})),
         "source": calibration.describe(source),
         "warning": None
         if source
@@ -115,28 +128,29 @@ def _chat_renderer(tokenizer: dict):
     return render
 
 
-def write(plan: dict, folder: Path, progress, quantize) -> dict:
-    """Quantize the model into ``folder``, then validate it against the model it came from."""
-    summary = quantize(plan["model_dir"], folder, plan)
+def write(plan: Plan[Quantize], folder: Path, progress, quantize) -> Written:
+    """Quantize the model into ``folder``, then validate it against the model it came from; the
+    summary and the figures are the manifest's ``quantization`` and ``validation``."""
+    own = plan.data
+    summary = quantize(own.model_dir, folder, plan)
     progress(sum(p.stat().st_size for p in folder.iterdir() if p.is_file()))
-    figures = validate(plan["model_dir"], folder, device(plan))
+    figures = validate(own.model_dir, folder, own.device)
     for p in folder.rglob("*"):  # some savers create their files private (0600)
         if p.is_file():
             os.chmod(p, 0o644)
-    plan["report"] = {"quantization": summary, "validation": figures}
-    if figures["top1_agreement"] < plan["min_top1"]:
+    if figures["top1_agreement"] < own.min_top1:
         hint = (
             "try more, or more typical, --calibration text"
-            if "calibration" in plan
+            if own.calibration is not None
             else "this model loses too much in this format: try a wider one (merged_8bit, or gguf with Q8_0)"
         )
         raise InvalidInput(
             f"validation failed: the quantized model agrees with the 16-bit merge on "
-            f"{figures['top1_agreement']:.3f} of next tokens (needs {plan['min_top1']}; mean KL "
+            f"{figures['top1_agreement']:.3f} of next tokens (needs {own.min_top1}; mean KL "
             f"{figures['mean_kl']:.4f}): {hint}",
             validation=figures,
         )
-    return {}
+    return Written(quantization=summary, validation=figures)
 
 
 def validate(reference_dir: Path, folder: Path, on: str) -> dict:

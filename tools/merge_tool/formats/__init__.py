@@ -2,13 +2,17 @@
 one = one module in this package plus one row there (docs/adding-a-format.md). Modules are
 imported only when their format is used.
 
-A format module defines:
+A format module defines (the types are the frozen records of ``merge_tool.job``):
 - ``NEEDS_BASE``: whether the base model must be resolved first (equal to its row's ``needs_base``);
-- ``plan(job) -> dict``: every check that can fail, before anything is written; returns at least
-  ``estimated_bytes``, ``decisions`` and ``warnings``;
-- ``write(plan, folder, progress) -> dict``: writes the model files into ``folder`` and returns
-  ``{relative path: sha256}`` for what it hashed while writing; it may leave ``plan["report"]``
-  with ``quantization`` and ``validation`` entries for the manifest (``merge_tool.quantized`` does);
+  the ``Job`` then has the ``base`` beside the ``adapter`` (a format made from the merge gets the
+  merged ``model`` instead);
+- ``plan(job: Job) -> Plan``: every check that can fail, before anything is written; the ``Plan``
+  holds ``estimated_bytes``, ``decisions`` and ``warnings`` for the manifest and, in ``data``, what
+  ``write`` needs (the format's own frozen record);
+- ``write(plan: Plan, folder, progress) -> Written``: writes the model files into ``folder``, calls
+  ``progress(nbytes)``, and returns the sha256 of what it hashed while writing (``hashes``, by
+  relative path) and, for a quantized format, the ``quantization`` and ``validation`` reports the
+  manifest records (``merge_tool.quantized`` makes them);
 - optionally ``CALIBRATION = True`` (equal to its row's ``calibration``: the driver then passes its
   calibration source as ``--calibration``) and ``LIBRARIES`` (package names whose versions the
   manifest records).
@@ -27,6 +31,8 @@ from typing import Protocol, runtime_checkable
 from upload_common.errors import UsageError
 from upload_common.sets import sets_of
 
+from ..job import Job, Plan, Written
+
 
 @runtime_checkable
 class Format(Protocol):
@@ -34,9 +40,9 @@ class Format(Protocol):
 
     NEEDS_BASE: bool
 
-    def plan(self, job: dict) -> dict: ...
+    def plan(self, job: Job) -> Plan: ...
 
-    def write(self, plan: dict, folder: Path, progress: Callable[[int], None]) -> dict: ...
+    def write(self, plan: Plan, folder: Path, progress: Callable[[int], None]) -> Written: ...
 
 
 FORMATS = {

@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 
 from .. import quantized
+from ..job import Job, Plan, Written
+from ..quantized import Quantize
 from .gptq import llmcompressor_plan, oneshot
 
 NEEDS_BASE = False  # it reads the merged_16bit set (--model), not the adapter and base
@@ -20,7 +22,7 @@ LIBRARIES = ("transformers", "llmcompressor", "compressed-tensors")
 MIN_TOP1 = 0.80
 
 
-def plan(job: dict) -> dict:
+def plan(job: Job) -> Plan[Quantize]:
     plan = llmcompressor_plan(job, "awq", "AWQ", min_top1=MIN_TOP1)
     from llmcompressor.pipelines.cache import IntermediatesCache
 
@@ -34,16 +36,16 @@ def plan(job: dict) -> dict:
     return plan
 
 
-def write(plan: dict, folder, progress) -> dict:
+def write(plan: Plan[Quantize], folder, progress) -> Written:
     with _no_pinning_without_gpu(quantized.device(plan) == "cuda"):
         return quantized.write(plan, folder, progress, lambda src, dst, p: oneshot(src, dst, p, _recipe))
 
 
-def _recipe(plan: dict):
+def _recipe(plan: Plan[Quantize]):
     from llmcompressor.modifiers.quantization import QuantizationModifier
     from llmcompressor.modifiers.transform.awq import AWQModifier
 
-    return [AWQModifier(), QuantizationModifier(config_groups={"group_0": plan["scheme"]}, ignore=["lm_head"])]
+    return [AWQModifier(), QuantizationModifier(config_groups={"group_0": plan.data.scheme}, ignore=["lm_head"])]
 
 
 @contextlib.contextmanager

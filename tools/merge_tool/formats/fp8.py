@@ -5,6 +5,7 @@ and later) and weight-only elsewhere; transformers loads it too. Half the size o
 
 from __future__ import annotations
 
+from ..job import Job, Plan, Written
 from .gptq import llmcompressor_plan, preset_write
 
 NEEDS_BASE = False  # it reads the merged_16bit set (--model), not the adapter and base
@@ -18,9 +19,9 @@ PRESET = {
 }
 
 
-def plan(job: dict) -> dict:
+def plan(job: Job) -> Plan:
     return llmcompressor_plan(job, "fp8", "FP8", min_top1=MIN_TOP1, calibrate=False, preset=PRESET)
 
 
-def write(plan: dict, folder, progress) -> dict:
+def write(plan: Plan, folder, progress) -> Written:
     return preset_write(plan, folder, progress)

@@ -6,7 +6,11 @@ layer stays at 16 bit. Runs on the GPU when there is one, else on the CPU (slowl
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from .. import calibration, quantized
+from ..job import Job, Plan, Written
+from ..quantized import Quantize
 
 NEEDS_BASE = False  # it reads the merged_16bit set (--model), not the adapter and base
 CALIBRATION = True
@@ -15,35 +19,35 @@ MIN_TOP1 = 0.80  # a broken quantization agrees at chance level; a sound 4-bit o
 GROUP_SIZES = (128, 64, 32)
 
 
-def plan(job: dict) -> dict:
+def plan(job: Job) -> Plan[Quantize]:
     return llmcompressor_plan(job, "gptq", "GPTQ", min_top1=MIN_TOP1)
 
 
-def write(plan: dict, folder, progress) -> dict:
+def write(plan: Plan[Quantize], folder, progress) -> Written:
     return quantized.write(plan, folder, progress, lambda src, dst, p: oneshot(src, dst, p, _recipe))
 
 
-def _recipe(plan: dict):
+def _recipe(plan: Plan[Quantize]):
     from llmcompressor.modifiers.quantization import GPTQModifier
 
-    return [GPTQModifier(config_groups={"group_0": plan["scheme"]}, ignore=["lm_head"])]
+    return [GPTQModifier(config_groups={"group_0": plan.data.scheme}, ignore=["lm_head"])]
 
 
-def preset_write(plan: dict, folder, progress) -> dict:
+def preset_write(plan: Plan[Quantize], folder, progress) -> Written:
     """``write`` of a format that applies one of llm-compressor's preset schemes without calibration
-    (``plan["scheme"]``, e.g. FP8_DYNAMIC, W8A16) to every Linear layer but the output layer."""
+    (``plan.data.scheme``, e.g. FP8_DYNAMIC, W8A16) to every Linear layer but the output layer."""
     return quantized.write(plan, folder, progress, lambda src, dst, p: oneshot(src, dst, p, _preset_recipe))
 
 
-def _preset_recipe(plan: dict):
+def _preset_recipe(plan: Plan[Quantize]):
     from llmcompressor.modifiers.quantization import QuantizationModifier
 
-    return [QuantizationModifier(targets="Linear", scheme=plan["scheme"], ignore=["lm_head"])]
+    return [QuantizationModifier(targets="Linear", scheme=plan.data.scheme, ignore=["lm_head"])]
 
 
 def llmcompressor_plan(
-    job: dict, fmt: str, method: str, *, min_top1: float, calibrate: bool = True, preset: dict | None = None
-) -> dict:
+    job: Job, fmt: str, method: str, *, min_top1: float, calibrate: bool = True, preset: dict | None = None
+) -> Plan[Quantize]:
     """Checks and decisions shared by the llm-compressor formats: libraries present, the scheme
     (W4A16 with the group size the layers allow, or a ``preset`` {name, bits, ...}), calibration
     text read."""
@@ -57,18 +61,13 @@ def llmcompressor_plan(
     from importlib.metadata import version
 
     plan = quantized.plan(job, min_top1=min_top1, bits=(preset or {}).get("bits", 4) + 0.5)
-    plan["method"] = method
+    library = f"llmcompressor {version('llmcompressor')}"
     if preset:
-        plan["scheme"] = preset["name"]
-        plan["decisions"]["quantization"] = {
-            "library": f"llmcompressor {version('llmcompressor')}",
-            "scheme": preset["name"],
-            **{k: v for k, v in preset.items() if k != "name"},
-        }
-        return plan
+        chosen = {"library": library, "scheme": preset["name"], **{k: v for k, v in preset.items() if k != "name"}}
+        return _with_scheme(plan, method, preset["name"], chosen)
     widths = {
         s["shape"][1]
-        for name, s in plan["specs"].items()
+        for name, s in plan.data.specs.items()
         if name.endswith(".weight") and len(s["shape"]) == 2 and "embed" not in name and name != "lm_head.weight"
     }
     group = next((g for g in GROUP_SIZES if all(w % g == 0 for w in widths)), None)
@@ -79,24 +78,26 @@ def llmcompressor_plan(
             f"{fmt}: the model's layer widths ({', '.join(map(str, sorted(widths)))}) are not multiples "
             f"of {GROUP_SIZES[-1]}: use merged_4bit or gguf for this model"
         )
-    plan["scheme"] = {
+    scheme = {
         "targets": ["Linear"],
         "weights": {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group", "group_size": group},
     }
-    plan["decisions"]["quantization"] = {
-        "library": f"llmcompressor {version('llmcompressor')}",
-        "scheme": "W4A16",
-        "bits": 4,
-        "group_size": group,
-        "symmetric": True,
-    }
-    if calibrate:
-        cal = quantized.calibration_plan(job)
-        plan["calibration"] = cal
-        plan["decisions"]["quantization"]["calibration"] = cal["source"]
-        if cal["warning"]:
-            plan["warnings"].append(cal["warning"])
-    return plan
+    chosen = {"library": library, "scheme": "W4A16", "bits": 4, "group_size": group, "symmetric": True}
+    cal = quantized.calibration_plan(job) if calibrate else None
+    return _with_scheme(plan, method, scheme, chosen, cal)
+
+
+def _with_scheme(plan: Plan[Quantize], method: str, scheme, chosen: dict, cal: dict | None = None) -> Plan[Quantize]:
+    """``plan`` with the llm-compressor ``scheme``, recorded as the ``quantization`` decision
+    (``chosen``, with the calibration source), and the calibration texts with their warning."""
+    if cal is not None:
+        chosen = {**chosen, "calibration": cal["source"]}
+    return replace(
+        plan,
+        data=replace(plan.data, method=method, scheme=scheme, calibration=cal),
+        decisions={**plan.decisions, "quantization": chosen},
+        warnings=(*plan.warnings, *([cal["warning"]] if cal is not None and cal["warning"] else [])),
+    )
 
 
 def _stdout_to_stderr():
@@ -109,7 +110,7 @@ def _stdout_to_stderr():
     return contextlib.redirect_stdout(sys.stderr)
 
 
-def oneshot(merged_dir, folder, plan: dict, recipe) -> dict:
+def oneshot(merged_dir, folder, plan: Plan[Quantize], recipe) -> dict:
     """llm-compressor's one-shot run of ``recipe(plan)`` on the 16-bit merge, saved compressed;
     returns the summary (the plan's decisions, calibration size, where it ran)."""
     from datasets import Dataset
@@ -118,8 +119,8 @@ def oneshot(merged_dir, folder, plan: dict, recipe) -> dict:
     on = quantized.device(plan)
     model, tok = quantized.load_merged(merged_dir, on)
     kwargs, summary_cal = {}, {}
-    if "calibration" in plan:  # its source is in the decisions already
-        samples = calibration.token_samples(tok, plan["calibration"]["texts"])
+    if plan.data.calibration is not None:  # its source is in the decisions already
+        samples = calibration.token_samples(tok, plan.data.calibration["texts"])
         kwargs = {
             "dataset": Dataset.from_dict({"input_ids": samples}),
             "num_calibration_samples": len(samples),
@@ -129,8 +130,8 @@ def oneshot(merged_dir, folder, plan: dict, recipe) -> dict:
     run_oneshot(model=model, recipe=recipe(plan), **kwargs)
     model.save_pretrained(folder, save_compressed=True)
     return {
-        "method": f"{plan['method']} (llm-compressor)",
-        **plan["decisions"]["quantization"],
+        "method": f"{plan.data.method} (llm-compressor)",
+        **plan.decisions["quantization"],
         "format": "compressed-tensors",
         **summary_cal,
         "kept_at_16_bit": "lm_head",

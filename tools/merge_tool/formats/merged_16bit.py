@@ -9,6 +9,7 @@ update beyond the output dtype's range)."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 from upload_common.errors import InvalidInput, Unsupported
 from upload_common.st_io import (
@@ -25,6 +26,7 @@ from upload_common.st_io import (
 from .. import bnb
 from ..adapter import check_mergeable, module_scale
 from ..device import pick_device
+from ..job import Adapter, Base, Job, Plan, Written
 
 NEEDS_BASE = True
 HEAD = "lm_head.weight"
@@ -40,6 +42,21 @@ DTYPE_CODES = {"bf16": "BF16", "fp16": "F16", "fp32": "F32"}
 _FLOATS = {"BF16", "F16", "F32", "F64"}
 
 
+@dataclass(frozen=True)
+class Merge:
+    """What ``plan`` works out for ``write``: each output tensor's recipe (its source tensor, LoRA roles
+    and scale, replacement, bias update), the base's and the output's tensor specs, the shards, the
+    merged config.json, the output dtype and where the maths runs."""
+
+    recipes: dict
+    specs: dict
+    out_specs: dict
+    shards: dict
+    model_config: dict
+    out_dtype: str
+    device: str
+
+
 def _base_name(name: str, specs: dict) -> str | None:
     if name in specs:
         return name
@@ -50,10 +67,10 @@ def _base_name(name: str, specs: dict) -> str | None:
     return None
 
 
-def _output_dtype(requested: str, base: dict, specs: dict) -> tuple[str, str]:
+def _output_dtype(requested: str, base: Base, specs: dict) -> tuple[str, str]:
     if requested != "auto":
         return DTYPE_CODES[requested], f"--dtype {requested}"
-    cfg = base["config"]
+    cfg = base.config
     q = cfg.get("quantization_config") or {}
     named = str(q.get("bnb_4bit_compute_dtype") or cfg.get("dtype") or cfg.get("torch_dtype") or "")
     code = {"bfloat16": "BF16", "float16": "F16"}.get(named.removeprefix("torch."))
@@ -101,11 +118,11 @@ def _target(name: str, what: str, specs: dict, recipes: dict, embed: str | None,
     return found
 
 
-def _apply_lora(adapter: dict, specs: dict, recipes: dict, embed: str | None, tied: bool) -> set:
+def _apply_lora(adapter: Adapter, specs: dict, recipes: dict, embed: str | None, tied: bool) -> set:
     """Each LoRA module's recipe (its matrices and scale, a trained bias); returns the tensors touched."""
-    config, aspecs = adapter["config"], adapter["specs"]
+    config, aspecs = adapter.config, adapter.specs
     fan, touched = bool(config.get("fan_in_fan_out")), set()
-    for module, roles in sorted(adapter["modules"].items()):
+    for module, roles in sorted(adapter.modules.items()):
         wname = _target(module + ".weight", f"module {module}", specs, recipes, embed, tied)
         src_shape = specs[recipes[wname]["src"]]["shape"]
         rank = _check_lora_shapes(module, roles, aspecs, src_shape, fan)
@@ -120,14 +137,14 @@ def _apply_lora(adapter: dict, specs: dict, recipes: dict, embed: str | None, ti
     return touched
 
 
-def _apply_replacements(adapter: dict, specs: dict, recipes: dict, embed: str | None, tied: bool) -> set:
+def _apply_replacements(adapter: Adapter, specs: dict, recipes: dict, embed: str | None, tied: bool) -> set:
     """Tensors the adapter saved whole (modules_to_save, resized embeddings); returns those touched."""
     touched = set()
-    for name, key in sorted(adapter["replacements"].items()):
+    for name, key in sorted(adapter.replacements.items()):
         tname = _target(name, f"tensor {key}", specs, recipes, embed, tied)
         recipes[tname]["replace"] = key
         touched.add(tname)
-        old, new = specs.get(recipes[tname]["src"], {}).get("shape"), adapter["specs"][key]["shape"]
+        old, new = specs.get(recipes[tname]["src"], {}).get("shape"), adapter.specs[key]["shape"]
         if old != new and tname not in (embed, HEAD):
             raise InvalidInput(
                 f"adapter tensor {key} has shape {new} but the base's {tname} has shape {old}: "
@@ -139,12 +156,10 @@ def _apply_replacements(adapter: dict, specs: dict, recipes: dict, embed: str | 
 
 
 def _model_config(
-    base: dict, specs: dict, out_specs: dict, embed: str | None, untie: bool, out_dtype: str, warnings: list
+    base: Base, specs: dict, out_specs: dict, embed: str | None, untie: bool, out_dtype: str, warnings: list
 ) -> dict:
     """The merged model's config.json: the base's, unquantized, with its dtype and vocabulary size."""
-    model_config = {
-        k: v for k, v in base["config"].items() if k not in ("quantization_config", "_pre_quantization_dtype")
-    }
+    model_config = {k: v for k, v in base.config.items() if k not in ("quantization_config", "_pre_quantization_dtype")}
     if untie:
         model_config["tie_word_embeddings"] = False
     if embed:
@@ -165,28 +180,28 @@ def _model_config(
     return model_config
 
 
-def _notes(job: dict, base: dict, warnings: list) -> None:
-    if base.get("quantized"):
+def _notes(job: Job, base: Base, warnings: list) -> None:
+    if base.quantized:
         warnings.append(
-            f"merged into the DEQUANTIZED {base['quantized']} base {base['requested']}: quality is that "
+            f"merged into the DEQUANTIZED {base.quantized} base {base.requested}: quality is that "
             "of the quantized model; pass the 16-bit original with --base for a better merge"
         )
-    if job["params"].get("engine") == "unsloth":
+    if job.params.get("engine") == "unsloth":
         from ..unsloth_engine import check_available
 
         warnings.append(f"merged by unsloth {check_available()} instead of the streaming merge")
 
 
-def plan(job: dict) -> dict:
-    adapter, base = job["adapter"], job["base"]
-    check_mergeable(adapter["config"])
-    specs = model_specs(base["path"])
-    if base.get("quantized"):
+def plan(job: Job) -> Plan[Merge]:
+    adapter, base = job.adapter, job.base
+    check_mergeable(adapter.config)
+    specs = model_specs(base.path)
+    if base.quantized:
         specs = bnb.logical_specs(specs)
     warnings: list[str] = []
     recipes = {name: {"src": name} for name in specs}
     embed = next((n for n in EMBEDDINGS if n in specs), None)
-    tied = embed is not None and (HEAD not in specs or base["config"].get("tie_word_embeddings") is True)
+    tied = embed is not None and (HEAD not in specs or base.config.get("tie_word_embeddings") is True)
     touched = _apply_lora(adapter, specs, recipes, embed, tied) | _apply_replacements(
         adapter, specs, recipes, embed, tied
     )
@@ -197,38 +212,32 @@ def plan(job: dict) -> dict:
             "the base ties its input and output embeddings and the adapter changes one of them: "
             "the merged model stores both (tie_word_embeddings=false), as the adapter computed them"
         )
-    out_dtype, dtype_reason = _output_dtype(job["params"]["dtype"], base, specs)
+    out_dtype, dtype_reason = _output_dtype(job.params["dtype"], base, specs)
     out_specs = {}
     for name, rec in recipes.items():
-        src = adapter["specs"][rec["replace"]] if "replace" in rec else specs[rec["src"]]
+        src = adapter.specs[rec["replace"]] if "replace" in rec else specs[rec["src"]]
         dtype = out_dtype if src["dtype"] in _FLOATS else src["dtype"]
         out_specs[name] = {"dtype": dtype, "shape": list(src["shape"])}
     model_config = _model_config(base, specs, out_specs, embed, untie, out_dtype, warnings)
     dtype_name = CODES[out_dtype]
     _notes(job, base, warnings)
     largest = max(nbytes({"dtype": "F32", "shape": s["shape"]}) for s in out_specs.values())
-    device, device_info = pick_device(job["params"]["device"], largest)
-    shards = plan_shards(out_specs, job["params"]["max_shard_size"])
-    return {
-        "job": job,
-        "recipes": recipes,
-        "specs": specs,
-        "out_specs": out_specs,
-        "shards": shards,
-        "model_config": model_config,
-        "out_dtype": out_dtype,
-        "device": device,
-        "estimated_bytes": sum(nbytes(s) for s in out_specs.values()) + (4 << 20),
-        "warnings": warnings,
-        "decisions": {
+    device, device_info = pick_device(job.params["device"], largest)
+    shards = plan_shards(out_specs, job.params["max_shard_size"])
+    return Plan(
+        job,
+        sum(nbytes(s) for s in out_specs.values()) + (4 << 20),
+        Merge(recipes, specs, out_specs, shards, model_config, out_dtype, device),
+        decisions={
             "dtype": {"value": dtype_name, "why": dtype_reason},
             "device": device_info,
-            "lora_modules": len(adapter["modules"]),
-            "replaced_tensors": len(adapter["replacements"]),
+            "lora_modules": len(adapter.modules),
+            "replaced_tensors": len(adapter.replacements),
             "tied_embeddings": tied,
             "shards": len(shards),
         },
-    }
+        warnings=tuple(warnings),
+    )
 
 
 CHUNK_ELEMENTS = 8 << 20  # rows are merged in blocks of about 32 MB of fp32
@@ -269,15 +278,15 @@ def merge_rows(rec: dict, load_base, load, fan: bool, rows):
     return w
 
 
-def _loaders(plan: dict, name: str, device):
+def _loaders(plan: Plan[Merge], name: str, device):
     """What computes output tensor ``name``: (recipe, load_base(rows slice), load(adapter key, rows
     slice), pure_copy, whole_only)."""
     import torch
 
-    adapter_file = plan["job"]["adapter"]["weights"]
-    specs, out_specs = plan["specs"], plan["out_specs"]
-    fan = bool(plan["job"]["adapter"]["config"].get("fan_in_fan_out"))
-    rec = plan["recipes"][name]
+    adapter_file = plan.job.adapter.weights
+    specs, out_specs = plan.data.specs, plan.data.out_specs
+    fan = bool(plan.job.adapter.config.get("fan_in_fan_out"))
+    rec = plan.data.recipes[name]
     src = specs[rec["src"]]
     cache = {}
 
@@ -305,15 +314,15 @@ def _loaders(plan: dict, name: str, device):
     return rec, load_base, load, pure_copy, whole_only
 
 
-def _nonfinite_reason(plan: dict, name: str, device) -> str:
+def _nonfinite_reason(plan: Plan[Merge], name: str, device) -> str:
     """Why output tensor ``name`` is not finite (the failure path only): a damaged base tensor, an
     update that overflows even in fp32, or merged values beyond the output dtype's range."""
     import torch
 
     rec, load_base, load, _, whole_only = _loaders(plan, name, device)
-    fan = bool(plan["job"]["adapter"]["config"].get("fan_in_fan_out"))
+    fan = bool(plan.job.adapter.config.get("fan_in_fan_out"))
     peak = 0.0
-    for rows in row_blocks(plan["out_specs"][name]["shape"], whole_only):
+    for rows in row_blocks(plan.data.out_specs[name]["shape"], whole_only):
         sl = slice(*rows) if rows else slice(None)
         if "replace" not in rec and not bool(torch.isfinite(load_base(sl)).all()):
             return (
@@ -324,7 +333,7 @@ def _nonfinite_reason(plan: dict, name: str, device) -> str:
         if not bool(torch.isfinite(w).all()):
             return "the adapter's update overflows even in fp32: the adapter is broken; use an earlier checkpoint"
         peak = max(peak, float(w.abs().max()))
-    code = plan["out_specs"][name]["dtype"]
+    code = plan.data.out_specs[name]["dtype"]
     limit = torch.finfo(getattr(torch, CODES[code])).max
     return (
         f"merged values reach {peak:.4g}, beyond the {CODES[code]} range (±{limit:.4g}): merge with --dtype bf16 "
@@ -332,17 +341,17 @@ def _nonfinite_reason(plan: dict, name: str, device) -> str:
     )
 
 
-def write(plan: dict, folder, progress) -> dict:
+def write(plan: Plan[Merge], folder, progress) -> Written:
     import torch
 
-    job = plan["job"]
-    if job["params"].get("engine") == "unsloth":  # pragma: no cover - needs a GPU
+    job, merge = plan.job, plan.data
+    if job.params.get("engine") == "unsloth":  # pragma: no cover - needs a GPU
         from ..unsloth_engine import write as unsloth_write
 
-        unsloth_write(job["adapter"]["dir"], folder, plan["out_dtype"])
-        return {}
-    out_specs, device = plan["out_specs"], plan["device"]
-    fan = bool(job["adapter"]["config"].get("fan_in_fan_out"))
+        unsloth_write(job.adapter.dir, folder, merge.out_dtype)
+        return Written()
+    out_specs, device = merge.out_specs, merge.device
+    fan = bool(job.adapter.config.get("fan_in_fan_out"))
 
     def produce(name):
         rec, load_base, load, pure_copy, whole_only = _loaders(plan, name, device)
@@ -356,7 +365,7 @@ def write(plan: dict, folder, progress) -> dict:
             yield (w.to(dtype=want) if w.is_floating_point() else w).cpu()
 
     hashes = {}
-    shards = plan["shards"]
+    shards = merge.shards
     for fname, names in shards.items():
         try:
             hashes[fname] = write_stream(folder / fname, names, out_specs, produce, on_bytes=progress)
@@ -369,5 +378,5 @@ def write(plan: dict, folder, progress) -> dict:
                 nonfinite=bad,
             ) from None
     write_index(folder, shards, out_specs)
-    (folder / "config.json").write_text(json.dumps(plan["model_config"], indent=2) + "\n")
-    return hashes
+    (folder / "config.json").write_text(json.dumps(merge.model_config, indent=2) + "\n")
+    return Written(hashes)

@@ -5,7 +5,11 @@ where its build supports it; where it does not, the step is refused before any w
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from .. import quantized
+from ..job import Job, Plan, Written
+from ..quantized import Quantize
 
 NEEDS_BASE = False  # it reads the merged_16bit set (--model), not the adapter and base
 LIBRARIES = ("transformers", "accelerate")
@@ -13,24 +17,25 @@ MIN_TOP1 = 0.80  # a broken quantization agrees at chance level; a sound 4-bit o
 SETTINGS = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True}
 
 
-def plan(job: dict) -> dict:
+def plan(job: Job) -> Plan[Quantize]:
     return bnb_plan(job, "merged_4bit", "quantize_4bit", SETTINGS, min_top1=MIN_TOP1, bits=4.5)
 
 
-def write(plan: dict, folder, progress) -> dict:
+def write(plan: Plan[Quantize], folder, progress) -> Written:
     return bnb_write(plan, folder, progress, SETTINGS, "bitsandbytes NF4, 4 bit")
 
 
-def bnb_plan(job: dict, fmt: str, probe: str, settings: dict, *, min_top1: float, bits: float) -> dict:
+def bnb_plan(job: Job, fmt: str, probe: str, settings: dict, *, min_top1: float, bits: float) -> Plan[Quantize]:
     for module in ("transformers", "accelerate"):
         quantized.require(module, "merge-quant", fmt)
     plan = quantized.plan(job, min_top1=min_top1, bits=bits)
     version = check_bitsandbytes(quantized.device(plan), fmt, probe)
-    plan["decisions"]["quantization"] = {"library": f"bitsandbytes {version}", **settings}
-    return plan
+    return replace(
+        plan, decisions={**plan.decisions, "quantization": {"library": f"bitsandbytes {version}", **settings}}
+    )
 
 
-def bnb_write(plan: dict, folder, progress, settings: dict, method: str) -> dict:
+def bnb_write(plan: Plan[Quantize], folder, progress, settings: dict, method: str) -> Written:
     return quantized.write(plan, folder, progress, lambda src, dst, p: quantize_with(src, dst, p, settings, method))
 
 
@@ -56,7 +61,7 @@ def check_bitsandbytes(on: str, fmt: str, probe: str) -> str:
     return bnb.__version__
 
 
-def quantize_with(merged_dir, folder, plan: dict, settings: dict, method: str) -> dict:
+def quantize_with(merged_dir, folder, plan: Plan[Quantize], settings: dict, method: str) -> dict:
     """Load the 16-bit merge quantized by bitsandbytes and save it; returns the summary."""
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -64,7 +69,7 @@ def quantize_with(merged_dir, folder, plan: dict, settings: dict, method: str) -
     from upload_common.st_io import CODES
 
     on = quantized.device(plan)
-    compute = CODES[plan["dtype"]]
+    compute = CODES[plan.data.dtype]
     extra = {"bnb_4bit_compute_dtype": getattr(torch, compute)} if settings.get("load_in_4bit") else {}
     model = AutoModelForCausalLM.from_pretrained(
         merged_dir,
@@ -76,7 +81,7 @@ def quantize_with(merged_dir, folder, plan: dict, settings: dict, method: str) -
     model.save_pretrained(folder)
     return {
         "method": method,
-        "library": plan["decisions"]["quantization"]["library"],
+        "library": plan.decisions["quantization"]["library"],
         **{k: v for k, v in settings.items() if not k.startswith("load_in")},
         **({"compute_dtype": compute} if extra else {}),
         "kept_at_16_bit": "lm_head",

@@ -4,6 +4,7 @@ of the 16-bit model at nearly its quality. Same checks as ``merged_4bit``."""
 
 from __future__ import annotations
 
+from ..job import Job, Plan, Written
 from .merged_4bit import bnb_plan, bnb_write
 
 NEEDS_BASE = False  # it reads the merged_16bit set (--model), not the adapter and base
@@ -12,9 +13,9 @@ MIN_TOP1 = 0.90  # int8 stays close (mean KL ~1e-3) but computes in fp16, which 
 SETTINGS = {"load_in_8bit": True}
 
 
-def plan(job: dict) -> dict:
+def plan(job: Job) -> Plan:
     return bnb_plan(job, "merged_8bit", "int8", SETTINGS, min_top1=MIN_TOP1, bits=8.5)
 
 
-def write(plan: dict, folder, progress) -> dict:
+def write(plan: Plan, folder, progress) -> Written:
     return bnb_write(plan, folder, progress, SETTINGS, "bitsandbytes LLM.int8, 8 bit")

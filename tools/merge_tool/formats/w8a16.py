@@ -6,6 +6,7 @@ hardware needed); transformers loads it with ``compressed-tensors`` installed. H
 
 from __future__ import annotations
 
+from ..job import Job, Plan, Written
 from .gptq import llmcompressor_plan, preset_write
 
 NEEDS_BASE = False  # it reads the merged_16bit set (--model), not the adapter and base
@@ -19,9 +20,9 @@ PRESET = {
 }
 
 
-def plan(job: dict) -> dict:
+def plan(job: Job) -> Plan:
     return llmcompressor_plan(job, "w8a16", "W8A16", min_top1=MIN_TOP1, calibrate=False, preset=PRESET)
 
 
-def write(plan: dict, folder, progress) -> dict:
+def write(plan: Plan, folder, progress) -> Written:
     return preset_write(plan, folder, progress)
