@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import shlex
 import sys
@@ -23,7 +24,7 @@ from upload_common.cli import debug_enabled
 from upload_common.errors import UploadError
 
 from .config import docker_bind_path
-from .local import QUIET_ENV, failure
+from .local import QUIET_ENV, failure, parse_fingerprint
 from .plan import PlannedStep, render
 
 LABEL = "upload-driver.work"
@@ -210,6 +211,26 @@ class _Token:
 
 
 def run(c, step: PlannedStep, *, device: str, gpu: bool, work: Path, log) -> None:
+    code = _container(c, step, device=device, gpu=gpu, work=work, out=sys.stderr.buffer)
+    if code:
+        killed = code - 128 if code in (137, 143) else None
+        raise UploadError(failure(step, killed, code, where=step.image), step=step.name, exit=code)
+
+
+def fingerprint(c, step: PlannedStep, *, work: Path) -> str | None:
+    """The fingerprint the step's tool computes for it now, in its container (``--fingerprint``: nothing
+    is written); None when it cannot say (the step then runs, and tells why)."""
+    answer = io.BytesIO()
+    try:
+        code = _container(c, step, device="cpu", gpu=False, work=work, out=answer, extra=("--fingerprint",))
+    except UploadError:
+        return None
+    return parse_fingerprint(code, answer.getvalue().decode("utf-8", "replace"))
+
+
+def _container(c, step: PlannedStep, *, device: str, gpu: bool, work: Path, out, extra=()) -> int:
+    """Run the step's container to its end, its stderr on ours (its stdout into ``out`` when ``extra``
+    asks for an answer); its exit code."""
     import docker
 
     keep = os.environ.get("UPLOAD_DRIVER_KEEP_CONTAINERS", "") not in ("", "0")
@@ -220,7 +241,7 @@ def run(c, step: PlannedStep, *, device: str, gpu: bool, work: Path, log) -> Non
         try:
             ct = c.containers.create(
                 s["image"],
-                s["command"],
+                [*s["command"], *extra],
                 user=s["user"],
                 mounts=s["mounts"],
                 environment=s["environment"],
@@ -237,10 +258,10 @@ def run(c, step: PlannedStep, *, device: str, gpu: bool, work: Path, log) -> Non
             ) from None
         try:
             ct.start()
-            for chunk in ct.logs(stream=True, follow=True, stdout=False, stderr=True):
-                sys.stderr.buffer.write(chunk)
-                sys.stderr.flush()
-            code = ct.wait()["StatusCode"]
+            for chunk in ct.logs(stream=True, follow=True, stdout=bool(extra), stderr=not extra):
+                out.write(chunk)
+                out.flush()
+            return ct.wait()["StatusCode"]
         except KeyboardInterrupt:
             ct.stop(timeout=5)
             raise
@@ -248,6 +269,3 @@ def run(c, step: PlannedStep, *, device: str, gpu: bool, work: Path, log) -> Non
             if not keep:
                 with contextlib.suppress(docker.errors.APIError):
                     ct.remove(force=True)
-    if code:
-        killed = code - 128 if code in (137, 143) else None
-        raise UploadError(failure(step, killed, code, where=step.image), step=step.name, exit=code)

@@ -78,6 +78,28 @@ def run(step: plan.PlannedStep, *, device: str, log) -> None:
         raise UploadError(failure(step, -code if code < 0 else None, code), step=step.name, exit=code)
 
 
+def fingerprint(step: plan.PlannedStep, *, timeout: float = 600) -> str | None:
+    """The fingerprint the step's tool computes for it now (``--fingerprint``: arguments checked, inputs
+    described, nothing written); None when the tool cannot say (the step then runs, and tells why)."""
+    try:
+        proc = subprocess.run(
+            [*command(step, "cpu"), "--fingerprint"],
+            capture_output=True,
+            text=True,
+            env=environment(step),
+            timeout=timeout,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return parse_fingerprint(proc.returncode, proc.stdout)
+
+
+def parse_fingerprint(code: int, stdout: str) -> str | None:
+    """A tool's answer to --fingerprint: its exit code and the one line it printed."""
+    text = stdout.strip()
+    return text if code == 0 and len(text) == 64 and all(ch in "0123456789abcdef" for ch in text) else None
+
+
 def failure(step: plan.PlannedStep, signal_number: int | None, code: int, where: str = "") -> str:
     """One line for a step that failed: killed by a signal (it could say nothing), or failed after
     printing its own one-line error (or traceback) above."""

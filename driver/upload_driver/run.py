@@ -64,21 +64,29 @@ def choose_gpu(req: Request, runtime: str, c, steps: Sequence[PlannedStep], work
     return ok, "auto" if ok else "cpu", f"GPU: {why}"
 
 
-def will_run(req: Request, steps: Sequence[PlannedStep], force: set) -> set:
-    """The steps that will not be skipped: forced, not up to date, or fed by one that runs."""
+def will_run(req: Request, steps: Sequence[PlannedStep], force: set, ask) -> tuple[set, dict]:
+    """The steps that will not be skipped (forced, never done, not up to date, or fed by one that runs),
+    and the fingerprint each tool gave now for the others (``ask(step)``, see ``state``)."""
     running: set = set()
+    fps: dict = {}
     outs = {s.out: s.name for s in steps}
     for step in steps:
         upstream = {outs[p] for p in step.inputs.values() if p in outs}
         ready = all(p.exists() for p in step.inputs.values())
-        if (
-            step.name in force
-            or upstream & running
-            or not ready
-            or not st.up_to_date(req.work, step, st.fingerprint(step))
-        ):
+        if step.name in force or upstream & running or not ready or not st.recorded(req.work, step):
             running.add(step.name)
-    return running
+            continue
+        fps[step.name] = ask(step)
+        if not st.up_to_date(req.work, step, fps[step.name]):
+            running.add(step.name)
+    return running, fps
+
+
+def _asker(runtime: str, c, work: Path):
+    """How this run asks a step's tool for its fingerprint: in its container, or as a local process."""
+    if runtime == "docker":
+        return lambda step: containers.fingerprint(c, step, work=work)
+    return local.fingerprint
 
 
 def execute(req: Request, *, dry_run: bool = False, force=(), log=default_log) -> dict:
@@ -90,11 +98,11 @@ def execute(req: Request, *, dry_run: bool = False, force=(), log=default_log) -
     force = set(names) if "all" in force else set(force)
     if force - set(names):
         raise UsageError(f"--force {', '.join(sorted(force - set(names)))}: the steps are {', '.join(names)} (or all)")
-    running = will_run(req, steps, force)
+    runtime, c, why = choose_runtime(req, steps, log)
+    running, fps = will_run(req, steps, force, _asker(runtime, c, work))
     findings, disk = preflight.check(req, found, steps, running)
     if not dry_run:
         preflight.refuse(findings)  # every mistake that can be found now stops the run before any step
-    runtime, c, why = choose_runtime(req, steps, log)
     log(f"runtime: {why}")
     decided = []
 
@@ -113,17 +121,19 @@ def execute(req: Request, *, dry_run: bool = False, force=(), log=default_log) -
     with hold(work) as previous:
         if previous.get("pid"):
             log(f"the last run on this folder (pid {previous['pid']}) was interrupted: resuming")
-        return _steps(req, steps, force, runtime, c, gpu_choice, decided, log)
+        return _steps(req, steps, (running, fps), runtime, c, gpu_choice, decided, log)
 
 
-def _steps(req, steps, force, runtime, c, gpu_choice, decided, log) -> dict:
+def _steps(req, steps, todo, runtime, c, gpu_choice, decided, log) -> dict:
+    """Run the steps in order; ``todo``: what will_run found (a step it found up to date is checked
+    again, cheaply, now that the run holds the work folder)."""
+    running, fps = todo
     work = req.work
     if c is not None and containers.remove_leftovers(c, work):
         log("removed containers left by an interrupted run")
     rows, t_all = [], time.monotonic()
     for i, step in enumerate(steps, 1):
-        fp = st.fingerprint(step)
-        if step.name not in force and st.up_to_date(work, step, fp):
+        if step.name not in running and st.up_to_date(work, step, fps.get(step.name)):
             log(f"[{i}/{len(steps)}] {step.name}: up to date, skipped")
             rows.append(summary(step, None))
             continue
@@ -137,7 +147,7 @@ def _steps(req, steps, force, runtime, c, gpu_choice, decided, log) -> dict:
         else:
             local.run(step, device=device, log=log)
         seconds = time.monotonic() - t
-        st.record(work, step, fp, seconds)
+        st.record(work, step, seconds)
         log(f"[{i}/{len(steps)}] {step.name}: done in {seconds:.1f} s")
         rows.append(summary(step, seconds))
     return {

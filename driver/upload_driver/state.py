@@ -1,13 +1,11 @@
-"""Skipping work already done, by content. A step's fingerprint is computed as the tools compute theirs
-(``contract.step_fingerprint``: tool, tool version, inputs described by ``contract.describe_input``
-without their paths, parameters), over what the driver asks of it: each input's identity (a step
-output's manifest hash, a file's sha256, a folder's names/sizes/mtimes) and, as parameters, its
-command line with every path replaced by the input it names (the device left out: it changes how,
-not what). The tool's own fingerprint, in its manifest, covers what the tool resolved from that
-command line (defaults, the base's revision, the device), which only the tool knows. A step is
-skipped when the state records the same fingerprint for it, beside the hash (and fingerprint) of the
-manifest it produced, and that manifest and its files are still there unchanged; never because a
-folder exists.
+"""Skipping work already done, by content, with one key: the step's fingerprint
+(``contract.step_fingerprint``: tool, tool version, the identity of each input without its path, and
+the parameters as the tool resolved them, how it runs, such as the device, left out). The tool
+computes it and records it in its manifest; to know whether a finished step is still what would be
+asked now, the driver asks the tool for it again (``TOOL ... --fingerprint``: arguments checked,
+inputs described, nothing written) and compares. A step is skipped when that fingerprint equals the
+one in the manifest the state recorded for it, and that manifest and its files are still there
+unchanged; never because a folder exists.
 
 A step is recorded as done only after every output file was checked against its manifest (size and
 sha256). A rerun checks them again cheaply (size and modification time; the sha256 again only where
@@ -20,29 +18,19 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from upload_common import __version__
 from upload_common.contract import (
     MANIFEST,
-    describe_input,
     now_iso,
     read_manifest,
     sha256_file,
-    step_fingerprint,
     write_json_atomic,
 )
 from upload_common.errors import InvalidInput
 from upload_common.upload_manifest import UPLOAD_MANIFEST
 
-from .plan import PlannedStep, render
+from .plan import PlannedStep
 
 STATE = ".upload-driver/state.json"
-
-
-def fingerprint(step: PlannedStep) -> str:
-    """The step's fingerprint as the driver asks for it (where it publishes is part of what it does)."""
-    args = render(step, inp=lambda k: f"in:{k}", out=lambda: "out", rw=lambda k: f"rw:{step.rw[k]}", device="")
-    inputs = {k: describe_input(p) for k, p in sorted(step.inputs.items())}
-    return step_fingerprint(step.tool, __version__, inputs, {"args": args})
 
 
 def load(work: Path) -> dict:
@@ -125,13 +113,19 @@ def _still_there(step: PlannedStep, recorded: dict) -> bool:
     return True
 
 
-def up_to_date(work: Path, step: PlannedStep, fp: str) -> bool:
-    """The state records fingerprint ``fp`` for the step, and its manifest and files are still the ones
-    recorded."""
+def recorded(work: Path, step: PlannedStep) -> bool:
+    """The state records the step as done (whether it still is, only ``up_to_date`` says)."""
+    return bool(load(work).get(step.name))
+
+
+def up_to_date(work: Path, step: PlannedStep, fp: str | None) -> bool:
+    """The state records the step done with a manifest of fingerprint ``fp`` (the tool's answer now),
+    and that manifest and its files are still the ones recorded."""
     rec = load(work).get(step.name)
     manifest = step.out / MANIFEST
     return (
         bool(rec)
+        and fp is not None
         and rec.get("fingerprint") == fp
         and manifest.is_file()
         and sha256_file(manifest) == rec.get("manifest")
@@ -139,16 +133,15 @@ def up_to_date(work: Path, step: PlannedStep, fp: str) -> bool:
     )
 
 
-def record(work: Path, step: PlannedStep, fp: str, seconds: float) -> None:
-    """Mark the step done under fingerprint ``fp``, after checking its files against its manifest."""
+def record(work: Path, step: PlannedStep, seconds: float) -> None:
+    """Mark the step done under its manifest's fingerprint, after checking its files against the manifest."""
     files = verify(step)
     path = Path(work) / STATE
     path.parent.mkdir(parents=True, exist_ok=True)
     state = load(work)
     state[step.name] = {
-        "fingerprint": fp,
+        "fingerprint": (read_manifest(step.out) or {}).get("fingerprint"),
         "manifest": sha256_file(step.out / MANIFEST),
-        "manifest_fingerprint": (read_manifest(step.out) or {}).get("fingerprint"),
         "finished": now_iso(),
         "seconds": round(seconds, 3),
         "files": files,

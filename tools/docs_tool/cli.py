@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from upload_common.cli import emit, json_option, log, overwrite_option, report_errors
+from upload_common.cli import emit, fingerprint_option, json_option, log, overwrite_option, report_errors
 from upload_common.errors import UsageError
 
 
@@ -60,6 +60,7 @@ def _pairs(values, option: str) -> dict:
 @click.option("--system", default=None, help="System prompt for the Ollama Modelfile.")
 @click.option("--ollama-quant", default=None, help="GGUF type the Modelfile and snippets use (default Q4_K_M, ...).")
 @overwrite_option
+@fingerprint_option
 @json_option
 @report_errors
 def main(

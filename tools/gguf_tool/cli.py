@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from upload_common.cli import emit, json_option, log, overwrite_option, report_errors
+from upload_common.cli import emit, fingerprint_option, json_option, log, overwrite_option, report_errors
 
 from .quants import QUANTS
 
@@ -51,6 +51,7 @@ def _thresholds(values) -> dict:
 )
 @click.option("--name", default=None, help="Model name for file names and metadata (default: the folder's name).")
 @overwrite_option
+@fingerprint_option
 @json_option
 @click.pass_context
 @report_errors

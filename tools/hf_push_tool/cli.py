@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from upload_common.cli import emit, json_option, log, overwrite_option, report_errors
+from upload_common.cli import emit, fingerprint_option, json_option, log, overwrite_option, report_errors
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -55,6 +55,7 @@ from upload_common.cli import emit, json_option, log, overwrite_option, report_e
     "(default: $UPLOAD_DRIVER_RETRY_BUDGET, else five timeouts).",
 )
 @overwrite_option
+@fingerprint_option
 @json_option
 @report_errors
 def main(

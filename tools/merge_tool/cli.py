@@ -6,7 +6,7 @@ import json
 
 import click
 
-from upload_common.cli import emit, json_option, log, overwrite_option, report_errors
+from upload_common.cli import emit, fingerprint_option, json_option, log, overwrite_option, report_errors
 from upload_common.sets import SETS
 
 from .formats import FORMATS
@@ -51,6 +51,7 @@ from .formats import FORMATS
 )
 @click.option("--allow-pickle", is_flag=True, help="Convert an adapter_model.bin (torch.load weights_only=True).")
 @overwrite_option
+@fingerprint_option
 @json_option
 @click.pass_context
 @report_errors

@@ -162,6 +162,9 @@ def run(
             check_no_code(found, resolved)
         plan = fmt.plan(Job(params=params, found=found, adapter=adapter, base=resolved))
         inputs = {"adapter": describe_input(adapter.weights, folder=str(adapter_dir))}
+        # what else is read from the trainer output (its state, README, arguments, tokenizer) shapes the
+        # manifest and the cards: the folder's files by name, size and time are part of the step's identity
+        inputs["trainer_output"] = describe_input(Path(found["root"]))
         if resolved:
             inputs["base"] = describe_input(resolved.path, repo_id=resolved.repo_id, revision=resolved.revision)
         if calibration and getattr(fmt, "CALIBRATION", False):

@@ -10,6 +10,7 @@ import sys
 import click
 
 from .errors import EXIT_USAGE, UploadError, from_os_error
+from .step import Fingerprinted, only_fingerprint
 
 DEBUG_ENV = "UPLOAD_DRIVER_DEBUG"
 
@@ -23,8 +24,13 @@ def report_errors(func):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        ctx = click.get_current_context(silent=True)
         try:
-            return func(*args, **kwargs)
+            with only_fingerprint(bool(ctx and ctx.meta.get(_FINGERPRINT))):
+                return func(*args, **kwargs)
+        except Fingerprinted as done:
+            click.echo(done.fingerprint)
+            return None
         except (UploadError, OSError) as exc:
             known = exc if isinstance(exc, UploadError) else from_os_error(exc)
             if known is None or debug_enabled():
@@ -51,6 +57,15 @@ def emit(result, as_json: bool) -> None:
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the step manifest as JSON on stdout.")
 overwrite_option = click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+_FINGERPRINT = "upload_common.fingerprint"
+fingerprint_option = click.option(
+    "--fingerprint",
+    is_flag=True,
+    expose_value=False,
+    callback=lambda ctx, _param, value: ctx.meta.__setitem__(_FINGERPRINT, value),
+    help="Check the arguments and print the step's fingerprint (what its manifest would record), doing "
+    "nothing else: what upload-driver compares with a finished step's manifest to skip it.",
+)
 
 
 def log(message: str) -> None:
@@ -58,4 +73,4 @@ def log(message: str) -> None:
     click.echo(message, err=True)
 
 
-__all__ = ["report_errors", "emit", "json_option", "overwrite_option", "log", "EXIT_USAGE"]
+__all__ = ["report_errors", "emit", "json_option", "overwrite_option", "fingerprint_option", "log", "EXIT_USAGE"]

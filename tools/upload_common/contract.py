@@ -17,6 +17,7 @@ import os
 import platform
 import shutil
 import time
+from contextvars import ContextVar
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -29,6 +30,10 @@ MANIFEST = "manifest.json"
 ERROR_FILE = "error.json"
 PARTIAL_SUFFIX = ".partial"
 _CHUNK = 8 << 20
+# parameters that say how a step runs, not what it makes: outside its fingerprint
+HOW = ("device",)
+# set while a tool only computes its fingerprint (--fingerprint): nothing is written then
+FINGERPRINT_ONLY: ContextVar[bool] = ContextVar("fingerprint_only", default=False)
 
 
 def sha256_file(path: Path) -> str:
@@ -89,6 +94,9 @@ def library_versions(*names: str) -> dict:
 
 
 def step_fingerprint(tool: str, tool_version: str, inputs: dict, parameters: dict) -> str:
+    """The step's identity, the one skip key: tool and version, each input's identity (without its
+    path), and the parameters that shape the output (those in ``HOW`` left out)."""
+
     def identity(entry):
         return {k: v for k, v in entry.items() if k != "path"} if isinstance(entry, dict) else entry
 
@@ -96,7 +104,7 @@ def step_fingerprint(tool: str, tool_version: str, inputs: dict, parameters: dic
         {
             "tool": tool,
             "version": tool_version,
-            "parameters": parameters,
+            "parameters": {k: v for k, v in parameters.items() if k not in HOW},
             "inputs": {k: identity(v) for k, v in inputs.items()},
         }
     )
@@ -234,7 +242,7 @@ def _size(n: int) -> str:
 
 def check_output_free(out: Path, overwrite: bool) -> None:
     out = Path(out)
-    if out.exists() and not overwrite:
+    if out.exists() and not overwrite and not FINGERPRINT_ONLY.get():  # a fingerprint writes nothing
         raise OutputExists(
             f"output {out} already exists: pass --overwrite to replace it, or choose another --out", path=str(out)
         )

@@ -22,14 +22,37 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import __version__
 from .contract import (
+    FINGERPRINT_ONLY,
     atomic_output,
     check_free_space,
     check_output_free,
     finish_manifest,
     library_versions,
     new_manifest,
+    step_fingerprint,
 )
+
+
+class Fingerprinted(Exception):  # not an error: how a step ends when only its key is asked for
+    """The step stopped where its Step began because only its fingerprint was asked for
+    (``only_fingerprint``): it has checked its arguments and described its inputs, and written nothing."""
+
+    def __init__(self, fingerprint: str):
+        super().__init__(fingerprint)
+        self.fingerprint = fingerprint
+
+
+@contextlib.contextmanager
+def only_fingerprint(on: bool = True) -> Iterator[None]:
+    """Within the block, entering a Step raises Fingerprinted with the step's fingerprint instead of
+    doing the step: how a driver asks a tool for the key it compares with a done step's manifest."""
+    token = FINGERPRINT_ONLY.set(on)
+    try:
+        yield
+    finally:
+        FINGERPRINT_ONLY.reset(token)
 
 
 @dataclass(frozen=True)
@@ -77,6 +100,8 @@ class Step:
         self.produced: Produced | None = None
 
     def __enter__(self) -> Step:
+        if FINGERPRINT_ONLY.get():
+            raise Fingerprinted(step_fingerprint(self.tool, __version__, self._inputs, self._params))
         check_output_free(self.out, self.overwrite)
         self.manifest = new_manifest(self.tool, inputs=self._inputs, parameters=self._params)
         return self
