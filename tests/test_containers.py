@@ -46,6 +46,13 @@ def drive(*args, env=None):
     return CliRunner().invoke(main, [str(a) for a in args], env=env)
 
 
+def pipeline_args(sample, work, runtime) -> list:
+    """The whole pipeline on the sample, published to a local folder, with either runtime."""
+    quants = ["--quant", "Q4_K_M", "--quant", "Q8_0"]
+    where = ["--push", f"local:{work / 'site'}", "--runtime", runtime]
+    return ["run", sample, "--work", work, "--name", "sample-chat", *quants, *where, "--json"]
+
+
 def outputs(work, step):
     m = json.loads((work / "artifacts" / step / "manifest.json").read_text())
     return {o["path"]: o["sha256"] for o in m["outputs"]}
@@ -68,26 +75,13 @@ def test_pipeline_in_containers_writes_what_local_processes_write(docker_client,
     runs = {}
     for runtime in ("local", "docker"):
         work = tmp_path / runtime
-        result = drive(
-            "run",
-            sample,
-            "--work",
-            work,
-            "--name",
-            "sample-chat",
-            "--quant",
-            "Q4_K_M",
-            "--quant",
-            "Q8_0",
-            "--push",
-            f"local:{work / 'site'}",
-            "--runtime",
-            runtime,
-            "--json",
-        )
+        result = drive(*pipeline_args(sample, work, runtime))
         assert result.exit_code == 0, result.output
         assert json.loads(result.stdout)["runtime"] == runtime
         runs[runtime] = work
+        again = drive(*pipeline_args(sample, work, runtime))
+        assert again.exit_code == 0, again.output  # each tool, asked in its container, gives the recorded key
+        assert all(r["skipped"] for r in json.loads(again.stdout)["steps"]), again.output
     for step in ("lora", "merged_16bit", "gguf", "docs"):
         a, b = outputs(runs["local"], step), outputs(runs["docker"], step)
         if step == "docs":  # it names each step manifest by hash (paths, times differ); the content must not
