@@ -54,21 +54,23 @@ def test_chat_calibration_is_rendered_by_the_models_own_chat_template(calibratio
     from transformers import AutoTokenizer
 
     from merge_tool import quantized
+    from merge_tool.job import Job
     from upload_common.errors import InvalidInput
     from upload_common.trainer_output import chat_template
 
     tokenizer = {"dir": str(tokenizer_dir), "chat_template": chat_template(tokenizer_dir)}
-    job = {"params": {"calibration": str(calibration_sources / "chat.jsonl")}, "found": {"tokenizer": tokenizer}}
+    params = {"calibration": str(calibration_sources / "chat.jsonl")}
+    job = Job(params=params, found={"tokenizer": tokenizer})
     texts = quantized.calibration_plan(job)["texts"]
     turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}]
     assert texts[0] == AutoTokenizer.from_pretrained(tokenizer_dir).apply_chat_template(turns, tokenize=False)
     assert "hello there" in texts[0] and texts[0] != "user: hi\nassistant: hello there"
-    without_template = quantized.calibration_plan({**job, "found": {"tokenizer": {}}})
+    without_template = quantized.calibration_plan(Job(params=params, found={"tokenizer": {}}))
     assert without_template["texts"][0] == "user: hi\nassistant: hello there"
     strict = calibration_sources / "strict-tok"  # a template that refuses, as many do for odd role orders
     shutil.copytree(tokenizer_dir, strict)
     (strict / "chat_template.jinja").write_text("{{ raise_exception('Conversation roles must alternate') }}")
-    job["found"]["tokenizer"] = {"dir": str(strict), "chat_template": chat_template(strict)}
+    job = Job(params=params, found={"tokenizer": {"dir": str(strict), "chat_template": chat_template(strict)}})
     with pytest.raises(InvalidInput, match="does not fit the model's chat template .*roles must alternate"):
         quantized.calibration_plan(job)
 

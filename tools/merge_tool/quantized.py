@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,14 +87,12 @@ def plan(job: Job, *, min_top1: float, bits: float) -> Plan[Quantize]:
     return Plan(job, int(sixteen * bits / 16) + (4 << 20), own, decisions={"device": device_info})
 
 
-def calibration_plan(job: Job | Mapping) -> dict:
+def calibration_plan(job: Job) -> dict:
     """The calibration ``texts``, read (and checked) at plan time, their ``source`` as the manifest
-    names it and the ``warning`` the built-in text gets. ``job`` may also be a mapping with the
-    job's ``params`` and ``found``."""
-    params, found = (job.params, job.found) if isinstance(job, Job) else (job["params"], job["found"])
-    source = params.get("calibration")
+    names it and the ``warning`` the built-in text gets."""
+    source = job.params.get("calibration")
     return {
-        "texts": calibration.texts(source, _chat_renderer(found.get("tokenizer") or {})),
+        "texts": calibration.texts(source, _chat_renderer(job.found.get("tokenizer") or {})),
         "source": calibration.describe(source),
         "warning": None
         if source
