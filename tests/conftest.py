@@ -54,12 +54,15 @@ def no_finished_output(out: Path) -> bool:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def sample_cache(tmp_path_factory) -> Path:
+def sample_cache(tmp_path_factory, worker_id) -> Path:
     """One trained sample per test run: `trained_llama` and the demo (through its cache variable, in this
-    process and in those it starts) take the sample's trained base model from here."""
+    process and in those it starts) take the sample's trained base model from here. The folder is shared
+    by the run's parallel test processes (make_trained_base trains once, under a lock)."""
     from upload_driver.demo import SAMPLE_CACHE_ENV
 
-    cache = tmp_path_factory.mktemp("sample-cache")
+    root = tmp_path_factory.getbasetemp()
+    cache = (root if worker_id == "master" else root.parent) / "sample-cache"
+    cache.mkdir(exist_ok=True)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(SAMPLE_CACHE_ENV, str(cache))
         yield cache

@@ -313,18 +313,18 @@ def make_trained_base(
     its files, and copied from there while those still match."""
     if cache is None:
         return _train_base(Path(folder), tokenizer_dir, steps)
+    from filelock import FileLock
+
     entry = Path(cache) / _recipe_key(Path(tokenizer_dir), steps)
-    if not _intact(entry):
-        shutil.rmtree(entry, ignore_errors=True)
-        partial = entry.with_name(f"{entry.name}.partial-{os.getpid()}")
-        shutil.rmtree(partial, ignore_errors=True)
-        _train_base(partial, tokenizer_dir, steps)
-        sums = {p.name: sha256_file(p) for p in sorted(partial.iterdir())}
-        (partial / SUMS_FILE).write_text(json.dumps(sums, indent=2))
-        try:
-            partial.rename(entry)
-        except OSError:  # another process kept the same sample first
+    with FileLock(entry.with_name(f"{entry.name}.lock")):  # processes that want it at once: one trains
+        if not _intact(entry):
+            shutil.rmtree(entry, ignore_errors=True)
+            partial = entry.with_name(f"{entry.name}.partial-{os.getpid()}")
             shutil.rmtree(partial, ignore_errors=True)
+            _train_base(partial, tokenizer_dir, steps)
+            sums = {p.name: sha256_file(p) for p in sorted(partial.iterdir())}
+            (partial / SUMS_FILE).write_text(json.dumps(sums, indent=2))
+            partial.rename(entry)
     shutil.copytree(entry, folder, ignore=shutil.ignore_patterns(SUMS_FILE))
     return Path(folder)
 
