@@ -119,7 +119,7 @@ def test_the_ollama_fields_are_what_the_modelfile_says(which, request):
 def test_the_modelfile_is_what_it_was(which, request, run_artifacts):
     """The Modelfile as docs-tool wrote it before the fields were data: the derived template and stops
     and the raw --system and licence text, given to modelfile_text."""
-    from docs_tool.core import _gguf_chat
+    from docs_tool.document_set import _gguf_chat
     from docs_tool.modelfile import modelfile_text, ollama_template
 
     docs = request.getfixturevalue(which)
