@@ -158,18 +158,23 @@ def group_tensors(specs: dict[str, dict]) -> tuple[dict[str, dict], dict[str, st
 
 
 def read_adapter(adapter_dir: Path) -> Adapter:
-    """Config, weights file, tensor specs and their grouping; the weights must be safetensors."""
+    """Config, weights file, tensor specs and their grouping (headers only: the values are checked by
+    ``check_values``); the weights must be safetensors."""
     config = read_config(adapter_dir)
     wfile = weights_file(adapter_dir)
     specs = file_specs(wfile)
     if not specs:
         raise InvalidInput(f"{wfile} holds no tensors: the adapter was not saved", path=str(wfile))
     modules, replacements = group_tensors(specs)
+    return Adapter(Path(adapter_dir), config, wfile, specs, modules, replacements)
+
+
+def check_values(adapter: Adapter) -> None:
+    """Refuse an adapter holding NaN or infinity (every tensor read once)."""
     check_finite(
-        wfile,
-        specs,
+        adapter.weights,
+        adapter.specs,
         "adapter",
         "the training diverged or the file is damaged: use an earlier checkpoint "
         "(--checkpoint N) or retrain with a lower learning rate",
     )
-    return Adapter(Path(adapter_dir), config, wfile, specs, modules, replacements)

@@ -23,7 +23,7 @@ from upload_common.sets import get_set
 from upload_common.step import Step
 from upload_common.trainer_output import inspect_trainer_output
 
-from .adapter import pickle_to_safetensors, read_adapter
+from .adapter import check_values, pickle_to_safetensors, read_adapter
 from .base import TOOL, resolve_base
 from .formats import Format, get_format
 from .job import Adapter, Base, Job, Plan
@@ -160,7 +160,6 @@ def run(
         resolved = Base.from_resolved(resolve_base(base, adapter.config, log=log)) if fmt.NEEDS_BASE else None
         if resolved:
             check_no_code(found, resolved)
-        plan = fmt.plan(Job(params=params, found=found, adapter=adapter, base=resolved))
         inputs = {"adapter": describe_input(adapter.weights, folder=str(adapter_dir))}
         # what else is read from the trainer output (its state, README, arguments, tokenizer) shapes the
         # manifest and the cards: the folder's files by name, size and time are part of the step's identity
@@ -172,6 +171,10 @@ def run(
         with Step(
             TOOL, out, inputs=inputs, params=params, overwrite=overwrite, libraries=libraries(fmt), log=log, began=t0
         ) as s:
+            # the adapter's values and the plan are checked first, before anything is written; --fingerprint
+            # stops where the Step begins, so it reads no tensor and imports no torch
+            check_values(adapter)
+            plan = fmt.plan(Job(params=params, found=found, adapter=adapter, base=resolved))
             manifest = s.manifest
             manifest["decisions"] = {"adapter": found["adapter"] | {"config": None}, **plan.decisions}
             if resolved:

@@ -46,7 +46,6 @@ def run(
     refuse_code(model_dir, TOOL)
     params = {"method": method, "device": device, "calibration": str(calibration) if calibration else None}
     tokenizer = {"dir": str(model_dir), "chat_template": chat_template(model_dir)}
-    plan = fmt.plan(Job(params=params, found={"tokenizer": tokenizer}, model=Model(model_dir, model_specs(model_dir))))
     inputs = {"model": describe_input(model_dir)}
     if calibration and spec.calibration:
         inputs["calibration"] = describe_input(Path(calibration))
@@ -54,7 +53,10 @@ def run(
     decisions = source.get("decisions") or {}
     with Step(
         TOOL, out, inputs=inputs, params=params, overwrite=overwrite, libraries=libraries(fmt), log=log, began=t0
-    ) as s:
+    ) as s:  # the plan's checks first, before anything is written (--fingerprint stops before them)
+        plan = fmt.plan(
+            Job(params=params, found={"tokenizer": tokenizer}, model=Model(model_dir, model_specs(model_dir)))
+        )
         s.manifest["decisions"] = {**{k: decisions[k] for k in CARRIED if k in decisions}, **plan.decisions}
         s.reserve(plan.estimated_bytes)
         s.manifest["warnings"] = list(plan.warnings)
