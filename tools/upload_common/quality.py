@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import InvalidInput
+from .reference import logprobs, run_reference
 
 VALIDATION_TEXT = (
     "The old lighthouse keeper climbed the stairs every evening at dusk. He trimmed the wick, wound the "
@@ -19,26 +20,18 @@ VALIDATION_TEXT = (
 )
 
 
-def logprobs(model, ids: list[int]):
-    """Next-token log-probabilities [positions, vocab] (float64 numpy) of a transformers model."""
-    import torch
-
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        logits = model(torch.tensor([ids], device=device)).logits[0].double()
-    return torch.log_softmax(logits, -1).cpu().numpy()
-
-
 def reference(model_dir: Path, text: str, max_tokens: int, device: str = "cpu"):
-    """(token ids, log-probabilities) of the Hugging Face model in ``model_dir``, in fp32 on ``device``."""
+    """(token ids, log-probabilities) of the Hugging Face model in ``model_dir``, in fp32 on ``device``. On
+    the CPU the model is streamed part by part, never held whole (``reference.run_reference``)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)  # an untrusted folder never runs code
     ids = tok(text).input_ids[:max_tokens]
-    placement = {"device_map": device} if device != "cpu" else {}
+    if device == "cpu":
+        return ids, run_reference(model_dir, ids).logprobs
     model = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=torch.float32, trust_remote_code=False, **placement
+        model_dir, dtype=torch.float32, trust_remote_code=False, device_map=device
     ).eval()
     return ids, logprobs(model, ids)
 
