@@ -18,6 +18,7 @@ from upload_common.contract import SPACE_MARGIN, nearest_existing
 from upload_common.errors import UploadError, UsageError
 from upload_common.safety import check_repo_id, is_inside
 
+from .disk_plan import estimate, peak  # noqa: F401 (estimate: used as preflight.estimate)
 from .plan import PlannedStep, naming
 from .request import Request
 
@@ -32,29 +33,6 @@ class Finding:
     check: str
     problem: str
     usage: bool = False
-
-
-def estimate(step: PlannedStep, sizes: dict) -> int | None:
-    """Bytes a step is expected to write (None when the base model is not at hand to measure)."""
-    from upload_common.quants import BITS
-
-    name = step.name
-    if step.tool == "merge-tool":
-        if "base" in step.inputs:
-            base = sum(p.stat().st_size for p in step.inputs["base"].glob("*.safetensors"))
-            sizes["merged"] = base
-            return base
-        if "model" in step.inputs:  # a format made from the merge: at most the merge's size
-            return sizes.get("merged")
-        adapter = next(iter(step.inputs["adapter"].glob("adapter_model.*")), None)
-        return adapter.stat().st_size if adapter and name == "lora" else None
-    if name == "gguf":
-        merged = sizes.get("merged")
-        if not merged:
-            return None
-        quants = [a for a, prev in zip(step.args[1:], step.args, strict=False) if prev == "--quant"]
-        return int(merged + sum(merged / 2 * BITS.get(q.upper(), 5) / 8 for q in quants))
-    return 1 << 20 if name == "docs" else None
 
 
 def _catch(check: str, fn) -> list[Finding]:
@@ -262,9 +240,7 @@ def _ollama() -> list[Finding]:
 def _disk(req: Request, steps: Sequence[PlannedStep], will_run: set) -> tuple[list[Finding], int, int]:
     import shutil
 
-    sizes: dict = {}
-    expected = [(s.name, estimate(s, sizes)) for s in steps]
-    need = sum(b for name, b in expected if b and name in will_run)
+    need, _ = peak(steps, will_run, {})
     probe = nearest_existing(req.work)
     free = shutil.disk_usage(probe).free
     if need and free < need + SPACE_MARGIN:
@@ -272,7 +248,7 @@ def _disk(req: Request, steps: Sequence[PlannedStep], will_run: set) -> tuple[li
             [
                 Finding(
                     "disk",
-                    f"the plan writes ~{need / 1e9:.2f} GB (plus a {SPACE_MARGIN >> 20} MB margin) in "
+                    f"the plan writes ~{need / 1e9:.2f} GB at its peak (plus a {SPACE_MARGIN >> 20} MB margin) in "
                     f"{probe} but only {free / 1e9:.2f} GB is free: free some space or pass another "
                     "--work",
                 )
@@ -284,7 +260,7 @@ def _disk(req: Request, steps: Sequence[PlannedStep], will_run: set) -> tuple[li
 
 
 def check(req: Request, found_output: dict, steps: Sequence[PlannedStep], will_run: set) -> tuple[list[Finding], dict]:
-    """(findings, {"expected_bytes", "free_bytes"}) for the steps in ``will_run``."""
+    """(findings, {"expected_bytes" (the run's peak on disk), "free_bytes"}) for the steps in ``will_run``."""
     art = req.work / "artifacts"
     running = [s for s in steps if s.name in will_run]
     found = [*_gguf(req), *_names(req), *_inputs(running, art), *_code(found_output)]

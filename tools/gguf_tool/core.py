@@ -13,6 +13,7 @@ from pathlib import Path
 from upload_common.cards import looks_like_repo_id
 from upload_common.contract import check_output_free, read_json_object, read_manifest, settle
 from upload_common.errors import InvalidInput
+from upload_common.gguf_size import gguf_bytes, gguf_step_peak
 from upload_common.remote_code import refuse_code
 from upload_common.st_io import model_specs
 from upload_common.step import Step
@@ -104,7 +105,7 @@ def run(
         log=log,
         began=t0,
     ) as s:
-        s.reserve(job.estimate(specs))
+        _reserve(job, s, specs, config)
         # llama.cpp's programs (for an importance matrix) are built on first need, before anything is written
         tools = llama_tree.ensure_tools(log) if job.needs_tools else {}
         files = s.manifest["files"] = {}
@@ -113,7 +114,7 @@ def run(
         with s.timed("quantize"):
             imx = _importance_matrix(job, s, tools, inter_first, log)
             s.outputs(_quantize_all(job, s.folder, inter_first, imx, tools.get("llama-quantize"), log))
-        if job.inter_type not in job.wanted:
+        if job.inter_type not in job.wanted:  # no later part reads it: validation compares with the HF model
             for f in _outputs(s.folder, job.name, job.inter_type):
                 f.unlink()
         files.update(_describe_files(job, s.folder, s.warn))
@@ -127,6 +128,19 @@ def run(
             _judge(files, job.thresholds)
         shutil.rmtree(work, ignore_errors=True)
     return s.manifest
+
+
+def _reserve(job: GgufJob, s: Step, specs: dict, config: dict) -> None:
+    """The disk check for the step's peak: every wanted file plus the float intermediate, which lives
+    until the last quantization is made (or, with a LoRA adapter, the base's GGUF made to check it)."""
+    plan = gguf_step_peak(specs, job.wanted, job.inter_type, int(config.get("vocab_size") or 0))
+    if job.lora:
+        adapter = sum(f.stat().st_size for f in job.lora.glob("adapter_model.*"))
+        plan["intermediate_bytes"] = max(plan["intermediate_bytes"], gguf_bytes(specs, "F16"))
+        plan["outputs_bytes"] += adapter
+        plan["peak_bytes"] = plan["outputs_bytes"] + plan["intermediate_bytes"]
+    s.reserve(plan["peak_bytes"])
+    s.manifest["decisions"]["disk"].update(plan)
 
 
 def _convert(job: GgufJob, s: Step, log, tool_log) -> Path:

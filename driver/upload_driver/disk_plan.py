@@ -1,0 +1,127 @@
+"""The disk a run will use, before it starts: each step's outputs and its temporary peak (gguf-tool's
+float intermediate), from the base model's tensor shapes: read from the safetensors headers of a local
+base, or from the Hub's metadata for a Hub base (file sizes and safetensors headers through
+huggingface_hub; no weights are downloaded). The run's peak is the largest, over its steps, of what the
+finished steps left plus what the running one holds at its own peak."""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from .plan import PlannedStep
+
+MANIFEST = 8 << 10  # a step's manifest.json
+_EXTRA = ("tokenizer", "special_tokens_map", "chat_template", "added_tokens", "vocab", "merges")
+_BYTES = {"F64": 8, "F32": 4, "I64": 8, "I32": 4, "BOOL": 1, "U8": 1, "I8": 1}
+
+
+def _extras(folder: Path) -> int:
+    """The tokenizer and template files a model set carries beside its weights."""
+    return sum(f.stat().st_size for f in Path(folder).iterdir() if f.is_file() and f.name.startswith(_EXTRA))
+
+
+def _arg(step: PlannedStep, flag: str) -> str | None:
+    args = list(step.args)
+    return next((str(v) for k, v in zip(args, args[1:], strict=False) if k == flag and isinstance(v, str)), None)
+
+
+@functools.lru_cache(maxsize=8)
+def hub_specs(repo_id: str) -> dict:
+    """Tensor name -> {"shape", "dtype"} of a Hub model, from its safetensors headers (range requests)."""
+    from huggingface_hub import HfApi, constants
+
+    from .preflight import _bounded
+
+    endpoint = (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+    api = HfApi(endpoint=endpoint)
+    meta = _bounded(f"reading {repo_id}'s tensor list", endpoint, lambda: api.get_safetensors_metadata(repo_id))
+    return {
+        name: {"shape": list(t.shape), "dtype": t.dtype}
+        for fm in meta.files_metadata.values()
+        for name, t in fm.tensors.items()
+    }
+
+
+def base_specs(step: PlannedStep) -> dict | None:
+    """The base's tensors (local folder or Hub id), or None when the step names no base."""
+    if "base" in step.inputs:
+        from upload_common.st_io import model_specs
+
+        return model_specs(step.inputs["base"])
+    repo = _arg(step, "--base")
+    try:
+        return hub_specs(repo) if repo else None
+    except Exception:  # noqa: BLE001 - unreachable, gated, not safetensors: size unknown; the merge says why
+        return None
+
+
+def merged_bytes(specs: dict, dtype: str | None) -> int:
+    """The merged safetensors: every tensor in the 16-bit type (fp32 when asked), and the header."""
+    width = 4 if dtype == "fp32" else 2
+    return sum(math.prod(s["shape"]) * width + len(n) + 64 for n, s in specs.items())
+
+
+def _gguf(step: PlannedStep, sizes: dict) -> int | None:
+    from upload_common.gguf_size import gguf_step_peak
+    from upload_common.quants import FLOAT_OUTTYPES, QUANTS
+
+    specs = sizes.get("specs")
+    if not specs:
+        return None
+    quants = [q.upper() for q in _all(step, "--quant") if q.upper() in QUANTS]  # preflight reports the others
+    floats = [q for q in quants if q in FLOAT_OUTTYPES]
+    vocab = max((s["shape"][0] for n, s in specs.items() if "embed_tokens" in n), default=0)
+    plan = gguf_step_peak(specs, quants, floats[0] if floats else "BF16", vocab)
+    sizes.setdefault("temporary", {})[step.name] = plan["intermediate_bytes"]
+    return plan["outputs_bytes"] + MANIFEST
+
+
+def _all(step: PlannedStep, flag: str) -> list[str]:
+    args = list(step.args)
+    return [str(v) for k, v in zip(args, args[1:], strict=False) if k == flag]
+
+
+def _merge(step: PlannedStep, sizes: dict) -> int | None:
+    if "model" in step.inputs:  # a format made from the merge: at most the merge's size
+        return sizes.get("merged")
+    adapter = Path(step.inputs["adapter"])
+    if step.name == "lora":
+        weights = next(iter(adapter.glob("adapter_model.*")), None)
+        return weights.stat().st_size + _extras(adapter) + MANIFEST if weights else None
+    specs = base_specs(step)
+    if not specs:
+        return None
+    sizes["specs"] = specs
+    sizes["merged"] = merged_bytes(specs, _arg(step, "--dtype")) + _extras(adapter) + MANIFEST
+    return sizes["merged"]
+
+
+def estimate(step: PlannedStep, sizes: dict) -> int | None:
+    """Bytes a step leaves (None when they cannot be known); its temporary peak in sizes["temporary"]."""
+    if step.tool == "merge-tool":
+        out = _merge(step, sizes)
+    elif step.tool == "gguf-tool":
+        out = _gguf(step, sizes)
+    elif step.name == "docs":
+        out = 64 << 10
+    else:  # a local publish copies the sets and the cards; the others write a manifest
+        made = sizes.setdefault("made", {})
+        out = sum(made.get(k) or 0 for k in step.inputs) if step.rw else MANIFEST
+    sizes.setdefault("made", {})[step.name] = out
+    return out
+
+
+def peak(steps: Sequence[PlannedStep], will_run: set, sizes: dict) -> tuple[int, list]:
+    """(the run's peak bytes on disk, [(step, bytes it leaves)]) for the steps in ``will_run``."""
+    rows = [(s.name, estimate(s, sizes)) for s in steps]
+    held = top = 0
+    for name, out in rows:
+        if name not in will_run or not out:
+            continue
+        top = max(top, held + out + sizes.get("temporary", {}).get(name, 0))
+        held += out
+    return top, rows

@@ -1,0 +1,87 @@
+"""Disk predicted and minimal: GGUF sizes from tensor shapes, gguf-tool's float intermediate gone once
+the quants are made (its peak recorded), the dry run's peak against a real run's measured peak."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from upload_common.gguf_size import BLOCKS
+
+NO_DOCKER = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+SMALL = dict(hidden=256, intermediate=512, layers=2)  # rows of 256: the k-quants without fallbacks
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory, tokenizer_dir) -> dict:
+    from upload_common.sample import make_base, make_trainer_output
+
+    root = tmp_path_factory.mktemp("disk")
+    base = make_base(root / "base", "llama", dtype="bfloat16", tokenizer_dir=tokenizer_dir, **SMALL)
+    return {"base": base, "sft": make_trainer_output(root / "sft", base, kind="sft", tokenizer_dir=tokenizer_dir)}
+
+
+def test_block_sizes_are_ggml_s():
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    for name, sizes in BLOCKS.items():
+        assert GGML_QUANT_SIZES[GGMLQuantizationType[name]] == sizes, name
+
+
+def test_gguf_tool_drops_the_intermediate_and_records_its_peak(small, tmp_path):
+    from gguf_tool.core import run
+
+    m = run(small["base"], tmp_path / "q", quants=("Q8_0", "Q4_K_M"), validate=False, name="m")
+    disk = m["decisions"]["disk"]
+    made = {p.name: p.stat().st_size for p in (tmp_path / "q").glob("*.gguf")}
+    assert set(made) == {"m-Q8_0.gguf", "m-Q4_K_M.gguf"}  # the BF16 intermediate is gone
+    assert disk["needed_bytes"] == disk["peak_bytes"] == disk["outputs_bytes"] + disk["intermediate_bytes"]
+    assert abs(disk["outputs_bytes"] - sum(made.values())) < 0.05 * sum(made.values())
+    kept = run(small["base"], tmp_path / "f", quants=("F16", "Q8_0"), validate=False, name="m")
+    assert (tmp_path / "f" / "m-F16.gguf").is_file() and kept["decisions"]["disk"]["intermediate_bytes"] == 0
+    f16 = (tmp_path / "f" / "m-F16.gguf").stat().st_size
+    assert abs(disk["intermediate_bytes"] - f16) < 0.05 * f16  # BF16 and F16: the same size
+
+
+def _tree_bytes(*folders: Path) -> int:
+    total = 0
+    for folder in folders:
+        for p, _, files in os.walk(folder):
+            for f in files:
+                with contextlib.suppress(OSError):  # renamed or removed while counted
+                    total += os.lstat(os.path.join(p, f)).st_size
+    return total
+
+
+def test_dry_run_predicts_the_measured_peak(small, tmp_path):
+    from upload_driver.cli import main
+
+    work, site = tmp_path / "work", tmp_path / "site"
+    args = ["run", small["sft"], "--work", work, "--formats", "lora,gguf", "--quant", "Q4_K_M"]
+    args = [str(a) for a in [*args, "--push", f"local:{site}", "--runtime", "local", "--json"]]
+    dry = CliRunner().invoke(main, [*args, "--dry-run"], env=NO_DOCKER)
+    predicted = json.loads(dry.stdout)["expected_bytes"]
+    peak, done = [0], threading.Event()
+
+    def watch():
+        while not done.is_set():
+            peak[0] = max(peak[0], _tree_bytes(work, site))
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        result = CliRunner().invoke(main, args, env=NO_DOCKER)
+    finally:
+        done.set()
+        watcher.join()
+    assert result.exit_code == 0, result.output
+    assert peak[0] > _tree_bytes(work, site)  # the intermediate was there, and is gone
+    assert abs(predicted - peak[0]) <= 0.10 * peak[0], (predicted, peak[0])
