@@ -3,9 +3,9 @@
 Reading opens the file per tensor: safetensors memory-maps the whole file, and pages of a mapping
 that stays open count in the process's resident memory, so closing after each tensor keeps the
 footprint at one tensor. Writing streams: the header is computed from the planned shapes, then each
-tensor's bytes are appended and hashed as they are written. The safetensors library has no
-incremental writer, so the (small, documented) file layout is written here by hand; every file is
-read back with the library in the tests.
+tensor's bytes are checked, appended and hashed in a chain of threads (``block_writer``). The
+safetensors library has no incremental writer, so the (small, documented) file layout is written here
+by hand; every file is read back with the library in the tests.
 
 No NaN or infinity is ever written: every floating block is checked as it streams
 (``NonFiniteTensor``, naming the tensor), and ``check_finite`` refuses an input file holding one.
@@ -14,12 +14,12 @@ No NaN or infinity is ever written: every floating block is checked as it stream
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import struct
 from pathlib import Path
 
+from .block_writer import write_blocks
 from .errors import InputNotFound, InvalidInput, UploadError
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -145,24 +145,71 @@ def load_tensor(file: Path, name: str, rows: tuple[int, int] | None = None):
         ) from None
 
 
+def data_ranges(file: Path) -> dict[str, tuple[int, int]]:
+    """Tensor name -> (offset of its bytes in the file, their length), from the header."""
+    header = read_header(file)
+    with open(file, "rb") as f:
+        start = 8 + struct.unpack("<Q", f.read(8))[0]
+    return {
+        k: (start + v["data_offsets"][0], v["data_offsets"][1] - v["data_offsets"][0])
+        for k, v in header.items()
+        if k != "__metadata__"
+    }
+
+
+def read_ahead(order: list, source, submit):
+    """``ahead(key)`` starts reading from disk, through ``submit`` (a background thread's), the tensor
+    that follows ``key`` in ``order``, so the disk reads it while ``key`` is computed and written.
+    ``source(key)`` names that tensor as (file, tensor name), or None when nothing is to be read.
+    The kernel reads into its page cache (POSIX_FADV_WILLNEED): nothing more is held here."""
+    following = dict(zip(order[:-1], order[1:], strict=True))
+    ranges: dict[Path, dict] = {}
+
+    def ahead(key) -> None:
+        found = source(following[key]) if key in following and hasattr(os, "posix_fadvise") else None
+        if found:
+            file, name = found
+            if file not in ranges:
+                ranges[file] = data_ranges(file)
+            submit(_will_need, file, *ranges[file][name])
+
+    return ahead
+
+
+def _will_need(file: Path, offset: int, length: int) -> None:
+    fd = os.open(file, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
+    finally:
+        os.close(fd)
+
+
 class NonFiniteTensor(InvalidInput):
     """A tensor about to be written holds NaN or infinity (fields: ``tensor``, ``nonfinite``)."""
+
+
+CHECK_ELEMENTS = 1 << 17  # checked a slice at a time, in the CPU's cache: no block-sized temporary
 
 
 def nonfinite_in(data, code: str) -> int:
     """How many NaN or infinite values the raw bytes ``data`` (a uint8 numpy array) of a tensor of
     safetensors dtype ``code`` hold; 0 for types without infinity. A value is not finite when all
-    its exponent bits are set: one vectorised AND and max over the bits (a fraction of a second per
-    GB on one core, several times cheaper than torch.isfinite on CPU); counted only when one is found."""
+    its exponent bits are set: a vectorised AND and max over the bits, a cache-sized slice at a time
+    (several GB/s on one core, far cheaper than torch.isfinite on CPU); counted only when one is found."""
     import numpy as np
 
     if code not in EXPONENT_BITS or not data.size:
         return 0
     kind, mask = getattr(np, EXPONENT_BITS[code][0]), EXPONENT_BITS[code][1]
-    exponents = np.bitwise_and(data.view(kind), kind(mask))
-    if int(exponents.max()) != mask:
+    values = data.view(kind)
+    bits = np.empty(min(values.size, CHECK_ELEMENTS), kind)
+    for start in range(0, values.size, CHECK_ELEMENTS):
+        part = values[start : start + CHECK_ELEMENTS]
+        if int(np.bitwise_and(part, kind(mask), out=bits[: part.size]).max()) == mask:
+            break
+    else:
         return 0
-    return int(np.count_nonzero(exponents == kind(mask)))
+    return int(np.count_nonzero(np.bitwise_and(values, kind(mask)) == kind(mask)))
 
 
 def tensor_bytes(t):
@@ -227,41 +274,24 @@ def write_index(folder: Path, shards: dict[str, list[str]], specs: dict[str, dic
     (Path(folder) / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
 
 
-WRITEBACK_BYTES = 64 << 20
-
-
-def _start_writeback(f, start: int) -> int:
-    """Start writing the range to disk now (asynchronously) and let its pages go from the cache, so
-    the disk works while the next tensors are computed instead of all at the final fsync."""
-    f.flush()
-    end = f.tell()
-    if hasattr(os, "posix_fadvise"):
-        os.posix_fadvise(f.fileno(), start, end - start, os.POSIX_FADV_DONTNEED)
-    return end
-
-
 def write_stream(
     path: Path, names: list[str], specs: dict[str, dict], produce, on_bytes=None, metadata: dict | None = None
 ) -> str:
     """Write a safetensors file tensor by tensor. ``produce(name)`` returns the tensor, or an iterable
-    of row blocks of it, in order. Writing and hashing run in a second thread, so computing the next
-    block overlaps with the disk and with checking for NaN and infinity: a floating block holding one
-    raises ``NonFiniteTensor`` and is not written. An OSError of the writing thread (a full disk) is
-    raised here as it was, errno intact and the file named, once the file is closed and the thread
-    has ended. Returns the file's sha256."""
+    of row blocks of it, in order. Checking, writing and hashing run in threads of their own
+    (``block_writer``), so computing the next block overlaps with them and with the disk: a floating
+    block holding NaN or infinity raises ``NonFiniteTensor`` and is not written. An OSError of the
+    writing thread (a full disk) is raised here as it was, errno intact and the file named, once the
+    file is closed and the threads have ended. Returns the file's sha256."""
     raw = _header_bytes(names, specs, metadata)
-    h = hashlib.sha256()
     try:
         with _closed_after(path) as f:
-            for chunk in (struct.pack("<Q", len(raw)), raw):
-                f.write(chunk)
-                h.update(chunk)
-            _write_threaded(f, h, names, specs, produce, on_bytes)
+            blocks = _blocks(names, specs, produce)
+            return write_blocks(f, struct.pack("<Q", len(raw)) + raw, blocks, _check_block, on_bytes)
     except OSError as exc:
         if exc.filename is None and not isinstance(exc, UploadError):
             exc.filename = str(path)  # buffered writes and close() name no file: say which one
         raise
-    return h.hexdigest()
 
 
 def _header_bytes(names: list[str], specs: dict[str, dict], metadata: dict | None) -> bytes:
@@ -293,50 +323,15 @@ def _closed_after(path: Path):
     f.close()
 
 
-def _write_threaded(f, h, names: list[str], specs: dict[str, dict], produce, on_bytes) -> None:
-    """Produce the blocks here while ``writer`` checks, writes and hashes them in a second thread; at
-    most two blocks wait between the two, so memory stays at a few blocks."""
-    import queue
-    import threading
-
-    pending: queue.Queue = queue.Queue(maxsize=2)
-    failed: list[BaseException] = []
-    thread = threading.Thread(target=writer, args=(f, h, pending, failed, on_bytes), daemon=True)
-    thread.start()
-    try:
-        _feed(names, specs, produce, pending, failed)
-    finally:
-        pending.put(None)
-        thread.join()
-    if failed:
-        raise failed[0]
+def _check_block(data, tag: tuple[str, str]) -> None:
+    """Refuse a block holding NaN or infinity (run in its own thread, before the block is written)."""
+    name, code = tag
+    if bad := nonfinite_in(data, code):
+        raise NonFiniteTensor(f"{name} would be written with {bad} NaN/infinite value(s)", tensor=name, nonfinite=bad)
 
 
-def writer(f, h, pending, failed: list[BaseException], on_bytes) -> None:
-    """The writing thread of ``write_stream``: each queued block checked for NaN and infinity, written,
-    hashed and counted until ``None``; its first error goes to ``failed`` for the producing thread."""
-    kicked = 0
-    while (item := pending.get()) is not None:
-        if failed:
-            continue  # keep draining, so the producing thread never blocks on a full queue
-        name, code, data = item
-        try:
-            if bad := nonfinite_in(data, code):  # checked here, overlapping the next block's computation
-                raise NonFiniteTensor(
-                    f"{name} would be written with {bad} NaN/infinite value(s)", tensor=name, nonfinite=bad
-                )
-            f.write(data)
-            h.update(data)
-            if on_bytes:
-                on_bytes(data.nbytes)
-            if f.tell() - kicked >= WRITEBACK_BYTES:
-                kicked = _start_writeback(f, kicked)
-        except BaseException as exc:  # reported by the producing thread
-            failed.append(exc)
-
-
-def _feed(names: list[str], specs: dict[str, dict], produce, pending, failed: list) -> None:
-    """Check each produced block against the plan and queue its bytes for the writing thread."""
+def _blocks(names: list[str], specs: dict[str, dict], produce):
+    """Each produced block, checked against the plan: its bytes and (tensor name, dtype code)."""
     import torch
 
     for name in names:
@@ -350,8 +345,6 @@ def _feed(names: list[str], specs: dict[str, dict], produce, pending, failed: li
                 raise RuntimeError(f"{name}: produced {block.dtype}{list(block.shape)}, planned {want}")
             data = block.contiguous().reshape(-1).view(torch.uint8).numpy()
             done += data.nbytes
-            pending.put((name, want["dtype"], data))
-            if failed:
-                raise failed[0]
+            yield data, (name, want["dtype"])
         if done != nbytes(want):
             raise RuntimeError(f"{name}: produced {done} bytes, planned {nbytes(want)}")

@@ -9,8 +9,10 @@ update beyond the output dtype's range)."""
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from upload_common.block_writer import fsync_path
 from upload_common.errors import InvalidInput, Unsupported
 from upload_common.st_io import (
     CODES,
@@ -19,6 +21,7 @@ from upload_common.st_io import (
     model_specs,
     nbytes,
     plan_shards,
+    read_ahead,
     write_index,
     write_stream,
 )
@@ -341,6 +344,15 @@ def _nonfinite_reason(plan: Plan[Merge], name: str, device) -> str:
     )
 
 
+def _source(merge: Merge):
+    def source(name: str) -> tuple | None:  # the base tensor read, as (file, name); none when replaced or dequantized
+        rec = merge.recipes[name]
+        src = None if "replace" in rec else merge.specs[rec["src"]]
+        return None if src is None or "bnb" in src else (src["file"], rec["src"])
+
+    return source
+
+
 def write(plan: Plan[Merge], folder, progress) -> Written:
     import torch
 
@@ -354,6 +366,7 @@ def write(plan: Plan[Merge], folder, progress) -> Written:
     fan = bool(job.adapter.config.get("fan_in_fan_out"))
 
     def produce(name):
+        ahead(name)
         rec, load_base, load, pure_copy, whole_only = _loaders(plan, name, device)
         want = getattr(torch, CODES[out_specs[name]["dtype"]])
         for rows in row_blocks(out_specs[name]["shape"], whole_only):
@@ -364,19 +377,21 @@ def write(plan: Plan[Merge], folder, progress) -> Written:
             )
             yield (w.to(dtype=want) if w.is_floating_point() else w).cpu()
 
-    hashes = {}
-    shards = merge.shards
-    for fname, names in shards.items():
-        try:
-            hashes[fname] = write_stream(folder / fname, names, out_specs, produce, on_bytes=progress)
-        except NonFiniteTensor as exc:  # every output block is checked as it streams: say why this one failed
-            name, bad = exc.fields["tensor"], exc.fields["nonfinite"]
-            raise InvalidInput(
-                f"the merged model's tensor {name} would hold {bad} NaN/infinite value(s): "
-                f"{_nonfinite_reason(plan, name, device)}",
-                tensor=name,
-                nonfinite=bad,
-            ) from None
+    hashes, shards = {}, merge.shards
+    with ThreadPoolExecutor(2) as background:  # reads the next base tensor ahead; fsyncs finished shards
+        ahead = read_ahead([n for names in shards.values() for n in names], _source(merge), background.submit)
+        for fname, names in shards.items():
+            try:
+                hashes[fname] = write_stream(folder / fname, names, out_specs, produce, on_bytes=progress)
+            except NonFiniteTensor as exc:  # every output block is checked as it streams: say why this one failed
+                name, bad = exc.fields["tensor"], exc.fields["nonfinite"]
+                raise InvalidInput(
+                    f"the merged model's tensor {name} would hold {bad} NaN/infinite value(s): "
+                    f"{_nonfinite_reason(plan, name, device)}",
+                    tensor=name,
+                    nonfinite=bad,
+                ) from None
+            background.submit(fsync_path, folder / fname)
     write_index(folder, shards, out_specs)
     (folder / "config.json").write_text(json.dumps(merge.model_config, indent=2) + "\n")
     return Written(hashes)
