@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import start_until
+from driver_helpers import driver_process
 from upload_common.errors import InvalidInput, UsageError
 from upload_driver.cli import main
 from upload_driver.config import docker_bind_path, local_path, request
@@ -25,6 +26,12 @@ NO_DOCKER = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}
 
 def drive(*args, env=None):
     return CliRunner().invoke(main, [str(a) for a in args], env=env)
+
+
+def published_run(trainer: Path, work: Path, *extra):
+    """lora and merged_16bit, cards and a local publish beside the work folder, as local processes."""
+    args = ["run", trainer, "--work", work, "--formats", "lora,merged_16bit", "--push", f"local:{work.parent / 'site'}"]
+    return drive(*args, "--runtime", "local", *extra, "--json", env=NO_DOCKER)
 
 
 def outputs(work: Path, step: str) -> dict:
@@ -73,20 +80,7 @@ def test_plan_from_the_request(sft_output, tmp_path):
 def finished(sft_output, tmp_path_factory):
     """A finished local run: lora and merged_16bit, cards, a local publish."""
     work = tmp_path_factory.mktemp("drive") / "work"
-    result = drive(
-        "run",
-        sft_output,
-        "--work",
-        work,
-        "--formats",
-        "lora,merged_16bit",
-        "--push",
-        f"local:{work.parent / 'site'}",
-        "--runtime",
-        "local",
-        "--json",
-        env=NO_DOCKER,
-    )
+    result = published_run(sft_output, work)
     assert result.exit_code == 0, result.output
     return work, json.loads(result.stdout)
 
@@ -97,20 +91,7 @@ def test_run_then_rerun_skips_everything(finished, sft_output):
     assert not any(r["skipped"] for r in first["steps"])
     assert (work.parent / "site" / "sft-output-uni" / "model.safetensors").is_file()  # a name the Hub would take
     before = {s: outputs(work, s) for s in ("lora", "merged_16bit", "docs")}
-    result = drive(
-        "run",
-        sft_output,
-        "--work",
-        work,
-        "--formats",
-        "lora,merged_16bit",
-        "--push",
-        f"local:{work.parent / 'site'}",
-        "--runtime",
-        "local",
-        "--json",
-        env=NO_DOCKER,
-    )
+    result = published_run(sft_output, work)
     assert result.exit_code == 0, result.output
     assert all(r["skipped"] for r in json.loads(result.stdout)["steps"])  # (its speed: bench/driver.py)
     assert before == {s: outputs(work, s) for s in ("lora", "merged_16bit", "docs")}
@@ -118,22 +99,7 @@ def test_run_then_rerun_skips_everything(finished, sft_output):
 
 def test_force_redoes_a_step_and_what_depends_on_it(finished, sft_output):
     work, _ = finished
-    result = drive(
-        "run",
-        sft_output,
-        "--work",
-        work,
-        "--formats",
-        "lora,merged_16bit",
-        "--push",
-        f"local:{work.parent / 'site'}",
-        "--runtime",
-        "local",
-        "--force",
-        "docs",
-        "--json",
-        env=NO_DOCKER,
-    )
+    result = published_run(sft_output, work, "--force", "docs")
     assert result.exit_code == 0, result.output
     skipped = {r["step"]: r["skipped"] for r in json.loads(result.stdout)["steps"]}
     assert skipped == {"lora": True, "merged_16bit": True, "docs": False, "publish-local": False}
@@ -159,19 +125,7 @@ def test_killed_step_leaves_nothing_finished_and_the_rerun_completes(finished, s
     import psutil
 
     work = tmp_path / "work"
-    cmd = [
-        sys.executable,
-        "-m",
-        "upload_driver.cli",
-        "run",
-        str(sft_output),
-        "--work",
-        str(work),
-        "--formats",
-        "lora,merged_16bit",
-        "--runtime",
-        "local",
-    ]
+    cmd = driver_process(sft_output, work, "--formats", "lora,merged_16bit")
     partial = work / "artifacts" / "merged_16bit.partial"
     proc = start_until(cmd, partial.exists, env=NO_DOCKER, stderr=subprocess.PIPE)
     assert partial.exists(), "the merge step never started"

@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import start_until
-from driver_helpers import NO_DOCKER, drive, one_line_error, skipped
+from driver_helpers import NO_DOCKER, drive, driver_process, one_line_error, skipped
 from upload_driver.plan import PlannedStep
 
 
@@ -47,19 +46,7 @@ def test_a_second_run_on_the_same_work_folder_is_refused(sft_output, tmp_path):
     """The first run holds the lock (seen in its file); the second refuses in one line naming it; the
     first finishes with outputs that match their manifests; a rerun skips everything."""
     work = tmp_path / "work"
-    cmd = [
-        sys.executable,
-        "-m",
-        "upload_driver.cli",
-        "run",
-        str(sft_output),
-        "--work",
-        str(work),
-        "--formats",
-        "lora,merged_16bit",
-        "--runtime",
-        "local",
-    ]
+    cmd = driver_process(sft_output, work, "--formats", "lora,merged_16bit")
     lock = work / ".upload-driver" / "lock"
     first = start_until(cmd, lambda: lock.is_file() and lock.read_text(), env=NO_DOCKER, stderr=subprocess.PIPE)
     second = drive("run", sft_output, "--work", work, "--formats", "lora,merged_16bit", "--runtime", "local")
@@ -208,23 +195,7 @@ def test_kill_9_at_each_step_then_the_rerun_finishes_the_same(sft_output, tmp_pa
     from upload_driver import state
 
     work, site = tmp_path / "work", tmp_path / "site"
-    cmd = [
-        sys.executable,
-        "-m",
-        "upload_driver.cli",
-        "run",
-        str(sft_output),
-        "--work",
-        str(work),
-        "--formats",
-        "lora,gguf",
-        "--quant",
-        "F16",
-        "--push",
-        f"local:{site}",
-        "--runtime",
-        "local",
-    ]
+    cmd = driver_process(sft_output, work, "--formats", "lora,gguf", "--quant", "F16", "--push", f"local:{site}")
     killed = []
     for step in ("merged_16bit", "gguf", "docs", "publish-local"):
         partial = work / "artifacts" / f"{step}.partial"
@@ -245,19 +216,5 @@ def test_kill_9_at_each_step_then_the_rerun_finishes_the_same(sft_output, tmp_pa
     assert steps == ["lora", "merged_16bit", "gguf", "docs", "publish-local"] and set(recorded) == set(steps)
     for name in ("lora", "merged_16bit", "gguf", "docs"):
         assert state.verify(PlannedStep(name, "merge-tool", "merge_tool.cli", work / "artifacts" / name))
-    again = drive(
-        "run",
-        sft_output,
-        "--work",
-        work,
-        "--formats",
-        "lora,gguf",
-        "--quant",
-        "F16",
-        "--push",
-        f"local:{site}",
-        "--runtime",
-        "local",
-        "--json",
-    )
+    again = drive(*cmd[3:], "--json")  # the same run in this process
     assert all(skipped(again).values())

@@ -45,26 +45,19 @@ def test_mistakes_stop_the_run_before_any_step(sft_output, tmp_path, no_token, a
     before = tree_hash(sft_output)
     (tmp_path / "repos.toml").write_text('[docs]\nrepos = {gguf = "../../ESCAPED"}\n')
     args = [a.replace("SITE", str(tmp_path / "site")).replace("REPOS", str(tmp_path / "repos.toml")) for a in args]
-    result = drive("run", sft_output, "--work", tmp_path / "w", "--runtime", "local", *args)
+    result = local_run(sft_output, tmp_path / "w", *args)
     assert says in one_line_error(result, code)
     assert not (tmp_path / "w" / "artifacts").exists() and not (tmp_path / "site").exists()
     assert tree_hash(sft_output) == before
 
 
+def local_run(trainer, work, *args, env=None):
+    """upload-driver run with local processes (no Docker engine to be found)."""
+    return drive("run", trainer, "--work", work, "--runtime", "local", *args, env=env)
+
+
 def test_dry_run_reports_the_same_findings(sft_output, tmp_path, no_token):
-    result = drive(
-        "run",
-        sft_output,
-        "--work",
-        tmp_path / "w",
-        "--runtime",
-        "local",
-        "--push",
-        "hf:acme/x",
-        "--quant",
-        "Q4_K_X",
-        "--dry-run",
-    )
+    result = local_run(sft_output, tmp_path / "w", "--push", "hf:acme/x", "--quant", "Q4_K_X", "--dry-run")
     assert result.exit_code == 0, result.output
     assert (
         "PROBLEM: unknown quantization 'Q4_K_X'" in result.stdout
@@ -75,38 +68,16 @@ def test_dry_run_reports_the_same_findings(sft_output, tmp_path, no_token):
 
 
 def test_local_target_inside_the_trainer_output_or_unwritable(sft_output, tmp_path):
-    result = drive(
-        "run",
-        sft_output,
-        "--work",
-        tmp_path / "w",
-        "--runtime",
-        "local",
-        "--formats",
-        "lora",
-        "--push",
-        f"local:{sft_output / 'published'}",
-    )
+    result = local_run(sft_output, tmp_path / "w", "--formats", "lora", "--push", f"local:{sft_output / 'published'}")
     assert "overlaps the trainer output" in one_line_error(result, 2)
     ro = tmp_path / "ro"
     ro.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], capture_output=True).returncode:
         pytest.skip("cannot mount a read-only file system here (needs root)")
     try:
-        result = drive(
-            "run",
-            sft_output,
-            "--work",
-            tmp_path / "w",
-            "--runtime",
-            "local",
-            "--formats",
-            "lora",
-            "--push",
-            f"local:{ro / 'site'}",
-        )
+        result = local_run(sft_output, tmp_path / "w", "--formats", "lora", "--push", f"local:{ro / 'site'}")
         assert "cannot be written" in one_line_error(result, 2) and not (tmp_path / "w" / "artifacts").exists()
-        result = drive("run", sft_output, "--work", ro / "w", "--runtime", "local", "--formats", "lora")
+        result = local_run(sft_output, ro / "w", "--formats", "lora")
         assert "the work folder" in one_line_error(result, 2)
     finally:
         subprocess.run(["umount", str(ro)], check=True)
@@ -118,7 +89,7 @@ def test_a_full_disk_is_found_before_the_first_step(sft_output, tmp_path):
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], capture_output=True).returncode:
         pytest.skip("cannot mount a small file system here (needs root)")
     try:
-        result = drive("run", sft_output, "--work", small / "w", "--runtime", "local", "--formats", "merged_16bit")
+        result = local_run(sft_output, small / "w", "--formats", "merged_16bit")
         line = one_line_error(result, 1)
         assert "the plan writes ~" in line and "MB margin" in line and not (small / "w" / "artifacts").exists()
     finally:
@@ -131,17 +102,7 @@ def test_no_ollama_server_is_found_before_the_first_step(sft_output, tmp_path):
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    result = drive(
-        "run",
-        sft_output,
-        "--work",
-        tmp_path / "w",
-        "--runtime",
-        "local",
-        "--push",
-        "ollama",
-        env={"OLLAMA_HOST": f"127.0.0.1:{port}"},
-    )
+    result = local_run(sft_output, tmp_path / "w", "--push", "ollama", env={"OLLAMA_HOST": f"127.0.0.1:{port}"})
     assert f"no Ollama server answers at http://127.0.0.1:{port}" in one_line_error(result, 1)
     assert not (tmp_path / "w" / "artifacts").exists()
 
@@ -170,7 +131,7 @@ def test_the_token_is_checked_against_the_hub_before_the_first_step(
     hub, sft_output, tmp_path, monkeypatch, token, target, says
 ):
     monkeypatch.setenv("HF_TOKEN", token)
-    result = drive("run", sft_output, "--work", tmp_path / "w", "--runtime", "local", "--push", target)
+    result = local_run(sft_output, tmp_path / "w", "--push", target)
     assert says in one_line_error(result, 1) and not (tmp_path / "w" / "artifacts").exists()
 
 
@@ -180,7 +141,7 @@ def test_a_stalled_hub_does_not_hang_the_driver(hub, sft_output, tmp_path, monke
     monkeypatch.setenv("HF_TOKEN", "hf_w")
     monkeypatch.setattr(preflight, "NET_WAIT", 1.0)
     hub.add_fault("GET", r"/api/whoami", action="delay", delay=8.0)
-    result = drive("run", sft_output, "--work", tmp_path / "w", "--runtime", "local", "--push", "hf:alice/x")
+    result = local_run(sft_output, tmp_path / "w", "--push", "hf:alice/x")
     line = one_line_error(result, 1)  # given up on the driver's own 1 s bound, not after the server's 8 s
     assert hub.url.split("//")[1] in line and "did not answer within 1 s" in line, line
     assert not (tmp_path / "w" / "artifacts").exists()
@@ -196,23 +157,14 @@ def test_a_tokenizer_only_its_code_defines_stops_the_run_before_any_step(sft_out
     cfg.update(auto_map={"AutoTokenizer": ["tok.EvilTokenizer", None]}, tokenizer_class="EvilTokenizer")
     (run_dir / "tokenizer_config.json").write_text(json.dumps(cfg))
     before = tree_hash(run_dir)
-    result = drive("run", run_dir, "--work", tmp_path / "w", "--runtime", "local")
+    result = local_run(run_dir, tmp_path / "w")
     assert "never runs code" in one_line_error(result, 1) and "EvilTokenizer" in result.output
     assert not (tmp_path / "w" / "artifacts").exists() and not marker.exists() and tree_hash(run_dir) == before
 
 
 def test_a_local_target_inside_the_artifacts_is_refused(sft_output, tmp_path):
-    result = drive(
-        "run",
-        sft_output,
-        "--work",
-        tmp_path / "w",
-        "--runtime",
-        "local",
-        "--formats",
-        "lora",
-        "--push",
-        f"local:{tmp_path / 'w' / 'artifacts' / 'site'}",
+    result = local_run(
+        sft_output, tmp_path / "w", "--formats", "lora", "--push", f"local:{tmp_path / 'w' / 'artifacts' / 'site'}"
     )
     assert "overlaps the artifacts" in one_line_error(result, 2)
 

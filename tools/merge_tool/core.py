@@ -21,24 +21,12 @@ from upload_common.progress import byte_progress
 from upload_common.remote_code import CONFIG_FILES, check_sanitizable, python_files, read_config, sanitize, scan
 from upload_common.sets import get_set
 from upload_common.step import Step
-from upload_common.trainer_output import inspect_trainer_output
+from upload_common.trainer_output import TOKENIZER_FILES, inspect_trainer_output
 
 from .adapter import check_values, pickle_to_safetensors, read_adapter
 from .base import TOOL, resolve_base
 from .formats import Format, get_format
 from .job import Adapter, Base, Job, Plan
-
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "tokenizer.model",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "chat_template.jinja",
-    "chat_template.json",
-    "vocab.json",
-    "merges.txt",
-)
 
 
 def copy_tokenizer(found: dict, base: Base | None, folder: Path, warnings: list) -> dict:
