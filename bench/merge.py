@@ -1,11 +1,12 @@
 #!/usr/bin/env python
 """Benchmark: merge-tool vs peft merging a LoRA adapter into a synthetic Llama-shaped bf16 base model.
 
-    python bench/merge.py [--work DIR] [--size-gb 2.0] [--keep] [--skip-peft] [--json]
+    python bench/merge.py [--work DIR] [--size-gb 2.0] [--repeat N] [--keep] [--skip-peft] [--json]
 
 Generates (or reuses) a base model + r=16 LoRA adapter in --work, measures the disk's write/read speed,
-runs each tool cold in its own process, and prints wall time, peak RSS, bytes moved, the I/O floor and
-PASS/MISS against the targets. Progress goes to stderr, the table to stdout. Always exits 0.
+runs each tool cold in its own process (--repeat times, keeping the median run: the disk of a shared
+machine is noisy), and prints wall time, peak RSS, bytes moved, the I/O floor and PASS/MISS against
+the targets. Progress goes to stderr, the table to stdout. Always exits 0.
 """
 
 from __future__ import annotations
@@ -67,13 +68,19 @@ def folder_bytes(folder: Path) -> int:
 
 
 def run_measured(cmd: list[str], env: dict | None = None) -> dict:
-    """Run cmd in its own process (output to our stderr): wall seconds, that child's peak RSS, exit code."""
+    """Run cmd in its own process (output to our stderr): wall seconds, that child's CPU seconds (user +
+    system: steadier than the wall time on a busy machine) and peak RSS, exit code."""
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=sys.stderr, stderr=sys.stderr)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t
     proc.returncode = os.waitstatus_to_exitcode(status)  # keep Popen from waiting again
-    return {"wall_s": wall, "peak_rss_gb": usage.ru_maxrss * 1024 / GB, "exit_code": proc.returncode}
+    return {
+        "wall_s": wall,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "peak_rss_gb": usage.ru_maxrss * 1024 / GB,
+        "exit_code": proc.returncode,
+    }
 
 
 def peft_merge(base: str, adapter: str, out: str) -> None:
@@ -132,6 +139,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--size-gb", type=float, default=2.0, help="base model size in GB (default: %(default)s)")
     ap.add_argument("--keep", action="store_true", help="keep the two output folders")
     ap.add_argument("--skip-peft", action="store_true", help="run merge-tool only")
+    ap.add_argument("--repeat", type=int, default=1, help="cold runs of each tool; the median is kept (default: 1)")
     ap.add_argument("--json", action="store_true", help="also print the figures as JSON")
     ap.add_argument("--_peft", nargs=3, metavar=("BASE", "ADAPTER", "OUT"), help=argparse.SUPPRESS)
     return ap.parse_args()
@@ -172,30 +180,45 @@ def commands(base: Path, adapter: Path, out1: Path, out2: Path, skip_peft: bool)
     return tools
 
 
-def measure(tools: dict, inputs: list[Path], disk: tuple[float, float]) -> tuple[dict, dict]:
-    """Each tool run on a cold page cache: (figures by name, why a tool has none by name)."""
-    write_gbs, read_gbs = disk
-    bytes_read = sum(p.stat().st_size for p in inputs)
+def measure(tools: dict, inputs: list[Path], disk: tuple[float, float], repeat: int = 1) -> tuple[dict, dict]:
+    """Each tool run on a cold page cache, ``repeat`` times: (the figures of its median run by name, why
+    a tool has none by name). The I/O floor is that of the disk speed measured before the runs."""
     results, status = {}, {}
-    for name, (cmd, cmd_env, out) in tools.items():
+    for name, tool in tools.items():
         if name == "merge-tool" and not (REPO / "tools/merge_tool/cli.py").is_file():
             status[name] = "not run: tools/merge_tool/cli.py not found"
             log(f"merge-tool {status[name]}")
             continue
-        shutil.rmtree(out, ignore_errors=True)
-        os.sync()
-        evict(inputs)
-        log(f"running {name} (cold cache)")
-        r = run_measured(cmd, cmd_env)
-        if r["exit_code"]:
-            status[name] = f"FAILED with exit code {r['exit_code']} after {r['wall_s']:.1f}s"
-            log(f"{name} {status[name]} (its output is above); no figures for it")
-            continue
-        r.update(bytes_read=bytes_read, bytes_written=folder_bytes(out))
-        r["io_floor_s"] = bytes_read / (read_gbs * GB) + r["bytes_written"] / (write_gbs * GB)
-        results[name] = r
-        log(f"{name}: {r['wall_s']:.1f}s, peak RSS {r['peak_rss_gb']:.2f} GB")
+        runs = []
+        for _ in range(max(1, repeat)):
+            r = cold_run(name, tool, inputs, disk)
+            if "failed" in r:
+                status[name] = r["failed"]
+                break
+            runs.append(r)
+        if runs and name not in status:
+            results[name] = sorted(runs, key=lambda r: r["wall_s"])[len(runs) // 2]
+            results[name]["walls_s"] = [r["wall_s"] for r in runs]
     return results, status
+
+
+def cold_run(name: str, tool: tuple, inputs: list[Path], disk: tuple[float, float]) -> dict:
+    cmd, cmd_env, out = tool
+    write_gbs, read_gbs = disk
+    bytes_read = sum(p.stat().st_size for p in inputs)
+    shutil.rmtree(out, ignore_errors=True)
+    os.sync()
+    evict(inputs)
+    log(f"running {name} (cold cache)")
+    r = run_measured(cmd, cmd_env)
+    if r["exit_code"]:
+        failed = f"FAILED with exit code {r['exit_code']} after {r['wall_s']:.1f}s"
+        log(f"{name} {failed} (its output is above); no figures for it")
+        return {"failed": failed}
+    r.update(bytes_read=bytes_read, bytes_written=folder_bytes(out))
+    r["io_floor_s"] = bytes_read / (read_gbs * GB) + r["bytes_written"] / (write_gbs * GB)
+    log(f"{name}: {r['wall_s']:.1f}s, peak RSS {r['peak_rss_gb']:.2f} GB")
+    return r
 
 
 def targets(m: dict | None, p: dict | None) -> dict:
@@ -212,8 +235,8 @@ def targets(m: dict | None, p: dict | None) -> dict:
 
 def print_table(tools: dict, results: dict, status: dict, checks: dict) -> None:
     print(
-        f"{'tool':<11} {'wall s':>8} {'peak RSS GB':>12} {'read GB':>8} {'written GB':>11} {'I/O floor s':>12} "
-        f"{'wall/floor':>11}"
+        f"{'tool':<11} {'wall s':>8} {'CPU s':>7} {'peak RSS GB':>12} {'read GB':>8} {'written GB':>11} "
+        f"{'I/O floor s':>12} {'wall/floor':>11}"
     )
     for name in tools:
         r = results.get(name)
@@ -221,9 +244,11 @@ def print_table(tools: dict, results: dict, status: dict, checks: dict) -> None:
             print(f"{name:<11} {status[name]}")
             continue
         print(
-            f"{name:<11} {r['wall_s']:>8.1f} {r['peak_rss_gb']:>12.2f} {r['bytes_read'] / GB:>8.2f} "
+            f"{name:<11} {r['wall_s']:>8.1f} {r['cpu_s']:>7.1f} {r['peak_rss_gb']:>12.2f} {r['bytes_read'] / GB:>8.2f} "
             f"{r['bytes_written'] / GB:>11.2f} {r['io_floor_s']:>12.1f} {r['wall_s'] / r['io_floor_s']:>11.2f}"
         )
+        if len(r["walls_s"]) > 1:
+            print(f"{'':<11} median of {len(r['walls_s'])} runs: " + ", ".join(f"{w:.1f}s" for w in r["walls_s"]))
     print("\ntargets:")
     for label, c in checks.items():
         verdict = "n/a " if c is None else ("PASS" if c["pass"] else "MISS")
@@ -264,7 +289,7 @@ def main() -> None:
     write_gbs, read_gbs = disk_speed(work)
     inputs = [p for p in files_in(base) if p.suffix == ".safetensors"] + [adapter / "adapter_model.safetensors"]
     tools = commands(base, adapter, out1, out2, args.skip_peft)
-    results, status = measure(tools, inputs, (write_gbs, read_gbs))
+    results, status = measure(tools, inputs, (write_gbs, read_gbs), args.repeat)
 
     m, p = results.get("merge-tool"), results.get("peft")
     checks = targets(m, p)
