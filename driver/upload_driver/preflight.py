@@ -18,7 +18,7 @@ from upload_common.contract import SPACE_MARGIN, nearest_existing
 from upload_common.errors import UploadError, UsageError
 from upload_common.safety import check_repo_id, is_inside
 
-from .disk_plan import estimate, peak  # noqa: F401 (estimate: used as preflight.estimate)
+from .disk_plan import peak
 from .plan import PlannedStep, naming
 from .request import Request
 

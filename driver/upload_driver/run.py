@@ -12,7 +12,7 @@ from upload_common.contract import read_manifest
 from upload_common.errors import Unsupported, UsageError, from_os_error
 from upload_common.trainer_output import inspect_trainer_output
 
-from . import containers, local, preflight
+from . import containers, disk_plan, local, preflight
 from . import state as st
 from .lock import hold
 from .plan import PlannedStep, plan
@@ -181,7 +181,7 @@ def _dry_run(req, steps, runtime, gpu, device, force, running, findings, disk) -
                 "status": status,
                 "command": cmd,
                 "output": str(step.out),
-                "expected_bytes": preflight.estimate(step, sizes),
+                "expected_bytes": disk_plan.estimate(step, sizes),
             }
         )
     return {

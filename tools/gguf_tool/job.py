@@ -3,14 +3,13 @@ float type, the optional importance matrix and LoRA adapter, the validation thre
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from upload_common.contract import describe_input
 from upload_common.errors import UsageError
 
-from .quants import BITS, FLOAT_OUTTYPES, get_quant
+from .quants import FLOAT_OUTTYPES, get_quant
 
 DEFAULT_MIN_TOP1 = {"F32": 0.99, "F16": 0.99, "BF16": 0.99, "Q8_0": 0.97, "LoRA": 0.99}
 
@@ -56,11 +55,6 @@ class GgufJob:
         if self.lora:
             inputs.update(lora=describe_input(self.lora), lora_base=describe_input(self.base))
         return inputs
-
-    def estimate(self, specs: dict) -> int:
-        """Bytes the output may take: the 16-bit intermediate plus each quant type at its bits per weight."""
-        n_params = sum(math.prod(s["shape"]) for s in specs.values())
-        return n_params * 2 + sum(int(n_params * BITS.get(q, 5) / 8) for q in self.wanted)
 
 
 def wanted_quants(quants, imatrix, calibration, lora, base) -> tuple[str, ...]:
