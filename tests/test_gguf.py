@@ -78,6 +78,7 @@ def test_files_metadata_and_validation(converted, trained_llama):
         assert read_field(f, "tokenizer.chat_template") == template
         assert read_field(f, "general.name") == "Tiny-Llama"
     assert not any("fallback" in w or "256" in w for w in manifest["warnings"])
+    assert manifest["decisions"]["reference"] == {"method": "fp32 on the CPU, streamed part by part"}
     listed = {o["path"] for o in manifest["outputs"]}
     assert listed == {p.name for p in out.iterdir() if p.name != "manifest.json"}
     assert manifest["parameters"]["intermediate"] == "F16"

@@ -124,7 +124,7 @@ def run(
             files["LoRA"]["files"] = [files["LoRA"].pop("file")]
         if job.validate:
             with s.timed("validate"):
-                _validate(job, s.folder, files, work, log, tool_log)
+                s.manifest["decisions"]["reference"] = _validate(job, s.folder, files, work, log, tool_log)
             _judge(files, job.thresholds)
         shutil.rmtree(work, ignore_errors=True)
     return s.manifest
@@ -231,10 +231,11 @@ def _describe_files(job: GgufJob, folder: Path, warn) -> dict:
     return files
 
 
-def _validate(job: GgufJob, folder: Path, files: dict, work: Path, log, tool_log) -> None:
-    """Each file's next-token figures against the Hugging Face model, into files[type]["validation"]."""
+def _validate(job: GgufJob, folder: Path, files: dict, work: Path, log, tool_log) -> dict:
+    """Each file's next-token figures against the Hugging Face model, into files[type]["validation"];
+    how the reference was computed (for decisions.reference)."""
     log(f"validating against the Hugging Face model ({job.validate_tokens} tokens)")
-    ids, ref = val.reference(job.model_dir, val.VALIDATION_TEXT, job.validate_tokens)
+    ids, ref, how = val.described_reference(job.model_dir, val.VALIDATION_TEXT, job.validate_tokens)
     checks = [(q, _first_split(folder, job.name, q), None) for q in job.wanted]
     if job.lora:  # the adapter over the base must compute what the merged model computes
         checks.append(("LoRA", base_gguf(job.base, work, tool_log), folder / files["LoRA"]["files"][0]))
@@ -242,6 +243,7 @@ def _validate(job: GgufJob, folder: Path, files: dict, work: Path, log, tool_log
         figures = val.validate(path, ids, ref, val.VALIDATION_TEXT, lora=adapter)
         files[q]["validation"] = figures
         log(f"  {q}: top-1 {figures['top1_agreement']:.3f}, mean KL {figures['mean_kl']:.5f}")
+    return how
 
 
 def _judge(files: dict, thresholds: dict) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from upload_common.quality import VALIDATION_TEXT, compare, reference  # noqa: F401 (used as val.*)
+from upload_common.quality import VALIDATION_TEXT, compare, described_reference  # noqa: F401 (used as val.*)
 
 
 def gguf_run(path: Path, ids: list[int], text: str, lora: Path | None = None):

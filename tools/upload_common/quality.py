@@ -23,17 +23,27 @@ VALIDATION_TEXT = (
 def reference(model_dir: Path, text: str, max_tokens: int, device: str = "cpu"):
     """(token ids, log-probabilities) of the Hugging Face model in ``model_dir``, in fp32 on ``device``. On
     the CPU the model is streamed part by part, never held whole (``reference.run_reference``)."""
+    ids, logprobs_, _ = described_reference(model_dir, text, max_tokens, device)
+    return ids, logprobs_
+
+
+def described_reference(model_dir: Path, text: str, max_tokens: int, device: str = "cpu"):
+    """``reference``'s ids and log-probabilities, and how they were computed, for a manifest: ``{"method"}``
+    (streamed on the CPU, or the whole model loaded, then with ``why``)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)  # an untrusted folder never runs code
     ids = tok(text).input_ids[:max_tokens]
     if device == "cpu":
-        return ids, run_reference(model_dir, ids).logprobs
+        ref = run_reference(model_dir, ids)
+        if ref.streamed:
+            return ids, ref.logprobs, {"method": "fp32 on the CPU, streamed part by part"}
+        return ids, ref.logprobs, {"method": "fp32 on the CPU, the whole model", "why": ref.note}
     model = AutoModelForCausalLM.from_pretrained(
         model_dir, dtype=torch.float32, trust_remote_code=False, device_map=device
     ).eval()
-    return ids, logprobs(model, ids)
+    return ids, logprobs(model, ids), {"method": f"fp32 on {device}, the whole model"}
 
 
 def check_finite(logprobs, which: str, todo: str) -> None:
