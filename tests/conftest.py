@@ -199,6 +199,8 @@ def point_hub_client(monkeypatch, tmp_path: Path, url: str, token: str) -> None:
     from servers.hub import client_env
 
     monkeypatch.setattr(constants, "ENDPOINT", url)
+    # hf_hub_url formats this template, fixed from the endpoint when huggingface_hub was imported
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)

@@ -60,19 +60,21 @@ def _tree_bytes(*folders: Path) -> int:
     return total
 
 
-def test_dry_run_predicts_the_measured_peak(small, tmp_path):
+def _run_args(trainer: Path, work: Path, site: Path) -> list[str]:
+    args = ["run", trainer, "--work", work, "--formats", "lora,gguf", "--quant", "Q4_K_M"]
+    return [str(a) for a in [*args, "--push", f"local:{site}", "--runtime", "local", "--json"]]
+
+
+def _measured_peak(args: list[str], *folders: Path) -> int:
+    """The run's peak bytes under ``folders``, sampled while it runs (it must succeed); the intermediate
+    must have been seen and be gone at the end."""
     from upload_driver.cli import main
 
-    work, site = tmp_path / "work", tmp_path / "site"
-    args = ["run", small["sft"], "--work", work, "--formats", "lora,gguf", "--quant", "Q4_K_M"]
-    args = [str(a) for a in [*args, "--push", f"local:{site}", "--runtime", "local", "--json"]]
-    dry = CliRunner().invoke(main, [*args, "--dry-run"], env=NO_DOCKER)
-    predicted = json.loads(dry.stdout)["expected_bytes"]
     peak, done = [0], threading.Event()
 
     def watch():
         while not done.is_set():
-            peak[0] = max(peak[0], _tree_bytes(work, site))
+            peak[0] = max(peak[0], _tree_bytes(*folders))
             time.sleep(0.002)
 
     watcher = threading.Thread(target=watch)
@@ -83,5 +85,43 @@ def test_dry_run_predicts_the_measured_peak(small, tmp_path):
         done.set()
         watcher.join()
     assert result.exit_code == 0, result.output
-    assert peak[0] > _tree_bytes(work, site)  # the intermediate was there, and is gone
-    assert abs(predicted - peak[0]) <= 0.10 * peak[0], (predicted, peak[0])
+    assert peak[0] > _tree_bytes(*folders)  # the intermediate was there, and is gone
+    return peak[0]
+
+
+def _predicted(args: list[str]) -> int:
+    from upload_driver.cli import main
+
+    dry = CliRunner().invoke(main, [*args, "--dry-run"], env=NO_DOCKER)
+    assert dry.exit_code == 0, dry.output
+    plan = json.loads(dry.stdout)
+    assert all(r["expected_bytes"] for r in plan["steps"]), plan["steps"]  # no step's size unknown
+    return plan["expected_bytes"]
+
+
+def test_dry_run_predicts_the_measured_peak(small, tmp_path):
+    work, site = tmp_path / "work", tmp_path / "site"
+    args = _run_args(small["sft"], work, site)
+    predicted = _predicted(args)
+    peak = _measured_peak(args, work, site)
+    assert abs(predicted - peak) <= 0.10 * peak, (predicted, peak)
+
+
+def test_dry_run_predicts_the_peak_of_a_hub_base(small, hub, tmp_path, tokenizer_dir, monkeypatch):
+    """A base the adapter names by its Hub id: the dry run reads its tensor list from the Hub's metadata
+    (range requests of the safetensors header), and the real run downloads it and makes the same peak."""
+    from huggingface_hub import HfApi
+
+    from upload_common.sample import make_trainer_output
+
+    api = HfApi(endpoint=hub.url, token=os.environ["HF_TOKEN"])
+    api.create_repo("acme/tiny-base")
+    api.upload_folder(repo_id="acme/tiny-base", folder_path=small["base"])
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # where the merge step downloads the base
+    sft = make_trainer_output(tmp_path / "sft", small["base"], tokenizer_dir=tokenizer_dir, base_name="acme/tiny-base")
+    work, site = tmp_path / "work", tmp_path / "site"
+    args = _run_args(sft, work, site)
+    predicted = _predicted(args)
+    assert not (tmp_path / "hf-home").exists()  # nothing downloaded to plan
+    peak = _measured_peak(args, work, site)
+    assert abs(predicted - peak) <= 0.10 * peak, (predicted, peak)

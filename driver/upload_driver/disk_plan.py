@@ -29,14 +29,19 @@ def _arg(step: PlannedStep, flag: str) -> str | None:
     return next((str(v) for k, v in zip(args, args[1:], strict=False) if k == flag and isinstance(v, str)), None)
 
 
-@functools.lru_cache(maxsize=8)
 def hub_specs(repo_id: str) -> dict:
     """Tensor name -> {"shape", "dtype"} of a Hub model, from its safetensors headers (range requests)."""
-    from huggingface_hub import HfApi, constants
+    from huggingface_hub import constants
+
+    return _hub_specs((os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/"), repo_id)
+
+
+@functools.lru_cache(maxsize=8)
+def _hub_specs(endpoint: str, repo_id: str) -> dict:
+    from huggingface_hub import HfApi
 
     from .preflight import _bounded
 
-    endpoint = (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
     api = HfApi(endpoint=endpoint)
     meta = _bounded(f"reading {repo_id}'s tensor list", endpoint, lambda: api.get_safetensors_metadata(repo_id))
     return {
