@@ -125,3 +125,65 @@ def test_dry_run_predicts_the_peak_of_a_hub_base(small, hub, tmp_path, tokenizer
     assert not (tmp_path / "hf-home").exists()  # nothing downloaded to plan
     peak = _measured_peak(args, work, site)
     assert abs(predicted - peak) <= 0.10 * peak, (predicted, peak)
+
+
+def test_a_step_short_of_disk_is_refused_before_it_starts(tmp_path, monkeypatch):
+    import shutil
+
+    from upload_common.errors import NotEnoughSpace
+    from upload_driver.disk_plan import check_step
+    from upload_driver.plan import PlannedStep
+
+    step = PlannedStep("gguf", "gguf-tool", "gguf_tool.cli", tmp_path / "work" / "artifacts" / "gguf")
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=(64 << 20) + (3 << 30)))
+    check_step(step, 3 << 30)  # just enough with the margin
+    check_step(step, None)  # unknown: the tool checks its own estimate
+    with pytest.raises(NotEnoughSpace, match=r"step gguf needs ~3.22 GB .* only 3.29 GB is free now: .*--work") as e:
+        check_step(step, (3 << 30) + 1)
+    assert e.value.exit_code == 1 and e.value.fields["need"] == (3 << 30) + 1
+    site = PlannedStep("publish-local", "hf-push-tool", "m", tmp_path / "p", rw={"site": tmp_path / "site"})
+    with pytest.raises(NotEnoughSpace, match="publish to another local: folder"):
+        check_step(site, 4 << 30)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 128 MB file system of its own (tmpfs), unmounted afterwards."""
+    import subprocess
+
+    mount = tmp_path / "fs"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128m", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode:
+        pytest.skip(f"no tmpfs can be mounted here: {made.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_the_disk_is_checked_again_before_each_step(small, small_disk):
+    """The disk fills up while the run goes on (here: when its first step is done): the next step is
+    refused before it starts, the finished one kept, nothing of the refused one written."""
+    import shutil
+
+    from upload_common.contract import SPACE_MARGIN
+    from upload_common.errors import NotEnoughSpace
+    from upload_driver.config import request
+    from upload_driver.run import execute
+
+    work = small_disk / "work"
+    req = request(small["sft"], work=str(work), formats="lora,gguf", quants=("Q4_K_M",), runtime="local")
+    lines = []
+
+    def log(line):
+        lines.append(line)
+        if line.startswith("[1/") and ": done in" in line:  # someone else fills the disk
+            free = shutil.disk_usage(small_disk).free
+            (small_disk / "filler").write_bytes(b"\0" * (free - SPACE_MARGIN - (256 << 10)))
+
+    with pytest.raises(NotEnoughSpace, match=r"step merged_16bit needs ~\d+ MB at its peak .* free now") as e:
+        execute(req, log=log)
+    assert e.value.exit_code == 1 and "\n" not in e.value.message
+    assert (work / "artifacts" / "lora" / "manifest.json").is_file()
+    assert not list((work / "artifacts").glob("merged_16bit*"))
+    assert not any("merged_16bit: merge-tool" in line for line in lines)

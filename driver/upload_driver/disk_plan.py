@@ -24,7 +24,7 @@ def _extras(folder: Path) -> int:
     return sum(f.stat().st_size for f in Path(folder).iterdir() if f.is_file() and f.name.startswith(_EXTRA))
 
 
-def _arg(step: PlannedStep, flag: str) -> str | None:
+def arg(step: PlannedStep, flag: str) -> str | None:
     args = list(step.args)
     return next((str(v) for k, v in zip(args, args[1:], strict=False) if k == flag and isinstance(v, str)), None)
 
@@ -57,7 +57,7 @@ def base_specs(step: PlannedStep) -> dict | None:
         from upload_common.st_io import model_specs
 
         return model_specs(step.inputs["base"])
-    repo = _arg(step, "--base")
+    repo = arg(step, "--base")
     try:
         return hub_specs(repo) if repo else None
     except Exception:  # noqa: BLE001 - unreachable, gated, not safetensors: size unknown; the merge says why
@@ -101,7 +101,7 @@ def _merge(step: PlannedStep, sizes: dict) -> int | None:
     if not specs:
         return None
     sizes["specs"] = specs
-    sizes["merged"] = merged_bytes(specs, _arg(step, "--dtype")) + _extras(adapter) + MANIFEST
+    sizes["merged"] = merged_bytes(specs, arg(step, "--dtype")) + _extras(adapter) + MANIFEST
     return sizes["merged"]
 
 
@@ -130,3 +130,37 @@ def peak(steps: Sequence[PlannedStep], will_run: set, sizes: dict) -> tuple[int,
         top = max(top, held + out + sizes.get("temporary", {}).get(name, 0))
         held += out
     return top, rows
+
+
+def step_peaks(steps: Sequence[PlannedStep]) -> dict[str, int | None]:
+    """Step name -> the bytes it holds on disk at its own peak: what it leaves plus its temporary files
+    (None when they cannot be known)."""
+    sizes: dict = {}
+    rows = [(s.name, estimate(s, sizes)) for s in steps]
+    return {name: out and out + sizes.get("temporary", {}).get(name, 0) for name, out in rows}
+
+
+def check_step(step: PlannedStep, need: int | None) -> None:
+    """Refuse to start ``step`` when the file system it writes to (a local publish: the target's) has
+    less free than its predicted peak and the margin; an unknown prediction is not checked here (the
+    tool checks its own estimate)."""
+    import shutil
+
+    from upload_common.contract import SPACE_MARGIN, _size, nearest_existing
+    from upload_common.errors import NotEnoughSpace
+
+    if not need:
+        return
+    probe = nearest_existing(step.rw["site"] if step.rw else step.out)
+    free = shutil.disk_usage(probe).free
+    if free < need + SPACE_MARGIN:
+        fix = "publish to another local: folder" if step.rw else "pass --work on another disk"
+        raise NotEnoughSpace(
+            f"step {step.name} needs ~{_size(need)} at its peak (plus a {_size(SPACE_MARGIN)} margin) in {probe} "
+            f"but only {_size(free)} is free now: free some space, or {fix}, and run again "
+            "(finished steps are kept)",
+            step=step.name,
+            need=need,
+            free=free,
+            margin=SPACE_MARGIN,
+        )

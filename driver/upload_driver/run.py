@@ -132,11 +132,13 @@ def _steps(req, steps, todo, runtime, c, gpu_choice, decided, log) -> dict:
     if c is not None and containers.remove_leftovers(c, work):
         log("removed containers left by an interrupted run")
     rows, t_all = [], time.monotonic()
+    needs = disk_plan.step_peaks(steps)
     for i, step in enumerate(steps, 1):
         if step.name not in running and st.up_to_date(work, step, fps.get(step.name)):
             log(f"[{i}/{len(steps)}] {step.name}: up to date, skipped")
             rows.append(summary(step, None))
             continue
+        disk_plan.check_step(step, needs[step.name])  # the disk as it is now, before the step starts
         st.forget(work, step.name)
         gpu, device = gpu_choice() if step.gpu else (False, "cpu")
         where = "container" if runtime == "docker" else "local process"
