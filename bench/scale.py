@@ -181,7 +181,17 @@ def run_pipeline(trainer_output: Path, run_dir: Path, group: MemoryGroup | None)
         "samples": sampler.samples,
         "steps": steps + [total],
         "driver_seconds": {s["step"]: s["seconds"] for s in summary.get("steps", [])},
+        "phases": phases(run_dir / "artifacts"),
     }
+
+
+def phases(artifacts: Path) -> dict:
+    """step -> the seconds per phase its tool recorded in its manifest (timings.seconds)."""
+    out = {}
+    for manifest in sorted(artifacts.glob("*/manifest.json")):
+        seconds = json.loads(manifest.read_text()).get("timings", {}).get("seconds", {})
+        out[manifest.parent.name] = {k: v for k, v in seconds.items() if isinstance(v, (int, float))}
+    return out
 
 
 def measure_size(args, size_gb: float) -> dict:
@@ -237,6 +247,8 @@ def print_size(row: dict, limit_gb: float | None) -> None:
         own = row["driver_seconds"].get(s["step"])
         cells = "".join(f"{s[k] / scale:>12.2f}" for k, _, scale in FIGURES)
         print(f"  {s['step'][:26]:<26}{cells}{'' if own is None else f'{own:>10.1f}'}")
+    for step, secs in row["phases"].items():
+        print(f"  {step}'s own phases: " + ", ".join(f"{k} {v:.1f} s" for k, v in secs.items()))
 
 
 def print_fits(table: dict) -> None:
