@@ -140,7 +140,7 @@ def run_artifacts(tmp_path_factory, llama_base, tokenizer_dir) -> dict:
         quants=["Q8_0", "Q4_K_M"],
         name="Tiny-Chat",
         validate_tokens=48,
-        min_top1={"Q8_0": 0.0},
+        min_top1={"Q8_0": 0.0, "BF16": 0.0},  # an untrained model: near-ties flip its top-1
     )
     return {"root": root, "trainer": trainer, "lora": art / "lora", "merged": art / "merged", "gguf": art / "gguf"}
 

@@ -78,7 +78,14 @@ def test_files_metadata_and_validation(converted, trained_llama):
         assert read_field(f, "tokenizer.chat_template") == template
         assert read_field(f, "general.name") == "Tiny-Llama"
     assert not any("fallback" in w or "256" in w for w in manifest["warnings"])
-    assert manifest["decisions"]["reference"] == {"method": "fp32 on the CPU, streamed part by part"}
+    ref = manifest["decisions"]["reference"]
+    assert ref["method"] == "fp32 on the CPU, streamed part by part" and ref["llama_cpp_device"] == "CPU"
+    assert ref["text"]["source"].startswith("built-in") and ref["text"]["tokens"] == 1024 <= q4["positions"]
+    assert f16["against"].startswith("Hugging Face") and q4["against"] == q8["against"] == "the F16 GGUF"
+    for v in (f16, q8, q4):  # the text's perplexity by each file, next to its reference's
+        assert v["mean_kl"] <= v["p99_kl"] <= v["max_kl"] and 1 < v["perplexity_reference"] < 10_000
+    assert f16["perplexity"] == pytest.approx(f16["perplexity_reference"], rel=1e-3)
+    assert q4["perplexity_reference"] == q8["perplexity_reference"] == pytest.approx(f16["perplexity"], rel=1e-6)
     listed = {o["path"] for o in manifest["outputs"]}
     assert listed == {p.name for p in out.iterdir() if p.name != "manifest.json"}
     assert manifest["parameters"]["intermediate"] == "F16"
@@ -153,7 +160,7 @@ def test_importance_matrix_from_calibration_text(trained_llama, tmp_path):
 
     cal = tmp_path / "calibration.txt"
     cal.write_text("\n".join(sample_text(600, seed=5)))
-    manifest = run(trained_llama, tmp_path / "o", quants=["IQ2_XS"], calibration=cal, validate_tokens=64, name="t")
+    manifest = run(trained_llama, tmp_path / "o", quants=["IQ2_XS"], calibration=cal, name="t")
     out = tmp_path / "o"
     assert (out / "t.imatrix.gguf").is_file() and manifest["timings"]["seconds"]["imatrix"] > 0
     types = {t for t, _ in tensor_types(out / "t-IQ2_XS.gguf").values()}

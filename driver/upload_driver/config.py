@@ -21,7 +21,7 @@ DEFAULTS = {
     "gpus": "auto",
     "name": None,
     "merge": {},  # base, checkpoint, dtype, max_shard_size, calibration, allow_pickle
-    "gguf": {},  # imatrix, calibration, split_max_size, validate_tokens
+    "gguf": {},  # imatrix, calibration, eval_text, split_max_size, validate_tokens
     "docs": {},  # license, license_link, base_model, datasets, language, system, ollama_quant, repos
     "publish": {},  # private, ollama_push
 }
@@ -117,7 +117,7 @@ def _relative_paths(data: dict, base: Path) -> dict:
     for key in ("trainer_output", "work"):
         if data.get(key):
             data[key] = rel(data[key])
-    for section, keys in (("merge", ("base", "calibration")), ("gguf", ("imatrix", "calibration"))):
+    for section, keys in (("merge", ("base", "calibration")), ("gguf", ("imatrix", "calibration", "eval_text"))):
         for key in keys:
             value = (data.get(section) or {}).get(key)
             if value and (key != "base" or _looks_like_path(value)):

@@ -160,12 +160,14 @@ def _gguf_args(spec, req: Request, found: dict) -> tuple[dict, list, dict]:
         "--name",
         naming(req)[0],
     ]
-    for key in ("imatrix", "calibration"):
+    for key in ("imatrix", "calibration", "eval_text"):
         if gguf.get(key):
             inputs[key] = Path(gguf[key])
-            args += [f"--{key}", ("in", key)]
+            args += [f"--{key.replace('_', '-')}", ("in", key)]
     args += _opts(gguf, {"split_max_size": "--split-max-size", "validate_tokens": "--validate-tokens"})
-    return inputs, args, {}
+    # the validation's reference log-probabilities, kept for a rerun with other types (content-addressed)
+    args += ["--reference-cache", ("rw", "reference_cache", "")]
+    return inputs, args, {"rw": {"reference_cache": req.work / "cache" / "reference"}}
 
 
 MAKERS = {"merge-tool": ("merge_tool.cli", _merge_args), "gguf-tool": ("gguf_tool.cli", _gguf_args)}

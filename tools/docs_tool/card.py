@@ -143,26 +143,41 @@ def _intro(ctx: dict) -> str:
 def _files(ctx: dict) -> str:
     gguf = ctx.get("gguf_files")
     if gguf:
-        rows = ["| File | Type | Size | Top-1 agreement | Mean KL | Notes |", "|---|---|---|---|---|---|"]
+        rows = [
+            "| File | Type | Size | Top-1 agreement | Mean KL | P99 KL | Perplexity | Notes |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for q, info in gguf.items():
             v = info.get("validation") or {}
-            top1 = f"{v['top1_agreement']:.3f}" if "top1_agreement" in v else "not validated"
-            kl = f"{v['mean_kl']:.5f}" if "mean_kl" in v else ""
+            figures = _figures(v)
             notes = []
             if info.get("fallbacks"):
                 notes.append(f"{len(info['fallbacks'])} tensors kept at a wider type (rows not a multiple of 256)")
             if q == "LoRA":
                 notes.append("adapter: use with the base model's GGUF")
+            if v.get("against"):
+                notes.append(f"checked against {v['against']}")
             for f in info["files"]:
-                rows.append(f"| `{f}` | {q} | {_size(ctx['sizes'].get(f, 0))} | {top1} | {kl} | {'; '.join(notes)} |")
+                rows.append(f"| `{f}` | {q} | {_size(ctx['sizes'].get(f, 0))} | {figures} | {'; '.join(notes)} |")
         return (
-            "## Files\n\nEvery file was loaded in llama.cpp and compared with the Hugging Face model on the "
-            "same text: the share of positions where both pick the same next token (top-1 agreement) and "
-            "the mean KL divergence of their next-token distributions (0 = identical).\n\n" + "\n".join(rows)
+            "## Files\n\nEvery file was loaded in llama.cpp and run on the same text as its reference: the "
+            "16-bit file against the Hugging Face model, each quantized file against the 16-bit file. Top-1 "
+            "agreement is the share of positions where both pick the same next token; KL is the divergence of "
+            "their next-token distributions (0 = identical), on average and at the 99th percentile; perplexity "
+            "is the file's on the text (its reference's in brackets).\n\n" + "\n".join(rows)
         )
     rows = ["| File | Size |", "|---|---|"]
     rows += [f"| `{f['path']}` | {_size(f['size'])} |" for f in ctx["files"] if f["path"] != "README.md"]
     return "## Files\n\n" + "\n".join(rows) + _quantization(ctx)
+
+
+def _figures(v: dict) -> str:
+    """A file's table cells: top-1, mean KL, p99 KL, perplexity (reference); blank where not measured."""
+    if "top1_agreement" not in v:
+        return "not validated | | |"
+    p99 = f"{v['p99_kl']:.5f}" if "p99_kl" in v else ""
+    ppl = f"{v['perplexity']:.3f} ({v['perplexity_reference']:.3f})" if "perplexity" in v else ""
+    return f"{v['top1_agreement']:.3f} | {v['mean_kl']:.5f} | {p99} | {ppl}"
 
 
 def _quantization(ctx: dict) -> str:

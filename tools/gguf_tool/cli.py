@@ -6,6 +6,7 @@ import click
 
 from upload_common.cli import emit, fingerprint_option, json_option, log, overwrite_option, report_errors
 
+from .job import DEFAULT_TOKENS
 from .quants import QUANTS
 
 
@@ -41,7 +42,21 @@ def _thresholds(values) -> dict:
 @click.option("--split-max-size", default=None, help="Split files above this size, e.g. 48G.")
 @click.option("--lora", type=click.Path(), default=None, help="Also make a LoRA adapter GGUF from this adapter folder.")
 @click.option("--base", type=click.Path(), default=None, help="With --lora: the base model folder of the adapter.")
-@click.option("--validate-tokens", type=int, default=128, show_default=True, help="Token budget of the validation.")
+@click.option(
+    "--validate-tokens", type=int, default=DEFAULT_TOKENS, show_default=True, help="Token budget of the validation."
+)
+@click.option(
+    "--eval-text",
+    type=click.Path(),
+    default=None,
+    help="Validate on this UTF-8 text file instead of the built-in text (prose, code, numbers, chat turns).",
+)
+@click.option(
+    "--reference-cache",
+    type=click.Path(),
+    default=None,
+    help="Folder keeping the validation's reference log-probabilities for later runs (content-addressed).",
+)
 @click.option("--no-validate", is_flag=True, help="Skip the comparison with the Hugging Face model.")
 @click.option(
     "--min-top1",
@@ -67,6 +82,8 @@ def main(
     lora,
     base,
     validate_tokens,
+    eval_text,
+    reference_cache,
     no_validate,
     min_top1,
     name,
@@ -97,6 +114,8 @@ def main(
         lora=lora,
         base=base,
         validate_tokens=validate_tokens,
+        eval_text=eval_text,
+        reference_cache=reference_cache,
         validate=not no_validate,
         name=name,
         min_top1=_thresholds(min_top1),

@@ -13,15 +13,15 @@ from pathlib import Path
 from upload_common.cards import looks_like_repo_id
 from upload_common.contract import check_output_free, read_json_object, read_manifest, settle
 from upload_common.errors import InvalidInput
+from upload_common.eval_text import from_file
 from upload_common.gguf_size import gguf_bytes, gguf_step_peak
 from upload_common.remote_code import refuse_code
 from upload_common.st_io import model_specs
 from upload_common.step import Step
 
-from . import llama_tree
-from . import validate as val
+from . import checks, llama_tree
 from .convert import convert_model
-from .job import DEFAULT_MIN_TOP1, GgufJob, intermediate_type, wanted_quants
+from .job import DEFAULT_MIN_TOP1, DEFAULT_TOKENS, GgufJob, intermediate_type, wanted_quants
 from .lora import base_gguf, check_inputs, make_lora_gguf
 from .quantize import compute_imatrix, fallbacks, quantize, quantize_with_imatrix
 from .quants import FLOAT_OUTTYPES, get_quant
@@ -65,7 +65,9 @@ def run(
     split_max_size: str | None = None,
     lora=None,
     base=None,
-    validate_tokens: int = 128,
+    validate_tokens: int = DEFAULT_TOKENS,
+    eval_text=None,
+    reference_cache=None,
     validate: bool = True,
     name: str | None = None,
     min_top1: dict | None = None,
@@ -77,6 +79,8 @@ def run(
     wanted = wanted_quants(quants, imatrix, calibration, lora, base)
     check_output_free(out, overwrite)
     refuse_code(model_dir, TOOL)  # a folder that names code is refused before anything is converted
+    if eval_text and validate:
+        from_file(eval_text)  # a missing, empty or non-UTF-8 text is refused before anything is converted
     if lora:
         check_inputs(Path(base))
     config = read_json_object(model_dir / "config.json", "model config", "pass a Hugging Face model folder")
@@ -94,6 +98,8 @@ def run(
         base=Path(base) if base else None,
         validate=validate,
         validate_tokens=validate_tokens,
+        eval_text=Path(eval_text) if eval_text else None,
+        reference_cache=Path(reference_cache).absolute() if reference_cache else None,
     )
     with Step(
         TOOL,
@@ -111,21 +117,33 @@ def run(
         files = s.manifest["files"] = {}
         tool_log = _debug_log(log)  # the converter's own log lines, shown with UPLOAD_DRIVER_DEBUG
         inter_first = _convert(job, s, log, tool_log)
+        work = s.folder / "_work"
+        refs = None
+        if job.validate:  # the 16-bit file is checked against the HF model before anything is quantized
+            with s.timed("reference"):
+                log(f"validating the {job.inter_type} GGUF against the Hugging Face model")
+                refs = checks.references(job, inter_first, job.reference_cache or work / "reference", log)
         with s.timed("quantize"):
             imx = _importance_matrix(job, s, tools, inter_first, log)
             s.outputs(_quantize_all(job, s.folder, inter_first, imx, tools.get("llama-quantize"), log))
-        if job.inter_type not in job.wanted:  # no later part reads it: validation compares with the HF model
+        if job.inter_type not in job.wanted:  # no later part reads it: the quants are checked against its log-probs
             for f in _outputs(s.folder, job.name, job.inter_type):
                 f.unlink()
         files.update(_describe_files(job, s.folder, s.warn))
-        work = s.folder / "_work"
+        lora_base = None
         if job.lora:
             files["LoRA"] = make_lora_gguf(job.lora, job.base, s.folder / f"{job.name}-LoRA-F16.gguf", work, tool_log)
             files["LoRA"]["files"] = [files["LoRA"].pop("file")]
-        if job.validate:
+            lora_base = base_gguf(job.base, work, tool_log) if refs else None
+        if refs:
             with s.timed("validate"):
-                s.manifest["decisions"]["reference"] = _validate(job, s.folder, files, work, log, tool_log)
-            _judge(files, job.thresholds)
+                log("validating each file against its reference")
+
+                def folder_of(q: str) -> Path:
+                    return s.folder / files[q]["files"][0]
+
+                s.manifest["decisions"]["reference"] = checks.check_outputs(job, refs, folder_of, files, lora_base, log)
+            checks.judge(files, job.thresholds)
         shutil.rmtree(work, ignore_errors=True)
     return s.manifest
 
@@ -229,39 +247,6 @@ def _describe_files(job: GgufJob, folder: Path, warn) -> dict:
             )
         files[q] = info
     return files
-
-
-def _validate(job: GgufJob, folder: Path, files: dict, work: Path, log, tool_log) -> dict:
-    """Each file's next-token figures against the Hugging Face model, into files[type]["validation"];
-    how the reference was computed (for decisions.reference)."""
-    log(f"validating against the Hugging Face model ({job.validate_tokens} tokens)")
-    ids, ref, how = val.described_reference(job.model_dir, val.VALIDATION_TEXT, job.validate_tokens)
-    checks = [(q, _first_split(folder, job.name, q), None) for q in job.wanted]
-    if job.lora:  # the adapter over the base must compute what the merged model computes
-        checks.append(("LoRA", base_gguf(job.base, work, tool_log), folder / files["LoRA"]["files"][0]))
-    for q, path, adapter in checks:
-        figures = val.validate(path, ids, ref, val.VALIDATION_TEXT, lora=adapter)
-        files[q]["validation"] = figures
-        log(f"  {q}: top-1 {figures['top1_agreement']:.3f}, mean KL {figures['mean_kl']:.5f}")
-    return how
-
-
-def _judge(files: dict, thresholds: dict) -> None:
-    bad = []
-    for q, info in files.items():
-        v = info["validation"]
-        if not v["tokenization_matches"]:
-            bad.append(
-                f"{q} tokenizes the validation text differently from the HF tokenizer (is tokenizer.model "
-                "missing from the model folder?)"
-            )
-        elif q in thresholds and v["top1_agreement"] < thresholds[q]:
-            bad.append(
-                f"{q} agrees with the HF model on {v['top1_agreement']:.3f} of next tokens "
-                f"(needs {thresholds[q]}; mean KL {v['mean_kl']:.4f})"
-            )
-    if bad:
-        raise InvalidInput("validation failed: " + "; ".join(bad), validation=files)
 
 
 def _outputs(folder: Path, name: str, q: str) -> list[Path]:

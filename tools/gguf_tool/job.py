@@ -12,6 +12,7 @@ from upload_common.errors import UsageError
 from .quants import FLOAT_OUTTYPES, get_quant
 
 DEFAULT_MIN_TOP1 = {"F32": 0.99, "F16": 0.99, "BF16": 0.99, "Q8_0": 0.97, "LoRA": 0.99}
+DEFAULT_TOKENS = 1024  # of the validation text: two chunks of 512
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,9 @@ class GgufJob:
     lora: Path | None = None
     base: Path | None = None
     validate: bool = True
-    validate_tokens: int = 128
+    validate_tokens: int = DEFAULT_TOKENS
+    eval_text: Path | None = None  # the user's validation text (else the built-in one)
+    reference_cache: Path | None = None  # where reference log-probabilities are kept between runs
 
     @property
     def needs_tools(self) -> bool:
@@ -49,7 +52,7 @@ class GgufJob:
 
     def inputs(self) -> dict:
         inputs = {"model": describe_input(self.model_dir)}
-        for key, given in (("imatrix", self.imatrix), ("calibration", self.calibration)):
+        for key, given in (("imatrix", self.imatrix), ("calibration", self.calibration), ("eval_text", self.eval_text)):
             if given:
                 inputs[key] = describe_input(given)
         if self.lora:

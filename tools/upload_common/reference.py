@@ -24,9 +24,9 @@ FP32_BYTES = 4
 
 @dataclass(frozen=True)
 class Reference:
-    """Log-probabilities [positions, vocab] (float64 numpy) and how they were computed: ``streamed`` part by
-    part or the whole model at once (``note`` says why), the most weight bytes held at once (fp32) and
-    the whole model's."""
+    """Log-probabilities (``to_logprobs``: [positions, vocab] float64, or per sequence float32) and how
+    they were computed: ``streamed`` part by part or the whole model at once (``note`` says why), the most
+    weight bytes held at once (fp32) and the whole model's."""
 
     logprobs: Any
     streamed: bool
@@ -43,33 +43,51 @@ class _Plan:
     specs: dict[str, dict]  # the checkpoint's tensors (st_io.model_specs)
 
 
-def logprobs(model, ids: list[int]):
-    """Next-token log-probabilities [positions, vocab] (float64 numpy) of a transformers model."""
+def logprobs(model, ids: list[int] | list[list[int]]):
+    """Next-token log-probabilities of a transformers model: [positions, vocab] float64 for one sequence,
+    [sequences, positions, vocab] float32 for several of one length (``to_logprobs``)."""
     import torch
 
     device = next(model.parameters()).device
     with torch.no_grad():
-        logits = model(torch.tensor([ids], device=device)).logits[0]
-    return to_logprobs(logits)
+        logits = model(torch.tensor(_batch(ids), device=device)).logits
+    return to_logprobs(logits, batched=_batched(ids))
 
 
-def to_logprobs(logits):
-    """Next-token log-probabilities (float64 numpy) from logits [positions, vocab]."""
+def to_logprobs(logits, batched: bool = False):
+    """Log-probabilities (numpy) from logits [sequences, positions, vocab]: the first sequence's in float64,
+    or, ``batched``, every sequence's in float32, each normalized in float64 then rounded (one sequence's
+    float64 copy at a time: a 128k vocabulary over 1,024 positions would take 1 GB in float64)."""
+    import numpy as np
     import torch
 
-    return torch.log_softmax(logits.double(), -1).cpu().numpy()
+    if not batched:
+        return torch.log_softmax(logits[0].double(), -1).cpu().numpy()
+    out = np.empty(tuple(logits.shape), dtype=np.float32)
+    for i in range(logits.shape[0]):
+        out[i] = torch.log_softmax(logits[i].double(), -1).float().cpu().numpy()
+    return out
 
 
-def run_reference(model_dir: Path, ids: list[int]) -> Reference:
-    """The log-probabilities of the model in ``model_dir`` for the token ``ids``, in fp32 on the CPU:
-    streamed when the model's family and checkpoint allow it, else the whole model loaded at once."""
+def _batched(ids) -> bool:
+    return bool(ids) and isinstance(ids[0], list | tuple)
+
+
+def _batch(ids) -> list[list[int]]:
+    return [list(s) for s in ids] if _batched(ids) else [list(ids)]
+
+
+def run_reference(model_dir: Path, ids: list[int] | list[list[int]]) -> Reference:
+    """The log-probabilities of the model in ``model_dir`` for the token ``ids`` (one sequence, or several of
+    one length run as a batch), in fp32 on the CPU: streamed when the model's family and checkpoint allow
+    it, else the whole model loaded at once."""
     plan = plan_stream(Path(model_dir))
     if isinstance(plan, str):
         return whole_model(Path(model_dir), ids, plan)
     return _streamed(plan, ids)
 
 
-def whole_model(model_dir: Path, ids: list[int], note: str) -> Reference:
+def whole_model(model_dir: Path, ids: list[int] | list[list[int]], note: str) -> Reference:
     """The log-probabilities with the whole model loaded in fp32 (what transformers does by default)."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -191,7 +209,7 @@ class _Weights:
         module.load_state_dict({k: torch.empty_like(t, device="meta") for k, t in state.items()}, assign=True)
 
 
-def _streamed(plan: _Plan, ids: list[int]) -> Reference:
+def _streamed(plan: _Plan, ids: list[int] | list[list[int]]) -> Reference:
     import torch
 
     weights = _Weights(plan)
@@ -201,12 +219,12 @@ def _streamed(plan: _Plan, ids: list[int]) -> Reference:
         hooks.append(module.register_forward_hook(lambda m, args, out: weights.release(m)))
     try:
         with torch.no_grad():
-            logits = plan.model(input_ids=torch.tensor([ids]), use_cache=False).logits[0]
+            logits = plan.model(input_ids=torch.tensor(_batch(ids)), use_cache=False).logits
     finally:
         for h in hooks:
             h.remove()
     return Reference(
-        logprobs=to_logprobs(logits),
+        logprobs=to_logprobs(logits, batched=_batched(ids)),
         streamed=True,
         note="streamed part by part from the safetensors files",
         peak_weight_bytes=weights.peak,
