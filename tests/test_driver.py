@@ -18,7 +18,7 @@ from driver_helpers import driver_process
 from upload_common.errors import InvalidInput, UsageError
 from upload_driver.cli import main
 from upload_driver.config import docker_bind_path, local_path, request
-from upload_driver.plan import naming, plan
+from upload_driver.plan import naming, plan, render
 from upload_driver.request import Request
 
 NO_DOCKER = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}
@@ -74,6 +74,30 @@ def test_plan_from_the_request(sft_output, tmp_path):
     ):
         with pytest.raises(UsageError, match=message):
             plan(request(sft_output, work=str(tmp_path / "w"), **bad), found)
+
+
+def test_gguf_validation_settings_reach_gguf_tool(sft_output, tmp_path):
+    """[gguf] eval_text (an input, read only), min_top1 (a --min-top1 per type) and the reference cache (a
+    folder of the run the step writes)."""
+    from upload_common.trainer_output import inspect_trainer_output
+
+    text = tmp_path / "mine.txt"
+    text.write_text("my own validation text")
+    req = Request(
+        trainer_output=sft_output,
+        work=tmp_path / "w",
+        formats=("gguf",),
+        gguf={"eval_text": text, "min_top1": {"Q4_K_M": 0.9, "Q8_0": 0.98}},
+    )
+    gguf = {s.name: s for s in plan(req, inspect_trainer_output(sft_output))}["gguf"]
+    argv = render(gguf, inp=lambda k: f"in:{k}", out=lambda: "out", rw=lambda k: f"rw:{k}", device="cpu")
+    assert gguf.inputs["eval_text"] == text and argv[argv.index("--eval-text") + 1] == "in:eval_text"
+    assert " ".join(argv).count("--min-top1") == 2 and "Q4_K_M=0.9" in argv and "Q8_0=0.98" in argv
+    assert argv[argv.index("--reference-cache") + 1] == "rw:reference_cache"
+    assert gguf.rw["reference_cache"] == tmp_path / "w" / "cache" / "reference"
+    bad = Request(trainer_output=sft_output, work=tmp_path / "w", formats=("gguf",), gguf={"min_top1": 0.9})
+    with pytest.raises(UsageError, match="gguf.min_top1"):
+        plan(bad, inspect_trainer_output(sft_output))
 
 
 @pytest.fixture(scope="module")

@@ -163,6 +163,7 @@ def test_importance_matrix_from_calibration_text(trained_llama, tmp_path):
     manifest = run(trained_llama, tmp_path / "o", quants=["IQ2_XS"], calibration=cal, name="t")
     out = tmp_path / "o"
     assert (out / "t.imatrix.gguf").is_file() and manifest["timings"]["seconds"]["imatrix"] > 0
+    assert manifest["decisions"]["imatrix_device"] == "CPU"  # no GPU on the test machine
     types = {t for t, _ in tensor_types(out / "t-IQ2_XS.gguf").values()}
     assert "IQ2_XS" in types
     assert 0 < manifest["files"]["IQ2_XS"]["validation"]["top1_agreement"] <= 1

@@ -137,3 +137,27 @@ def test_gpu_load_failure_falls_back_to_the_cpu(small, tmp_path, monkeypatch):
     manifest = run(small, tmp_path / "o", quants=["F16"], validate_tokens=200, min_top1=LOOSE)
     assert manifest["decisions"]["reference"]["llama_cpp_device"] == "CPU" and -1 in tried and 0 in tried
     assert json.loads((tmp_path / "o" / "manifest.json").read_text())["files"]["F16"]["validation"]["positions"] > 100
+
+
+def test_imatrix_falls_back_to_the_cpu(tmp_path, monkeypatch):
+    """With a GPU in sight llama-imatrix is asked to offload every layer; when that run fails it runs again
+    on the CPU (the partial matrix removed)."""
+    from gguf_tool import quantize as qz
+
+    calls = []
+
+    def fake_run(cmd, what):
+        calls.append(cmd[-1])
+        (tmp_path / "m.imatrix").write_text("partial")
+        if cmd[-1]:
+            raise InvalidInput("llama.cpp's llama-imatrix failed (CUDA error: out of memory)")
+
+    gpu = tmp_path / "nvidia0"
+    gpu.touch()
+    monkeypatch.setattr(qz, "GPU_DEVICES", (str(gpu),))
+    monkeypatch.setattr(qz, "run_tool", fake_run)
+    assert qz.compute_imatrix("llama-imatrix", "m.gguf", "t.txt", tmp_path / "m.imatrix", nthread=2) == "CPU"
+    assert calls == [999, 0]
+    gpu.unlink()
+    assert qz.compute_imatrix("llama-imatrix", "m.gguf", "t.txt", tmp_path / "m.imatrix", nthread=2) == "CPU"
+    assert calls == [999, 0, 0]

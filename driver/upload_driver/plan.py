@@ -165,6 +165,10 @@ def _gguf_args(spec, req: Request, found: dict) -> tuple[dict, list, dict]:
             inputs[key] = Path(gguf[key])
             args += [f"--{key.replace('_', '-')}", ("in", key)]
     args += _opts(gguf, {"split_max_size": "--split-max-size", "validate_tokens": "--validate-tokens"})
+    bars = gguf.get("min_top1") or {}  # [gguf.min_top1] Q4_K_M = 0.9
+    if not isinstance(bars, dict) or not all(isinstance(v, int | float) for v in bars.values()):
+        raise UsageError("gguf.min_top1: give a table of type = bar, e.g. [gguf.min_top1] Q4_K_M = 0.9")
+    args += [a for q, bar in bars.items() for a in ("--min-top1", f"{q}={bar}")]
     # the validation's reference log-probabilities, kept for a rerun with other types (content-addressed)
     args += ["--reference-cache", ("rw", "reference_cache", "")]
     return inputs, args, {"rw": {"reference_cache": req.work / "cache" / "reference"}}

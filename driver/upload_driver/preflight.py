@@ -268,7 +268,7 @@ def check(req: Request, found_output: dict, steps: Sequence[PlannedStep], will_r
     if why:
         found.append(Finding("--work", f"the work folder {req.work}: {why}: pass another --work", usage=True))
     for step in running:
-        if step.rw:
+        if "site" in step.rw:
             found += _local(step.rw["site"], req)
         elif step.token and step.tool == "hf-push-tool":
             found += _hub(req)

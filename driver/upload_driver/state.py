@@ -43,7 +43,7 @@ def _expected(step: PlannedStep) -> dict[Path, dict]:
     out = step.out
     m = read_manifest(out) or {}
     files = {out / o["path"]: o for o in m.get("outputs") or [] if isinstance(o, dict) and "path" in o}
-    if step.rw:  # a local publish: DIR/<repo id>/<path in repo>, DIR as this machine sees it (not the container)
+    if "site" in step.rw:  # a local publish: DIR/<repo id>/<path in repo>, DIR as this machine sees it
         upload = _json_object(step.inputs["docs"] / UPLOAD_MANIFEST)
         site = step.rw["site"]
         for sets in (m.get("published") or {}).values():

@@ -195,7 +195,8 @@ def _importance_matrix(job: GgufJob, s: Step, tools: dict, inter_first: Path, lo
     with s.timed("imatrix"):
         imx = s.folder / f"{job.name}.imatrix.gguf"
         log("computing the importance matrix from the calibration text")
-        compute_imatrix(tools["llama-imatrix"], inter_first, job.calibration, imx, nthread=os.cpu_count() or 1)
+        on = compute_imatrix(tools["llama-imatrix"], inter_first, job.calibration, imx, nthread=os.cpu_count() or 1)
+        s.manifest["decisions"]["imatrix_device"] = on
     return imx
 
 

@@ -54,9 +54,22 @@ def quantize_with_imatrix(
     )
 
 
-def compute_imatrix(tool: Path, model: Path, text: Path, dst: Path, *, nthread: int, ctx: int = 128) -> None:
-    """An importance matrix from a calibration text, by llama-imatrix on CPU."""
-    run_tool([tool, "-m", model, "-f", text, "-o", dst, "-c", ctx, "-t", nthread, "-ngl", 0], "llama-imatrix")
+GPU_DEVICES = ("/dev/nvidia0", "/dev/dxg")  # a CUDA GPU on Linux, or under WSL2
+
+
+def compute_imatrix(tool: Path, model: Path, text: Path, dst: Path, *, nthread: int, ctx: int = 128) -> str:
+    """An importance matrix from a calibration text, by llama-imatrix: every layer on the GPU when the
+    machine shows one (a build without GPU support ignores that), else, or when that run fails, on the
+    CPU. Returns where it ran."""
+    base = [tool, "-m", model, "-f", text, "-o", dst, "-c", ctx, "-t", nthread, "-ngl"]
+    if any(Path(d).exists() for d in GPU_DEVICES):
+        try:
+            run_tool([*base, 999], "llama-imatrix")
+            return "GPU"
+        except InvalidInput:
+            Path(dst).unlink(missing_ok=True)
+    run_tool([*base, 0], "llama-imatrix")
+    return "CPU"
 
 
 def tensor_types(path: Path) -> dict[str, tuple[str, list[int]]]:
