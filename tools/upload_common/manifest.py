@@ -77,12 +77,16 @@ class Timings(_Closed):
 
 
 class Agreement(_Open):
-    """A converted model checked against the 16-bit one on the validation text (quality.compare)."""
+    """A converted model checked against its reference on the validation text (quality.Agreement)."""
 
     positions: Size
     top1_agreement: Annotated[float, Field(ge=0, le=1)]
     mean_kl: float
     max_kl: float
+    p99_kl: float | None = Field(None, description="99th percentile of the per-position KL divergence")
+    perplexity: float | None = Field(None, description="the file's perplexity on the validation text")
+    perplexity_reference: float | None = Field(None, description="its reference's perplexity on the same text")
+    against: str | None = Field(None, description="the reference: the Hugging Face model, or the 16-bit GGUF")
 
 
 class GgufFiles(_Open):
