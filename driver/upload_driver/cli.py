@@ -102,6 +102,12 @@ def _print_plan(result: dict) -> None:
     click.echo(
         f"expected disk use: ~{result['expected_bytes'] / 1e9:.2f} GB (free: {result['free_bytes'] / 1e9:.1f} GB)"
     )
+    if result.get("memory"):
+        from .memory_plan import line
+
+        click.echo("expected memory of the quantized formats (their libraries hold the model):")
+        for m in result["memory"]:
+            click.echo(f"    {line(m)}")
     for p in result["problems"]:
         click.echo(f"PROBLEM: {p['problem']}")
     if result["problems"]:

@@ -12,7 +12,7 @@ from upload_common.contract import read_manifest
 from upload_common.errors import Unsupported, UsageError, from_os_error
 from upload_common.trainer_output import inspect_trainer_output
 
-from . import containers, disk_plan, local, preflight
+from . import containers, disk_plan, local, memory_plan, preflight
 from . import state as st
 from .lock import hold
 from .plan import PlannedStep, plan
@@ -192,6 +192,7 @@ def _dry_run(req, steps, runtime, gpu, device, force, running, findings, disk) -
         "gpu": gpu,
         "steps": rows,
         **disk,
+        "memory": memory_plan.plan(steps, sizes.get("specs"), gpu),
         "problems": [{"check": f.check, "problem": f.problem, "usage": f.usage} for f in findings],
     }
 
