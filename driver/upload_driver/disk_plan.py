@@ -15,6 +15,7 @@ from pathlib import Path
 from .plan import PlannedStep
 
 MANIFEST = 8 << 10  # a step's manifest.json
+REFERENCE_TOKENS = 1024  # gguf-tool's default --validate-tokens (a test checks)
 _EXTRA = ("tokenizer", "special_tokens_map", "chat_template", "added_tokens", "vocab", "merges")
 _BYTES = {"F64": 8, "F32": 4, "I64": 8, "I32": 4, "BOOL": 1, "U8": 1, "I8": 1}
 
@@ -82,7 +83,18 @@ def _gguf(step: PlannedStep, sizes: dict) -> int | None:
     vocab = max((s["shape"][0] for n, s in specs.items() if "embed_tokens" in n), default=0)
     plan = gguf_step_peak(specs, quants, floats[0] if floats else "BF16", vocab)
     sizes.setdefault("temporary", {})[step.name] = plan["intermediate_bytes"]
-    return plan["outputs_bytes"] + MANIFEST
+    kept = sizes.setdefault("kept", {})[step.name] = _references(step, vocab)
+    return plan["outputs_bytes"] + MANIFEST + kept
+
+
+def _references(step: PlannedStep, vocab: int) -> int:
+    """The validation's reference files the run keeps for a rerun (its cache/reference folder): the Hugging
+    Face model's and the 16-bit GGUF's next-token log-probabilities, float32 per position and vocabulary
+    entry, in .npy files (a chunk's leading token, a header)."""
+    if "--no-validate" in step.args:
+        return 0
+    tokens = int(arg(step, "--validate-tokens") or REFERENCE_TOKENS)
+    return 2 * ((tokens + 2) * vocab * 4 + 128)
 
 
 def _all(step: PlannedStep, flag: str) -> list[str]:
@@ -91,8 +103,11 @@ def _all(step: PlannedStep, flag: str) -> list[str]:
 
 
 def _merge(step: PlannedStep, sizes: dict) -> int | None:
-    if "model" in step.inputs:  # a format made from the merge: at most the merge's size
-        return sizes.get("merged")
+    if "model" in step.inputs:  # a format made from the merge: its weights at the format's bits (else the merge's size)
+        from .memory_plan import quantized_bytes
+
+        weights = quantized_bytes(step.name, sizes.get("specs"), sizes.get("width", 2))
+        return sizes.get("merged") if weights is None else weights + sizes["extras"]
     adapter = Path(step.inputs["adapter"])
     if step.name == "lora":
         weights = next(iter(adapter.glob("adapter_model.*")), None)
@@ -100,13 +115,14 @@ def _merge(step: PlannedStep, sizes: dict) -> int | None:
     specs = base_specs(step)
     if not specs:
         return None
-    sizes["specs"] = specs
-    sizes["merged"] = merged_bytes(specs, arg(step, "--dtype")) + _extras(adapter) + MANIFEST
+    sizes.update(specs=specs, width=4 if arg(step, "--dtype") == "fp32" else 2, extras=_extras(adapter) + MANIFEST)
+    sizes["merged"] = merged_bytes(specs, arg(step, "--dtype")) + sizes["extras"]
     return sizes["merged"]
 
 
 def estimate(step: PlannedStep, sizes: dict) -> int | None:
-    """Bytes a step leaves (None when they cannot be known); its temporary peak in sizes["temporary"]."""
+    """Bytes a step leaves (None when they cannot be known); its temporary peak in sizes["temporary"], what
+    it keeps beside its output folder in sizes["kept"] (not published)."""
     if step.tool == "merge-tool":
         out = _merge(step, sizes)
     elif step.tool == "gguf-tool":
@@ -115,8 +131,8 @@ def estimate(step: PlannedStep, sizes: dict) -> int | None:
         out = 64 << 10
     else:  # a local publish copies the sets and the cards; the others write a manifest
         made = sizes.setdefault("made", {})
-        out = sum(made.get(k) or 0 for k in step.inputs) if step.rw else MANIFEST
-    sizes.setdefault("made", {})[step.name] = out
+        out = sum(made.get(k) or 0 for k in step.inputs) if "site" in step.rw else MANIFEST
+    sizes.setdefault("made", {})[step.name] = out and out - sizes.get("kept", {}).get(step.name, 0)
     return out
 
 
@@ -151,10 +167,10 @@ def check_step(step: PlannedStep, need: int | None) -> None:
 
     if not need:
         return
-    probe = nearest_existing(step.rw["site"] if step.rw else step.out)
+    probe = nearest_existing(step.rw.get("site", step.out))
     free = shutil.disk_usage(probe).free
     if free < need + SPACE_MARGIN:
-        fix = "publish to another local: folder" if step.rw else "pass --work on another disk"
+        fix = "publish to another local: folder" if "site" in step.rw else "pass --work on another disk"
         raise NotEnoughSpace(
             f"step {step.name} needs ~{_size(need)} at its peak (plus a {_size(SPACE_MARGIN)} margin) in {probe} "
             f"but only {_size(free)} is free now: free some space, or {fix}, and run again "
