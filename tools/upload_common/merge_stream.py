@@ -94,6 +94,13 @@ class MergeRecipe:
             ) from None
 
 
+def is_deferred(manifest: dict | None) -> bool:
+    """Whether a step manifest is merge-tool's for a merge whose weights were deferred: the folder holds
+    the config, tokenizer and recipe but no model files, and is never published as a model."""
+    weights = ((manifest or {}).get("decisions") or {}).get("weights")
+    return isinstance(weights, dict) and weights.get("deferred") is True
+
+
 def row_blocks(shape: list, whole: bool, chunk: int = CHUNK_ELEMENTS) -> list:
     """Row ranges to compute one at a time; ``[None]`` means the whole tensor at once."""
     if whole or len(shape) < 2:

@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from upload_common.block_writer import fsync_path
 from upload_common.errors import InvalidInput, Unsupported
 from upload_common.merge_stream import CHUNK_ELEMENTS as CHUNK
-from upload_common.merge_stream import MergedTensors, MergeRecipe, TensorRecipe, merge_rows, row_blocks
+from upload_common.merge_stream import RECIPE_NAME, MergedTensors, MergeRecipe, TensorRecipe, merge_rows, row_blocks
 from upload_common.st_io import (
     CODES,
     NonFiniteTensor,
@@ -57,6 +58,7 @@ class Merge:
     model_config: dict
     out_dtype: str
     device: str
+    deferred: bool = False  # the weights are left to gguf-tool: write the recipe, not the model files
 
 
 def _base_name(name: str, specs: dict) -> str | None:
@@ -194,6 +196,39 @@ def _notes(job: Job, base: Base, warnings: list) -> None:
         warnings.append(f"merged by unsloth {check_available()} instead of the streaming merge")
 
 
+def _deferral(job: Job) -> dict | None:
+    """The manifest's ``decisions.weights`` when --defer-weights was given: deferred, or written all the
+    same when only merge-tool can compute them."""
+    if not job.params.get("defer_weights"):
+        return None
+    why = (
+        "the base is quantized (bitsandbytes), which only merge-tool dequantizes"
+        if job.base.quantized
+        else "the adapter was converted from a pickle"
+        if job.adapter.converted_from
+        else "--engine unsloth merges by itself"
+        if job.params.get("engine") == "unsloth"
+        else None
+    )
+    if why:
+        return {"deferred": False, "why": f"written although --defer-weights was given: {why}"}
+    return {
+        "deferred": True,
+        "recipe": RECIPE_NAME,
+        "why": "--defer-weights: not a model to publish; gguf-tool computes the weights from the base and the "
+        "adapter while converting",
+    }
+
+
+def _adapter_file(job: Job) -> str:
+    """The adapter's weights file relative to the trainer output (or adapter) folder given."""
+    weights = job.adapter.weights
+    try:
+        return weights.relative_to(Path(job.found["root"])).as_posix()
+    except (KeyError, ValueError):
+        return weights.name
+
+
 def plan(job: Job) -> Plan[Merge]:
     adapter, base = job.adapter, job.base
     check_mergeable(adapter.config)
@@ -227,12 +262,16 @@ def plan(job: Job) -> Plan[Merge]:
     device, device_info = pick_device(job.params["device"], largest)
     shards = plan_shards(out_specs, job.params["max_shard_size"])
     fan = bool(adapter.config.get("fan_in_fan_out"))
-    recipe = MergeRecipe({n: TensorRecipe(**r) for n, r in recipes.items()}, out_specs, shards, fan)
+    tensors = {n: TensorRecipe(**r) for n, r in recipes.items()}
+    recipe = MergeRecipe(tensors, out_specs, shards, fan, _adapter_file(job))
+    weights = _deferral(job)
+    deferred = bool(weights and weights["deferred"])
     return Plan(
         job,
-        sum(nbytes(s) for s in out_specs.values()) + (4 << 20),
-        Merge(recipe, specs, model_config, out_dtype, device),
+        (0 if deferred else sum(nbytes(s) for s in out_specs.values())) + (4 << 20),
+        Merge(recipe, specs, model_config, out_dtype, device, deferred),
         decisions={
+            **({"weights": weights} if weights else {}),
             "dtype": {"value": dtype_name, "why": dtype_reason},
             "device": device_info,
             "lora_modules": len(adapter.modules),
@@ -293,6 +332,10 @@ def write(plan: Plan[Merge], folder, progress) -> Written:
 
         unsloth_write(job.adapter.dir, folder, merge.out_dtype)
         return Written()
+    (folder / "config.json").write_text(json.dumps(merge.model_config, indent=2) + "\n")
+    if merge.deferred:
+        (folder / RECIPE_NAME).write_text(merge.recipe.to_json())
+        return Written()
     merged, out_specs, shards = merged_tensors(plan), merge.recipe.out_specs, merge.recipe.shards
 
     def produce(name):
@@ -315,5 +358,4 @@ def write(plan: Plan[Merge], folder, progress) -> Written:
                 ) from None
             background.submit(fsync_path, folder / fname)
     write_index(folder, shards, out_specs)
-    (folder / "config.json").write_text(json.dumps(merge.model_config, indent=2) + "\n")
     return Written(hashes)
