@@ -98,3 +98,25 @@ def test_gguf_from_base_and_adapter_equals_gguf_from_the_written_merge(merges):
         for name in tensors_a:
             assert tensors_a[name] == tensors_b[name], f"{q} {name}"
         assert a.read_bytes() == b.read_bytes()
+
+
+def test_a_gguf_only_run_writes_no_merged_weights_and_publishes_the_same_files(sft_output, tmp_path):
+    """``--formats gguf``: merged_16bit is planned deferred and gguf-tool merges while converting; the
+    published GGUF files are those of a run that writes (and publishes) the merged model."""
+    from driver_helpers import drive
+
+    def publish(name: str, formats: str):
+        work, site = tmp_path / name, tmp_path / f"{name}-site"
+        args = ["run", sft_output, "--work", work, "--formats", formats, "--quant", "F16", "--name", "tiny"]
+        result = drive(*args, "--push", f"local:{site}", "--runtime", "local", "--json")
+        assert result.exit_code == 0, result.output
+        return work, {p.relative_to(site): p.read_bytes() for p in site.rglob("*.gguf")}
+
+    work, deferred = publish("gguf-only", "gguf")
+    assert not list(work.rglob("*.safetensors")) and not list(work.rglob("*.safetensors.index.json"))
+    merged = json.loads((work / "artifacts" / "merged_16bit" / "manifest.json").read_text())
+    assert merged["decisions"]["weights"]["deferred"] is True
+    gguf = json.loads((work / "artifacts" / "gguf" / "manifest.json").read_text())
+    assert {"merge_adapter", "merge_base"} <= set(gguf["inputs"])
+    _, written = publish("with-merge", "merged_16bit,gguf")
+    assert deferred and deferred == written

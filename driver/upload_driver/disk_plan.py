@@ -102,6 +102,8 @@ def _merge(step: PlannedStep, sizes: dict) -> int | None:
         return None
     sizes["specs"] = specs
     sizes["merged"] = merged_bytes(specs, arg(step, "--dtype")) + _extras(adapter) + MANIFEST
+    if "--defer-weights" in step.args:  # the config, tokenizer and recipe: gguf-tool computes the weights
+        return _extras(adapter) + 2 * MANIFEST
     return sizes["merged"]
 
 
