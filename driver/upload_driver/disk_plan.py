@@ -153,10 +153,10 @@ def check_step(step: PlannedStep, need: int | None) -> None:
 
     if not need:
         return
-    probe = nearest_existing(step.rw["site"] if step.rw else step.out)
+    probe = nearest_existing(step.rw.get("site", step.out))
     free = shutil.disk_usage(probe).free
     if free < need + SPACE_MARGIN:
-        fix = "publish to another local: folder" if step.rw else "pass --work on another disk"
+        fix = "publish to another local: folder" if "site" in step.rw else "pass --work on another disk"
         raise NotEnoughSpace(
             f"step {step.name} needs ~{_size(need)} at its peak (plus a {_size(SPACE_MARGIN)} margin) in {probe} "
             f"but only {_size(free)} is free now: free some space, or {fix}, and run again "
