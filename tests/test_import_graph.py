@@ -41,6 +41,8 @@ PROJECT = {"upload_common", *PACKAGES.values()}
 # Imports a tool's extras do not install, on purpose; each says why.
 BEYOND_THE_EXTRA = {
     ("merge_tool.unsloth_engine", "unsloth"): "--engine unsloth, optional: the module checks for it first",
+    ("gguf_tool.merge_hook", "conversion"): "llama.cpp's converter package: importable only in the converter's "
+    "process, which gguf_tool.launch runs in the converter's folder",
 }
 _GUARDS = {"ImportError", "ModuleNotFoundError"}
 

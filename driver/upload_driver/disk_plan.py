@@ -117,6 +117,8 @@ def _merge(step: PlannedStep, sizes: dict) -> int | None:
         return None
     sizes.update(specs=specs, width=4 if arg(step, "--dtype") == "fp32" else 2, extras=_extras(adapter) + MANIFEST)
     sizes["merged"] = merged_bytes(specs, arg(step, "--dtype")) + sizes["extras"]
+    if "--defer-weights" in step.args:  # the config, tokenizer and recipe: gguf-tool computes the weights
+        return sizes["extras"] + MANIFEST
     return sizes["merged"]
 
 

@@ -177,17 +177,42 @@ def _gguf_args(spec, req: Request, found: dict) -> tuple[dict, list, dict]:
 MAKERS = {"merge-tool": ("merge_tool.cli", _merge_args), "gguf-tool": ("gguf_tool.cli", _gguf_args)}
 
 
+def deferred_base(formats: list[str], req: Request, found: dict) -> Path | None:
+    """The local base folder when gguf-tool alone reads the merged 16-bit model, which is not published:
+    merge-tool then writes only the merge's recipe (--defer-weights) and gguf-tool computes the weights
+    from the base and the adapter while converting. None: the merge is written."""
+    readers = [f for f in formats if "merged_16bit" in SETS[f].consumes]
+    base = req.merge.get("base") or found.get("base_model")
+    if "merged_16bit" in formats or readers != ["gguf"] or not base or not Path(str(base)).is_dir():
+        return None
+    return Path(base)
+
+
+def _deferred(name: str, inputs: dict, args: list, req: Request, base: Path | None) -> tuple[dict, list]:
+    """A step's inputs and arguments for a deferred merge (``deferred_base``)."""
+    if base is None or name not in ("merged_16bit", "gguf"):
+        return inputs, args
+    if name == "merged_16bit":
+        return inputs, [*args, "--defer-weights"]
+    return {**inputs, "adapter": req.trainer_output, "base": base}, [
+        *args,
+        *("--adapter", ("in", "adapter"), "--base", ("in", "base")),
+    ]
+
+
 def _set_steps(formats: list[str], req: Request, found: dict) -> list[PlannedStep]:
     """A step for each set asked for or consumed by one asked for, in registry order (a consumed set
     comes first); a set made from another reads that one's folder as ``model``."""
     art = req.work / "artifacts"
     needed = {*formats, *(c for f in formats for c in SETS[f].consumes)}  # a consumed set is made, not published
+    defer = deferred_base(formats, req, found)
     steps = []
     for name, spec in SETS.items():
         if name not in needed:
             continue
         module, make = MAKERS[spec.tool]
         inputs, args, access = make(spec, req, found)
+        inputs, args = _deferred(name, inputs, args, req, defer)
         if spec.consumes:
             inputs = {"model": art / spec.consumes[0], **inputs}
         steps.append(PlannedStep(name, spec.tool, module, art / name, args, inputs, gpu=spec.gpu, **access))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from upload_common.contract import read_manifest
 from upload_common.errors import InvalidInput, UsageError
+from upload_common.merge_stream import is_deferred
 from upload_common.safety import check_repo_id
 from upload_common.sets import SETS
 
@@ -42,6 +43,12 @@ def identify(folder) -> tuple[str, dict, dict]:
             f"{folder} is an output of {tool or 'an unknown tool'}"
             f"{f' ({name})' if name else ''}, which docs-tool cannot present: pass outputs of "
             f"{', '.join(sorted(specs))}",
+            path=str(folder),
+        )
+    if is_deferred(manifest):
+        raise InvalidInput(
+            f"{folder} is a merge whose weights were left to gguf-tool (merge-tool --defer-weights): it holds no "
+            "model to publish; make merged_16bit without --defer-weights to publish the merged model",
             path=str(folder),
         )
     return name, specs[name], manifest

@@ -15,7 +15,7 @@ from upload_common.eval_reference import Stored, Tokens, hf_reference, model_key
 from upload_common.eval_text import from_file
 
 from . import validate as val
-from .job import GgufJob
+from .job import GgufJob, merged_tensors
 
 HF = "Hugging Face"
 
@@ -40,8 +40,13 @@ def references(job: GgufJob, inter_first: Path, store: Path, log) -> References:
         f"validation reference: {len(tokens.ids)} tokens of the {tokens.text.source} text, "
         f"{len(tokens.chunks)} chunk(s) of {len(tokens.chunks[0])}"
     )
-    key = model_key(job.inputs()["model"])
-    hf, how = hf_reference(job.model_dir, tokens, store, key)
+    inputs = job.inputs()
+    key = model_key(inputs["model"])
+    tensors = None
+    if job.merge_adapter:  # a deferred merge: its tensors computed from the base and the adapter
+        key = "+".join(model_key(inputs[k]) for k in ("model", "merge_base", "merge_adapter"))
+        tensors = merged_tensors(job.model_dir, job.base, job.merge_adapter)
+    hf, how = hf_reference(job.model_dir, tokens, store, key, tensors)
     info: dict = {}
     gguf16 = stored(
         store,

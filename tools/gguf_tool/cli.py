@@ -41,7 +41,19 @@ def _thresholds(values) -> dict:
 @click.option("--calibration", type=click.Path(), default=None, help="Text file to compute an importance matrix from.")
 @click.option("--split-max-size", default=None, help="Split files above this size, e.g. 48G.")
 @click.option("--lora", type=click.Path(), default=None, help="Also make a LoRA adapter GGUF from this adapter folder.")
-@click.option("--base", type=click.Path(), default=None, help="With --lora: the base model folder of the adapter.")
+@click.option(
+    "--base",
+    type=click.Path(),
+    default=None,
+    help="With --lora, or --model holding a deferred merge: the base model folder of the adapter.",
+)
+@click.option(
+    "--adapter",
+    type=click.Path(),
+    default=None,
+    help="With --model holding a deferred merge (merge-tool --defer-weights): the trainer output or adapter "
+    "folder it merges; the merged weights are computed while converting, never written.",
+)
 @click.option(
     "--validate-tokens", type=int, default=DEFAULT_TOKENS, show_default=True, help="Token budget of the validation."
 )
@@ -81,6 +93,7 @@ def main(
     split_max_size,
     lora,
     base,
+    adapter,
     validate_tokens,
     eval_text,
     reference_cache,
@@ -113,6 +126,7 @@ def main(
         split_max_size=split_max_size,
         lora=lora,
         base=base,
+        adapter=adapter,
         validate_tokens=validate_tokens,
         eval_text=eval_text,
         reference_cache=reference_cache,

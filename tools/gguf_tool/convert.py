@@ -97,11 +97,12 @@ def converter_env(parent: dict, tree: Path, scratch: Path) -> dict:
     return env
 
 
-def run_converter(script: str, args: list[str], log=lambda line: None) -> None:
-    """Run one of the converter scripts (through gguf_tool.launch); stream its log lines to ``log``;
-    map known failures. Paths in ``args`` must be absolute: it runs in the converter's folder."""
+def run_converter(script: str, args: list[str], log=lambda line: None, launch: tuple[str, ...] = ()) -> None:
+    """Run one of the converter scripts (through gguf_tool.launch, with its own ``launch`` flags);
+    stream its log lines to ``log``; map known failures. Paths in ``args`` must be absolute: it runs in
+    the converter's folder."""
     tree = converter()
-    cmd = [sys.executable, "-m", "gguf_tool.launch", str(tree / script), *args]
+    cmd = [sys.executable, "-m", "gguf_tool.launch", *launch, str(tree / script), *args]
     lines = []
     with (
         tempfile.TemporaryDirectory(prefix="gguf-tool-env-") as scratch,
@@ -146,8 +147,11 @@ def convert_model(
     name: str | None = None,
     metadata: Path | None = None,
     split_max_size: str | None = None,
+    merge: tuple[Path, Path] | None = None,
     log=lambda line: None,
 ) -> None:
+    """``merge``: (base folder, adapter folder) when ``model_dir`` holds a deferred merge's recipe instead
+    of weights; the converter then reads the merged tensors as they are computed."""
     refuse_code(model_dir, TOOL)
     args = [_abs(model_dir), "--outfile", _abs(outfile), "--outtype", outtype]
     if vocab_only:
@@ -158,7 +162,11 @@ def convert_model(
         args += ["--metadata", _abs(metadata)]
     if split_max_size:
         args += ["--split-max-size", split_max_size]
-    run_converter("convert_hf_to_gguf.py", args, log)
+    launch = ()
+    if merge:
+        refuse_code(merge[0], TOOL, "base model folder")
+        launch = ("--merge-recipe", _abs(model_dir), "--merge-base", _abs(merge[0]), "--merge-adapter", _abs(merge[1]))
+    run_converter("convert_hf_to_gguf.py", args, log, launch)
 
 
 def convert_lora(adapter_dir: Path, base_dir: Path, outfile: Path, outtype: str, log=lambda line: None) -> None:

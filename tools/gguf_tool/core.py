@@ -21,7 +21,15 @@ from upload_common.step import Step
 
 from . import checks, llama_tree
 from .convert import convert_model
-from .job import DEFAULT_MIN_TOP1, DEFAULT_TOKENS, GgufJob, intermediate_type, wanted_quants
+from .job import (
+    DEFAULT_MIN_TOP1,
+    DEFAULT_TOKENS,
+    GgufJob,
+    deferred_merge,
+    intermediate_type,
+    merged_tensors,
+    wanted_quants,
+)
 from .lora import base_gguf, check_inputs, make_lora_gguf
 from .quantize import compute_imatrix, fallbacks, quantize, quantize_with_imatrix
 from .quants import FLOAT_OUTTYPES, get_quant
@@ -65,6 +73,7 @@ def run(
     split_max_size: str | None = None,
     lora=None,
     base=None,
+    adapter=None,
     validate_tokens: int = DEFAULT_TOKENS,
     eval_text=None,
     reference_cache=None,
@@ -83,8 +92,9 @@ def run(
         from_file(eval_text)  # a missing, empty or non-UTF-8 text is refused before anything is converted
     if lora:
         check_inputs(Path(base))
+    merge_adapter = deferred_merge(model_dir, adapter, base)  # a merge computed while converting
     config = read_json_object(model_dir / "config.json", "model config", "pass a Hugging Face model folder")
-    specs = model_specs(model_dir)
+    specs = merged_tensors(model_dir, base, merge_adapter).specs if merge_adapter else model_specs(model_dir)
     job = GgufJob(
         model_dir=model_dir,
         name=_name(model_dir, name),
@@ -96,6 +106,7 @@ def run(
         split_max_size=split_max_size,
         lora=Path(lora) if lora else None,
         base=Path(base) if base else None,
+        merge_adapter=merge_adapter,
         validate=validate,
         validate_tokens=validate_tokens,
         eval_text=Path(eval_text) if eval_text else None,
@@ -177,6 +188,7 @@ def _convert(job: GgufJob, s: Step, log, tool_log) -> Path:
             name=job.name,
             metadata=meta_path,
             split_max_size=job.split_max_size,
+            merge=(job.base, job.merge_adapter) if job.merge_adapter else None,
             log=tool_log,
         )
         meta_path.unlink()

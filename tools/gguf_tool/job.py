@@ -6,8 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from upload_common.contract import describe_input
+from upload_common.contract import describe_input, read_manifest
 from upload_common.errors import UsageError
+from upload_common.merge_stream import MergedTensors, MergeRecipe, is_deferred
+from upload_common.reference import TensorSource
 
 from .quants import FLOAT_OUTTYPES, get_quant
 
@@ -27,6 +29,7 @@ class GgufJob:
     split_max_size: str | None = None
     lora: Path | None = None
     base: Path | None = None
+    merge_adapter: Path | None = None  # the model folder holds a deferred merge of this adapter into ``base``
     validate: bool = True
     validate_tokens: int = DEFAULT_TOKENS
     eval_text: Path | None = None  # the user's validation text (else the built-in one)
@@ -57,6 +60,8 @@ class GgufJob:
                 inputs[key] = describe_input(given)
         if self.lora:
             inputs.update(lora=describe_input(self.lora), lora_base=describe_input(self.base))
+        if self.merge_adapter:
+            inputs.update(merge_adapter=describe_input(self.merge_adapter), merge_base=describe_input(self.base))
         return inputs
 
 
@@ -74,6 +79,26 @@ def wanted_quants(quants, imatrix, calibration, lora, base) -> tuple[str, ...]:
     if lora and not base:
         raise UsageError("--lora needs --base DIR: the base model folder the adapter was trained on")
     return wanted
+
+
+def deferred_merge(model_dir: Path, adapter, base) -> Path | None:
+    """The adapter folder whose merge into ``base`` the converter computes, when ``model_dir`` is a merge
+    whose weights were deferred (merge-tool --defer-weights); None for a folder holding its weights."""
+    if not is_deferred(read_manifest(model_dir)):
+        return None
+    if not (adapter and base):
+        raise UsageError(
+            f"{model_dir} is a merge whose weights were deferred (merge-tool --defer-weights): pass --adapter "
+            "(the trainer output or adapter folder) and --base (the base model folder) to compute them"
+        )
+    return Path(adapter).absolute()
+
+
+def merged_tensors(model_dir: Path, base: Path, adapter: Path) -> TensorSource:
+    """The deferred merge's tensors (specs and loader), computed from the base and the adapter by the
+    recipe in ``model_dir``; a base or adapter that does not fit the recipe is refused here."""
+    merged = MergedTensors.from_folders(MergeRecipe.read(model_dir), Path(base), Path(adapter))
+    return TensorSource(merged.recipe.out_specs, merged.tensor)
 
 
 def intermediate_type(wanted, outtype: str, config: dict) -> str:

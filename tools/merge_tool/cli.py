@@ -50,6 +50,12 @@ from .formats import FORMATS
     "(default: a built-in text).",
 )
 @click.option("--allow-pickle", is_flag=True, help="Convert an adapter_model.bin (torch.load weights_only=True).")
+@click.option(
+    "--defer-weights",
+    is_flag=True,
+    help="merged_16bit for gguf-tool only: write the config, tokenizer and the merge's recipe, not the weights "
+    "(gguf-tool --adapter --base computes them while converting). Not a model to publish.",
+)
 @overwrite_option
 @fingerprint_option
 @json_option
@@ -69,6 +75,7 @@ def main(
     engine,
     calibration,
     allow_pickle,
+    defer_weights,
     overwrite,
     as_json,
 ):
@@ -110,6 +117,7 @@ def main(
         overwrite=overwrite,
         allow_pickle=allow_pickle,
         calibration=calibration,
+        defer_weights=defer_weights,
         log=log,
     )
     emit(manifest if as_json else str(click.format_filename(out)), as_json)

@@ -111,9 +111,11 @@ def run(
     overwrite: bool = False,
     allow_pickle: bool = False,
     calibration=None,
+    defer_weights: bool = False,
     log=lambda m: None,
 ) -> dict:
-    """Export or merge; returns the step manifest written beside the output files."""
+    """Export or merge; returns the step manifest written beside the output files. ``defer_weights``
+    (merged_16bit only): the merge's recipe instead of its weights, for gguf-tool."""
     t0 = time.monotonic()
     fmt = get_format(method)
     if get_set(method).consumes:
@@ -122,6 +124,8 @@ def run(
             f"merged_16bit) and pass its folder as --model (upload-driver run does both)",
             method=method,
         )
+    if defer_weights and method != "merged_16bit":
+        raise UsageError(f"--defer-weights is for --method merged_16bit (the merge gguf-tool converts), not {method}")
     out = Path(out)
     if dtype not in ("auto", "bf16", "fp16", "fp32"):
         raise UsageError(f"unknown dtype {dtype!r}: choose auto, bf16, fp16 or fp32")
@@ -139,6 +143,7 @@ def run(
         "checkpoint": checkpoint,
         "base": base,
         "calibration": str(calibration) if calibration else None,
+        **({"defer_weights": True} if defer_weights else {}),  # absent when not asked: fingerprints unchanged
     }
     with tempfile.TemporaryDirectory(prefix="merge-tool-") as tmp:
         if (adapter_dir / "adapter_model.bin").is_file() and not (adapter_dir / "adapter_model.safetensors").is_file():

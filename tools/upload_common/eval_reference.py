@@ -15,7 +15,7 @@ from typing import Any
 from .contract import canonical_sha256
 from .errors import InvalidInput
 from .eval_text import CHUNK_TOKENS, EvalText, built_in, chunks
-from .reference import run_reference
+from .reference import TensorSource, run_reference
 
 FORMAT = 1  # bump when what a stored file holds changes meaning
 
@@ -104,13 +104,16 @@ def _load(path: Path, count: int):
     return arr if arr.dtype == np.float32 and arr.ndim == 3 and arr.shape[0] == count else None
 
 
-def hf_reference(model_dir: Path, tokens: Tokens, store: Path, model_key: str) -> tuple[Stored, dict]:
+def hf_reference(
+    model_dir: Path, tokens: Tokens, store: Path, model_key: str, tensors: TensorSource | None = None
+) -> tuple[Stored, dict]:
     """The Hugging Face model's log-probabilities for the chunks (fp32 on the CPU, streamed part by part
-    where the family allows it), and how they were computed, for a manifest."""
+    where the family allows it), and how they were computed, for a manifest. ``tensors``: the weights
+    when they are not the folder's files (a merge computed on the fly)."""
     how: dict = {}
 
     def produce():
-        ref = run_reference(model_dir, [list(c) for c in tokens.chunks])
+        ref = run_reference(model_dir, [list(c) for c in tokens.chunks], tensors)
         how.update(
             {"method": "fp32 on the CPU, streamed part by part"}
             if ref.streamed

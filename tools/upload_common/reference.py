@@ -10,11 +10,13 @@ not hold exactly the tensors its skeleton expects, is loaded whole as before, an
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import st_io
+from .errors import Unsupported
 
 # decoder-only families whose layers live at model.model.layers, checked equal to the whole-model load
 STREAMED_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2"})
@@ -36,11 +38,26 @@ class Reference:
 
 
 @dataclass(frozen=True)
+class TensorSource:
+    """Where the model's tensors come from: their specs (name -> {"dtype", "shape"}) and ``load(name)``.
+    By default the folder's safetensors files; a merge computed on the fly gives its own."""
+
+    specs: dict[str, dict]
+    load: Callable[[str], Any]
+
+
+def file_tensors(model_dir: Path) -> TensorSource:
+    """The tensors of a model folder's safetensors files, each read on its own."""
+    specs = st_io.model_specs(model_dir)
+    return TensorSource(specs, lambda name: st_io.load_tensor(specs[name]["file"], name))
+
+
+@dataclass(frozen=True)
 class _Plan:
     model: Any  # the skeleton, its parameters on the meta device
     parts: tuple[tuple[str, Any], ...]  # (state-dict prefix, module) in the order they run
     names: dict[str, str]  # the model's tensor name -> the checkpoint's (tied weights read their source)
-    specs: dict[str, dict]  # the checkpoint's tensors (st_io.model_specs)
+    tensors: TensorSource  # the checkpoint's tensors
 
 
 def logprobs(model, ids: list[int] | list[list[int]]):
@@ -77,11 +94,17 @@ def _batch(ids) -> list[list[int]]:
     return [list(s) for s in ids] if _batched(ids) else [list(ids)]
 
 
-def run_reference(model_dir: Path, ids: list[int] | list[list[int]]) -> Reference:
+def run_reference(model_dir: Path, ids: list[int] | list[list[int]], tensors: TensorSource | None = None) -> Reference:
     """The log-probabilities of the model in ``model_dir`` for the token ``ids`` (one sequence, or several of
     one length run as a batch), in fp32 on the CPU: streamed when the model's family and checkpoint allow
-    it, else the whole model loaded at once."""
-    plan = plan_stream(Path(model_dir))
+    it, else the whole model loaded at once. ``tensors``: where the weights come from when not from the
+    folder's files (a merge computed on the fly; then always streamed)."""
+    plan = plan_stream(Path(model_dir), tensors)
+    if isinstance(plan, str) and tensors is not None:
+        raise Unsupported(
+            f"the validation reference of a merge computed while converting is streamed, and {plan}: pass "
+            "--no-validate, or make the merged model's files (merge-tool without --defer-weights) and convert those"
+        )
     if isinstance(plan, str):
         return whole_model(Path(model_dir), ids, plan)
     return _streamed(plan, ids)
@@ -99,8 +122,9 @@ def whole_model(model_dir: Path, ids: list[int] | list[list[int]], note: str) ->
     )
 
 
-def plan_stream(model_dir: Path) -> _Plan | str:
-    """How to stream the model, or why it cannot be (a sentence)."""
+def plan_stream(model_dir: Path, tensors: TensorSource | None = None) -> _Plan | str:
+    """How to stream the model (its weights from ``tensors``, by default the folder's files), or why it
+    cannot be (a sentence)."""
     from transformers import AutoConfig
 
     try:
@@ -115,11 +139,11 @@ def plan_stream(model_dir: Path) -> _Plan | str:
     parts = _parts(model)
     if parts is None:
         return "its weights do not all sit in the embeddings, the decoder layers, the final norm and the lm_head"
-    specs = st_io.model_specs(model_dir)
-    names = _checkpoint_names(model, specs)
+    tensors = tensors or file_tensors(model_dir)
+    names = _checkpoint_names(model, tensors.specs)
     if isinstance(names, str):
         return names
-    return _Plan(model=model, parts=parts, names=names, specs=specs)
+    return _Plan(model=model, parts=parts, names=names, tensors=tensors)
 
 
 def _skeleton(config):
@@ -196,7 +220,7 @@ class _Weights:
         tensors = {}
         for key in module.state_dict():
             source = self.plan.names[prefix + key]
-            tensors[key] = st_io.load_tensor(self.plan.specs[source]["file"], source).to(torch.float32)
+            tensors[key] = self.plan.tensors.load(source).to(torch.float32)
         module.load_state_dict(tensors, assign=True, strict=True)
         self.held += sum(t.numel() for t in tensors.values()) * FP32_BYTES
         self.peak = max(self.peak, self.held)
@@ -236,4 +260,4 @@ def _fp32_bytes(plan: _Plan) -> int:
     """The model's weights in fp32, tied weights once."""
     import math
 
-    return sum(math.prod(plan.specs[s]["shape"]) for s in set(plan.names.values())) * FP32_BYTES
+    return sum(math.prod(plan.tensors.specs[s]["shape"]) for s in set(plan.names.values())) * FP32_BYTES

@@ -11,13 +11,15 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from upload_common.block_writer import fsync_path
 from upload_common.errors import InvalidInput, Unsupported
+from upload_common.merge_stream import CHUNK_ELEMENTS as CHUNK
+from upload_common.merge_stream import RECIPE_NAME, MergedTensors, MergeRecipe, TensorRecipe, merge_rows, row_blocks
 from upload_common.st_io import (
     CODES,
     NonFiniteTensor,
-    load_tensor,
     model_specs,
     nbytes,
     plan_shards,
@@ -47,17 +49,16 @@ _FLOATS = {"BF16", "F16", "F32", "F64"}
 
 @dataclass(frozen=True)
 class Merge:
-    """What ``plan`` works out for ``write``: each output tensor's recipe (its source tensor, LoRA roles
-    and scale, replacement, bias update), the base's and the output's tensor specs, the shards, the
-    merged config.json, the output dtype and where the maths runs."""
+    """What ``plan`` works out for ``write``: the ``recipe`` (each output tensor's source tensor, LoRA
+    roles and scale, replacement, bias update; the output's specs and shards), the base's tensor specs,
+    the merged config.json, the output dtype and where the maths runs."""
 
-    recipes: dict
+    recipe: MergeRecipe
     specs: dict
-    out_specs: dict
-    shards: dict
     model_config: dict
     out_dtype: str
     device: str
+    deferred: bool = False  # the weights are left to gguf-tool: write the recipe, not the model files
 
 
 def _base_name(name: str, specs: dict) -> str | None:
@@ -195,6 +196,39 @@ def _notes(job: Job, base: Base, warnings: list) -> None:
         warnings.append(f"merged by unsloth {check_available()} instead of the streaming merge")
 
 
+def _deferral(job: Job) -> dict | None:
+    """The manifest's ``decisions.weights`` when --defer-weights was given: deferred, or written all the
+    same when only merge-tool can compute them."""
+    if not job.params.get("defer_weights"):
+        return None
+    why = (
+        "the base is quantized (bitsandbytes), which only merge-tool dequantizes"
+        if job.base.quantized
+        else "the adapter was converted from a pickle"
+        if job.adapter.converted_from
+        else "--engine unsloth merges by itself"
+        if job.params.get("engine") == "unsloth"
+        else None
+    )
+    if why:
+        return {"deferred": False, "why": f"written although --defer-weights was given: {why}"}
+    return {
+        "deferred": True,
+        "recipe": RECIPE_NAME,
+        "why": "--defer-weights: not a model to publish; gguf-tool computes the weights from the base and the "
+        "adapter while converting",
+    }
+
+
+def _adapter_file(job: Job) -> str:
+    """The adapter's weights file relative to the trainer output (or adapter) folder given."""
+    weights = job.adapter.weights
+    try:
+        return weights.relative_to(Path(job.found["root"])).as_posix()
+    except (KeyError, ValueError):
+        return weights.name
+
+
 def plan(job: Job) -> Plan[Merge]:
     adapter, base = job.adapter, job.base
     check_mergeable(adapter.config)
@@ -227,11 +261,17 @@ def plan(job: Job) -> Plan[Merge]:
     largest = max(nbytes({"dtype": "F32", "shape": s["shape"]}) for s in out_specs.values())
     device, device_info = pick_device(job.params["device"], largest)
     shards = plan_shards(out_specs, job.params["max_shard_size"])
+    fan = bool(adapter.config.get("fan_in_fan_out"))
+    tensors = {n: TensorRecipe(**r) for n, r in recipes.items()}
+    recipe = MergeRecipe(tensors, out_specs, shards, fan, _adapter_file(job))
+    weights = _deferral(job)
+    deferred = bool(weights and weights["deferred"])
     return Plan(
         job,
-        sum(nbytes(s) for s in out_specs.values()) + (4 << 20),
-        Merge(recipes, specs, out_specs, shards, model_config, out_dtype, device),
+        (0 if deferred else sum(nbytes(s) for s in out_specs.values())) + (4 << 20),
+        Merge(recipe, specs, model_config, out_dtype, device, deferred),
         decisions={
+            **({"weights": weights} if weights else {}),
             "dtype": {"value": dtype_name, "why": dtype_reason},
             "device": device_info,
             "lora_modules": len(adapter.modules),
@@ -243,100 +283,41 @@ def plan(job: Job) -> Plan[Merge]:
     )
 
 
-CHUNK_ELEMENTS = 8 << 20  # rows are merged in blocks of about 32 MB of fp32
+CHUNK_ELEMENTS = CHUNK  # rows are merged in blocks of about 32 MB of fp32
 
 
-def row_blocks(shape: list, whole: bool) -> list:
-    """Row ranges to compute one at a time; ``[None]`` means the whole tensor at once."""
-    if whole or len(shape) < 2:
-        return [None]
-    cols = 1
-    for d in shape[1:]:
-        cols *= d
-    step = max(1, CHUNK_ELEMENTS // max(cols, 1))
-    return [(a, min(a + step, shape[0])) for a in range(0, shape[0], step)]
+def merged_tensors(plan: Plan[Merge]) -> MergedTensors:
+    """What computes the merged tensors (upload_common.merge_stream), bitsandbytes bases dequantized."""
+    return MergedTensors(
+        plan.data.recipe,
+        plan.data.specs,
+        plan.job.adapter.weights,
+        device=plan.data.device,
+        dequantize=bnb.dequantize,
+        chunk=CHUNK_ELEMENTS,
+    )
 
 
-def merge_rows(rec: dict, load_base, load, fan: bool, rows):
-    """Rows ``rows`` (all when None) of the merged fp32 tensor: the base (or its replacement) plus
-    the scaled LoRA update, in peft's order of operations; DoRA rescales each output row to the
-    learnt magnitude, with the norm taken over the updated weight."""
-    sl = slice(*rows) if rows else slice(None)
-    w = load(rec["replace"], sl) if "replace" in rec else load_base(sl)
-    roles = rec.get("lora")
-    if roles:
-        if roles["kind"] == "embedding":
-            delta = (load(roles["emb_B"]) @ load(roles["emb_A"])[:, sl]).T
-        elif fan:
-            delta = (load(roles["B"]) @ load(roles["A"])[:, sl]).T
-        else:
-            delta = load(roles["B"], sl) @ load(roles["A"])
-        w.add_(delta.mul_(rec["scale"]))
-        if "magnitude" in roles:
-            oriented = w.T if fan else w
-            factor = load(roles["magnitude"], slice(None) if fan else sl) / oriented.norm(p=2, dim=1)
-            oriented.mul_(factor[:, None])
-    if "bias_add" in rec:
-        w.add_(load(rec["bias_add"]) * rec["scale"])
-    return w
-
-
-def _loaders(plan: Plan[Merge], name: str, device):
-    """What computes output tensor ``name``: (recipe, load_base(rows slice), load(adapter key, rows
-    slice), pure_copy, whole_only)."""
-    import torch
-
-    adapter_file = plan.job.adapter.weights
-    specs, out_specs = plan.data.specs, plan.data.out_specs
-    fan = bool(plan.job.adapter.config.get("fan_in_fan_out"))
-    rec = plan.data.recipes[name]
-    src = specs[rec["src"]]
-    cache = {}
-
-    def fp32(t):  # always a private copy: the merge updates it in place
-        return t.to(device=device, dtype=torch.float32, copy=True) if t.is_floating_point() else t
-
-    def load(key, sl=slice(None)):
-        if sl != slice(None):
-            return fp32(load_tensor(adapter_file, key, rows=(sl.start, sl.stop)))
-        if key not in cache:
-            cache[key] = fp32(load_tensor(adapter_file, key))
-        return cache[key]
-
-    pure_copy = set(rec) == {"src"} and src["dtype"] == out_specs[name]["dtype"] and "bnb" not in src
-    if "bnb" in src:
-        whole = fp32(bnb.dequantize(rec["src"], src))
-        load_base = whole.__getitem__
-    else:
-
-        def load_base(sl):
-            raw = load_tensor(src["file"], rec["src"], rows=None if sl == slice(None) else (sl.start, sl.stop))
-            return raw if pure_copy else fp32(raw)
-
-    whole_only = "bnb" in src or (fan and "magnitude" in rec.get("lora", {}))
-    return rec, load_base, load, pure_copy, whole_only
-
-
-def _nonfinite_reason(plan: Plan[Merge], name: str, device) -> str:
+def _nonfinite_reason(plan: Plan[Merge], name: str) -> str:
     """Why output tensor ``name`` is not finite (the failure path only): a damaged base tensor, an
     update that overflows even in fp32, or merged values beyond the output dtype's range."""
     import torch
 
-    rec, load_base, load, _, whole_only = _loaders(plan, name, device)
-    fan = bool(plan.job.adapter.config.get("fan_in_fan_out"))
+    merged = merged_tensors(plan)
+    parts, recipe = merged.loaders(name), plan.data.recipe
     peak = 0.0
-    for rows in row_blocks(plan.data.out_specs[name]["shape"], whole_only):
+    for rows in row_blocks(recipe.out_specs[name]["shape"], parts.whole_only, merged.chunk):
         sl = slice(*rows) if rows else slice(None)
-        if "replace" not in rec and not bool(torch.isfinite(load_base(sl)).all()):
+        if not parts.rec.replace and not bool(torch.isfinite(parts.load_base(sl)).all()):
             return (
-                f"the base model's tensor {rec['src']} holds NaN or infinite values: the base is damaged; "
+                f"the base model's tensor {parts.rec.src} holds NaN or infinite values: the base is damaged; "
                 "re-download it or pass another --base"
             )
-        w = merge_rows(rec, load_base, load, fan, rows)
+        w = merge_rows(parts.rec, parts.load_base, parts.load, recipe.fan_in_fan_out, rows)
         if not bool(torch.isfinite(w).all()):
             return "the adapter's update overflows even in fp32: the adapter is broken; use an earlier checkpoint"
         peak = max(peak, float(w.abs().max()))
-    code = plan.data.out_specs[name]["dtype"]
+    code = recipe.out_specs[name]["dtype"]
     limit = torch.finfo(getattr(torch, CODES[code])).max
     return (
         f"merged values reach {peak:.4g}, beyond the {CODES[code]} range (±{limit:.4g}): merge with --dtype bf16 "
@@ -344,42 +325,26 @@ def _nonfinite_reason(plan: Plan[Merge], name: str, device) -> str:
     )
 
 
-def _source(merge: Merge):
-    def source(name: str) -> tuple | None:  # the base tensor read, as (file, name); none when replaced or dequantized
-        rec = merge.recipes[name]
-        src = None if "replace" in rec else merge.specs[rec["src"]]
-        return None if src is None or "bnb" in src else (src["file"], rec["src"])
-
-    return source
-
-
 def write(plan: Plan[Merge], folder, progress) -> Written:
-    import torch
-
     job, merge = plan.job, plan.data
     if job.params.get("engine") == "unsloth":  # pragma: no cover - needs a GPU
         from ..unsloth_engine import write as unsloth_write
 
         unsloth_write(job.adapter.dir, folder, merge.out_dtype)
         return Written()
-    out_specs, device = merge.out_specs, merge.device
-    fan = bool(job.adapter.config.get("fan_in_fan_out"))
+    (folder / "config.json").write_text(json.dumps(merge.model_config, indent=2) + "\n")
+    if merge.deferred:
+        (folder / RECIPE_NAME).write_text(merge.recipe.to_json())
+        return Written()
+    merged, out_specs, shards = merged_tensors(plan), merge.recipe.out_specs, merge.recipe.shards
 
     def produce(name):
         ahead(name)
-        rec, load_base, load, pure_copy, whole_only = _loaders(plan, name, device)
-        want = getattr(torch, CODES[out_specs[name]["dtype"]])
-        for rows in row_blocks(out_specs[name]["shape"], whole_only):
-            w = (
-                load_base(slice(*rows) if rows else slice(None))
-                if pure_copy
-                else merge_rows(rec, load_base, load, fan, rows)
-            )
-            yield (w.to(dtype=want) if w.is_floating_point() else w).cpu()
+        yield from merged.blocks(name)
 
-    hashes, shards = {}, merge.shards
+    hashes = {}
     with ThreadPoolExecutor(2) as background:  # reads the next base tensor ahead; fsyncs finished shards
-        ahead = read_ahead([n for names in shards.values() for n in names], _source(merge), background.submit)
+        ahead = read_ahead([n for names in shards.values() for n in names], merged.base_source, background.submit)
         for fname, names in shards.items():
             try:
                 hashes[fname] = write_stream(folder / fname, names, out_specs, produce, on_bytes=progress)
@@ -387,11 +352,10 @@ def write(plan: Plan[Merge], folder, progress) -> Written:
                 name, bad = exc.fields["tensor"], exc.fields["nonfinite"]
                 raise InvalidInput(
                     f"the merged model's tensor {name} would hold {bad} NaN/infinite value(s): "
-                    f"{_nonfinite_reason(plan, name, device)}",
+                    f"{_nonfinite_reason(plan, name)}",
                     tensor=name,
                     nonfinite=bad,
                 ) from None
             background.submit(fsync_path, folder / fname)
     write_index(folder, shards, out_specs)
-    (folder / "config.json").write_text(json.dumps(merge.model_config, indent=2) + "\n")
     return Written(hashes)
