@@ -137,6 +137,8 @@ def main() -> None:
             "--min-top1",
             "F16=0",
             "--min-top1",
+            "BF16=0",
+            "--min-top1",
             "Q8_0=0",
             *sum((["--quant", q] for q in quants), []),
         ]

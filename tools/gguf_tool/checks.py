@@ -61,7 +61,9 @@ def references(job: GgufJob, inter_first: Path, store: Path, log) -> References:
     )
     figures = {
         **val.against(hf, gguf16.logprobs, tokens, (HF, f"GGUF ({job.inter_type})")),
-        "tokenization_matches": val.tokenizes_alike(inter_first, tokens),
+        "tokenization_matches": info["tokenization_matches"]
+        if "tokenization_matches" in info
+        else val.tokenizes_alike(inter_first, tokens),
         "against": f"{HF} (transformers, fp32)",
     }
     log(f"  {job.inter_type}: {_summary(figures)}")

@@ -59,6 +59,7 @@ def logprob_chunks(path: Path, tokens: Tokens, lora: Path | None, info: dict) ->
 
     llm = _open(path, len(tokens.chunks[0]), lora, info)
     try:
+        info["tokenization_matches"] = _same_tokens(llm, tokens)
         for chunk in tokens.chunks:
             llm.reset()
             llm.eval(list(chunk))
@@ -79,10 +80,14 @@ def tokenizes_alike(path: Path, tokens: Tokens) -> bool:
 
     llm = Llama(model_path=str(path), vocab_only=True, verbose=False)
     try:
-        bos = bool(tokens.ids) and tokens.ids[0] == llm.token_bos()
-        got = llm.tokenize(tokens.text.text.encode(), add_bos=bos, special=True)
+        return _same_tokens(llm, tokens)
     finally:
         llm.close()
+
+
+def _same_tokens(llm, tokens: Tokens) -> bool:
+    bos = bool(tokens.ids) and tokens.ids[0] == llm.token_bos()
+    got = llm.tokenize(tokens.text.text.encode(), add_bos=bos, special=True)
     return list(got[: len(tokens.ids)]) == list(tokens.ids)
 
 
@@ -99,4 +104,4 @@ def check(path: Path, reference: Stored, tokens: Tokens, names: tuple[str, str],
     ``tokenization_matches``, and the device llama.cpp ran on."""
     info: dict = {}
     figures = against(reference, logprob_chunks(path, tokens, lora, info), tokens, names)
-    return {**figures, "tokenization_matches": tokenizes_alike(path, tokens)}, info
+    return {**figures, "tokenization_matches": info["tokenization_matches"]}, info
