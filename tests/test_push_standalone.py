@@ -152,10 +152,10 @@ def card_licence(docs: Path) -> str:
 # for the artifacts they were computed from (another torch or llama.cpp makes other artifacts)
 PINNED_FOR = "4f180b0c08470da9af3c58cb75a3b80f6bcf731f1762a378e756be01602dd475"
 PINNED = {
-    "README.md": "6c1a11accfa8a6b04f60767fc2fabe160e6164af1b26c861ad6e4f2f8d2a5bc9",
+    "README.md": "06c963fe40d999faab39b016013447c24cf287b4b814261f67fc914423952e2b",
     "lora/README.md": "cb067093bb12549093269196c9481d9c38db282b87aa51d6d73ae37c5f4df385",
     "merged_16bit/README.md": "c0992ba2f5ce71f5a7adfad23c6edfd8fe6f4c913b8d42ac6299e3cc74ad4ea4",
-    "gguf/README.md": "95b35949f5d57e3a6c58613518b98f67bdf03a348381d0f460750631a34ae086",
+    "gguf/README.md": "7ca54e1b1182bffe4db6bea82c34b894cf234500da06b568edc52aed7d1717c0",
     "gguf/Modelfile": "2ff25b5e39e9a2f33feb67131b8a1c9be2f8b20b3775c90ab021d06448d650ff",
 }
 

@@ -164,11 +164,32 @@ def _files(ctx: dict) -> str:
             "16-bit file against the Hugging Face model, each quantized file against the 16-bit file. Top-1 "
             "agreement is the share of positions where both pick the same next token; KL is the divergence of "
             "their next-token distributions (0 = identical), on average and at the 99th percentile; perplexity "
-            "is the file's on the text (its reference's in brackets).\n\n" + "\n".join(rows)
+            "is the file's on the text (its reference's in brackets)." + _reference_note(ctx) + "\n\n" + "\n".join(rows)
         )
     rows = ["| File | Size |", "|---|---|"]
     rows += [f"| `{f['path']}` | {_size(f['size'])} |" for f in ctx["files"] if f["path"] != "README.md"]
     return "## Files\n\n" + "\n".join(rows) + _quantization(ctx)
+
+
+def _reference_note(ctx: dict) -> str:
+    """The validation text, and the 16-bit file's own check when that file is not published."""
+    ref = ctx.get("gguf_reference") or {}
+    text, inter = ref.get("text") or {}, ref.get("intermediate") or {}
+    note = ""
+    if text.get("tokens"):
+        source = (
+            "the built-in text (prose, code, numbers, chat turns)"
+            if text["source"].startswith("built-in")
+            else f"`{text['source']}`"
+        )
+        note += f" The text: {text['tokens']} tokens of {source}."
+    v = inter.get("validation") or {}
+    if "top1_agreement" in v:
+        note += (
+            f" The {inter['quant']} file the quantized ones were made from (not published) agreed with the Hugging "
+            f"Face model on {v['top1_agreement']:.3f} of next tokens (mean KL {v['mean_kl']:.5f})."
+        )
+    return note
 
 
 def _figures(v: dict) -> str:

@@ -200,7 +200,9 @@ def _artifact_files(art: dict, folder: Path) -> list[dict]:
 
 def _gguf_context(art: dict, folder: Path, docs: Path, run: Shared) -> dict:
     """The GGUF set's card facts: its files, the default quant for Ollama, and the Modelfile."""
-    ctx = {"gguf_files": art.get("files") or {}, "chat_template": (art.get("decisions") or {}).get("chat_template")}
+    decisions = art.get("decisions") or {}
+    ctx = {"gguf_files": art.get("files") or {}, "chat_template": decisions.get("chat_template")}
+    ctx["gguf_reference"] = decisions.get("reference") or {}
     ctx["default_gguf"] = _default_gguf(ctx["gguf_files"], run.ollama_quant)
     if ctx["default_gguf"]:
         quant, filename = ctx["default_gguf"]
