@@ -43,16 +43,18 @@ def test_shape_of_an_8b_model():
 
 def test_peaks_by_device():
     """On the CPU, llm-compressor's copies of the model (fitted: over 3x the merge); on the GPU the merge
-    sits there, llm-compressor's session keeps it, and the validation's fp32 reference (twice the merge)
-    comes on top; bitsandbytes holds the quantized model only while quantizing."""
+    sits there and llm-compressor's session keeps it while the quantized model is validated beside it (the
+    reference streams on the CPU: no fp32 copy of the merge on the GPU); bitsandbytes holds the quantized
+    model, then loads it again to validate it."""
     from upload_driver.memory_plan import MODELS, Shape
 
     s = Shape.of(llama_specs())
     cpu, gpu = MODELS["gptq"].peak(s, False), MODELS["gptq"].peak(s, True)
     assert cpu.vram == 0 and cpu.ram > 3 * s.merged
-    assert gpu.ram < 0.4 * cpu.ram and gpu.vram > 3 * s.merged
+    assert gpu.ram < 0.4 * cpu.ram and s.merged < gpu.vram < 1.5 * s.merged
     quantizing, validating = MODELS["merged_4bit"].phases(s, True)
-    assert quantizing.vram < 0.5 * s.merged < 2 * s.merged < validating.vram
+    assert quantizing.vram < 0.5 * s.merged and validating.vram < 0.5 * s.merged
+    assert validating.ram < 0.2 * s.merged  # one part of the streamed reference in fp32 (the embedding), not the merge
 
 
 @pytest.mark.parametrize("size", [0, 1])

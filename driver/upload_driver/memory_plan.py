@@ -9,7 +9,7 @@ file mapped while it loads, the quantized model loaded back to be validated. On 
 yet: from what the code holds) merge-tool loads the merge onto the GPU (``device_map``), so the peak is
 the larger of two phases: quantizing (bitsandbytes: the quantized model, one 16-bit tensor in flight;
 llm-compressor: the whole 16-bit merge and one layer's work) and validating (what the library still
-holds, and the reference: the 16-bit merge in fp32, whole on the GPU), and RAM holds the process, the
+holds, and the quantized model; the reference streams the 16-bit merge on the CPU), and RAM holds the process, the
 merge's mapped file and llm-compressor's calibration activations (kept on the CPU between layers)."""
 
 from __future__ import annotations
@@ -112,8 +112,9 @@ class MemoryModel:
             return fitted, fitted
         ram = PROCESS + s.merged + self.ram(s)  # the merge's file is mapped while transformers loads it
         quantizing = CUDA_CONTEXT + self.gpu(s, self.bits)
-        validating = CUDA_CONTEXT + self.kept(s) + max(s.params * 4, s.quantized(self.bits))
-        return Peak(ram, quantizing), Peak(PROCESS + s.merged, validating)
+        validating = CUDA_CONTEXT + self.kept(s) + s.quantized(self.bits)
+        # the reference streams the merge on the CPU: one part at a time in fp32
+        return Peak(ram, quantizing), Peak(PROCESS + max(s.layer, s.outside) * 4, validating)
 
     def size(self, s: Shape) -> int:
         return s.quantized(self.bits)
@@ -177,7 +178,7 @@ MODELS = {
         MemoryModel("w8a16", 8.0, _SLOPE["w8a16"], _preset, _merge, _LLMC.format("no calibration data")),
     )
 }
-VALIDATION_WHY = "the peak is the validation: the 16-bit merge's reference in fp32, whole on the GPU"
+VALIDATION_WHY = "the peak is the validation: the quantized model loaded on the GPU beside what the library keeps"
 CPU_WHY = "on the CPU: the process and {:.1f}x the 16-bit merge, {}"
 
 

@@ -156,7 +156,9 @@ def validate(reference_dir: Path, folder: Path, on: str) -> dict:
 
     from transformers import AutoModelForCausalLM
 
-    ids, ref = reference(reference_dir, VALIDATION_TEXT, VALIDATE_TOKENS, device=on)
+    # the reference is the 16-bit merge in fp32 on the CPU, streamed part by part: never the whole model in
+    # fp32 (twice the merge) on a GPU that must also hold the quantized model
+    ids, ref = reference(reference_dir, VALIDATION_TEXT, VALIDATE_TOKENS, device="cpu")
     gc.collect()  # the reference model is gone before the quantized one loads
     model = AutoModelForCausalLM.from_pretrained(folder, device_map=on, trust_remote_code=False).eval()
     got = logprobs(model, ids)
