@@ -49,22 +49,14 @@ def measured(cmd: list[str]) -> dict:
 
 
 def make_inputs(work: Path, hidden: int, layers: int) -> tuple[Path, Path]:
-    from upload_common.sample import make_base, make_lora_adapter, make_tokenizer
+    from synthetic import small_llama
+
+    from upload_common.sample import make_lora_adapter, make_tokenizer
 
     base, adapter = work / f"base-h{hidden}-l{layers}", work / f"adapter-h{hidden}-l{layers}"
     if not (base / "config.json").is_file():
         log(f"making a Llama-shaped bf16 model: hidden {hidden}, {layers} layers")
-        make_base(
-            base,
-            "llama",
-            hidden=hidden,
-            intermediate=hidden * 11 // 4 // 256 * 256,
-            layers=layers,
-            heads=hidden // 64,
-            kv_heads=max(1, hidden // 256),
-            dtype="bfloat16",
-            tokenizer_dir=make_tokenizer(work / "tokenizer"),
-        )
+        small_llama(base, hidden, layers, make_tokenizer(work / "tokenizer"))
     if not (adapter / "adapter_config.json").is_file():
         make_lora_adapter(base, adapter, r=16, alpha=32, base_name=str(base))
         for f in base.iterdir():

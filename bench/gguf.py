@@ -42,22 +42,12 @@ def make_model(work: Path, hidden: int, layers: int) -> Path:
     model = work / f"model-h{hidden}-l{layers}"
     if (model / "config.json").is_file():
         return model
-    from upload_common.sample import make_base, make_tokenizer
+    from synthetic import small_llama
+
+    from upload_common.sample import make_tokenizer
 
     log(f"making a Llama-shaped model: hidden {hidden}, {layers} layers")
-    tok = make_tokenizer(work / "tokenizer")
-    make_base(
-        model,
-        "llama",
-        hidden=hidden,
-        intermediate=hidden * 11 // 4 // 256 * 256,
-        layers=layers,
-        heads=hidden // 64,
-        kv_heads=max(1, hidden // 256),
-        dtype="bfloat16",
-        tokenizer_dir=tok,
-    )
-    return model
+    return small_llama(model, hidden, layers, make_tokenizer(work / "tokenizer"))
 
 
 def main() -> None:

@@ -163,3 +163,21 @@ def build_adapter(folder: Path, base: Path, layers: int) -> None:
         "layers_pattern": None,
     }
     (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
+
+
+def small_llama(folder: Path, hidden: int, layers: int, tokenizer_dir: Path) -> Path:
+    """A Llama-shaped bf16 model of the sample's kind (real tokenizer, random weights), sized by its width and
+    depth, for the benchmarks that run llama.cpp's converter on it."""
+    from upload_common.sample import make_base
+
+    return make_base(
+        folder,
+        "llama",
+        hidden=hidden,
+        intermediate=hidden * 11 // 4 // 256 * 256,
+        layers=layers,
+        heads=hidden // 64,
+        kv_heads=max(1, hidden // 256),
+        dtype="bfloat16",
+        tokenizer_dir=tokenizer_dir,
+    )

@@ -10,61 +10,28 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from driver_helpers import NO_DOCKER
 
-CGROUP_V1 = Path("/sys/fs/cgroup/memory")
+sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
+from measure import MemoryGroup  # noqa: E402 - the benchmarks' cgroup helper
+
 GB = 1 << 30
 LIMIT = int(2.0 * GB)
 # 0.99 GB of bf16 weights (495M parameters): the whole-model fp32 reference needs ~2.4 GB, the pipeline ~1.7 GB
 DIMS = dict(hidden=2048, intermediate=5632, layers=11, heads=16, kv_heads=4)
 
-
-def _why_no_cgroup() -> str | None:
-    if not CGROUP_V1.is_dir():
-        return f"no cgroup v1 memory controller at {CGROUP_V1}"
-    if not os.access(CGROUP_V1, os.W_OK):
-        return f"{CGROUP_V1} is not writable (root is needed)"
-    return None
+pytestmark = pytest.mark.skipif(bool(MemoryGroup.why_not()), reason=MemoryGroup.why_not() or "")
 
 
-pytestmark = pytest.mark.skipif(bool(_why_no_cgroup()), reason=_why_no_cgroup() or "")
-
-
-class Group:
-    """A memory group with ``LIMIT``; ``run`` starts a command inside it (its whole tree)."""
-
-    def __init__(self, name: str):
-        self.path = CGROUP_V1 / f"{name}-{os.getpid()}"
-
-    def __enter__(self) -> Group:
-        self.path.mkdir()
-        (self.path / "memory.limit_in_bytes").write_text(str(LIMIT))
-        return self
-
-    def run(self, cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
-        procs = self.path / "cgroup.procs"
-
-        def enter():
-            procs.write_text(str(os.getpid()))
-
-        return subprocess.run(cmd, preexec_fn=enter, capture_output=True, text=True, timeout=1200, **kwargs)
-
-    def oom_kills(self) -> int:
-        control = dict(line.split() for line in (self.path / "memory.oom_control").read_text().splitlines())
-        return int(control.get("oom_kill", 0))
-
-    def __exit__(self, *exc) -> None:
-        for _ in range(100):  # the tree's last processes may still be exiting
-            try:
-                self.path.rmdir()
-                return
-            except OSError:
-                time.sleep(0.1)
+def in_group(name: str, cmd: list[str], **kwargs) -> tuple[subprocess.CompletedProcess, int]:
+    """``cmd`` run with its whole tree in a memory group limited to ``LIMIT``; its result and the OOM kills."""
+    with MemoryGroup(f"{name}-{os.getpid()}", LIMIT) as group:
+        done = subprocess.run(cmd, preexec_fn=group.enter, capture_output=True, text=True, timeout=1200, **kwargs)
+        return done, group.report()["oom_kills"]
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +60,8 @@ def test_the_pipeline_fits_where_the_whole_model_reference_does_not(big_trainer,
         str(config),
     ]
     cmd += ["--formats", "lora,merged_16bit,gguf", "--push", f"local:{site}", "--runtime", "local", "--json"]
-    with Group("pipeline") as group:
-        done = group.run(cmd, env={**os.environ, **NO_DOCKER})
-        assert done.returncode == 0 and group.oom_kills() == 0, done.stderr[-3000:]
+    done, kills = in_group("pipeline", cmd, env={**os.environ, **NO_DOCKER})
+    assert done.returncode == 0 and kills == 0, done.stderr[-3000:]
     steps = {s["step"]: s for s in json.loads(done.stdout)["steps"]}
     assert {"lora", "merged_16bit", "gguf"} <= set(steps)
     gguf = json.loads((work / "artifacts" / "gguf" / "manifest.json").read_text())
@@ -107,6 +73,5 @@ def test_the_pipeline_fits_where_the_whole_model_reference_does_not(big_trainer,
     whole = (
         "from upload_common.reference import whole_model; import sys; whole_model(sys.argv[1], list(range(3, 300)), '')"
     )
-    with Group("whole") as group:
-        killed = group.run([sys.executable, "-c", whole, str(merged)])
-        assert killed.returncode != 0 and group.oom_kills() >= 1, killed.stderr[-2000:]
+    killed, kills = in_group("whole", [sys.executable, "-c", whole, str(merged)])
+    assert killed.returncode != 0 and kills >= 1, killed.stderr[-2000:]
