@@ -139,13 +139,14 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--size-gb", type=float, default=2.0, help="base model size in GB (default: %(default)s)")
     ap.add_argument("--keep", action="store_true", help="keep the two output folders")
     ap.add_argument("--skip-peft", action="store_true", help="run merge-tool only")
+    ap.add_argument("--device", default="auto", help="merge-tool's --device: auto, cpu or cuda (default: %(default)s)")
     ap.add_argument("--repeat", type=int, default=1, help="cold runs of each tool; the median is kept (default: 1)")
     ap.add_argument("--json", action="store_true", help="also print the figures as JSON")
     ap.add_argument("--_peft", nargs=3, metavar=("BASE", "ADAPTER", "OUT"), help=argparse.SUPPRESS)
     return ap.parse_args()
 
 
-def commands(base: Path, adapter: Path, out1: Path, out2: Path, skip_peft: bool) -> dict:
+def commands(base: Path, adapter: Path, out1: Path, out2: Path, skip_peft: bool, device: str = "auto") -> dict:
     """name -> (command, environment, output folder) of the tools measured."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
@@ -165,6 +166,8 @@ def commands(base: Path, adapter: Path, out1: Path, out2: Path, skip_peft: bool)
                 str(out1),
                 "--method",
                 "merged_16bit",
+                "--device",
+                device,
                 "--overwrite",
             ],
             env,
@@ -288,7 +291,7 @@ def main() -> None:
     log("measuring disk (1 GB, fsync, cold read)")
     write_gbs, read_gbs = disk_speed(work)
     inputs = [p for p in files_in(base) if p.suffix == ".safetensors"] + [adapter / "adapter_model.safetensors"]
-    tools = commands(base, adapter, out1, out2, args.skip_peft)
+    tools = commands(base, adapter, out1, out2, args.skip_peft, args.device)
     results, status = measure(tools, inputs, (write_gbs, read_gbs), args.repeat)
 
     m, p = results.get("merge-tool"), results.get("peft")
