@@ -1,4 +1,4 @@
-"""upload-driver's command line: run, doctor, demo."""
+"""upload-driver's command line: run, batch, doctor, demo."""
 
 from __future__ import annotations
 
@@ -135,6 +135,40 @@ def _print_summary(result: dict) -> None:
         took = "skipped" if r["skipped"] else f"{r['seconds']:.1f} s"
         table.add_row(r["step"], short(r["output"]), f"{r['bytes'] / 1e6:.1f} MB", took, r["figures"], r["published"])
     Console(file=sys.stdout, soft_wrap=False).print(table)
+
+
+@main.command()
+@click.argument("sources", nargs=-1, required=True)
+@click.option(
+    "--checkpoints",
+    default=None,
+    metavar="final|all|N,M",
+    help="Which adapters of each run: final (what run picks; default), all checkpoint-N, or steps.",
+)
+@click.option("--config", type=click.Path(), default=None, help="A run config (TOML) under every run's settings.")
+@click.option("--engine", type=click.Choice(["local"]), default="local", show_default=True, help="Where units run.")
+@click.option("--max-parallel", type=click.IntRange(min=1), default=None, help="Units at once (default: CPUs // 2).")
+@click.option("--work", default=None, help="Working folder, WORK/<run>/<checkpoint>/ per unit (default ./batch-work).")
+@json_option
+@report_errors
+def batch(sources, checkpoints, config, engine, max_parallel, work, as_json):
+    """Export many runs and checkpoints at once: SOURCE is a trainer output folder or a TOML batch file.
+
+    \b
+    upload-driver batch ./sweep/lr-1e-4 ./sweep/lr-3e-4 --checkpoints all
+    upload-driver batch week.toml --max-parallel 2 --json
+    """
+    from .batch import print_summary, run_batch
+
+    result = run_batch(sources, checkpoints=checkpoints, config=config, max_parallel=max_parallel, work=work)
+    if as_json:
+        emit(result, True)
+    else:
+        print_summary(result)
+    for line in result["failed"]:
+        click.echo(f"error: {line}", err=True)
+    if result["failed"]:
+        sys.exit(1)
 
 
 @main.command()

@@ -74,12 +74,17 @@ def load_config(path) -> dict:
     """A TOML config: top-level keys as in DEFAULTS plus trainer_output; relative paths are relative to
     the config file's folder."""
     path = local_path(path)
-    data = _read_toml(path)
-    _check_keys(path, data)
+    return config_table(read_toml(path), path)
+
+
+def config_table(data: dict, path: Path, *, keys=KEYS, where: str = "") -> dict:
+    """One table of settings read from the file ``path`` (``where`` in it, e.g. a batch file's [[run]]):
+    its keys checked against ``keys``, its paths made relative to the file's folder."""
+    _check_keys(path, data, keys, where)
     return _relative_paths(data, path.parent)
 
 
-def _read_toml(path: Path) -> dict:
+def read_toml(path: Path) -> dict:
     try:
         import tomllib
     except ModuleNotFoundError:  # pragma: no cover - Python 3.10
@@ -94,16 +99,16 @@ def _read_toml(path: Path) -> dict:
         ) from None
 
 
-def _check_keys(path: Path, data: dict) -> None:
-    unknown = sorted(set(data) - KEYS)
+def _check_keys(path: Path, data: dict, keys=KEYS, where: str = "") -> None:
+    unknown = sorted(set(data) - set(keys))
     if unknown:
         raise UsageError(
-            f"config file {path}: unknown key(s) {', '.join(unknown)}: valid keys are {', '.join(sorted(KEYS))}",
+            f"config file {path}{where}: unknown key(s) {', '.join(unknown)}: valid keys are {', '.join(sorted(keys))}",
             path=str(path),
         )
     for key in ("merge", "gguf", "docs", "publish"):
         if not isinstance(data.get(key, {}), dict):
-            raise UsageError(f"config file {path}: {key} must be a table ([{key}])", path=str(path))
+            raise UsageError(f"config file {path}{where}: {key} must be a table ([{key}])", path=str(path))
 
 
 def _relative_paths(data: dict, base: Path) -> dict:
@@ -122,7 +127,8 @@ def _relative_paths(data: dict, base: Path) -> dict:
             value = (data.get(section) or {}).get(key)
             if value and (key != "base" or _looks_like_path(value)):
                 data[section][key] = rel(value)
-    data["push"] = [_rel_target(t, rel) for t in data.get("push") or []]
+    if "push" in data:  # a table without push leaves the one under it (config_table's layers)
+        data["push"] = [_rel_target(t, rel) for t in data["push"] or []]
     return data
 
 
@@ -138,9 +144,10 @@ def _rel_target(target: str, rel) -> str:
 SECTION_OPTIONS = {"base_model": "docs", "allow_pickle": "merge"}  # options that set one key of a config table
 
 
-def request(trainer_output=None, *, config=None, **options) -> Request:
-    """Defaults, then the config file, then every option given on the command line (None = not given)."""
-    req = _layered(config, options)
+def request(trainer_output=None, *, config=None, settings=None, **options) -> Request:
+    """Defaults, then the config file, then ``settings`` (a table as ``config_table`` read it), then every
+    option given on the command line (None = not given)."""
+    req = _layered(config, options, settings)
     _resolve_paths(req, trainer_output)
     if isinstance(req["formats"], str):
         req["formats"] = [f.strip() for f in req["formats"].split(",") if f.strip()]
@@ -151,12 +158,18 @@ def request(trainer_output=None, *, config=None, **options) -> Request:
     return Request(**req)
 
 
-def _layered(config, options: dict) -> dict:
-    """DEFAULTS (copied), the config file over them (tables merged key by key), the options over both."""
-    req = {k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v) for k, v in DEFAULTS.items()}
-    if config:
-        for key, value in load_config(config).items():
-            req[key] = {**req[key], **value} if isinstance(req.get(key), dict) else value
+def layer(under: dict, over: dict) -> dict:
+    """``over``'s settings over ``under``'s (tables merged key by key), as a new dict."""
+    merged = {k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v) for k, v in under.items()}
+    for key, value in over.items():
+        merged[key] = {**merged[key], **value} if isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def _layered(config, options: dict, settings=None) -> dict:
+    """DEFAULTS, the config file over them, ``settings`` over that, the options over all."""
+    req = layer(DEFAULTS, load_config(config) if config else {})
+    req = layer(req, settings or {})
     for key, section in SECTION_OPTIONS.items():
         value = options.pop(key, None)
         if value not in (None, False):

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from upload_common.cli import log as default_log
@@ -89,8 +91,38 @@ def _asker(runtime: str, c, work: Path):
     return local.fingerprint
 
 
-def execute(req: Request, *, dry_run: bool = False, force=(), log=default_log) -> dict:
-    work = req.work
+@dataclass(frozen=True)
+class Prepared:
+    """A request checked and planned, nothing written: the trainer folder as inspected, the steps, the
+    runtime (and its Docker client), the steps that will run and the fingerprints asked for the others,
+    and what the preflight found (``execute`` refuses on those findings, ``--dry-run`` shows them)."""
+
+    req: Request
+    found: dict
+    steps: tuple[PlannedStep, ...]
+    force: frozenset
+    runtime: str
+    client: object
+    why: str
+    running: frozenset
+    fps: dict
+    findings: tuple
+    disk: dict
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """What a caller running several requests at once puts around each step: ``gate(step)``, a context
+    manager held while the step runs (a GPU slot), and ``event(step, what, seconds)``, told when a step
+    is skipped, started or finished."""
+
+    gate: Callable = lambda step: contextlib.nullcontext()
+    event: Callable = lambda step, what, seconds=None: None
+
+
+def prepare(req: Request, *, force=(), log=default_log) -> Prepared:
+    """Everything ``execute`` does before its first step: inspect, plan, choose the runtime, ask which
+    steps are up to date, run the preflight checks."""
     found = inspect_trainer_output(req.trainer_output, checkpoint=req.merge.get("checkpoint"))
     log(f"trainer output: {found['root']} ({found['trainer']['kind']}; adapter: {found['adapter']['reason']})")
     steps = plan(req, found)
@@ -99,21 +131,42 @@ def execute(req: Request, *, dry_run: bool = False, force=(), log=default_log) -
     if force - set(names):
         raise UsageError(f"--force {', '.join(sorted(force - set(names)))}: the steps are {', '.join(names)} (or all)")
     runtime, c, why = choose_runtime(req, steps, log)
-    running, fps = will_run(req, steps, force, _asker(runtime, c, work))
+    running, fps = will_run(req, steps, force, _asker(runtime, c, req.work))
     findings, disk = preflight.check(req, found, steps, running)
-    if not dry_run:
-        preflight.refuse(findings)  # every mistake that can be found now stops the run before any step
-    log(f"runtime: {why}")
-    decided = []
+    return Prepared(
+        req, found, steps, frozenset(force), runtime, c, why, frozenset(running), fps, tuple(findings), disk
+    )
 
-    def gpu_choice():  # probed once, when the first step that could use it runs (a rerun that skips all: never)
+
+def gpu_chooser(prep: Prepared, log):
+    """``gpu_choice()``: (GPU steps get the GPU, merge-tool --device), probed once, when the first step
+    that could use it runs (a rerun that skips all: never); ``decided`` holds the answer once probed."""
+    decided: list = []
+
+    def gpu_choice():
         if not decided:
-            decided.extend(choose_gpu(req, runtime, c, steps, work))
+            decided.extend(choose_gpu(prep.req, prep.runtime, prep.client, prep.steps, prep.req.work))
             log(decided[2])
         return decided[0], decided[1]
 
+    return gpu_choice, decided
+
+
+def execute(req: Request, *, dry_run: bool = False, force=(), log=default_log) -> dict:
+    prep = prepare(req, force=force, log=log)
+    if not dry_run:
+        preflight.refuse(list(prep.findings))  # every mistake that can be found now stops the run before any step
+    log(f"runtime: {prep.why}")
+    gpu_choice, decided = gpu_chooser(prep, log)
     if dry_run:
-        return _dry_run(req, steps, runtime, *gpu_choice(), force, running, findings, disk)
+        p = prep
+        return _dry_run(req, p.steps, p.runtime, *gpu_choice(), p.force, p.running, list(p.findings), p.disk)
+    return perform(prep, gpu_choice, decided, log)
+
+
+def perform(prep: Prepared, gpu_choice, decided: list, log, hooks: Hooks = Hooks()) -> dict:
+    """Run a prepared request's steps in its work folder, holding the folder's lock."""
+    work = prep.req.work
     try:
         work.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -121,10 +174,11 @@ def execute(req: Request, *, dry_run: bool = False, force=(), log=default_log) -
     with hold(work) as previous:
         if previous.get("pid"):
             log(f"the last run on this folder (pid {previous['pid']}) was interrupted: resuming")
-        return _steps(req, steps, (running, fps), runtime, c, gpu_choice, decided, log)
+        todo = (prep.running, prep.fps)
+        return _steps(prep.req, prep.steps, todo, prep.runtime, prep.client, gpu_choice, decided, log, hooks)
 
 
-def _steps(req, steps, todo, runtime, c, gpu_choice, decided, log) -> dict:
+def _steps(req, steps, todo, runtime, c, gpu_choice, decided, log, hooks: Hooks = Hooks()) -> dict:
     """Run the steps in order; ``todo``: what will_run found (a step it found up to date is checked
     again, cheaply, now that the run holds the work folder)."""
     running, fps = todo
@@ -136,21 +190,25 @@ def _steps(req, steps, todo, runtime, c, gpu_choice, decided, log) -> dict:
     for i, step in enumerate(steps, 1):
         if step.name not in running and st.up_to_date(work, step, fps.get(step.name)):
             log(f"[{i}/{len(steps)}] {step.name}: up to date, skipped")
+            hooks.event(step, "skipped")
             rows.append(summary(step, None))
             continue
         disk_plan.check_step(step, needs[step.name])  # the disk as it is now, before the step starts
         st.forget(work, step.name)
         gpu, device = gpu_choice() if step.gpu else (False, "cpu")
         where = "container" if runtime == "docker" else "local process"
-        log(f"[{i}/{len(steps)}] {step.name}: {step.tool} ({where}{', GPU' if gpu and step.gpu else ''})")
-        t = time.monotonic()
-        if runtime == "docker":
-            containers.run(c, step, device=device, gpu=gpu and step.gpu, work=work, log=log)
-        else:
-            local.run(step, device=device, log=log)
-        seconds = time.monotonic() - t
+        with hooks.gate(step):
+            log(f"[{i}/{len(steps)}] {step.name}: {step.tool} ({where}{', GPU' if gpu and step.gpu else ''})")
+            hooks.event(step, "started")
+            t = time.monotonic()
+            if runtime == "docker":
+                containers.run(c, step, device=device, gpu=gpu and step.gpu, work=work, log=log)
+            else:
+                local.run(step, device=device, log=log)
+            seconds = time.monotonic() - t
         st.record(work, step, seconds)
         log(f"[{i}/{len(steps)}] {step.name}: done in {seconds:.1f} s")
+        hooks.event(step, "finished", seconds)
         rows.append(summary(step, seconds))
     return {
         "runtime": runtime,

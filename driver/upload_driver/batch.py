@@ -1,0 +1,266 @@
+"""``upload-driver batch``: many exports at once on this machine.
+
+Each (run, checkpoint) is a unit with exactly the request ``upload-driver run`` would make for it
+(``--checkpoint N`` for a checkpoint) and its own work folder, ``WORK/<run name>/<final|checkpoint-N>/``.
+Every unit is prepared and checked before the first step (``run.prepare``: plan, runtime, what is up
+to date, preflight); then the local engine runs the units in a pool of ``--max-parallel`` threads, each
+unit's steps in their order through ``run.perform`` (its work lock, its content-addressed skipping), with
+at most one GPU-marked step at a time on this machine (``GPU_SLOTS``)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from upload_common.cli import log as default_log
+from upload_common.errors import UploadError, UsageError, from_os_error
+from upload_common.trainer_output import inspect_trainer_output
+
+from .batch_file import RunSource, read_sources
+from .config import layer, request
+from .lock import hold
+from .plan import naming
+from .request import Request
+from .run import Hooks, Prepared, gpu_chooser, perform, prepare
+
+GPU_SLOTS = 1  # GPU-marked steps at once: one GPU step per machine (and on a CPU-only machine, one model held)
+ENGINES = ("local",)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One (run, checkpoint) of the batch: the run's name, ``final`` or ``checkpoint-N``, its request."""
+
+    run: str
+    checkpoint: str
+    req: Request
+
+    @property
+    def label(self) -> str:
+        return f"{self.run}/{self.checkpoint}"
+
+
+def default_parallel() -> int:
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
+def units(sources: Sequence[str], *, checkpoints: str | None, config, work) -> tuple[Unit, ...]:
+    """Every (run, checkpoint) the sources name; each run's name must be its own, and no two units may
+    publish to the same place."""
+    work = Path(os.path.abspath(work or "batch-work"))
+    found: list[Unit] = []
+    for source in read_sources(sources):
+        found += _run_units(source, checkpoints, config, work)
+    _distinct(found)
+    return tuple(found)
+
+
+def _run_units(source: RunSource, checkpoints: str | None, config, work: Path) -> list[Unit]:
+    base = request(config=config, settings=dict(source.settings), work=str(work))
+    if not base.trainer_output.is_dir():
+        raise UsageError(f"{source.origin}: trainer output {base.trainer_output} does not exist: fix the path")
+    name = naming(base)[0]
+    try:
+        have = inspect_trainer_output(base.trainer_output)["checkpoints"]
+    except UploadError as exc:
+        raise type(exc)(f"{source.origin}: {exc.message}") from None
+    default = f"{base.merge['checkpoint']}" if base.merge.get("checkpoint") else "final"
+    steps = _checkpoints(checkpoints or source.checkpoints or default, have, source.origin)
+    out = []
+    for step in steps:
+        settings = layer(dict(source.settings), {"merge": {"checkpoint": step}} if step else {})
+        folder = f"checkpoint-{step}" if step else "final"
+        req = request(config=config, settings=settings, work=str(work / name / folder))
+        out.append(Unit(name, folder, req))
+    return out
+
+
+def _checkpoints(spec: str, have: list[int], origin: str) -> list[int | None]:
+    """``final`` (None: the adapter ``run`` chooses), ``all`` (every checkpoint-N) or steps, comma-separated."""
+    chosen: list[int | None] = []
+    listing = ", ".join(map(str, have)) or "none"
+    for token in (t.strip().lower() for t in str(spec).split(",") if t.strip()):
+        if token == "final":
+            chosen.append(None)
+        elif token == "all" and have:
+            chosen += have
+        elif token.isdigit() and int(token) in have:
+            chosen.append(int(token))
+        else:
+            raise UsageError(
+                f"{origin}: checkpoints {token!r}: choose final, all or steps of its checkpoint-N folders ({listing})"
+            )
+    if not chosen:
+        raise UsageError(f"{origin}: checkpoints {spec!r}: choose final, all or steps such as 10,20")
+    return list(dict.fromkeys(chosen))
+
+
+def _distinct(found: Sequence[Unit]) -> None:
+    """Runs never share a step folder (one name per trainer output) nor a publish target."""
+    roots: dict[str, Path] = {}
+    targets: dict[tuple, str] = {}
+    for u in found:
+        if roots.setdefault(u.run, u.req.trainer_output) != u.req.trainer_output:
+            raise UsageError(
+                f"two runs are named {u.run} ({roots[u.run]} and {u.req.trainer_output}): give each its own name"
+            )
+        for target in u.req.push:
+            other = targets.setdefault((target, u.run), u.label)
+            if other != u.label:
+                raise UsageError(
+                    f"{other} and {u.label} would both publish to {target}: publish one checkpoint per run "
+                    "(--checkpoints N), or give the runs their own names"
+                )
+
+
+def check(todo: Sequence[Unit], *, max_parallel: int) -> list[Prepared]:
+    """Every unit prepared and checked, nothing written; one line naming each unit that cannot start."""
+
+    def one(u: Unit):
+        try:
+            return prepare(u.req, log=_quiet)
+        except UploadError as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_parallel) as pool:
+        prepared = list(pool.map(one, todo))
+    problems = []  # (unit, why, a usage error)
+    for u, p in zip(todo, prepared, strict=True):
+        if isinstance(p, UploadError):
+            problems.append((u.label, p.message, isinstance(p, UsageError)))
+        else:
+            problems += [(u.label, f.problem, f.usage) for f in p.findings]
+    if problems:
+        cls = UsageError if any(usage for *_, usage in problems) else UploadError
+        text = "; ".join(f"{label}: {why}" for label, why, _ in problems)
+        raise cls(f"cannot start the batch, nothing was run: {text}", problems=[f"{a}: {b}" for a, b, _ in problems])
+    return prepared
+
+
+def _quiet(message: str) -> None:
+    """A unit's own driver lines (its plan, its runtime): the batch says one line per step event instead."""
+
+
+class _GpuChoices:
+    """The GPU probed once per (runtime, --gpus) for the whole batch, whichever unit needs it first."""
+
+    def __init__(self, log):
+        self.lock, self.known, self.log = threading.Lock(), {}, log
+
+    def for_unit(self, prep: Prepared):
+        decided: list = []
+
+        def choice():
+            with self.lock:
+                key = (prep.runtime, prep.req.gpus)
+                if key not in self.known:
+                    probe, answer = gpu_chooser(prep, self.log)
+                    probe()
+                    self.known[key] = tuple(answer)
+                if not decided:
+                    decided.extend(self.known[key])
+            return decided[0], decided[1]
+
+        return choice, decided
+
+
+def execute(todo: Sequence[Unit], prepared: Sequence[Prepared], *, work, max_parallel: int, log=default_log) -> dict:
+    """Run the checked units on this machine, ``max_parallel`` at once; the batch holds WORK's lock."""
+    work = Path(os.path.abspath(work or "batch-work"))
+    lock = threading.Lock()
+
+    def say(line: str) -> None:
+        with lock:
+            log(line)
+
+    for why in dict.fromkeys(p.why for p in prepared):
+        say(f"runtime: {why}")
+    gpus, slots = _GpuChoices(say), threading.Semaphore(GPU_SLOTS)
+    t0 = time.monotonic()
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise from_os_error(exc, f"cannot create the work folder {work}") or exc from None
+    with hold(work, "batch"), ThreadPoolExecutor(max_parallel) as pool:
+        done = list(pool.map(lambda up: _unit(*up, gpus, slots, say), zip(todo, prepared, strict=True)))
+    return {
+        "engine": "local",
+        "work": str(work),
+        "max_parallel": max_parallel,
+        "gpu_slots": GPU_SLOTS,
+        "seconds": round(time.monotonic() - t0, 3),
+        "units": done,
+        "failed": [u["error"] for u in done if u["error"]],
+    }
+
+
+def _unit(u: Unit, prep: Prepared, gpus: _GpuChoices, slots, say) -> dict:
+    """One unit's steps through ``run.perform``, each event one line; a failure ends the unit, not the batch."""
+    rows = {s.name: {"step": s.name, "seconds": None, "status": "not run"} for s in prep.steps}
+    current: dict = {}
+
+    def event(step, what, seconds=None):
+        current["since"] = time.monotonic()
+        rows[step.name].update(status={"finished": "done"}.get(what, what), seconds=seconds and round(seconds, 1))
+        say(f"{u.label} {step.name}: {f'finished in {seconds:.1f} s' if what == 'finished' else what}")
+
+    def gate(step):
+        return slots if step.gpu else contextlib.nullcontext()
+
+    choice, decided = gpus.for_unit(prep)
+    error = None
+    try:
+        perform(prep, choice, decided, _quiet, Hooks(gate=gate, event=event))
+    except (UploadError, OSError) as exc:
+        known = exc if isinstance(exc, UploadError) else from_os_error(exc)
+        if known is None:
+            raise
+        name = next((r["step"] for r in rows.values() if r["status"] in ("started", "not run")), "-")
+        if name in rows:  # the step that was running, or the one that was about to
+            took = time.monotonic() - current["since"] if rows[name]["status"] == "started" else None
+            rows[name].update(status="failed", seconds=took and round(took, 1))
+        error = f"{u.label} {name}: {known.message}"
+        say(f"{u.label} {name}: failed: {known.message}")
+    return {
+        "run": u.run,
+        "checkpoint": u.checkpoint,
+        "work": str(u.req.work),
+        "status": "failed" if error else "done",
+        "error": error,
+        "steps": list(rows.values()),
+    }
+
+
+def run_batch(sources, *, checkpoints=None, config=None, max_parallel=None, work=None, log=default_log) -> dict:
+    """``upload-driver batch``: the units, all checked, then run."""
+    parallel = max_parallel or default_parallel()
+    todo = units(sources, checkpoints=checkpoints, config=config, work=work)
+    prepared = check(todo, max_parallel=parallel)
+    return execute(todo, prepared, work=work, max_parallel=parallel, log=log)
+
+
+def print_summary(result: dict) -> None:
+    """The table on stdout: one row per step of each unit (run, checkpoint, step, seconds, status)."""
+    import sys
+
+    from rich.console import Console
+    from rich.table import Table
+
+    failed = len(result["failed"])
+    table = Table(
+        title=f"upload-driver batch: {len(result['units'])} unit(s), {failed} failed, "
+        f"{result['seconds']:.1f} s, in {result['work']}"
+    )
+    for col in ("run", "checkpoint", "step", "seconds", "status"):
+        table.add_column(col, overflow="fold")
+    for u in result["units"]:
+        for r in u["steps"]:
+            took = "" if r["seconds"] is None else f"{r['seconds']:.1f}"
+            table.add_row(u["run"], u["checkpoint"], r["step"], took, r["status"])
+    Console(file=sys.stdout, soft_wrap=False).print(table)

@@ -1,0 +1,160 @@
+"""upload-driver batch with the local engine: each (run, checkpoint) gets the files `upload-driver run`
+gives it, a rerun skips every step, a batch file's defaults and overrides, bad input refused in one line."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from driver_helpers import drive, one_line_error
+
+BATCH = """
+formats = ["lora", "merged_16bit"]
+runtime = "local"
+
+[merge]
+dtype = "bf16"
+
+[[run]]
+trainer_output = "runs/alpha"
+name = "first"
+formats = ["lora"]
+
+[[run]]
+trainer_output = "runs/beta"
+checkpoints = "all"
+"""
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, sft_output) -> Path:
+    """Two trainer outputs (copies of the sample, checkpoints 10, 20, 30) and a batch file naming them."""
+    root = tmp_path_factory.mktemp("batch")
+    for name in ("alpha", "beta"):
+        shutil.copytree(sft_output, root / "runs" / name)
+    (root / "batch.toml").write_text(BATCH)
+    return root
+
+
+@pytest.fixture(scope="module")
+def batched(sweep) -> dict:
+    result = drive("batch", sweep / "batch.toml", "--work", sweep / "work", "--max-parallel", 2, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def files(work: Path) -> dict:
+    """Every file of the work folder's artifacts by sha256, and each manifest (manifest.json,
+    upload_manifest.json) as JSON without what differs between two runs of the same step: its timings, the
+    disk's free space it saw, and the hashes of manifests, which hold those (a manifest_sha256, a
+    fingerprint made from them)."""
+    found = {}
+    for p in sorted((work / "artifacts").rglob("*")):
+        if p.name.endswith("manifest.json"):
+            found[str(p.relative_to(work))] = _steady(json.loads(p.read_text()))
+        elif p.is_file():
+            found[str(p.relative_to(work))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return found
+
+
+def _steady(value):
+    if isinstance(value, list):
+        return [_steady(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out = {k: _steady(v) for k, v in value.items() if k not in ("timings", "free_bytes")}
+    if "manifest_sha256" in out:
+        out["manifest_sha256"] = "(a manifest's hash)"
+    if str(out.get("path", "")).endswith("manifest.json") and "sha256" in out:
+        out["sha256"] = "(a manifest's hash)"
+    if "fingerprint" in out and any("manifest_sha256" in i for i in (value.get("inputs") or {}).values()):
+        out["fingerprint"] = "(made from manifests' hashes)"
+    return out
+
+
+def test_each_unit_gets_the_files_of_its_own_run(batched, sweep):
+    """Each unit against `upload-driver run` of the same unit, in the same folder (the batch's moved aside)."""
+    units = {(u["run"], u["checkpoint"]): u for u in batched["units"]}
+    assert set(units) == {("first", "final"), *(("beta", f"checkpoint-{n}") for n in (10, 20, 30))}
+    assert all(u["status"] == "done" and u["error"] is None for u in units.values()) and batched["failed"] == []
+    # the run's override of the defaults: lora only; the defaults elsewhere: lora and the 16-bit merge
+    assert [s["step"] for s in units["first", "final"]["steps"]] == ["lora", "docs"]
+    assert [s["step"] for s in units["beta", "checkpoint-20"]["steps"]] == ["lora", "merged_16bit", "docs"]
+    work, aside = sweep / "work", sweep / "work-of-the-batch"
+    work.rename(aside)
+    try:
+        for (run, ckpt), u in units.items():
+            assert Path(u["work"]) == work / run / ckpt
+            config = sweep / f"{run}-{ckpt}.toml"
+            step = ckpt.removeprefix("checkpoint-")
+            config.write_text('[merge]\ndtype = "bf16"\n' + (f"checkpoint = {step}\n" if step.isdigit() else ""))
+            formats = "lora" if run == "first" else "lora,merged_16bit"
+            trainer = sweep / "runs" / ("alpha" if run == "first" else "beta")
+            args = ["run", trainer, "--work", u["work"], "--formats", formats, "--name", run, "--config", config]
+            result = drive(*args, "--runtime", "local", "--json")
+            assert result.exit_code == 0, result.output
+            assert files(aside / run / ckpt) == files(Path(u["work"])), (run, ckpt)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        aside.rename(work)
+    lora = [json.loads((Path(u["work"]) / "artifacts/lora/manifest.json").read_text()) for u in units.values()]
+    assert len({m["fingerprint"] for m in lora}) == 4  # each checkpoint's own adapter, not one four times
+
+
+def test_a_rerun_skips_every_step(batched, sweep):
+    result = drive("batch", sweep / "batch.toml", "--work", sweep / "work", "--json")
+    assert result.exit_code == 0, result.output
+    again = json.loads(result.stdout)
+    assert {s["status"] for u in again["units"] for s in u["steps"]} == {"skipped"}
+    assert result.stderr.count(": skipped") == sum(len(u["steps"]) for u in again["units"]) == 2 + 3 * 3
+
+
+def test_progress_lines_and_the_summary_table(batched, sweep):
+    shutil.rmtree(sweep / "work" / "first" / "final" / "artifacts" / "docs")
+    result = drive("batch", sweep / "batch.toml", "--work", sweep / "work")
+    assert result.exit_code == 0, result.output
+    assert "first/final docs: started" in result.stderr and "first/final docs: finished in " in result.stderr
+    assert "beta/checkpoint-10 lora: skipped" in result.stderr
+    rows = [re.split("[│┃]", line)[1:6] for line in result.stdout.splitlines() if len(re.findall("[│┃]", line)) == 6]
+    rows = [[c.strip() for c in r] for r in rows]
+    assert rows[0] == ["run", "checkpoint", "step", "seconds", "status"]
+    assert rows[2][:3] == ["first", "final", "docs"] and rows[2][4] == "done" and float(rows[2][3]) >= 0
+    assert rows[1] == ["first", "final", "lora", "", "skipped"] and len(rows) == 1 + 2 + 3 * 3
+
+
+@pytest.mark.parametrize(
+    "case, needle",
+    [
+        ("missing", "does not exist"),
+        ("checkpoint", "checkpoints '15'"),
+        ("key", "unknown key(s) colour"),
+        ("same name", "two runs are named"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(sweep, tmp_path, case, needle):
+    work = tmp_path / "work"
+    alpha, beta = sweep / "runs" / "alpha", sweep / "runs" / "beta"
+    if case == "missing":
+        args = [alpha, tmp_path / "nowhere"]
+    elif case == "checkpoint":
+        args = [alpha, "--checkpoints", "10,15"]
+    elif case == "key":
+        bad = tmp_path / "bad.toml"
+        bad.write_text(f'[[run]]\ntrainer_output = "{alpha}"\ncolour = "red"\n')
+        args = [bad]
+    else:
+        args = [alpha, beta, "--config", _named(tmp_path)]
+    line = one_line_error(drive("batch", *args, "--work", work), 2)
+    assert needle in line, line
+    assert not work.exists()
+
+
+def _named(tmp_path: Path) -> Path:
+    config = tmp_path / "named.toml"
+    config.write_text('name = "same"\n')
+    return config
