@@ -158,3 +158,21 @@ def _named(tmp_path: Path) -> Path:
     config = tmp_path / "named.toml"
     config.write_text('name = "same"\n')
     return config
+
+
+def test_a_failed_unit_is_one_line_and_the_others_finish(sft_output, tmp_path):
+    """A unit whose step fails after the checks (merge-tool refuses the dtype) ends alone, in one line."""
+    batch = tmp_path / "batch.toml"
+    runs = "".join(
+        f'[[run]]\ntrainer_output = "{sft_output}"\nname = "{name}"\n[run.merge]\ndtype = "{dtype}"\n'
+        for name, dtype in (("good", "bf16"), ("bad", "fp12"))
+    )
+    batch.write_text(f'formats = ["lora"]\nruntime = "local"\ncheckpoints = "10"\n{runs}')
+    result = drive("batch", batch, "--work", tmp_path / "work", "--json")
+    assert result.exit_code == 1, (result.output, result.stderr)
+    units = {u["run"]: u for u in json.loads(result.stdout)["units"]}
+    assert units["good"]["status"] == "done" and units["bad"]["status"] == "failed"
+    assert [s["status"] for s in units["bad"]["steps"]] == ["failed", "not run"]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {units['bad']['error']}"] and "bad/checkpoint-10 lora: step lora" in errors[0]
+    assert "bad/checkpoint-10 lora: failed: " in result.stderr and "Traceback" not in result.stderr
