@@ -125,6 +125,14 @@ def test_progress_lines_and_the_summary_table(batched, sweep):
     assert rows[0] == ["run", "checkpoint", "step", "seconds", "status"]
     assert rows[2][:3] == ["first", "final", "docs"] and rows[2][4] == "done" and float(rows[2][3]) >= 0
     assert rows[1] == ["first", "final", "lora", "", "skipped"] and len(rows) == 1 + 2 + 3 * 3
+    # the sweep of the run exported at its checkpoints: the training loss each checkpoint's state logged
+    assert "checkpoint sweep of beta:" in result.stdout and "checkpoint sweep of first" not in result.stdout
+    sweep_rows = json.loads(drive("batch", sweep / "batch.toml", "--work", sweep / "work", "--json").stdout)["sweep"]
+    assert [(r["step"], r["train_loss"], r["eval_loss"]) for r in sweep_rows["beta"]] == [
+        (10, 2.5, None),
+        (20, 1.25, None),
+        (30, 0.8333, None),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -176,3 +184,21 @@ def test_a_failed_unit_is_one_line_and_the_others_finish(sft_output, tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors == [f"error: {units['bad']['error']}"] and "bad/checkpoint-10 lora: step lora" in errors[0]
     assert "bad/checkpoint-10 lora: failed: " in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_sweep_reports_each_checkpoints_gguf_figures(sft_output, tmp_path):
+    """One GGUF unit: the sweep row carries the 16-bit GGUF's perplexity and Q8_0's mean KL from its manifest."""
+    batch = tmp_path / "gguf.toml"
+    batch.write_text(
+        f'formats = ["gguf"]\nquants = ["Q8_0"]\nruntime = "local"\n'
+        "[gguf.min_top1]\nQ8_0 = 0.5\n"  # the sample's base is untrained: its next tokens are near ties
+        f'[[run]]\ntrainer_output = "{sft_output}"\nname = "gg"\ncheckpoints = [30]\n'
+    )
+    result = drive("batch", batch, "--work", tmp_path / "work", "--json")
+    assert result.exit_code == 0, (result.output, result.stderr)
+    (row,) = json.loads(result.stdout)["sweep"]["gg"]
+    m = json.loads((tmp_path / "work/gg/checkpoint-30/artifacts/gguf/manifest.json").read_text())
+    sixteen = m["decisions"]["reference"]["intermediate"]["validation"]
+    assert row["perplexity_16bit"] == sixteen["perplexity"] > 1
+    assert row["mean_kl"] == {"Q8_0": m["files"]["Q8_0"]["validation"]["mean_kl"]}
+    assert (row["step"], row["train_loss"]) == (30, 0.8333)

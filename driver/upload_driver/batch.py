@@ -22,6 +22,7 @@ from upload_common.cli import log as default_log
 from upload_common.errors import UploadError, UsageError, from_os_error
 from upload_common.trainer_output import inspect_trainer_output
 
+from . import sweep
 from .batch_file import RunSource, read_sources
 from .config import layer, request
 from .lock import hold
@@ -30,7 +31,6 @@ from .request import Request
 from .run import Hooks, Prepared, gpu_chooser, perform, prepare
 
 GPU_SLOTS = 1  # GPU-marked steps at once: one GPU step per machine (and on a CPU-only machine, one model held)
-ENGINES = ("local",)
 
 
 @dataclass(frozen=True)
@@ -189,6 +189,7 @@ def execute(todo: Sequence[Unit], prepared: Sequence[Prepared], *, work, max_par
         raise from_os_error(exc, f"cannot create the work folder {work}") or exc from None
     with hold(work, "batch"), ThreadPoolExecutor(max_parallel) as pool:
         done = list(pool.map(lambda up: _unit(*up, gpus, slots, say), zip(todo, prepared, strict=True)))
+    checkpoints = {u.label: u.req.trainer_output / u.checkpoint for u in todo if u.checkpoint != "final"}
     return {
         "engine": "local",
         "work": str(work),
@@ -197,6 +198,7 @@ def execute(todo: Sequence[Unit], prepared: Sequence[Prepared], *, work, max_par
         "seconds": round(time.monotonic() - t0, 3),
         "units": done,
         "failed": [u["error"] for u in done if u["error"]],
+        "sweep": sweep.tables(done, checkpoints),
     }
 
 
@@ -264,3 +266,5 @@ def print_summary(result: dict) -> None:
             took = "" if r["seconds"] is None else f"{r['seconds']:.1f}"
             table.add_row(u["run"], u["checkpoint"], r["step"], took, r["status"])
     Console(file=sys.stdout, soft_wrap=False).print(table)
+    for run, rows in result["sweep"].items():
+        print("\n".join(sweep.lines(run, rows)), file=sys.stdout)

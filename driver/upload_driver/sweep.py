@@ -1,0 +1,90 @@
+"""The checkpoint sweep: for each run of a batch exported at checkpoint-N units, one row per checkpoint
+with its training figures (train and eval loss from the checkpoint's ``trainer_state.json``, as the
+trainer logged them up to that step) and its export's figures on the validation text (from the gguf
+step's manifest: the 16-bit GGUF's perplexity, and each quantized type's mean KL against it)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from upload_common.contract import read_manifest
+
+
+def tables(done: list[dict], checkpoint_folders: dict[str, Path]) -> dict[str, list[dict]]:
+    """{run: rows} for each run with checkpoint-N units (``done``: the batch's units;
+    ``checkpoint_folders``: each unit's label to its checkpoint-N folder in the trainer output)."""
+    out: dict[str, list[dict]] = {}
+    for u in done:
+        folder = checkpoint_folders.get(f"{u['run']}/{u['checkpoint']}")
+        if folder is not None:
+            out.setdefault(u["run"], []).append(row(folder, Path(u["work"])))
+    return {run: sorted(rows, key=lambda r: r["step"]) for run, rows in out.items()}
+
+
+def row(checkpoint: Path, work: Path) -> dict:
+    """One checkpoint: step, losses, and the validation figures of its GGUF files (None where absent)."""
+    step = int(checkpoint.name.rpartition("-")[2])
+    history = _history(checkpoint / "trainer_state.json", step)
+    return {
+        "step": step,
+        "train_loss": _last(history, "loss"),
+        "eval_loss": _last(history, "eval_loss"),
+        **_gguf_figures(work / "artifacts" / "gguf"),
+    }
+
+
+def _history(path: Path, step: int) -> list[dict]:
+    """The log entries up to ``step`` (a checkpoint's own file holds no later ones; a shared one may)."""
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    log = state.get("log_history") if isinstance(state, dict) else None
+    return [e for e in log or [] if isinstance(e, dict) and isinstance(e.get("step"), int) and e["step"] <= step]
+
+
+def _last(history: list[dict], key: str) -> float | None:
+    values = [e[key] for e in history if isinstance(e.get(key), int | float)]
+    return values[-1] if values else None
+
+
+def _gguf_figures(folder: Path) -> dict:
+    """The 16-bit GGUF's perplexity on the validation text (the file's figures when it is kept, else the
+    reference's record of it) and each other type's mean KL against it."""
+    m = read_manifest(folder) or {}
+    files = m.get("files") or {}
+    intermediate = ((m.get("decisions") or {}).get("reference") or {}).get("intermediate") or {}
+    sixteen = intermediate.get("quant") or next((q for q in ("F16", "BF16", "F32") if q in files), None)
+    figures = intermediate.get("validation") or (files.get(sixteen) or {}).get("validation") or {}
+    kl = {
+        q: (info.get("validation") or {}).get("mean_kl")
+        for q, info in files.items()
+        if q not in (sixteen, "LoRA") and isinstance(info, dict)
+    }
+    return {"perplexity_16bit": figures.get("perplexity"), "mean_kl": kl}
+
+
+def lines(run: str, rows: list[dict]) -> list[str]:
+    """The run's sweep as text lines: step, train loss, eval loss, 16-bit perplexity, each type's mean KL."""
+    quants = sorted({q for r in rows for q in r["mean_kl"]})
+    head = ["step", "train loss", "eval loss", "perplexity (16-bit)", *(f"{q} mean KL" for q in quants)]
+    body = [
+        [
+            str(r["step"]),
+            _fmt(r["train_loss"], ".4f"),
+            _fmt(r["eval_loss"], ".4f"),
+            _fmt(r["perplexity_16bit"], ".3f"),
+            *(_fmt(r["mean_kl"].get(q), ".5f") for q in quants),
+        ]
+        for r in rows
+    ]
+    widths = [max(len(c) for c in col) for col in zip(head, *body, strict=True)]
+    text = [f"checkpoint sweep of {run}:"]
+    for cells in (head, *body):
+        text.append("  " + "  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True)))
+    return text
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
