@@ -78,7 +78,7 @@ def test_plan_from_the_request(sft_output, tmp_path):
 
 def test_gguf_validation_settings_reach_gguf_tool(sft_output, tmp_path):
     """[gguf] eval_text (an input, read only), min_top1 (a --min-top1 per type) and the reference cache (a
-    folder of the run the step writes)."""
+    folder of the run the step writes), the text and the cache shared with the quantized formats."""
     from upload_common.trainer_output import inspect_trainer_output
 
     text = tmp_path / "mine.txt"
@@ -95,6 +95,11 @@ def test_gguf_validation_settings_reach_gguf_tool(sft_output, tmp_path):
     assert " ".join(argv).count("--min-top1") == 2 and "Q4_K_M=0.9" in argv and "Q8_0=0.98" in argv
     assert argv[argv.index("--reference-cache") + 1] == "rw:reference_cache"
     assert gguf.rw["reference_cache"] == tmp_path / "w" / "cache" / "reference"
+    req = Request(trainer_output=sft_output, work=tmp_path / "w", formats=("fp8",), gguf={"eval_text": text})
+    fp8 = {s.name: s for s in plan(req, inspect_trainer_output(sft_output))}["fp8"]  # the same text and store
+    argv = render(fp8, inp=lambda k: f"in:{k}", out=lambda: "out", rw=lambda k: f"rw:{k}", device="cpu")
+    assert argv[argv.index("--eval-text") + 1] == "in:eval_text" and fp8.inputs["eval_text"] == text
+    assert argv[argv.index("--reference-cache") + 1] == "rw:reference_cache" and fp8.rw == gguf.rw
     bad = Request(trainer_output=sft_output, work=tmp_path / "w", formats=("gguf",), gguf={"min_top1": 0.9})
     with pytest.raises(UsageError, match="gguf.min_top1"):
         plan(bad, inspect_trainer_output(sft_output))

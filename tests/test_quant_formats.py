@@ -42,17 +42,20 @@ def quant_trainer(tmp_path_factory, trained_llama, tokenizer_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def peft_reference(quant_trainer, trained_llama):
-    """(token ids, log-probabilities) of the base with the adapter applied by peft: the ground truth."""
+    """(the validation text's chunks, log-probabilities of each) of the base with the adapter applied by
+    peft: the ground truth."""
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    from upload_common.quality import VALIDATION_TEXT, logprobs
+    from merge_tool.quantized import VALIDATE_TOKENS
+    from upload_common.eval_reference import tokenize
+    from upload_common.quality import logprobs
 
     base = AutoModelForCausalLM.from_pretrained(trained_llama, dtype=torch.float32)
     model = PeftModel.from_pretrained(base, quant_trainer).eval()
-    ids = AutoTokenizer.from_pretrained(quant_trainer)(VALIDATION_TEXT).input_ids[:128]
-    return ids, logprobs(model, ids)
+    chunks = tokenize(trained_llama, None, VALIDATE_TOKENS).chunks  # the merge has the base's shape
+    return chunks, [logprobs(model, list(c)) for c in chunks]
 
 
 @pytest.fixture(scope="session")
@@ -92,7 +95,7 @@ def merged(quant_outputs) -> Path:
 def test_quantized_output_loads_and_its_recorded_validation_is_true(fmt, quant_outputs, peft_reference):
     from transformers import AutoModelForCausalLM
 
-    from upload_common.quality import compare, logprobs
+    from upload_common.quality import Agreement, logprobs
 
     out = quant_outputs[fmt]
     manifest = json.loads((out / "manifest.json").read_text())
@@ -109,10 +112,14 @@ def test_quantized_output_loads_and_its_recorded_validation_is_true(fmt, quant_o
 
     model = AutoModelForCausalLM.from_pretrained(out, device_map="cpu").eval()
     assert type(model.model.layers[0].mlp.down_proj).__name__ == cls
-    ids, truth = peft_reference
-    mine = compare(truth, logprobs(model, ids))
+    chunks, truth = peft_reference
+    agreement = Agreement()
+    for chunk, want in zip(chunks, truth, strict=True):
+        agreement.add(want, logprobs(model, list(chunk)), chunk)
+    mine = agreement.figures()
     recorded = manifest["validation"]
-    assert recorded["positions"] == len(ids)
+    assert recorded["positions"] == sum(map(len, chunks)) >= 1024 and recorded["text"]["tokens"] == 1024
+    assert recorded["perplexity_reference"] == pytest.approx(mine["perplexity_reference"], rel=1e-2)
     # recorded against the 16-bit merge, measured here against peft: the merge is exact, so they agree
     assert abs(recorded["top1_agreement"] - mine["top1_agreement"]) <= 0.03
     assert recorded["mean_kl"] == pytest.approx(mine["mean_kl"], rel=0.5, abs=5e-4)
@@ -352,3 +359,19 @@ def test_w8a16_stores_int8_weights_with_16_bit_activations(quant_outputs):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["quantization"]["scheme"] == "W8A16" and "calibration" not in manifest["quantization"]
     assert manifest["validation"]["top1_agreement"] >= 0.9 and not manifest["warnings"]
+
+
+def test_gguf_tool_reads_the_reference_a_quantized_format_made(merged, tmp_path):
+    """One reference per run: a quantized format's step and gguf-tool, given the same reference store,
+    compute the 16-bit merge's log-probabilities once (the same text, chunks and model identity name it)."""
+    from gguf_tool.core import run as gguf
+    from merge_tool.from_merged import run as quantize
+
+    cache = tmp_path / "reference"
+    fp8 = quantize(merged, tmp_path / "fp8", method="fp8", device="cpu", reference_cache=cache)
+    assert fp8["validation"]["reference_method"] == "fp32 on the CPU, streamed part by part"
+    assert len(list(cache.glob("*.npy"))) == 1
+    made = gguf(merged, tmp_path / "gguf", quants=["Q8_0"], reference_cache=cache)
+    assert made["decisions"]["reference"]["method"] == "read from an earlier run's reference file"
+    assert made["decisions"]["reference"]["text"] == fp8["validation"]["text"]
+    assert len(list(cache.glob("*.npy"))) == 2  # and the 16-bit GGUF's own

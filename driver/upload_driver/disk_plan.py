@@ -80,21 +80,28 @@ def _gguf(step: PlannedStep, sizes: dict) -> int | None:
         return None
     quants = [q.upper() for q in _all(step, "--quant") if q.upper() in QUANTS]  # preflight reports the others
     floats = [q for q in quants if q in FLOAT_OUTTYPES]
-    vocab = max((s["shape"][0] for n, s in specs.items() if "embed_tokens" in n), default=0)
+    vocab = _vocab(specs)
     plan = gguf_step_peak(specs, quants, floats[0] if floats else "BF16", vocab)
     sizes.setdefault("temporary", {})[step.name] = plan["intermediate_bytes"]
-    kept = sizes.setdefault("kept", {})[step.name] = _references(step, vocab)
+    kept = sizes.setdefault("kept", {})[step.name] = _references(step, vocab, sizes, own=1)
     return plan["outputs_bytes"] + MANIFEST + kept
 
 
-def _references(step: PlannedStep, vocab: int) -> int:
+def _vocab(specs: dict) -> int:
+    return max((s["shape"][0] for n, s in specs.items() if "embed_tokens" in n), default=0)
+
+
+def _references(step: PlannedStep, vocab: int, sizes: dict, own: int) -> int:
     """The validation's reference files the run keeps for a rerun (its cache/reference folder): the Hugging
-    Face model's and the 16-bit GGUF's next-token log-probabilities, float32 per position and vocabulary
-    entry, in .npy files (a chunk's leading token, a header)."""
+    Face model's next-token log-probabilities once per run (gguf-tool and the quantized formats share that
+    file), and ``own`` files of the step's own (gguf-tool: the 16-bit GGUF's); float32 per position and
+    vocabulary entry, in .npy files (a chunk's leading token, a header)."""
     if "--no-validate" in step.args:
         return 0
     tokens = int(arg(step, "--validate-tokens") or REFERENCE_TOKENS)
-    return 2 * ((tokens + 2) * vocab * 4 + 128)
+    first = not sizes.get("hf_reference")
+    sizes["hf_reference"] = True
+    return (own + first) * ((tokens + 2) * vocab * 4 + 128)
 
 
 def _all(step: PlannedStep, flag: str) -> list[str]:
@@ -107,7 +114,10 @@ def _merge(step: PlannedStep, sizes: dict) -> int | None:
         from .memory_plan import quantized_bytes
 
         weights = quantized_bytes(step.name, sizes.get("specs"), sizes.get("width", 2))
-        return sizes.get("merged") if weights is None else weights + sizes["extras"]
+        if weights is None:
+            return sizes.get("merged")
+        kept = sizes.setdefault("kept", {})[step.name] = _references(step, _vocab(sizes["specs"]), sizes, own=0)
+        return weights + sizes["extras"] + kept
     adapter = Path(step.inputs["adapter"])
     if step.name == "lora":
         weights = next(iter(adapter.glob("adapter_model.*")), None)

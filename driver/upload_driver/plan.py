@@ -118,8 +118,14 @@ def _merge_args(spec, req: Request, found: dict) -> tuple[dict, list, dict]:
     """merge-tool's inputs and arguments for the set ``spec`` (from the adapter, or from the merged
     set it consumes), and whether it reaches the network for the base."""
     merge, trainer = req.merge, req.trainer_output
-    if spec.consumes:
+    access: dict = {}
+    if spec.consumes:  # a quantized format: validated on the run's text, against the run's shared reference
         inputs, args = {}, ["--model", ("in", "model")]
+        if req.gguf.get("eval_text"):
+            inputs["eval_text"] = Path(req.gguf["eval_text"])
+            args += ["--eval-text", ("in", "eval_text")]
+        args += ["--reference-cache", ("rw", "reference_cache", "")]
+        access["rw"] = {"reference_cache": req.work / "cache" / "reference"}
     else:
         inputs, args = {"adapter": trainer}, ["--adapter", ("in", "adapter")]
     args += ["--out", ("out",), "--method", spec.name, "--device", ("device",)]
@@ -144,7 +150,7 @@ def _merge_args(spec, req: Request, found: dict) -> tuple[dict, list, dict]:
                 "allow_pickle": "--allow-pickle",
             },
         )
-    return inputs, args, {"network": remote, "token": remote, "hf_cache": remote}
+    return inputs, args, {**access, "network": remote, "token": remote, "hf_cache": remote}
 
 
 def _gguf_args(spec, req: Request, found: dict) -> tuple[dict, list, dict]:

@@ -49,6 +49,18 @@ from .formats import FORMATS
     "CSV file with a text or messages column, or a folder of them or a saved dataset "
     "(default: a built-in text).",
 )
+@click.option(
+    "--eval-text",
+    type=click.Path(),
+    default=None,
+    help="With --model: validate the quantized format on this UTF-8 text instead of the built-in one.",
+)
+@click.option(
+    "--reference-cache",
+    type=click.Path(),
+    default=None,
+    help="With --model: folder keeping the validation's reference log-probabilities (shared with gguf-tool).",
+)
 @click.option("--allow-pickle", is_flag=True, help="Convert an adapter_model.bin (torch.load weights_only=True).")
 @click.option(
     "--defer-weights",
@@ -74,6 +86,8 @@ def main(
     device,
     engine,
     calibration,
+    eval_text,
+    reference_cache,
     allow_pickle,
     defer_weights,
     overwrite,
@@ -98,7 +112,15 @@ def main(
         from .from_merged import run as run_from_merged
 
         manifest = run_from_merged(
-            model, out, method=method, device=device, calibration=calibration, overwrite=overwrite, log=log
+            model,
+            out,
+            method=method,
+            device=device,
+            calibration=calibration,
+            eval_text=eval_text,
+            reference_cache=reference_cache,
+            overwrite=overwrite,
+            log=log,
         )
         emit(manifest if as_json else str(click.format_filename(out)), as_json)
         return

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from upload_common.contract import check_output_free, describe_input, read_json_object, read_manifest
 from upload_common.errors import UsageError
+from upload_common.eval_reference import model_key
+from upload_common.eval_text import from_file
 from upload_common.remote_code import refuse_code
 from upload_common.sets import SETS, get_set
 from upload_common.st_io import model_specs
@@ -24,13 +26,22 @@ from upload_common.trainer_output import chat_template
 from .base import TOOL
 from .core import copy_model_files, libraries, write_format
 from .formats import get_format
-from .job import Job, Model
+from .job import Job, Model, Validation
 
 CARRIED = ("adapter", "base")  # the merged set's decisions a format made from it repeats
 
 
 def run(
-    model_dir, out, *, method: str, device: str = "auto", calibration=None, overwrite: bool = False, log=lambda m: None
+    model_dir,
+    out,
+    *,
+    method: str,
+    device: str = "auto",
+    calibration=None,
+    eval_text=None,
+    reference_cache=None,
+    overwrite: bool = False,
+    log=lambda m: None,
 ) -> dict:
     """Quantize the merged model in ``model_dir`` into ``out``; returns the step manifest."""
     t0 = time.monotonic()
@@ -44,18 +55,34 @@ def run(
         model_dir / "config.json", "model config", "pass merge-tool's merged_16bit output (a model folder) as --model"
     )
     refuse_code(model_dir, TOOL)
+    if eval_text:
+        from_file(eval_text)  # a missing, empty or non-UTF-8 text is refused before any work
     params = {"method": method, "device": device, "calibration": str(calibration) if calibration else None}
+    if eval_text:
+        params["eval_text"] = str(eval_text)
     tokenizer = {"dir": str(model_dir), "chat_template": chat_template(model_dir)}
     inputs = {"model": describe_input(model_dir)}
     if calibration and spec.calibration:
         inputs["calibration"] = describe_input(Path(calibration))
+    if eval_text:
+        inputs["eval_text"] = describe_input(Path(eval_text))
+    validation = Validation(
+        eval_text=Path(eval_text) if eval_text else None,
+        store=Path(reference_cache).absolute() if reference_cache else None,
+        model_key=model_key(inputs["model"]),
+    )
     source = read_manifest(model_dir) or {}
     decisions = source.get("decisions") or {}
     with Step(
         TOOL, out, inputs=inputs, params=params, overwrite=overwrite, libraries=libraries(fmt), log=log, began=t0
     ) as s:  # the plan's checks first, before anything is written (--fingerprint stops before them)
         plan = fmt.plan(
-            Job(params=params, found={"tokenizer": tokenizer}, model=Model(model_dir, model_specs(model_dir)))
+            Job(
+                params=params,
+                found={"tokenizer": tokenizer},
+                model=Model(model_dir, model_specs(model_dir)),
+                validation=validation,
+            )
         )
         s.manifest["decisions"] = {**{k: decisions[k] for k in CARRIED if k in decisions}, **plan.decisions}
         s.reserve(plan.estimated_bytes)

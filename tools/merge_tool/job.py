@@ -84,6 +84,17 @@ class Model:
 
 
 @dataclass(frozen=True)
+class Validation:
+    """How a quantized format is checked: the validation text (the built-in one when None), the folder
+    keeping reference log-probabilities between steps and runs (None: a scratch folder), and the model's
+    identity that names its reference file (``eval_reference.model_key``: gguf-tool names the same file)."""
+
+    eval_text: Path | None = None
+    store: Path | None = None
+    model_key: str = ""
+
+
+@dataclass(frozen=True)
 class Job:
     """What a format is asked to make. From the adapter (``core``): ``adapter``, and ``base`` when the
     format's ``NEEDS_BASE``; from the merge (``from_merged``): ``model``. ``params`` are the options as
@@ -95,6 +106,7 @@ class Job:
     adapter: Adapter | None = None
     base: Base | None = None
     model: Model | None = None
+    validation: Validation = Validation()
 
 
 Data = TypeVar("Data")

@@ -16,14 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from upload_common.errors import InvalidInput, Unsupported
-from upload_common.quality import VALIDATION_TEXT, compare, logprobs, reference
+from upload_common.eval_reference import hf_reference, tokenize
+from upload_common.eval_text import from_file
+from upload_common.quality import Agreement, logprobs
 from upload_common.st_io import nbytes
 
 from . import calibration
 from .device import pick_device
-from .job import Job, Plan, Written
+from .job import Job, Plan, Validation, Written
 
-VALIDATE_TOKENS = 128
+VALIDATE_TOKENS = 1024  # of the validation text, as gguf-tool: both read one reference file
 FLOATS = ("BF16", "F16", "F32")
 
 
@@ -62,6 +64,7 @@ class Quantize:
     method: str | None = None
     scheme: dict | str | None = None  # a W4A16 scheme, or the name of an llm-compressor preset
     calibration: dict | None = None
+    validation: Validation = Validation()
 
 
 def device(plan: Plan[Quantize]) -> str:
@@ -83,7 +86,7 @@ def plan(job: Job, *, min_top1: float, bits: float) -> Plan[Quantize]:
     largest = max(nbytes({"dtype": "F32", "shape": s["shape"]}) for s in specs.values())
     on, device_info = pick_device(job.params["device"], largest)
     sixteen = sum(nbytes({"dtype": "BF16", "shape": s["shape"]}) for s in specs.values())
-    own = Quantize(Path(job.model.path), specs, floats.most_common(1)[0][0], on, min_top1)
+    own = Quantize(Path(job.model.path), specs, floats.most_common(1)[0][0], on, min_top1, validation=job.validation)
     return Plan(job, int(sixteen * bits / 16) + (4 << 20), own, decisions={"device": device_info})
 
 
@@ -131,7 +134,7 @@ def write(plan: Plan[Quantize], folder: Path, progress, quantize) -> Written:
     own = plan.data
     summary = quantize(own.model_dir, folder, plan)
     progress(sum(p.stat().st_size for p in folder.iterdir() if p.is_file()))
-    figures = validate(own.model_dir, folder, own.device)
+    figures = validate(own.model_dir, folder, own.device, own.validation)
     for p in folder.rglob("*"):  # some savers create their files private (0600)
         if p.is_file():
             os.chmod(p, 0o644)
@@ -150,19 +153,32 @@ def write(plan: Plan[Quantize], folder: Path, progress, quantize) -> Written:
     return Written(quantization=summary, validation=figures)
 
 
-def validate(reference_dir: Path, folder: Path, on: str) -> dict:
-    """The quantized model in ``folder`` against the 16-bit one it came from, as transformers loads each."""
+def validate(reference_dir: Path, folder: Path, on: str, how: Validation | None = None) -> dict:
+    """The quantized model in ``folder`` against the 16-bit one it came from, on the validation text in
+    chunks: the reference is the 16-bit merge in fp32 on the CPU, streamed part by part (never the whole
+    model in fp32 on a GPU that must also hold the quantized one), read from the reference store when
+    gguf-tool or an earlier step already made it; the quantized model as transformers loads it."""
     import gc
+    import tempfile
 
     from transformers import AutoModelForCausalLM
 
-    # the reference is the 16-bit merge in fp32 on the CPU, streamed part by part: never the whole model in
-    # fp32 (twice the merge) on a GPU that must also hold the quantized model
-    ids, ref = reference(reference_dir, VALIDATION_TEXT, VALIDATE_TOKENS, device="cpu")
-    gc.collect()  # the reference model is gone before the quantized one loads
-    model = AutoModelForCausalLM.from_pretrained(folder, device_map=on, trust_remote_code=False).eval()
-    got = logprobs(model, ids)
-    return {**compare(ref, got), "reference": "the 16-bit merge (fp32 compute)", "text": "built-in validation text"}
+    how = how or Validation()
+    tokens = tokenize(reference_dir, from_file(how.eval_text) if how.eval_text else None, VALIDATE_TOKENS)
+    with tempfile.TemporaryDirectory(prefix="merge-tool-reference-") as scratch:
+        ref, made = hf_reference(reference_dir, tokens, how.store or Path(scratch), how.model_key or str(reference_dir))
+        gc.collect()
+        model = AutoModelForCausalLM.from_pretrained(folder, device_map=on, trust_remote_code=False).eval()
+        agreement = Agreement(("16-bit merge", "quantized"))
+        for i, chunk in enumerate(tokens.chunks):  # one chunk at a time: its logits only
+            agreement.add(ref.logprobs[i], logprobs(model, list(chunk)), chunk)
+    return {
+        **agreement.figures(),
+        "reference": "the 16-bit merge (fp32 compute)",
+        "against": "the 16-bit merge (transformers, fp32 on the CPU)",
+        "text": tokens.describe(),
+        "reference_method": made["method"],
+    }
 
 
 def load_merged(merged_dir: Path, on: str):
