@@ -142,6 +142,8 @@ def test_progress_lines_and_the_summary_table(batched, sweep):
         ("checkpoint", "checkpoints '15'"),
         ("key", "unknown key(s) colour"),
         ("same name", "two runs are named"),
+        ("twice", "two runs are named alpha"),
+        ("publish", "would both publish to local:"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(sweep, tmp_path, case, needle):
@@ -155,16 +157,20 @@ def test_bad_input_is_one_line_and_writes_nothing(sweep, tmp_path, case, needle)
         bad = tmp_path / "bad.toml"
         bad.write_text(f'[[run]]\ntrainer_output = "{alpha}"\ncolour = "red"\n')
         args = [bad]
+    elif case == "twice":
+        args = [alpha, "--checkpoints", "10", alpha]
+    elif case == "publish":  # every checkpoint of one run into the same repo
+        args = [beta, "--checkpoints", "all", "--config", _config(tmp_path, f'push = ["local:{tmp_path / "site"}"]')]
     else:
-        args = [alpha, beta, "--config", _named(tmp_path)]
+        args = [alpha, beta, "--config", _config(tmp_path, 'name = "same"')]
     line = one_line_error(drive("batch", *args, "--work", work), 2)
     assert needle in line, line
     assert not work.exists()
 
 
-def _named(tmp_path: Path) -> Path:
-    config = tmp_path / "named.toml"
-    config.write_text('name = "same"\n')
+def _config(tmp_path: Path, text: str) -> Path:
+    config = tmp_path / "run.toml"
+    config.write_text(text + "\n")
     return config
 
 

@@ -30,6 +30,7 @@ from .plan import naming
 from .request import Request
 from .run import Hooks, Prepared, gpu_chooser, perform, prepare
 
+DEFAULT_WORK = "batch-work"
 GPU_SLOTS = 1  # GPU-marked steps at once: one GPU step per machine (and on a CPU-only machine, one model held)
 
 
@@ -46,6 +47,10 @@ class Unit:
         return f"{self.run}/{self.checkpoint}"
 
 
+def work_folder(work) -> Path:
+    return Path(os.path.abspath(work or DEFAULT_WORK))
+
+
 def default_parallel() -> int:
     return max(1, (os.cpu_count() or 1) // 2)
 
@@ -53,7 +58,7 @@ def default_parallel() -> int:
 def units(sources: Sequence[str], *, checkpoints: str | None, config, work) -> tuple[Unit, ...]:
     """Every (run, checkpoint) the sources name; each run's name must be its own, and no two units may
     publish to the same place."""
-    work = Path(os.path.abspath(work or "batch-work"))
+    work = work_folder(work)
     found: list[Unit] = []
     for source in read_sources(sources):
         found += _run_units(source, checkpoints, config, work)
@@ -73,7 +78,7 @@ def _run_units(source: RunSource, checkpoints: str | None, config, work: Path) -
     default = f"{base.merge['checkpoint']}" if base.merge.get("checkpoint") else "final"
     steps = _checkpoints(checkpoints or source.checkpoints or default, have, source.origin)
     out = []
-    for step in steps:
+    for step in dict.fromkeys(s or base.merge.get("checkpoint") for s in steps):  # final: what run would pick
         settings = layer(dict(source.settings), {"merge": {"checkpoint": step}} if step else {})
         folder = f"checkpoint-{step}" if step else "final"
         req = request(config=config, settings=settings, work=str(work / name / folder))
@@ -102,14 +107,18 @@ def _checkpoints(spec: str, have: list[int], origin: str) -> list[int | None]:
 
 
 def _distinct(found: Sequence[Unit]) -> None:
-    """Runs never share a step folder (one name per trainer output) nor a publish target."""
+    """Runs never share a step folder (one name per run, one unit per checkpoint) nor a publish target."""
     roots: dict[str, Path] = {}
+    labels: set[str] = set()
     targets: dict[tuple, str] = {}
     for u in found:
-        if roots.setdefault(u.run, u.req.trainer_output) != u.req.trainer_output:
+        root = roots.setdefault(u.run, u.req.trainer_output)
+        if root != u.req.trainer_output or u.label in labels:  # another folder, or the same run twice
             raise UsageError(
-                f"two runs are named {u.run} ({roots[u.run]} and {u.req.trainer_output}): give each its own name"
+                f"two runs are named {u.run} ({root} and {u.req.trainer_output}): "
+                "give each its own name (name = ... in a batch file)"
             )
+        labels.add(u.label)
         for target in u.req.push:
             other = targets.setdefault((target, u.run), u.label)
             if other != u.label:
@@ -172,7 +181,7 @@ class _GpuChoices:
 
 def execute(todo: Sequence[Unit], prepared: Sequence[Prepared], *, work, max_parallel: int, log=default_log) -> dict:
     """Run the checked units on this machine, ``max_parallel`` at once; the batch holds WORK's lock."""
-    work = Path(os.path.abspath(work or "batch-work"))
+    work = work_folder(work)
     lock = threading.Lock()
 
     def say(line: str) -> None:
