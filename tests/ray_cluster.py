@@ -66,6 +66,32 @@ def _ray(*args) -> str:
     return shlex.join([str(Path(sys.executable).with_name("ray")), *map(str, args)])
 
 
+def _common() -> list:
+    return ["--num-cpus", 1, "--object-store-memory", 80 * 2**20, "--disable-usage-stats"]
+
+
+def worker_command() -> str:
+    """``ray start`` of the worker node: one CPU, one GPU resource."""
+    return _ray("start", "--address", ADDRESS, "--num-gpus", 1, *_common())
+
+
+def lose_node(node_id: str) -> list[int]:
+    """Inside the cluster's namespace: end a node as a lost machine ends, at once and whole: SIGKILL to
+    its raylet (found by the port it listens on) and to every process under it (its Ray workers and the
+    step they run). The namespace holds only this test's processes. Returns the pids."""
+    import psutil
+    import ray
+
+    port = next(n["NodeManagerPort"] for n in ray.nodes() if n["NodeID"] == node_id)
+    listening = [c.pid for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port and c.pid]
+    raylet = psutil.Process(listening[0])
+    doomed = [raylet, *raylet.children(recursive=True)]
+    for proc in doomed:
+        proc.kill()
+    psutil.wait_procs(doomed, timeout=30)
+    return [p.pid for p in doomed]
+
+
 def _worker_mounts(private: Sequence[Path], readonly: Sequence[Path]) -> str:
     lines = [f"mount -t tmpfs -o size=16m tmpfs {shlex.quote(str(p))}" for p in private]
     for p in map(lambda x: shlex.quote(str(x)), readonly):
@@ -80,17 +106,17 @@ def run_in_cluster(
     args: Sequence[str] = (),
     private: Sequence[Path] = (),
     readonly: Sequence[Path] = (),
+    env: dict | None = None,
     timeout: float = 600,
 ) -> ClusterRun:
-    """Run ``script`` (Python, given the cluster's address as argv[1], then ``args``) in a fresh
-    loopback-only namespace holding a two-node cluster whose files live under ``tmp``; every node's
-    address is asserted to be 127.0.0.1."""
+    """Run ``script`` (Python, given the cluster's address as argv[1], then ``args``; it can import this
+    module) in a fresh loopback-only namespace holding a two-node cluster whose files live under ``tmp``,
+    with ``env`` over this process's environment; every node's address is asserted to be 127.0.0.1."""
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "script.py").write_text(script, encoding="utf-8")
     (tmp / "nodes.py").write_text(NODES, encoding="utf-8")
-    common = ["--num-cpus", 1, "--object-store-memory", 80 * 2**20, "--disable-usage-stats"]
-    head = _ray("start", "--head", "--port", PORT, "--include-dashboard=false", "--temp-dir", tmp / "ray", *common)
-    worker = _ray("start", "--address", ADDRESS, "--num-gpus", 1, *common)
+    head = _ray("start", "--head", "--port", PORT, "--include-dashboard=false", "--temp-dir", tmp / "ray", *_common())
+    worker = worker_command()
     py = shlex.quote(sys.executable)
     body = "; ".join(
         [
@@ -104,7 +130,8 @@ def run_in_cluster(
             f"{py} {shlex.quote(str(tmp / 'script.py'))} {ADDRESS} {shlex.join(map(str, args))}",
         ]
     )
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1", **(env or {})}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent), env.get("PYTHONPATH")]))
     proc = subprocess.run(
         ["unshare", "-n", "-p", "-f", "--mount-proc", "bash", "-c", body],
         capture_output=True,

@@ -37,6 +37,31 @@ for attempt in ("first", "rerun"):
     events = []
     results = ray_engine.submit(jobs, address=address, on_event=lambda e: events.append([e.key, e.what, e.node]))
     found[attempt] = {"results": results, "events": events}
+
+# a node lost in the middle of a step: the merge made again (its output deleted), the worker node killed
+# as soon as the merge writes its partial folder, then started again (the only node with a GPU)
+import shutil, subprocess, threading, time
+import ray, ray_cluster
+artifacts = Path(work) / "artifacts"
+shutil.rmtree(artifacts / "merged_16bit")
+gpu = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("GPU"))
+lost = found["lost"] = {"node": gpu}
+
+def lose_and_return():
+    partial, deadline = artifacts / "merged_16bit.partial", time.monotonic() + 120
+    while not partial.exists() and time.monotonic() < deadline:
+        time.sleep(0.002)
+    lost["partial_seen"] = partial.exists()
+    lost["pids"] = ray_cluster.lose_node(gpu)
+    subprocess.run(ray_cluster.worker_command(), shell=True, check=True, capture_output=True)
+
+thread = threading.Thread(target=lose_and_return)
+thread.start()
+events = []
+lost["results"] = ray_engine.submit(jobs, address=address, on_event=lambda e: events.append([e.key, e.what, e.node]))
+thread.join()
+lost["events"] = events
+lost["gpu_nodes"] = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("GPU")]
 Path(out).write_text(json.dumps(found))
 """
 
@@ -139,6 +164,23 @@ def test_a_rerun_skips_every_step(batch):
     rerun = batch["found"]["rerun"]["results"]
     assert {r["status"] for r in rerun.values()} == {"skipped"}, rerun
     assert _files(batch["work"] / "artifacts") == batch["sequential"]
+
+
+def test_a_step_on_a_lost_node_is_retried_and_the_files_are_the_same(batch):
+    lost = batch["found"]["lost"]
+    assert lost["partial_seen"] and lost["pids"], lost  # the merge was writing when its node went
+    results = lost["results"]
+    assert {k: r["status"] for k, r in results.items()} == {
+        "sft/final/lora": "skipped",
+        "sft/final/merged_16bit": "finished",
+        "sft/final/docs": "finished",
+    }, results
+    merge = [what for k, what, _ in lost["events"] if k == "sft/final/merged_16bit"]
+    assert merge == ["started", "retried", "started", "finished"], lost["events"]
+    node = results["sft/final/merged_16bit"]["node"]
+    assert node != lost["node"] and lost["gpu_nodes"] == [node]  # the node that came back, the one with a GPU
+    assert _files(batch["work"] / "artifacts") == batch["sequential"]
+    assert not (batch["work"] / "artifacts" / "merged_16bit.partial").exists()
 
 
 def test_without_ray_the_engine_refuses_naming_the_extra(monkeypatch):
