@@ -65,13 +65,15 @@ class StepEvent:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a task returns: how its step ended (finished, skipped or failed), where, and in how long."""
+    """What a task returns: how its step ended (finished, skipped or failed), where, how long the step
+    ran (``seconds``) and how long the task did (``task_seconds``: also the plan and the skip check)."""
 
     status: str
     node: str
     address: str
     seconds: float
     message: str = ""
+    task_seconds: float = 0.0
 
 
 def _ray():
@@ -258,8 +260,9 @@ def _task(key: str, config_json: str, step_name: str, events, *upstream: Outcome
     try:
         status, seconds = run_job(json.loads(config_json), step_name, log=_task_log(key))
     except UploadError as exc:
-        return Outcome("failed", node, address, time.monotonic() - t, f"{key}: {exc.message}")
-    return Outcome(status, node, address, seconds)
+        took = time.monotonic() - t
+        return Outcome("failed", node, address, took, f"{key}: {exc.message}", took)
+    return Outcome(status, node, address, seconds, task_seconds=time.monotonic() - t)
 
 
 def _task_log(key: str) -> Callable[[str], None]:
@@ -295,7 +298,7 @@ def submit(
 ) -> dict[str, dict]:
     """Submit one Ray task per job, each after its upstream jobs, retried by Ray on node loss
     (``max_retries``); tell ``on_event`` each step event as it happens; return, per job key, {"node",
-    "address", "seconds", "status", "message"} (status: finished, skipped or failed)."""
+    "address", "seconds", "task_seconds", "status", "message"} (status: finished, skipped or failed)."""
     ray = connect(address)
     affinity = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy
     here = affinity(node_id=ray.get_runtime_context().get_node_id(), soft=True)  # the queue lives with us
@@ -343,12 +346,14 @@ def _result(ray, ref, key: str) -> dict:
         out: Outcome = ray.get(ref)
     except ray.exceptions.RayError as exc:  # the node was lost more often than max_retries, or Ray failed
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return {"status": "failed", "node": "", "address": "", "seconds": None, "message": f"{key}: {first}"}
+        failed = {"status": "failed", "node": "", "address": "", "seconds": None, "task_seconds": None}
+        return {**failed, "message": f"{key}: {first}"}
     return {
         "status": out.status,
         "node": out.node,
         "address": out.address,
         "seconds": round(out.seconds, 3),
+        "task_seconds": round(out.task_seconds, 3),
         "message": out.message,
     }
 
