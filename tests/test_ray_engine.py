@@ -125,7 +125,7 @@ def batch(sft_output, tmp_path_factory):
         private=[not_shared],
         readonly=[readonly],
     )
-    assert run.returncode == 0 and out.is_file(), run.stderr[-4000:]
+    assert run.returncode == 0 and out.is_file(), run.stderr[-12000:]
     return {"found": json.loads(out.read_text()), "run": run, "sequential": sequential, "work": work}
 
 

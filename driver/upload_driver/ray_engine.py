@@ -300,9 +300,8 @@ def submit(
     (``max_retries``); tell ``on_event`` each step event as it happens; return, per job key, {"node",
     "address", "seconds", "task_seconds", "status", "message"} (status: finished, skipped or failed)."""
     ray = connect(address)
-    affinity = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy
-    here = affinity(node_id=ray.get_runtime_context().get_node_id(), soft=True)  # the queue lives with us
-    events = ray.util.queue.Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
+    head = {"node:__internal_head__": 0.001}  # the events' queue lives on the head, which the cluster needs anyway
+    events = ray.util.queue.Queue(actor_options={"num_cpus": 0, "resources": head})
     task = ray.remote(_task)
     refs: dict[str, Any] = {}
     for job in _ordered(jobs):
