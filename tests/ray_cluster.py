@@ -23,6 +23,9 @@ from pathlib import Path
 
 PORT = 6379
 ADDRESS = f"127.0.0.1:{PORT}"
+# Ray's socket paths must fit in 107 bytes: the cluster's temp folder (under the test's tmp folder) is
+# bound onto this short path inside the namespace's own mount namespace (the machine's is not touched)
+SHORT = "/mnt"
 NODES = """
 import json, sys, time, ray
 ray.init(address=sys.argv[1], logging_level="error", log_to_driver=False)
@@ -115,13 +118,15 @@ def run_in_cluster(
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "script.py").write_text(script, encoding="utf-8")
     (tmp / "nodes.py").write_text(NODES, encoding="utf-8")
-    head = _ray("start", "--head", "--port", PORT, "--include-dashboard=false", "--temp-dir", tmp / "ray", *_common())
+    head = _ray("start", "--head", "--port", PORT, "--include-dashboard=false", "--temp-dir", SHORT, *_common())
     worker = worker_command()
     py = shlex.quote(sys.executable)
     body = "; ".join(
         [
             "set -e",
             "ip link set lo up",
+            f"mkdir -p {shlex.quote(str(tmp / 'ray'))}",
+            f"mount --bind {shlex.quote(str(tmp / 'ray'))} {SHORT}",
             f"{head} >{shlex.quote(str(tmp / 'head.log'))} 2>&1",
             f"unshare -m --propagation private bash -c {shlex.quote(_worker_mounts(private, readonly) + '; ' + worker)}"
             f" >{shlex.quote(str(tmp / 'worker.log'))} 2>&1",
