@@ -16,6 +16,7 @@ line."""
 from __future__ import annotations
 
 import contextlib
+import graphlib
 import json
 import os
 import socket
@@ -273,20 +274,16 @@ def _task_log(key: str) -> Callable[[str], None]:
 
 def _ordered(jobs: Iterable[StepJob]) -> list[StepJob]:
     """Jobs with each after the jobs it names; UsageError on an unknown name or a cycle."""
-    pending = {j.key: j for j in jobs}
-    done: list[StepJob] = []
-    seen: set[str] = set()
-    while pending:
-        ready = [j for j in pending.values() if all(a in seen for a in j.after)]
-        if not ready:
-            bad = next(iter(pending.values()))
-            missing = [a for a in bad.after if a not in seen and a not in pending]
-            why = f"waits for unknown job(s) {', '.join(missing)}" if missing else "is part of a cycle"
-            raise UsageError(f"job {bad.key} {why}")
-        for j in ready:
-            done.append(pending.pop(j.key))
-            seen.add(j.key)
-    return done
+    by_key = {j.key: j for j in jobs}
+    for job in by_key.values():
+        missing = [a for a in job.after if a not in by_key]
+        if missing:
+            raise UsageError(f"job {job.key} waits for unknown job(s) {', '.join(missing)}")
+    try:
+        order = graphlib.TopologicalSorter({k: j.after for k, j in by_key.items()}).static_order()
+        return [by_key[k] for k in order]
+    except graphlib.CycleError as exc:
+        raise UsageError(f"job {exc.args[1][0]} is part of a cycle: {' -> '.join(exc.args[1])}") from None
 
 
 def submit(
