@@ -16,8 +16,19 @@ import pytest
 
 from driver_helpers import NO_DOCKER
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
-from measure import MemoryGroup  # noqa: E402 - the benchmarks' cgroup helper
+
+def _bench_module(name: str):
+    """A module of bench/ loaded by its path (bench/ is not put on sys.path: its gguf.py would shadow gguf-py)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).parents[1] / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
+
+
+MemoryGroup = _bench_module("measure").MemoryGroup  # the benchmarks' cgroup helper
 
 GB = 1 << 30
 LIMIT = int(2.0 * GB)
