@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 from ray_cluster import run_in_cluster, unavailable
 
-from driver_helpers import drive
+from driver_helpers import drive, one_line_error
 from upload_common.errors import UsageError
 
 NO_CLUSTER = unavailable()
@@ -213,3 +214,75 @@ def test_jobs_out_of_order_or_waiting_for_nothing_are_refused():
         _ordered([StepJob("r/c/x", "x", {}, after=("r/c/gone",))])
     with pytest.raises(UsageError, match="cycle"):
         _ordered([StepJob("r/c/a", "a", {}, after=("r/c/b",)), StepJob("r/c/b", "b", {}, after=("r/c/a",))])
+
+
+BATCH_SCENARIO = """
+import json, subprocess, sys
+address, batch_file, work, out = sys.argv[1:5]
+batch = [sys.executable, "-m", "upload_driver.cli", "batch", batch_file, "--engine", "ray", "--work", work]
+found = {}
+for attempt, args in (("first", ["--address", address, "--json"]), ("rerun", [])):
+    env = None if args else {**__import__("os").environ, "RAY_ADDRESS": address}  # the rerun: RAY_ADDRESS
+    p = subprocess.run([*batch, *args], capture_output=True, text=True, env=env)
+    found[attempt] = {"rc": p.returncode, "stdout": p.stdout, "stderr": p.stderr}
+open(out, "w").write(json.dumps(found))
+"""
+
+
+@pytest.fixture(scope="module")
+def ray_batch(sft_output, tmp_path_factory):
+    """`upload-driver batch` of two trainer outputs (the sample and a copy) with --engine local (its files
+    kept as hashes), then the same batch in the same work folder with --engine ray on the cluster, twice."""
+    pytest.importorskip("ray", reason="the Ray engine's tests need upload-driver[ray]")
+    if NO_CLUSTER:
+        pytest.skip(NO_CLUSTER)
+    tmp = tmp_path_factory.mktemp("ray-batch")
+    shutil.copytree(sft_output, tmp / "copy")
+    batch_file, work = tmp / "batch.toml", tmp / "work"
+    runs = "".join(
+        f'[[run]]\ntrainer_output = "{p}"\nname = "{n}"\n' for n, p in (("one", sft_output), ("two", "copy"))
+    )
+    batch_file.write_text(f'formats = ["lora", "merged_16bit"]\nruntime = "local"\n{runs}')
+    local = drive("batch", batch_file, "--work", work, "--engine", "local", "--json")
+    assert local.exit_code == 0, local.output
+    units = ("one/final", "two/final")
+    expected = {u: _files(work / u / "artifacts") for u in units}
+    shutil.move(work, tmp / "local")
+    out = tmp / "found.json"
+    run = run_in_cluster(BATCH_SCENARIO, tmp / "c", args=[batch_file, work, out])
+    assert run.returncode == 0 and out.is_file(), run.stderr[-12000:]
+    found = json.loads(out.read_text())
+    return {"found": found, "run": run, "expected": expected, "got": {u: _files(work / u / "artifacts") for u in units}}
+
+
+def test_a_batch_on_the_cluster_gives_the_local_engines_files_gpu_steps_on_the_gpu_node(ray_batch):
+    first, gpu = ray_batch["found"]["first"], ray_batch["run"].gpu_node
+    assert first["rc"] == 0, first["stderr"][-4000:]
+    assert ray_batch["got"] == ray_batch["expected"]
+    result = json.loads(first["stdout"])
+    assert result["engine"] == "ray" and result["failed"] == []
+    steps = {(u["run"], s["step"]): s for u in result["units"] for s in u["steps"]}
+    assert {k: s["status"] for k, s in steps.items()} == {
+        (run, step): "done" for run in ("one", "two") for step in ("lora", "merged_16bit", "docs")
+    }
+    for run in ("one", "two"):
+        assert steps[run, "lora"]["node"] == steps[run, "merged_16bit"]["node"] == gpu
+        assert f"{run}/final merged_16bit: started on 127.0.0.1 ({gpu[:12]})" in first["stderr"]
+        assert f"{run}/final docs: finished in " in first["stderr"]
+
+
+def test_a_batch_rerun_on_the_cluster_skips_every_step(ray_batch):
+    rerun = ray_batch["found"]["rerun"]
+    assert rerun["rc"] == 0, rerun["stderr"][-4000:]
+    assert rerun["stderr"].count(": skipped") == 6
+    rows = [line for line in rerun["stdout"].splitlines() if len(re.findall("[│┃]", line)) == 7]
+    cells = [[c.strip() for c in re.split("[│┃]", line)[1:7]] for line in rows]
+    assert cells[0] == ["run", "checkpoint", "step", "node", "seconds", "status"]
+    assert len(cells) == 7 and {r[5] for r in cells[1:]} == {"skipped"}
+
+
+def test_the_ray_engine_without_ray_is_one_line_naming_the_extra(sft_output, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if upload-driver[ray] were not installed
+    result = drive("batch", sft_output, "--engine", "ray", "--address", "127.0.0.1:1", "--work", tmp_path / "w")
+    assert "pip install 'upload-driver[ray]'" in one_line_error(result, 2)
+    assert not (tmp_path / "w").exists()

@@ -13,10 +13,11 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from upload_common.cli import log as default_log
 from upload_common.errors import UploadError, UsageError, from_os_error
@@ -36,11 +37,13 @@ GPU_SLOTS = 1  # GPU-marked steps at once: one GPU step per machine (and on a CP
 
 @dataclass(frozen=True)
 class Unit:
-    """One (run, checkpoint) of the batch: the run's name, ``final`` or ``checkpoint-N``, its request."""
+    """One (run, checkpoint) of the batch: the run's name, ``final`` or ``checkpoint-N``, its request, and
+    the JSON-able keyword arguments ``config.request`` made it from (what a Ray task plans it again from)."""
 
     run: str
     checkpoint: str
     req: Request
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -81,9 +84,18 @@ def _run_units(source: RunSource, checkpoints: str | None, config, work: Path) -
     for step in dict.fromkeys(s or base.merge.get("checkpoint") for s in steps):  # final: what run would pick
         settings = layer(dict(source.settings), {"merge": {"checkpoint": step}} if step else {})
         folder = f"checkpoint-{step}" if step else "final"
-        req = request(config=config, settings=settings, work=str(work / name / folder))
-        out.append(Unit(name, folder, req))
+        kwargs = {"config": config and os.path.abspath(config), "settings": settings, "work": str(work / name / folder)}
+        out.append(Unit(name, folder, request(**kwargs), _jsonable(kwargs)))
     return out
+
+
+def _jsonable(value):
+    """Settings as JSON holds them: paths as text, tables as dicts, lists as lists."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return str(value) if isinstance(value, Path) else value
 
 
 def _checkpoints(spec: str, have: list[int], origin: str) -> list[int | None]:
@@ -198,7 +210,6 @@ def execute(todo: Sequence[Unit], prepared: Sequence[Prepared], *, work, max_par
         raise from_os_error(exc, f"cannot create the work folder {work}") or exc from None
     with hold(work, "batch"), ThreadPoolExecutor(max_parallel) as pool:
         done = list(pool.map(lambda up: _unit(*up, gpus, slots, say), zip(todo, prepared, strict=True)))
-    checkpoints = {u.label: u.req.trainer_output / u.checkpoint for u in todo if u.checkpoint != "final"}
     return {
         "engine": "local",
         "work": str(work),
@@ -207,8 +218,14 @@ def execute(todo: Sequence[Unit], prepared: Sequence[Prepared], *, work, max_par
         "seconds": round(time.monotonic() - t0, 3),
         "units": done,
         "failed": [u["error"] for u in done if u["error"]],
-        "sweep": sweep.tables(done, checkpoints),
+        "sweep": sweep_tables(todo, done),
     }
+
+
+def sweep_tables(todo: Sequence[Unit], done: list[dict]) -> dict:
+    """The checkpoint sweep of the units run at their checkpoint-N folders (``sweep.tables``)."""
+    checkpoints = {u.label: u.req.trainer_output / u.checkpoint for u in todo if u.checkpoint != "final"}
+    return sweep.tables(done, checkpoints)
 
 
 def _unit(u: Unit, prep: Prepared, gpus: _GpuChoices, slots, say) -> dict:
@@ -238,21 +255,45 @@ def _unit(u: Unit, prep: Prepared, gpus: _GpuChoices, slots, say) -> dict:
             rows[name].update(status="failed", seconds=took and round(took, 1))
         error = f"{u.label} {name}: {known.message}"
         say(f"{u.label} {name}: failed: {known.message}")
+    return unit_result(u, list(rows.values()), error)
+
+
+def unit_result(u: Unit, rows: list[dict], error: str | None) -> dict:
+    """A unit's part of the batch's result: its rows, and its first failure's line (None: done)."""
     return {
         "run": u.run,
         "checkpoint": u.checkpoint,
         "work": str(u.req.work),
         "status": "failed" if error else "done",
         "error": error,
-        "steps": list(rows.values()),
+        "steps": rows,
     }
 
 
-def run_batch(sources, *, checkpoints=None, config=None, max_parallel=None, work=None, log=default_log) -> dict:
-    """``upload-driver batch``: the units, all checked, then run."""
+def run_batch(
+    sources,
+    *,
+    checkpoints=None,
+    config=None,
+    max_parallel=None,
+    work=None,
+    engine="local",
+    address=None,
+    log=default_log,
+) -> dict:
+    """``upload-driver batch``: the units, all checked, then run on this machine or (``engine`` ray) on
+    the Ray cluster at ``address``."""
     parallel = max_parallel or default_parallel()
+    if engine == "ray":
+        from . import ray_engine
+
+        ray_engine.connect(address)  # Ray installed, a cluster answering: before the units are checked
     todo = units(sources, checkpoints=checkpoints, config=config, work=work)
     prepared = check(todo, max_parallel=parallel)
+    if engine == "ray":
+        from . import batch_ray
+
+        return batch_ray.execute(todo, prepared, work=work, address=address, log=log)
     return execute(todo, prepared, work=work, max_parallel=parallel, log=log)
 
 
@@ -268,12 +309,14 @@ def print_summary(result: dict) -> None:
         title=f"upload-driver batch: {len(result['units'])} unit(s), {failed} failed, "
         f"{result['seconds']:.1f} s, in {result['work']}"
     )
-    for col in ("run", "checkpoint", "step", "seconds", "status"):
+    nodes = result["engine"] == "ray"  # where each step ran
+    for col in ("run", "checkpoint", "step", *(("node",) if nodes else ()), "seconds", "status"):
         table.add_column(col, overflow="fold")
     for u in result["units"]:
         for r in u["steps"]:
             took = "" if r["seconds"] is None else f"{r['seconds']:.1f}"
-            table.add_row(u["run"], u["checkpoint"], r["step"], took, r["status"])
+            node = (r["node"][:12],) if nodes else ()
+            table.add_row(u["run"], u["checkpoint"], r["step"], *node, took, r["status"])
     Console(file=sys.stdout, soft_wrap=False).print(table)
     for run, rows in result["sweep"].items():
         print("\n".join(sweep.lines(run, rows)), file=sys.stdout)

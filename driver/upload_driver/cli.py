@@ -146,21 +146,30 @@ def _print_summary(result: dict) -> None:
     help="Which adapters of each run: final (what run picks; default), all checkpoint-N, or steps.",
 )
 @click.option("--config", type=click.Path(), default=None, help="A run config (TOML) under every run's settings.")
-@click.option("--engine", type=click.Choice(["local"]), default="local", show_default=True, help="Where units run.")
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Where units run: this machine, or a Ray cluster (pip install 'upload-driver[ray]').",
+)
+@click.option("--address", default=None, metavar="HOST:PORT", help="The Ray cluster (default: RAY_ADDRESS).")
 @click.option("--max-parallel", type=click.IntRange(min=1), default=None, help="Units at once (default: CPUs // 2).")
 @click.option("--work", default=None, help="Working folder, WORK/<run>/<checkpoint>/ per unit (default ./batch-work).")
 @json_option
 @report_errors
-def batch(sources, checkpoints, config, engine, max_parallel, work, as_json):
+def batch(sources, checkpoints, config, engine, address, max_parallel, work, as_json):
     """Export many runs and checkpoints at once: SOURCE is a trainer output folder or a TOML batch file.
 
     \b
     upload-driver batch ./sweep/lr-1e-4 ./sweep/lr-3e-4 --checkpoints all
     upload-driver batch week.toml --max-parallel 2 --json
+    upload-driver batch week.toml --engine ray --address HEAD:6379 --work /mnt/shared/exports
     """
     from .batch import print_summary, run_batch
 
-    result = run_batch(sources, checkpoints=checkpoints, config=config, max_parallel=max_parallel, work=work)
+    options = {"checkpoints": checkpoints, "config": config, "max_parallel": max_parallel, "work": work}
+    result = run_batch(sources, engine=engine, address=address, **options)
     if as_json:
         emit(result, True)
     else:

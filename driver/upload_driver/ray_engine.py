@@ -32,7 +32,6 @@ from upload_common.errors import InvalidInput, UploadError, UsageError
 EXTRA = "upload-driver[ray]"
 CONNECT_TIMEOUT_S = 10
 PROBE = ".upload-driver/probe"
-STATE_LOCK = ".upload-driver/state.lock"
 
 
 @dataclass(frozen=True)
@@ -196,29 +195,13 @@ def _refuse_probe(work: Path, answers: Sequence[tuple[str, str, str]]) -> None:
             )
 
 
-@contextlib.contextmanager
-def _state_locked(work: Path):
-    """The work folder's state is read, changed and written whole: tasks of one run that end together
-    (on any node) take turns."""
-    import fcntl
-
-    path = Path(work) / STATE_LOCK
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def run_job(config: Mapping[str, Any], step_name: str, *, log) -> tuple[str, float]:
     """Run (or skip, when its output is up to date) one step of the run ``config`` describes, on this
     machine, through the run's runtime; record it in the run's state. ("finished" or "skipped", seconds)."""
     from upload_common.trainer_output import inspect_trainer_output
 
     from . import config as cfg
-    from . import containers, disk_plan, local
+    from . import disk_plan
     from . import run as driver_run
     from . import state as st
     from .plan import plan
@@ -230,23 +213,14 @@ def run_job(config: Mapping[str, Any], step_name: str, *, log) -> tuple[str, flo
     if step is None:
         raise UsageError(f"step {step_name}: not in the plan of {req.trainer_output}: {[s.name for s in steps]}")
     runtime, client, _ = driver_run.choose_runtime(req, [step], log)
-    docker = runtime == "docker"
-    ask = (lambda s: containers.fingerprint(client, s, work=req.work)) if docker else local.fingerprint
-    if st.recorded(req.work, step) and st.up_to_date(req.work, step, ask(step)):
-        return "skipped", 0.0
-    disk_plan.check_step(step, disk_plan.step_peaks(steps)[step.name])
-    with _state_locked(req.work):
-        st.forget(req.work, step.name)
-    gpu, device = driver_run.choose_gpu(req, runtime, client, [step], req.work)[:2] if step.gpu else (False, "cpu")
-    t = time.monotonic()
-    if docker:
-        containers.run(client, step, device=device, gpu=gpu, work=req.work, log=log)
-    else:
-        local.run(step, device=device, log=log)
-    seconds = time.monotonic() - t
-    with _state_locked(req.work):
-        st.record(req.work, step, seconds)
-    return "finished", seconds
+    fp = driver_run.asker(runtime, client, req.work)(step) if st.recorded(req.work, step) else None
+
+    def gpu_choice():
+        return driver_run.choose_gpu(req, runtime, client, [step], req.work)[:2]
+
+    how = driver_run.Runtime(runtime, client, gpu_choice, log)
+    seconds = driver_run.run_step(req, step, fp, disk_plan.step_peaks(steps)[step.name], how)
+    return ("skipped", 0.0) if seconds is None else ("finished", seconds)
 
 
 def _task(key: str, config_json: str, step_name: str, events, *upstream: Outcome) -> Outcome:

@@ -84,7 +84,7 @@ def will_run(req: Request, steps: Sequence[PlannedStep], force: set, ask) -> tup
     return running, fps
 
 
-def _asker(runtime: str, c, work: Path):
+def asker(runtime: str, c, work: Path):
     """How this run asks a step's tool for its fingerprint: in its container, or as a local process."""
     if runtime == "docker":
         return lambda step: containers.fingerprint(c, step, work=work)
@@ -131,7 +131,7 @@ def prepare(req: Request, *, force=(), log=default_log) -> Prepared:
     if force - set(names):
         raise UsageError(f"--force {', '.join(sorted(force - set(names)))}: the steps are {', '.join(names)} (or all)")
     runtime, c, why = choose_runtime(req, steps, log)
-    running, fps = will_run(req, steps, force, _asker(runtime, c, req.work))
+    running, fps = will_run(req, steps, force, asker(runtime, c, req.work))
     findings, disk = preflight.check(req, found, steps, running)
     return Prepared(
         req, found, steps, frozenset(force), runtime, c, why, frozenset(running), fps, tuple(findings), disk
@@ -187,28 +187,10 @@ def _steps(req, steps, todo, runtime, c, gpu_choice, decided, log, hooks: Hooks 
         log("removed containers left by an interrupted run")
     rows, t_all = [], time.monotonic()
     needs = disk_plan.step_peaks(steps)
+    how = Runtime(runtime, c, gpu_choice, log, hooks)
     for i, step in enumerate(steps, 1):
-        if step.name not in running and st.up_to_date(work, step, fps.get(step.name)):
-            log(f"[{i}/{len(steps)}] {step.name}: up to date, skipped")
-            hooks.event(step, "skipped")
-            rows.append(summary(step, None))
-            continue
-        disk_plan.check_step(step, needs[step.name])  # the disk as it is now, before the step starts
-        st.forget(work, step.name)
-        gpu, device = gpu_choice() if step.gpu else (False, "cpu")
-        where = "container" if runtime == "docker" else "local process"
-        with hooks.gate(step):
-            log(f"[{i}/{len(steps)}] {step.name}: {step.tool} ({where}{', GPU' if gpu and step.gpu else ''})")
-            hooks.event(step, "started")
-            t = time.monotonic()
-            if runtime == "docker":
-                containers.run(c, step, device=device, gpu=gpu and step.gpu, work=work, log=log)
-            else:
-                local.run(step, device=device, log=log)
-            seconds = time.monotonic() - t
-        st.record(work, step, seconds)
-        log(f"[{i}/{len(steps)}] {step.name}: done in {seconds:.1f} s")
-        hooks.event(step, "finished", seconds)
+        fp = None if step.name in running else fps.get(step.name)
+        seconds = run_step(req, step, fp, needs[step.name], how, tag=f"[{i}/{len(steps)}] ")
         rows.append(summary(step, seconds))
     return {
         "runtime": runtime,
@@ -217,6 +199,47 @@ def _steps(req, steps, todo, runtime, c, gpu_choice, decided, log, hooks: Hooks 
         "seconds": round(time.monotonic() - t_all, 3),
         "steps": rows,
     }
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How a step runs: ``name`` (docker or local) and its Docker ``client``, ``gpu_choice()`` (GPU steps
+    get the GPU, merge-tool --device), the log, and the caller's ``hooks``."""
+
+    name: str
+    client: object
+    gpu_choice: Callable
+    log: Callable
+    hooks: Hooks = Hooks()
+
+
+def run_step(req: Request, step: PlannedStep, fp: str | None, need, how: Runtime, *, tag: str = "") -> float | None:
+    """One step of a run: skipped (None) when the state records it done under ``fp`` (the fingerprint its
+    tool gives now; None: it runs) and its output is still there; else the disk checked for ``need``
+    (``disk_plan.step_peaks``), its record forgotten, run through the runtime inside ``how.hooks.gate``,
+    and recorded. The step's seconds."""
+    work, log, hooks = req.work, how.log, how.hooks
+    if fp is not None and st.up_to_date(work, step, fp):
+        log(f"{tag}{step.name}: up to date, skipped")
+        hooks.event(step, "skipped")
+        return None
+    disk_plan.check_step(step, need)  # the disk as it is now, before the step starts
+    st.forget(work, step.name)
+    gpu, device = how.gpu_choice() if step.gpu else (False, "cpu")
+    where = "container" if how.name == "docker" else "local process"
+    with hooks.gate(step):
+        log(f"{tag}{step.name}: {step.tool} ({where}{', GPU' if gpu and step.gpu else ''})")
+        hooks.event(step, "started")
+        t = time.monotonic()
+        if how.name == "docker":
+            containers.run(how.client, step, device=device, gpu=gpu and step.gpu, work=work, log=log)
+        else:
+            local.run(step, device=device, log=log)
+        seconds = time.monotonic() - t
+    st.record(work, step, seconds)
+    log(f"{tag}{step.name}: done in {seconds:.1f} s")
+    hooks.event(step, "finished", seconds)
+    return seconds
 
 
 def _dry_run(req, steps, runtime, gpu, device, force, running, findings, disk) -> dict:

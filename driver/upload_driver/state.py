@@ -14,7 +14,9 @@ edited file makes the step run again."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from upload_common.upload_manifest import UPLOAD_MANIFEST
 from .plan import PlannedStep
 
 STATE = ".upload-driver/state.json"
+STATE_LOCK = ".upload-driver/state.lock"
 
 
 def load(work: Path) -> dict:
@@ -133,24 +136,44 @@ def up_to_date(work: Path, step: PlannedStep, fp: str | None) -> bool:
     )
 
 
+@contextlib.contextmanager
+def _locked(work: Path):
+    """The state is read, changed and written whole: steps that end together (threads of a batch, tasks
+    on other nodes sharing the work folder) take turns (``flock``; ``msvcrt.locking`` on Windows)."""
+    path = Path(work) / STATE_LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as fh:
+        if sys.platform == "win32":  # pragma: no cover - Windows
+            import msvcrt
+
+            fh.seek(0)
+            msvcrt.locking(fh.fileno(), msvcrt.LK_LOCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        yield  # closing the file releases the lock
+
+
 def record(work: Path, step: PlannedStep, seconds: float) -> None:
     """Mark the step done under its manifest's fingerprint, after checking its files against the manifest."""
     files = verify(step)
-    path = Path(work) / STATE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = load(work)
-    state[step.name] = {
+    entry = {
         "fingerprint": (read_manifest(step.out) or {}).get("fingerprint"),
         "manifest": sha256_file(step.out / MANIFEST),
         "finished": now_iso(),
         "seconds": round(seconds, 3),
         "files": files,
     }
-    write_json_atomic(path, state)
+    with _locked(work):
+        state = load(work)
+        state[step.name] = entry
+        write_json_atomic(Path(work) / STATE, state)
 
 
 def forget(work: Path, name: str) -> None:
     """Unmark a step before it runs again: a step is never recorded done while its folder changes."""
-    state = load(work)
-    if state.pop(name, None) is not None:
-        write_json_atomic(Path(work) / STATE, state)
+    with _locked(work):
+        state = load(work)
+        if state.pop(name, None) is not None:
+            write_json_atomic(Path(work) / STATE, state)
