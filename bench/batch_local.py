@@ -10,11 +10,12 @@ engine adds: threads, the lock, the events; the same process starts as `run`), a
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time
 from pathlib import Path
+
+from measure import print_figures
 
 FORMATS = ("lora", "merged_16bit")
 
@@ -91,11 +92,7 @@ def main() -> int:
         beyond = (seconds - tools_time(result)) / figures["steps"]
         figures[f"batch_parallel_{parallel}_beyond_tools_per_step_s"] = beyond
     figures["batch_rerun_s"] = batch(trainers, root / "batch-2", 2)[0]
-    if args.json:
-        print(json.dumps(figures, indent=2))
-    else:
-        for key, value in figures.items():
-            print(f"{key:<44} {value:.2f}" if isinstance(value, float) else f"{key:<44} {value}")
+    print_figures(figures, args.json, 44)
     return 0
 
 

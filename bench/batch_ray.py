@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from measure import print_figures
+
 FORMATS = ("lora", "merged_16bit")
 SCRIPT = """
 import json, sys, time
@@ -99,11 +101,7 @@ def main() -> int:
     figures["engine_in_task_per_step_s"] = statistics.mean(r["task_seconds"] - r["seconds"] for r in first)
     figures["steps_seconds_sum_s"] = sum(r["seconds"] for r in first)
     figures["rerun_task_per_step_s"] = statistics.mean(r["task_seconds"] for r in rerun)
-    if args.json:
-        print(json.dumps(figures, indent=2))
-    else:
-        for key, value in figures.items():
-            print(f"{key:<36} {value:.2f}" if isinstance(value, float) else f"{key:<36} {value}")
+    print_figures(figures, args.json, 36)
     return 0
 
 

@@ -217,3 +217,14 @@ class MemoryGroup:
                 return
             except OSError:
                 time.sleep(0.1)
+
+
+def print_figures(figures: dict, as_json: bool, width: int = 40) -> None:
+    """A benchmark's named figures on stdout: JSON, or one aligned line each (floats to two decimals)."""
+    import json
+
+    if as_json:
+        print(json.dumps(figures, indent=2))
+        return
+    for key, value in figures.items():
+        print(f"{key:<{width}} {value:.2f}" if isinstance(value, float) else f"{key:<{width}} {value}")
