@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from upload_common.quality import VALIDATION_TEXT, reference
 from upload_common.reference import FP32_BYTES, run_reference, whole_model
 from upload_common.sample import make_base
 from upload_common.st_io import INDEX_NAME, model_specs
@@ -124,10 +123,13 @@ def test_checkpoint_missing_a_tensor_falls_back(tmp_path):
     assert "model.layers.1.mlp.up_proj.weight" in got.note
 
 
-def test_quality_reference_streams_on_the_cpu(llama_base):
-    """quality.reference keeps its contract: the tokenizer's ids (cut to max_tokens) and their log-probs."""
-    from transformers import AutoTokenizer
-
-    ids, lp = reference(llama_base, VALIDATION_TEXT, 40)
-    assert ids == AutoTokenizer.from_pretrained(llama_base).encode(VALIDATION_TEXT)[:40]
-    assert np.array_equal(lp, whole_model(llama_base, ids, "").logprobs)
+def test_chunks_run_as_one_batch(llama_base):
+    """Several chunks of one length run as a batch (the validation's chunks): per chunk, float32 log-probs
+    equal to the whole model's batch and to each chunk run alone."""
+    chunks = [IDS[:32], IDS[32:]]
+    got = run_reference(llama_base, chunks)
+    want = whole_model(llama_base, chunks, "")
+    assert got.streamed and got.logprobs.dtype == np.float32 and got.logprobs.shape == (2, 32, 384)
+    assert float(np.abs(got.logprobs - want.logprobs).max()) <= TOLERANCE
+    alone = run_reference(llama_base, chunks[1]).logprobs
+    assert float(np.abs(got.logprobs[1] - alone).max()) <= TOLERANCE

@@ -7,59 +7,23 @@ infinity is refused (``InvalidInput``): such figures never reach a manifest or a
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from .errors import InvalidInput
-from .reference import logprobs, run_reference
-
-VALIDATION_TEXT = (
-    "The old lighthouse keeper climbed the stairs every evening at dusk. He trimmed the wick, wound the "
-    "clockwork and watched the ships pass far out at sea. One winter night a storm broke the glass, and he "
-    "kept the lamp burning with his own hands until morning. When the harbour master asked him why, he "
-    "answered that a light is only useful if it never goes out. Numbers help too: 3 ships, 12 sailors, "
-    "and 1,024 waves were counted before sunrise."
-)
+from .reference import logprobs  # noqa: F401 (the tools' one import for a model's log-probabilities)
 
 
-def reference(model_dir: Path, text: str, max_tokens: int, device: str = "cpu"):
-    """(token ids, log-probabilities) of the Hugging Face model in ``model_dir``, in fp32 on ``device``. On
-    the CPU the model is streamed part by part, never held whole (``reference.run_reference``)."""
-    ids, logprobs_, _ = described_reference(model_dir, text, max_tokens, device)
-    return ids, logprobs_
-
-
-def described_reference(model_dir: Path, text: str, max_tokens: int, device: str = "cpu"):
-    """``reference``'s ids and log-probabilities, and how they were computed, for a manifest: ``{"method"}``
-    (streamed on the CPU, or the whole model loaded, then with ``why``)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)  # an untrusted folder never runs code
-    ids = tok(text).input_ids[:max_tokens]
-    if device == "cpu":
-        ref = run_reference(model_dir, ids)
-        if ref.streamed:
-            return ids, ref.logprobs, {"method": "fp32 on the CPU, streamed part by part"}
-        return ids, ref.logprobs, {"method": "fp32 on the CPU, the whole model", "why": ref.note}
-    model = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=torch.float32, trust_remote_code=False, device_map=device
-    ).eval()
-    return ids, logprobs(model, ids), {"method": f"fp32 on {device}, the whole model"}
-
-
-def check_finite(logprobs, which: str, todo: str) -> None:
+def check_finite(values, which: str, todo: str) -> None:
     """Refuse log-probabilities [positions, vocab] holding NaN or infinity: the model is broken, and
     its top-1 and KL figures would be meaningless (argmax of a NaN row is 0 on both sides)."""
     import numpy as np
 
-    bad = int((~np.isfinite(logprobs)).any(-1).sum())
+    bad = int((~np.isfinite(values)).any(-1).sum())
     if bad:
         raise InvalidInput(
             f"validation: the {which} model produces NaN/infinite log-probabilities at {bad} of "
-            f"{logprobs.shape[0]} positions: its weights are broken; {todo}",
+            f"{values.shape[0]} positions: its weights are broken; {todo}",
             model=which,
             nonfinite_positions=bad,
-            positions=int(logprobs.shape[0]),
+            positions=int(values.shape[0]),
         )
 
 
