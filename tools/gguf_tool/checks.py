@@ -7,9 +7,9 @@ reference store (``--reference-cache``, else the step's scratch folder) under co
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib.metadata import version
 from pathlib import Path
 
+from upload_common.contract import library_versions
 from upload_common.errors import InvalidInput
 from upload_common.eval_reference import Stored, Tokens, hf_reference, model_key, stored, tokenize
 from upload_common.eval_text import from_file
@@ -53,7 +53,7 @@ def references(job: GgufJob, inter_first: Path, store: Path, log) -> References:
         {
             "model": key,
             "by": f"llama.cpp {job.inter_type}",
-            "llama_cpp": _version("llama-cpp-python"),
+            "llama_cpp": library_versions("llama-cpp-python").get("llama-cpp-python", "unknown"),
             "chunks": tokens.chunks,
         },
         lambda: val.logprob_chunks(inter_first, tokens, None, info),
@@ -128,10 +128,3 @@ def judge(files: dict, thresholds: dict) -> None:
 def _summary(v: dict) -> str:
     ppl = f", perplexity {v['perplexity']:.3f} (reference {v['perplexity_reference']:.3f})" if "perplexity" in v else ""
     return f"top-1 {v['top1_agreement']:.3f}, mean KL {v['mean_kl']:.5f}, p99 KL {v['p99_kl']:.5f}{ppl}"
-
-
-def _version(name: str) -> str:
-    try:
-        return version(name)
-    except Exception:  # noqa: BLE001 - a source build without metadata: the key still names the file type
-        return "unknown"
