@@ -16,6 +16,9 @@
 #   --no-cache          passed to docker build
 #   TOOL...             images to build (default: all four, in the order of the table below)
 #
+# Afterwards the images an earlier build of this project left untagged are removed (only those carrying
+# its upload-driver.stage label: other images are not touched).
+#
 # Each tool's context is staged in images/.build/<tool>/ (git-ignored): the project sources,
 # build-helper.sh, wheels/ (the wheelhouse files that tool can use) and certs/, filtered by the root
 # .dockerignore. Pinned versions come from images/versions.env. DOCKER (default: docker) names the client;
@@ -214,3 +217,7 @@ for tool in "${tools[@]}"; do
     summary+=("$(printf '%-40s %5s s  %s' "$image:$project_version-$tool_variant" "$took" "$size")")
 done
 printf 'build.sh: %s\n' "${summary[@]}"
+# Each build leaves the image it replaced and its build stage untagged (gigabytes a build, and a disk
+# that fills up after a few dozen): remove the untagged ones that carry this project's stage label.
+reclaimed=$("$DOCKER" image prune --force --filter label=upload-driver.stage | sed -n 's/^Total reclaimed space: //p')
+echo "build.sh: removed this project's untagged images (${reclaimed:-0B})"

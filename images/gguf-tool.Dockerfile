@@ -20,6 +20,8 @@ ARG RUNTIME_BASE=nvidia/cuda:${CUDA_VERSION}-runtime-ubuntu${UBUNTU_VERSION}
 
 # ---------------------------------------------------------------------------------------------------
 FROM ${BUILD_BASE} AS build
+# names this project's stages, so that build.sh can remove the ones a newer build left untagged
+LABEL upload-driver.stage="build"
 
 ARG PYTHON_VERSION=3.11
 ARG LLAMA_CPP_PYTHON_VERSION=0.3.36
@@ -128,6 +130,8 @@ RUN set -eu; . /tmp/build/plan; \
 
 # ---------------------------------------------------------------------------------------------------
 FROM ${RUNTIME_BASE} AS runtime
+# names this project's stages, so that build.sh can remove the ones a newer build left untagged
+LABEL upload-driver.stage="runtime"
 
 ARG PYTHON_VERSION=3.11
 

@@ -30,6 +30,8 @@ ARG RUNTIME_BASE=debian:bookworm-slim
 
 # ---------------------------------------------------------------------------------------------------
 FROM ${BUILD_BASE} AS build
+# names this project's stages, so that build.sh can remove the ones a newer build left untagged
+LABEL upload-driver.stage="build"
 
 # the console script to check (merge-tool, docs-tool or hf-push-tool) and the extra(s) it needs
 ARG TOOL=
@@ -107,6 +109,8 @@ RUN set -eu; \
 
 # ---------------------------------------------------------------------------------------------------
 FROM ${RUNTIME_BASE} AS runtime
+# names this project's stages, so that build.sh can remove the ones a newer build left untagged
+LABEL upload-driver.stage="runtime"
 
 ARG PYTHON_VERSION=3.11
 
