@@ -208,3 +208,97 @@ def test_the_sweep_reports_each_checkpoints_gguf_figures(sft_output, tmp_path):
     assert row["perplexity_16bit"] == sixteen["perplexity"] > 1
     assert row["mean_kl"] == {"Q8_0": m["files"]["Q8_0"]["validation"]["mean_kl"]}
     assert (row["step"], row["train_loss"]) == (30, 0.8333)
+
+
+def _state(folder: Path, **changes) -> None:
+    """The run's trainer_state.json with ``changes``: a best checkpoint, or eval losses at steps."""
+    path = folder / "trainer_state.json"
+    state = json.loads(path.read_text())
+    for step, loss in changes.pop("eval_loss", {}).items():
+        state["log_history"].append({"step": step, "eval_loss": loss})
+    state.update(changes)
+    path.write_text(json.dumps(state))
+
+
+def test_checkpoints_best_is_the_trainers_choice_or_its_lowest_eval_loss(sft_output, tmp_path):
+    from upload_driver.batch import units
+
+    run = Path(shutil.copytree(sft_output, tmp_path / "run"))
+    _state(run, eval_loss={10: 1.9, 20: 1.2, 30: 1.5})  # logged at each save, as with eval_strategy = save
+    lines = []
+    (u,) = units([run], checkpoints="best", config=None, work=tmp_path / "w", log=lines.append)
+    assert (u.checkpoint, lines) == (
+        "checkpoint-20",
+        ["run: checkpoint-20 is the best: the lowest eval loss the trainer logged at a checkpoint (1.2000)"],
+    )
+    _state(run, best_model_checkpoint="outputs\\checkpoint-30")  # metric_for_best_model's choice wins
+    (u,) = units([run], checkpoints="best", config=None, work=tmp_path / "w")
+    assert u.checkpoint == "checkpoint-30" and str(u.req.work).endswith("run/checkpoint-30")
+    clean = Path(shutil.copytree(sft_output, tmp_path / "clean"))
+    line = one_line_error(drive("batch", clean, "--checkpoints", "best", "--work", tmp_path / "w2"), 2)
+    assert "names no best checkpoint and logs no eval loss" in line and "--publish best" in line
+    assert not (tmp_path / "w2").exists()
+
+
+PUBLISHED = """
+formats = ["lora", "gguf"]
+quants = ["Q4_K_M"]
+runtime = "local"
+[gguf.min_top1]
+BF16 = 0.9
+Q4_K_M = 0.3
+Q8_0 = 0.5
+"""  # the sample's base is untrained: its next tokens are near ties
+
+
+@pytest.fixture(scope="module")
+def published(sft_output, tmp_path_factory) -> dict:
+    """--publish best on the sample's three checkpoints: the sweep, then the chosen one in full, published
+    to a local site; then the same batch again."""
+    tmp = tmp_path_factory.mktemp("publish")
+    config = tmp / "run.toml"
+    config.write_text(f'push = ["local:{tmp / "site"}"]\n{PUBLISHED}')
+    args = ("batch", sft_output, "--publish", "best", "--config", config, "--work", tmp / "work", "--json")
+    first = drive(*args)
+    assert first.exit_code == 0, (first.output, first.stderr)
+    again = drive(*args)
+    return {"tmp": tmp, "first": first, "result": json.loads(first.stdout), "again": again}
+
+
+def test_publish_best_measures_every_checkpoint_and_exports_only_the_best(published):
+    result, tmp = published["result"], published["tmp"]
+    sweep = {u["checkpoint"]: u for u in result["units"] if u["stage"] == "sweep"}
+    assert sorted(sweep) == ["checkpoint-10", "checkpoint-20", "checkpoint-30"]
+    for u in sweep.values():  # the quick export: the GGUF step alone (its merge deferred), nothing published
+        assert [s["step"] for s in u["steps"]] == ["merged_16bit", "gguf", "docs"] and u["status"] == "done"
+        assert sorted(p.name for p in (Path(u["work"]) / "artifacts" / "gguf").glob("*.gguf"))[-1].endswith("Q8_0.gguf")
+    (run,) = result["chosen"]
+    rows = result["sweep"][run]
+    best = min(rows, key=lambda r: r["perplexity_16bit"])
+    chosen = result["chosen"][run]
+    assert chosen["checkpoint"] == f"checkpoint-{best['step']}" and "lowest 16-bit perplexity" in chosen["why"]
+    assert f"{best['perplexity_16bit']:.3f}" in chosen["why"]
+    (full,) = [u for u in result["units"] if u["stage"] == "export"]
+    assert full["checkpoint"] == chosen["checkpoint"] and full["status"] == "done"
+    assert [s["step"] for s in full["steps"]] == ["lora", "merged_16bit", "gguf", "docs", "publish-local"]
+    assert Path(full["work"]) == tmp / "work" / run / chosen["checkpoint"]
+    site = [p.name for p in (tmp / "site").rglob("*.gguf")]  # the chosen one's full set, and only it
+    assert len(site) == 1 and site[0].endswith("Q4_K_M.gguf")
+    assert f"{run}: {chosen['checkpoint']} chosen for the full export" in published["first"].stderr
+
+
+def test_publish_rerun_skips_both_phases(published):
+    again = published["again"]
+    assert again.exit_code == 0, (again.output, again.stderr)
+    result = json.loads(again.stdout)
+    assert result["chosen"] == published["result"]["chosen"]
+    assert {s["status"] for u in result["units"] for s in u["steps"]} == {"skipped"}
+
+
+@pytest.mark.parametrize(
+    ("choice", "needle"), [("15", "exports no checkpoint-15 (checkpoint-10, checkpoint-20"), ("soon", "choose best")]
+)
+def test_publish_of_a_checkpoint_not_exported_is_one_line(sft_output, tmp_path, choice, needle):
+    line = one_line_error(drive("batch", sft_output, "--publish", choice, "--work", tmp_path / "w"), 2)
+    assert needle in line, line
+    assert not (tmp_path / "w").exists()

@@ -218,11 +218,16 @@ def test_jobs_out_of_order_or_waiting_for_nothing_are_refused():
 
 BATCH_SCENARIO = """
 import json, subprocess, sys
-address, batch_file, work, out = sys.argv[1:5]
-batch = [sys.executable, "-m", "upload_driver.cli", "batch", batch_file, "--engine", "ray", "--work", work]
+address, batch_file, work, unseen, out = sys.argv[1:6]
+batch = [sys.executable, "-m", "upload_driver.cli", "batch", batch_file, "--engine", "ray"]
 found = {}
-for attempt, args in (("first", ["--address", address, "--json"]), ("rerun", [])):
-    env = None if args else {**__import__("os").environ, "RAY_ADDRESS": address}  # the rerun: RAY_ADDRESS
+attempts = (
+    ("first", ["--work", work, "--address", address, "--json"]),
+    ("rerun", ["--work", work]),
+    ("unseen", ["--work", unseen, "--address", address]),  # a folder the worker node has a copy of its own of
+)
+for attempt, args in attempts:
+    env = None if "--address" in args else {**__import__("os").environ, "RAY_ADDRESS": address}
     p = subprocess.run([*batch, *args], capture_output=True, text=True, env=env)
     found[attempt] = {"rc": p.returncode, "stdout": p.stdout, "stderr": p.stderr}
 open(out, "w").write(json.dumps(found))
@@ -249,10 +254,13 @@ def ray_batch(sft_output, tmp_path_factory):
     expected = {u: _files(work / u / "artifacts") for u in units}
     shutil.move(work, tmp / "local")
     out = tmp / "found.json"
-    run = run_in_cluster(BATCH_SCENARIO, tmp / "c", args=[batch_file, work, out])
+    unseen = tmp / "unseen"
+    unseen.mkdir()
+    run = run_in_cluster(BATCH_SCENARIO, tmp / "c", args=[batch_file, work, unseen, out], private=[unseen])
     assert run.returncode == 0 and out.is_file(), run.stderr[-12000:]
     found = json.loads(out.read_text())
-    return {"found": found, "run": run, "expected": expected, "got": {u: _files(work / u / "artifacts") for u in units}}
+    got = {u: _files(work / u / "artifacts") for u in units}
+    return {"found": found, "run": run, "expected": expected, "got": got, "unseen": unseen}
 
 
 def test_a_batch_on_the_cluster_gives_the_local_engines_files_gpu_steps_on_the_gpu_node(ray_batch):
@@ -279,6 +287,15 @@ def test_a_batch_rerun_on_the_cluster_skips_every_step(ray_batch):
     cells = [[c.strip() for c in re.split("[│┃]", line)[1:7]] for line in rows]
     assert cells[0] == ["run", "checkpoint", "step", "node", "seconds", "status"]
     assert len(cells) == 7 and {r[5] for r in cells[1:]} == {"skipped"}
+
+
+def test_a_batch_whose_work_folder_a_node_cannot_see_is_refused_before_any_step(ray_batch):
+    unseen = ray_batch["found"]["unseen"]
+    assert unseen["rc"] != 0 and "Traceback" not in unseen["stderr"]
+    errors = [line for line in unseen["stderr"].splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "is not shared with every node" in errors[0], unseen["stderr"][-2000:]
+    assert ": started" not in unseen["stderr"]
+    assert not any(ray_batch["unseen"].glob("*/*/artifacts"))  # no unit wrote a thing
 
 
 def test_the_ray_engine_without_ray_is_one_line_naming_the_extra(sft_output, tmp_path, monkeypatch):

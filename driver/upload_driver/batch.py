@@ -44,10 +44,11 @@ class Unit:
     checkpoint: str
     req: Request
     kwargs: Mapping[str, Any] = field(default_factory=dict)
+    stage: str = ""  # "sweep": the quick export that measures a checkpoint for --publish (publish_choice)
 
     @property
     def label(self) -> str:
-        return f"{self.run}/{self.checkpoint}"
+        return f"{self.run}/{self.checkpoint}" + (f"/{self.stage}" if self.stage else "")
 
 
 def work_folder(work) -> Path:
@@ -58,18 +59,19 @@ def default_parallel() -> int:
     return max(1, (os.cpu_count() or 1) // 2)
 
 
-def units(sources: Sequence[str], *, checkpoints: str | None, config, work) -> tuple[Unit, ...]:
+def units(sources: Sequence[str], *, checkpoints: str | None, config, work, log=None, choose=False) -> tuple[Unit, ...]:
     """Every (run, checkpoint) the sources name; each run's name must be its own, and no two units may
-    publish to the same place."""
+    publish to the same place unless (``choose``: ``--publish``) one per run will be chosen, from every
+    checkpoint-N when neither the options nor the source say which."""
     work = work_folder(work)
     found: list[Unit] = []
     for source in read_sources(sources):
-        found += _run_units(source, checkpoints, config, work)
-    _distinct(found)
+        found += _run_units(source, checkpoints, config, work, log or _quiet, choose)
+    _distinct(found, not choose)
     return tuple(found)
 
 
-def _run_units(source: RunSource, checkpoints: str | None, config, work: Path) -> list[Unit]:
+def _run_units(source: RunSource, checkpoints: str | None, config, work: Path, log, choose: bool) -> list[Unit]:
     base = request(config=config, settings=dict(source.settings), work=str(work))
     if not base.trainer_output.is_dir():
         raise UsageError(f"{source.origin}: trainer output {base.trainer_output} does not exist: fix the path")
@@ -79,7 +81,12 @@ def _run_units(source: RunSource, checkpoints: str | None, config, work: Path) -
     except UploadError as exc:
         raise type(exc)(f"{source.origin}: {exc.message}") from None
     default = f"{base.merge['checkpoint']}" if base.merge.get("checkpoint") else "final"
+    default = "all" if choose and have and not base.merge.get("checkpoint") else default
     steps = _checkpoints(checkpoints or source.checkpoints or default, have, source.origin)
+    if "best" in steps:
+        best, why = sweep.trainer_best(base.trainer_output, have, source.origin)
+        steps = [best if s == "best" else s for s in steps]
+        log(f"{name}: checkpoint-{best} is the best: {why}")
     out = []
     for step in dict.fromkeys(s or base.merge.get("checkpoint") for s in steps):  # final: what run would pick
         settings = layer(dict(source.settings), {"merge": {"checkpoint": step}} if step else {})
@@ -98,28 +105,33 @@ def _jsonable(value):
     return str(value) if isinstance(value, Path) else value
 
 
-def _checkpoints(spec: str, have: list[int], origin: str) -> list[int | None]:
-    """``final`` (None: the adapter ``run`` chooses), ``all`` (every checkpoint-N) or steps, comma-separated."""
-    chosen: list[int | None] = []
+def _checkpoints(spec: str, have: list[int], origin: str) -> list[int | str | None]:
+    """``final`` (None: the adapter ``run`` chooses), ``all`` (every checkpoint-N), ``best`` (the one the
+    trainer found best, ``sweep.trainer_best``) or steps, comma-separated."""
+    chosen: list[int | str | None] = []
     listing = ", ".join(map(str, have)) or "none"
     for token in (t.strip().lower() for t in str(spec).split(",") if t.strip()):
         if token == "final":
             chosen.append(None)
+        elif token == "best" and have:
+            chosen.append("best")
         elif token == "all" and have:
             chosen += have
         elif token.isdigit() and int(token) in have:
             chosen.append(int(token))
         else:
             raise UsageError(
-                f"{origin}: checkpoints {token!r}: choose final, all or steps of its checkpoint-N folders ({listing})"
+                f"{origin}: checkpoints {token!r}: choose final, all, best or steps of its checkpoint-N "
+                f"folders ({listing})"
             )
     if not chosen:
         raise UsageError(f"{origin}: checkpoints {spec!r}: choose final, all or steps such as 10,20")
     return list(dict.fromkeys(chosen))
 
 
-def _distinct(found: Sequence[Unit]) -> None:
-    """Runs never share a step folder (one name per run, one unit per checkpoint) nor a publish target."""
+def _distinct(found: Sequence[Unit], one_each: bool = True) -> None:
+    """Runs never share a step folder (one name per run, one unit per checkpoint) nor (``one_each``: every
+    unit is run, none chosen) a publish target."""
     roots: dict[str, Path] = {}
     labels: set[str] = set()
     targets: dict[tuple, str] = {}
@@ -131,7 +143,7 @@ def _distinct(found: Sequence[Unit]) -> None:
                 "give each its own name (name = ... in a batch file)"
             )
         labels.add(u.label)
-        for target in u.req.push:
+        for target in u.req.push if one_each else ():
             other = targets.setdefault((target, u.run), u.label)
             if other != u.label:
                 raise UsageError(
@@ -224,7 +236,7 @@ def execute(todo: Sequence[Unit], prepared: Sequence[Prepared], *, work, max_par
 
 def sweep_tables(todo: Sequence[Unit], done: list[dict]) -> dict:
     """The checkpoint sweep of the units run at their checkpoint-N folders (``sweep.tables``)."""
-    checkpoints = {u.label: u.req.trainer_output / u.checkpoint for u in todo if u.checkpoint != "final"}
+    checkpoints = {(u.run, u.checkpoint): u.req.trainer_output / u.checkpoint for u in todo if u.checkpoint != "final"}
     return sweep.tables(done, checkpoints)
 
 
@@ -263,6 +275,7 @@ def unit_result(u: Unit, rows: list[dict], error: str | None) -> dict:
     return {
         "run": u.run,
         "checkpoint": u.checkpoint,
+        "stage": u.stage or "export",
         "work": str(u.req.work),
         "status": "failed" if error else "done",
         "error": error,
@@ -274,6 +287,7 @@ def run_batch(
     sources,
     *,
     checkpoints=None,
+    publish=None,
     config=None,
     max_parallel=None,
     work=None,
@@ -282,19 +296,34 @@ def run_batch(
     log=default_log,
 ) -> dict:
     """``upload-driver batch``: the units, all checked, then run on this machine or (``engine`` ray) on
-    the Ray cluster at ``address``."""
+    the Ray cluster at ``address``; with ``publish`` (best, final or a step), each run's checkpoints
+    measured first and only the chosen one exported in full (``publish_choice``)."""
     parallel = max_parallel or default_parallel()
     if engine == "ray":
         from . import ray_engine
 
         ray_engine.connect(address)  # Ray installed, a cluster answering: before the units are checked
-    todo = units(sources, checkpoints=checkpoints, config=config, work=work)
-    prepared = check(todo, max_parallel=parallel)
-    if engine == "ray":
-        from . import batch_ray
+    todo = units(sources, checkpoints=checkpoints, config=config, work=work, log=log, choose=publish is not None)
 
-        return batch_ray.execute(todo, prepared, work=work, address=address, log=log)
-    return execute(todo, prepared, work=work, max_parallel=parallel, log=log)
+    def execute_on(chosen: Sequence[Unit], prepared: Sequence[Prepared]) -> dict:
+        if engine == "ray":
+            from . import batch_ray
+
+            return batch_ray.execute(chosen, prepared, work=work, address=address, log=log)
+        return execute(chosen, prepared, work=work, max_parallel=parallel, log=log)
+
+    if publish is not None:
+        from .publish_choice import sweep_then_publish
+
+        return sweep_then_publish(
+            todo,
+            publish,
+            work_folder(work),
+            check=lambda u: check(u, max_parallel=parallel),
+            execute=execute_on,
+            log=log,
+        )
+    return execute_on(todo, check(todo, max_parallel=parallel))
 
 
 def print_summary(result: dict) -> None:
@@ -313,10 +342,13 @@ def print_summary(result: dict) -> None:
     for col in ("run", "checkpoint", "step", *(("node",) if nodes else ()), "seconds", "status"):
         table.add_column(col, overflow="fold")
     for u in result["units"]:
+        checkpoint = u["checkpoint"] + (f" ({u['stage']})" if u["stage"] != "export" else "")
         for r in u["steps"]:
             took = "" if r["seconds"] is None else f"{r['seconds']:.1f}"
             node = (r["node"][:12],) if nodes else ()
-            table.add_row(u["run"], u["checkpoint"], r["step"], *node, took, r["status"])
+            table.add_row(u["run"], checkpoint, r["step"], *node, took, r["status"])
     Console(file=sys.stdout, soft_wrap=False).print(table)
     for run, rows in result["sweep"].items():
         print("\n".join(sweep.lines(run, rows)), file=sys.stdout)
+    for run, chosen in result.get("chosen", {}).items():
+        print(f"{run}: {chosen['checkpoint']} exported in full ({chosen['why']})", file=sys.stdout)

@@ -142,8 +142,16 @@ def _print_summary(result: dict) -> None:
 @click.option(
     "--checkpoints",
     default=None,
-    metavar="final|all|N,M",
-    help="Which adapters of each run: final (what run picks; default), all checkpoint-N, or steps.",
+    metavar="final|all|best|N,M",
+    help="Which adapters of each run: final (what run picks; default), all checkpoint-N, best (the trainer's "
+    "best_model_checkpoint, else its lowest eval loss), or steps.",
+)
+@click.option(
+    "--publish",
+    default=None,
+    metavar="best|final|N",
+    help="Measure each checkpoint first (merge, Q8_0 GGUF, validation; default --checkpoints all), then export "
+    "and publish only this one per run in full: best = lowest perplexity on the validation text.",
 )
 @click.option("--config", type=click.Path(), default=None, help="A run config (TOML) under every run's settings.")
 @click.option(
@@ -158,17 +166,19 @@ def _print_summary(result: dict) -> None:
 @click.option("--work", default=None, help="Working folder, WORK/<run>/<checkpoint>/ per unit (default ./batch-work).")
 @json_option
 @report_errors
-def batch(sources, checkpoints, config, engine, address, max_parallel, work, as_json):
+def batch(sources, checkpoints, publish, config, engine, address, max_parallel, work, as_json):
     """Export many runs and checkpoints at once: SOURCE is a trainer output folder or a TOML batch file.
 
     \b
     upload-driver batch ./sweep/lr-1e-4 ./sweep/lr-3e-4 --checkpoints all
+    upload-driver batch ./sft_output --publish best --config publish.toml
     upload-driver batch week.toml --max-parallel 2 --json
     upload-driver batch week.toml --engine ray --address HEAD:6379 --work /mnt/shared/exports
     """
     from .batch import print_summary, run_batch
 
-    options = {"checkpoints": checkpoints, "config": config, "max_parallel": max_parallel, "work": work}
+    options = {"checkpoints": checkpoints, "publish": publish, "config": config, "max_parallel": max_parallel}
+    options["work"] = work
     result = run_batch(sources, engine=engine, address=address, **options)
     if as_json:
         emit(result, True)

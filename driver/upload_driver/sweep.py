@@ -1,22 +1,26 @@
 """The checkpoint sweep: for each run of a batch exported at checkpoint-N units, one row per checkpoint
 with its training figures (train and eval loss from the checkpoint's ``trainer_state.json``, as the
 trainer logged them up to that step) and its export's figures on the validation text (from the gguf
-step's manifest: the 16-bit GGUF's perplexity, and each quantized type's mean KL against it)."""
+step's manifest: the 16-bit GGUF's perplexity, and each quantized type's mean KL against it). And the
+checkpoint the trainer itself found best (``--checkpoints best``)."""
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from pathlib import Path
 
 from upload_common.contract import read_manifest
+from upload_common.errors import UsageError
 
 
-def tables(done: list[dict], checkpoint_folders: dict[str, Path]) -> dict[str, list[dict]]:
+def tables(done: list[dict], checkpoint_folders: dict[tuple[str, str], Path]) -> dict[str, list[dict]]:
     """{run: rows} for each run with checkpoint-N units (``done``: the batch's units;
-    ``checkpoint_folders``: each unit's label to its checkpoint-N folder in the trainer output)."""
+    ``checkpoint_folders``: each unit's (run, checkpoint) to its checkpoint-N folder in the trainer output)."""
     out: dict[str, list[dict]] = {}
     for u in done:
-        folder = checkpoint_folders.get(f"{u['run']}/{u['checkpoint']}")
+        folder = checkpoint_folders.get((u["run"], u["checkpoint"]))
         if folder is not None:
             out.setdefault(u["run"], []).append(row(folder, Path(u["work"])))
     return {run: sorted(rows, key=lambda r: r["step"]) for run, rows in out.items()}
@@ -30,18 +34,58 @@ def row(checkpoint: Path, work: Path) -> dict:
         "step": step,
         "train_loss": _last(history, "loss"),
         "eval_loss": _last(history, "eval_loss"),
-        **_gguf_figures(work / "artifacts" / "gguf"),
+        **gguf_figures(work / "artifacts" / "gguf"),
     }
 
 
 def _history(path: Path, step: int) -> list[dict]:
     """The log entries up to ``step`` (a checkpoint's own file holds no later ones; a shared one may)."""
+    return [e for e in _log(_state(path)) if e["step"] <= step]
+
+
+def _state(path: Path) -> dict:
+    """A trainer_state.json as a dict (untrusted: anything else, or no file, is an empty one)."""
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return []
-    log = state.get("log_history") if isinstance(state, dict) else None
-    return [e for e in log or [] if isinstance(e, dict) and isinstance(e.get("step"), int) and e["step"] <= step]
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def _log(state: dict) -> list[dict]:
+    log = state.get("log_history")
+    return [e for e in log if isinstance(e, dict) and isinstance(e.get("step"), int)] if isinstance(log, list) else []
+
+
+def trainer_best(root: Path, have: list[int], origin: str) -> tuple[int, str]:
+    """(step, why) of the checkpoint the trainer found best: its ``best_model_checkpoint`` (what
+    ``metric_for_best_model`` chose), else the lowest eval loss logged at a checkpoint's own step, from the
+    run's trainer_state.json or the newest checkpoint's."""
+    states = [_state(root / "trainer_state.json")]
+    states += [_state(root / f"checkpoint-{n}" / "trainer_state.json") for n in sorted(have, reverse=True)]
+    for state in states:
+        named = state.get("best_model_checkpoint")
+        m = re.search(r"checkpoint-(\d+)$", named.replace("\\", "/").rstrip("/")) if isinstance(named, str) else None
+        if m and int(m.group(1)) in have:
+            return int(m.group(1)), "the trainer's best_model_checkpoint"
+    losses: dict[int, float] = {}
+    for state in reversed(states):  # the run's own file, read last, wins
+        for e in _log(state):
+            loss = e.get("eval_loss")
+            if e["step"] in have and _number(loss):
+                losses[e["step"]] = float(loss)
+    if losses:
+        step = min(losses, key=lambda n: (losses[n], n))
+        return step, f"the lowest eval loss the trainer logged at a checkpoint ({losses[step]:.4f})"
+    raise UsageError(
+        f"{origin}: checkpoints best: trainer_state.json names no best checkpoint and logs no eval loss at a "
+        f"checkpoint's step: choose steps ({', '.join(map(str, have)) or 'none'}), or measure them all with "
+        "--checkpoints all --publish best"
+    )
+
+
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _last(history: list[dict], key: str) -> float | None:
@@ -49,7 +93,7 @@ def _last(history: list[dict], key: str) -> float | None:
     return values[-1] if values else None
 
 
-def _gguf_figures(folder: Path) -> dict:
+def gguf_figures(folder: Path) -> dict:
     """The 16-bit GGUF's perplexity on the validation text (the file's figures when it is kept, else the
     reference's record of it) and each other type's mean KL against it."""
     m = read_manifest(folder) or {}
