@@ -63,6 +63,11 @@ lost["results"] = ray_engine.submit(jobs, address=address, on_event=lambda e: ev
 thread.join()
 lost["events"] = events
 lost["gpu_nodes"] = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("GPU")]
+
+def assigned():
+    return ray_engine._assigned_gpus()
+
+found["assigned"] = ray.get([ray.remote(num_gpus=1)(assigned).remote(), ray.remote(num_gpus=0)(assigned).remote()])
 Path(out).write_text(json.dumps(found))
 """
 
@@ -159,6 +164,10 @@ def test_gpu_steps_run_on_the_node_with_the_gpu_resource(batch):
     for key in gpu_jobs:  # told where it started, then that it finished, in that order
         assert [what for k, what, _ in events if k == key] == ["started", "finished"]
         assert [node for k, what, node in events if k == key and what == "started"] == [gpu]
+
+
+def test_a_task_asking_for_a_gpu_is_pinned_to_the_one_ray_gave_it(batch):
+    assert batch["found"]["assigned"] == ["0", None]  # a step's container then gets that GPU alone
 
 
 def test_a_rerun_skips_every_step(batch):

@@ -5,7 +5,7 @@ Each (run, checkpoint) is a unit with exactly the request ``upload-driver run`` 
 Every unit is prepared and checked before the first step (``run.prepare``: plan, runtime, what is up
 to date, preflight); then the local engine runs the units in a pool of ``--max-parallel`` threads, each
 unit's steps in their order through ``run.perform`` (its work lock, its content-addressed skipping), with
-at most one GPU-marked step at a time on this machine (``GPU_SLOTS``)."""
+at most one GPU-marked step per GPU at a time, each pinned to its GPU (``gpu_slots``)."""
 
 from __future__ import annotations
 
@@ -26,13 +26,13 @@ from upload_common.trainer_output import inspect_trainer_output
 from . import sweep
 from .batch_file import RunSource, read_sources
 from .config import layer, request
+from .gpu_slots import GpuSlots, visible_gpus
 from .lock import hold
 from .plan import naming
 from .request import Request
 from .run import Hooks, Prepared, gpu_chooser, perform, prepare
 
 DEFAULT_WORK = "batch-work"
-GPU_SLOTS = 1  # GPU-marked steps at once: one GPU step per machine (and on a CPU-only machine, one model held)
 
 
 @dataclass(frozen=True)
@@ -214,7 +214,7 @@ def execute(todo: Sequence[Unit], prepared: Sequence[Prepared], *, work, max_par
 
     for why in dict.fromkeys(p.why for p in prepared):
         say(f"runtime: {why}")
-    gpus, slots = _GpuChoices(say), threading.Semaphore(GPU_SLOTS)
+    gpus, slots = _GpuChoices(say), GpuSlots(visible_gpus())
     t0 = time.monotonic()
     try:
         work.mkdir(parents=True, exist_ok=True)
@@ -226,7 +226,7 @@ def execute(todo: Sequence[Unit], prepared: Sequence[Prepared], *, work, max_par
         "engine": "local",
         "work": str(work),
         "max_parallel": max_parallel,
-        "gpu_slots": GPU_SLOTS,
+        "gpu_slots": slots.count,
         "seconds": round(time.monotonic() - t0, 3),
         "units": done,
         "failed": [u["error"] for u in done if u["error"]],
@@ -240,7 +240,7 @@ def sweep_tables(todo: Sequence[Unit], done: list[dict]) -> dict:
     return sweep.tables(done, checkpoints)
 
 
-def _unit(u: Unit, prep: Prepared, gpus: _GpuChoices, slots, say) -> dict:
+def _unit(u: Unit, prep: Prepared, gpus: _GpuChoices, slots: GpuSlots, say) -> dict:
     """One unit's steps through ``run.perform``, each event one line; a failure ends the unit, not the batch."""
     rows = {s.name: {"step": s.name, "seconds": None, "status": "not run"} for s in prep.steps}
     current: dict = {}
@@ -251,7 +251,7 @@ def _unit(u: Unit, prep: Prepared, gpus: _GpuChoices, slots, say) -> dict:
         say(f"{u.label} {step.name}: {f'finished in {seconds:.1f} s' if what == 'finished' else what}")
 
     def gate(step):
-        return slots if step.gpu else contextlib.nullcontext()
+        return slots.take() if step.gpu else contextlib.nullcontext()
 
     choice, decided = gpus.for_unit(prep)
     error = None

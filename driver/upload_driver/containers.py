@@ -88,9 +88,12 @@ def remove_leftovers(c, work: Path) -> int:
     return gone
 
 
-def _gpu_request():
+def _gpu_request(gpu_id: str | None = None):
+    """Every GPU (``--gpus all``), or the one named (``--gpus device=ID``)."""
     from docker.types import DeviceRequest
 
+    if gpu_id is not None:
+        return [DeviceRequest(device_ids=[gpu_id], capabilities=[["gpu"]])]
     return [DeviceRequest(count=-1, capabilities=[["gpu"]])]
 
 
@@ -130,8 +133,10 @@ def _in_path(step: PlannedStep, key: str) -> str:
     return f"/work/in/{key}/{step.inputs[key].name}"
 
 
-def spec(step: PlannedStep, *, device: str, gpu: bool, work: Path, token_file: Path | None) -> dict:
-    """Everything the container is created with (also what --dry-run shows)."""
+def spec(
+    step: PlannedStep, *, device: str, gpu: bool, work: Path, token_file: Path | None, gpu_id: str | None = None
+) -> dict:
+    """Everything the container is created with (also what --dry-run shows); ``gpu_id``: the one GPU it gets."""
     from docker.types import Mount
 
     mounts = [
@@ -170,14 +175,15 @@ def spec(step: PlannedStep, *, device: str, gpu: bool, work: Path, token_file: P
         "network_mode": "host" if step.network else "none",
         "working_dir": "/work",
         "labels": {LABEL: work_id(work), "upload-driver.step": step.name},
-        "device_requests": _gpu_request() if gpu else None,
+        "device_requests": _gpu_request(gpu_id) if gpu else None,
     }
 
 
 def describe(s: dict) -> str:
     parts = ["docker", "run", "--rm", "--user", s["user"], "--network", s["network_mode"]]
     if s["device_requests"]:
-        parts += ["--gpus", "all"]
+        ids = s["device_requests"][0].get("DeviceIDs")
+        parts += ["--gpus", f"device={','.join(ids)}" if ids else "all"]
     for m in s["mounts"]:
         parts += ["-v", f"{m['Source']}:{m['Target']}{':ro' if m.get('ReadOnly') else ''}"]
     for k in s["environment"]:
@@ -210,8 +216,8 @@ class _Token:
             os.rmdir(self.dir)
 
 
-def run(c, step: PlannedStep, *, device: str, gpu: bool, work: Path, log) -> None:
-    code = _container(c, step, device=device, gpu=gpu, work=work, out=sys.stderr.buffer)
+def run(c, step: PlannedStep, *, device: str, gpu: bool, work: Path, log, gpu_id: str | None = None) -> None:
+    code = _container(c, step, device=device, gpu=gpu, work=work, out=sys.stderr.buffer, gpu_id=gpu_id)
     if code:
         killed = code - 128 if code in (137, 143) else None
         raise UploadError(failure(step, killed, code, where=step.image), step=step.name, exit=code)
@@ -228,7 +234,7 @@ def fingerprint(c, step: PlannedStep, *, work: Path) -> str | None:
     return parse_fingerprint(code, answer.getvalue().decode("utf-8", "replace"))
 
 
-def _container(c, step: PlannedStep, *, device: str, gpu: bool, work: Path, out, extra=()) -> int:
+def _container(c, step: PlannedStep, *, device: str, gpu: bool, work: Path, out, extra=(), gpu_id=None) -> int:
     """Run the step's container to its end, its stderr on ours (its stdout into ``out`` when ``extra``
     asks for an answer); its exit code."""
     import docker
@@ -237,7 +243,7 @@ def _container(c, step: PlannedStep, *, device: str, gpu: bool, work: Path, out,
     for folder in (step.out.parent, *step.rw.values()):  # bind sources must exist
         folder.mkdir(parents=True, exist_ok=True)
     with _Token(step.token) as token_file:
-        s = spec(step, device=device, gpu=gpu, work=work, token_file=token_file)
+        s = spec(step, device=device, gpu=gpu, work=work, token_file=token_file, gpu_id=gpu_id)
         try:
             ct = c.containers.create(
                 s["image"],

@@ -43,9 +43,12 @@ def describe(step: plan.PlannedStep, device: str) -> str:
     return shlex.join([step.tool, *command(step, device)[3:]])
 
 
-def environment(step: plan.PlannedStep, base: dict | None = None) -> dict:
-    """The step's environment: without any token unless it publishes or downloads; quiet unless debugging."""
+def environment(step: plan.PlannedStep, base: dict | None = None, gpu_id: str | None = None) -> dict:
+    """The step's environment: without any token unless it publishes or downloads; quiet unless debugging;
+    with ``gpu_id``, that GPU the only one it sees."""
     env = dict(os.environ if base is None else base)
+    if gpu_id is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu_id
     if not step.token:
         for key in TOKEN_ENV:
             env.pop(key, None)
@@ -60,11 +63,10 @@ def _end_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
-def run(step: plan.PlannedStep, *, device: str, log) -> None:
+def run(step: plan.PlannedStep, *, device: str, log, gpu_id: str | None = None) -> None:
     group = sys.platform != "win32"
-    proc = subprocess.Popen(
-        command(step, device), stdout=subprocess.DEVNULL, env=environment(step), start_new_session=group
-    )
+    env = environment(step, gpu_id=gpu_id)
+    proc = subprocess.Popen(command(step, device), stdout=subprocess.DEVNULL, env=env, start_new_session=group)
     try:
         code = proc.wait()
     except BaseException:  # Ctrl-C or the driver stopping: the step and what it started end too

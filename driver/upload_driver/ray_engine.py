@@ -218,9 +218,22 @@ def run_job(config: Mapping[str, Any], step_name: str, *, log) -> tuple[str, flo
     def gpu_choice():
         return driver_run.choose_gpu(req, runtime, client, [step], req.work)[:2]
 
-    how = driver_run.Runtime(runtime, client, gpu_choice, log)
+    pinned = _assigned_gpus()  # the GPU Ray gave the task: its container gets that one, not every GPU
+    hooks = driver_run.Hooks(gate=lambda _step: contextlib.nullcontext(pinned))
+    how = driver_run.Runtime(runtime, client, gpu_choice, log, hooks)
     seconds = driver_run.run_step(req, step, fp, disk_plan.step_peaks(steps)[step.name], how)
     return ("skipped", 0.0) if seconds is None else ("finished", seconds)
+
+
+def _assigned_gpus() -> str | None:
+    """The GPU ids Ray assigned to this task (``num_gpus``), as CUDA_VISIBLE_DEVICES lists them; None: none."""
+    try:
+        import ray
+
+        ids = ray.get_runtime_context().get_accelerator_ids().get("GPU") or []
+    except (ImportError, AttributeError, RuntimeError):
+        return None
+    return ",".join(map(str, ids)) or None
 
 
 def _task(key: str, config_json: str, step_name: str, events, *upstream: Outcome) -> Outcome:

@@ -113,8 +113,8 @@ class Prepared:
 @dataclass(frozen=True)
 class Hooks:
     """What a caller running several requests at once puts around each step: ``gate(step)``, a context
-    manager held while the step runs (a GPU slot), and ``event(step, what, seconds)``, told when a step
-    is skipped, started or finished."""
+    manager held while the step runs (a GPU slot: it gives the id of the GPU the step is pinned to, or
+    None), and ``event(step, what, seconds)``, told when a step is skipped, started or finished."""
 
     gate: Callable = lambda step: contextlib.nullcontext()
     event: Callable = lambda step, what, seconds=None: None
@@ -227,14 +227,16 @@ def run_step(req: Request, step: PlannedStep, fp: str | None, need, how: Runtime
     st.forget(work, step.name)
     gpu, device = how.gpu_choice() if step.gpu else (False, "cpu")
     where = "container" if how.name == "docker" else "local process"
-    with hooks.gate(step):
-        log(f"{tag}{step.name}: {step.tool} ({where}{', GPU' if gpu and step.gpu else ''})")
+    with hooks.gate(step) as pinned:
+        gpu_id = pinned if gpu and step.gpu else None  # the one GPU the step may see (None: all, or none)
+        on = f", GPU {gpu_id}" if gpu_id is not None else ", GPU" if gpu and step.gpu else ""
+        log(f"{tag}{step.name}: {step.tool} ({where}{on})")
         hooks.event(step, "started")
         t = time.monotonic()
         if how.name == "docker":
-            containers.run(how.client, step, device=device, gpu=gpu and step.gpu, work=work, log=log)
+            containers.run(how.client, step, device=device, gpu=gpu and step.gpu, work=work, log=log, gpu_id=gpu_id)
         else:
-            local.run(step, device=device, log=log)
+            local.run(step, device=device, log=log, gpu_id=gpu_id)
         seconds = time.monotonic() - t
     st.record(work, step, seconds)
     log(f"{tag}{step.name}: done in {seconds:.1f} s")
