@@ -202,6 +202,7 @@ def write_format(fmt: Format, method: str, plan: Plan, s: Step, tokenizer) -> No
         with byte_progress(f"{method} -> {s.out.name}", plan.estimated_bytes) as advance:
             written = fmt.write(plan, s.folder, advance)
             s.outputs(written.hashes)
+        s.manifest["decisions"].update(written.decisions or {})
         s.manifest["decisions"]["tokenizer"] = tokenizer(s.folder, s.warnings)
         _drop_code(s.folder, s.warnings)
     if written.quantization is not None:

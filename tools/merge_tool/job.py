@@ -129,8 +129,10 @@ class Plan(Generic[Data]):
 class Written:
     """What a format's ``write`` did: ``hashes`` (relative path -> sha256) of the files it hashed while
     writing (the rest are hashed afterwards) and, from a quantized format, its ``quantization`` summary
-    and ``validation`` figures, which the manifest records."""
+    and ``validation`` figures, which the manifest records; ``decisions`` the written files settle over
+    the plan's (the dtype they hold, read back)."""
 
     hashes: dict[str, str] = field(default_factory=dict)
     quantization: dict | None = None
     validation: dict | None = None
+    decisions: dict | None = None

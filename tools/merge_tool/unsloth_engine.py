@@ -22,10 +22,12 @@ def check_available() -> str:
 
 
 def write(adapter_dir, folder, dtype: str) -> None:  # pragma: no cover - needs a GPU
+    """Unsloth's merged 16-bit save, asked for ``dtype``. It may keep another floating dtype (a float32
+    base stays float32): the caller converts what it wrote and reads the dtype back from the files."""
     import torch
     from unsloth import FastLanguageModel
 
-    torch_dtype = {"BF16": torch.bfloat16, "F16": torch.float16}.get(dtype)
+    torch_dtype = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}.get(dtype)
     model, tokenizer = FastLanguageModel.from_pretrained(
         str(adapter_dir), load_in_4bit=False, trust_remote_code=False, dtype=torch_dtype
     )

@@ -32,6 +32,7 @@ from .. import bnb
 from ..adapter import check_mergeable, module_scale
 from ..device import pick_device
 from ..job import Adapter, Base, Job, Plan, Written
+from ..written_dtype import conform, read_back
 
 NEEDS_BASE = True
 HEAD = "lm_head.weight"
@@ -327,11 +328,12 @@ def _nonfinite_reason(plan: Plan[Merge], name: str) -> str:
 
 def write(plan: Plan[Merge], folder, progress) -> Written:
     job, merge = plan.job, plan.data
-    if job.params.get("engine") == "unsloth":  # pragma: no cover - needs a GPU
+    if job.params.get("engine") == "unsloth":
         from ..unsloth_engine import write as unsloth_write
 
         unsloth_write(job.adapter.dir, folder, merge.out_dtype)
-        return Written()
+        converted = conform(folder, merge.out_dtype)  # Unsloth keeps a float32 base in float32
+        return Written(decisions={"dtype": read_back(folder, merge.out_dtype, plan.decisions["dtype"], converted)})
     (folder / "config.json").write_text(json.dumps(merge.model_config, indent=2) + "\n")
     if merge.deferred:
         (folder / RECIPE_NAME).write_text(merge.recipe.to_json())
@@ -358,4 +360,4 @@ def write(plan: Plan[Merge], folder, progress) -> Written:
                 ) from None
             background.submit(fsync_path, folder / fname)
     write_index(folder, shards, out_specs)
-    return Written(hashes)
+    return Written(hashes, decisions={"dtype": read_back(folder, merge.out_dtype, plan.decisions["dtype"])})
