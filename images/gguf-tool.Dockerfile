@@ -28,8 +28,8 @@ ARG LLAMA_CPP_PYTHON_VERSION=0.3.36
 ARG TORCH_VERSION=2.13.0
 # on: build llama.cpp with CUDA (needs a CUDA devel base); off: CPU build (or a CPU wheel from wheels/)
 ARG GGML_CUDA=on
-# e.g. "86;89;90" to build fewer CUDA kernels (faster); empty: llama.cpp's default list
-ARG CUDA_ARCHITECTURES=
+# the GPUs llama.cpp's CUDA kernels are built for (images/versions.env says why these); empty: llama.cpp's list
+ARG CUDA_ARCHITECTURES=80;86;89;90
 # a CA bundle inside the build context (e.g. certs/ca.crt) for pip behind a TLS-intercepting proxy
 ARG CA_BUNDLE=
 

@@ -92,3 +92,73 @@ def test_files_in_another_dtype_than_recorded_are_refused_in_one_line(merges):
         read_back(merges["fp32"], "BF16", {"value": "bfloat16", "why": "--dtype bf16"})
     message = info.value.message
     assert "float32 tensor(s), not the bfloat16 chosen (--dtype bf16)" in message and "\n" not in message
+
+
+def test_the_driver_runs_an_unsloth_merge_in_merge_tools_unsloth_image(sft_output, llama_base, tmp_path):
+    from upload_common.trainer_output import inspect_trainer_output
+    from upload_driver.config import request
+    from upload_driver.plan import image, plan
+
+    def steps(engine: str | None) -> dict:
+        merge = {"base": str(llama_base), **({"engine": engine} if engine else {})}
+        req = request(sft_output, work=str(tmp_path / "w"), settings={"formats": ["gguf"], "merge": merge})
+        return {s.name: s for s in plan(req, inspect_trainer_output(req.trainer_output))}
+
+    unsloth, streaming = steps("unsloth"), steps(None)
+    merged = unsloth["merged_16bit"]
+    assert merged.image == image("merge-tool") + "-unsloth-cuda"
+    assert [a for a in merged.args if a in ("--engine", "unsloth")] == ["--engine", "unsloth"]
+    assert "--defer-weights" not in merged.args and "base" not in unsloth["gguf"].inputs  # Unsloth writes it whole
+    assert streaming["merged_16bit"].image == image("merge-tool") and "--engine" not in streaming["merged_16bit"].args
+    assert "--defer-weights" in streaming["merged_16bit"].args  # the default engine defers into the conversion
+    assert unsloth["gguf"].image == streaming["gguf"].image == image("gguf-tool")
+
+
+def test_an_unknown_merge_engine_is_one_line(sft_output, tmp_path):
+    from driver_helpers import drive, one_line_error
+
+    config = tmp_path / "run.toml"
+    config.write_text('[merge]\nengine = "turbo"\n')
+    line = one_line_error(drive("run", sft_output, "--config", config, "--work", tmp_path / "w", "--dry-run"), 2)
+    assert "merge.engine 'turbo': choose streaming or unsloth" in line
+    assert not (tmp_path / "w").exists()
+
+
+ROOT = Path(__file__).resolve().parent.parent
+# what unsloth 2026.10.9 and unsloth_zoo 2026.10.9 require (their wheels' METADATA), and what the pinned
+# transformers 5.17.0 and datasets 4.8.5 require in turn, where constraints.txt's pins fall outside it
+REQUIRED = {
+    "transformers": "!=4.53.0,!=4.54.0,!=4.55.0,!=4.55.1,!=4.57.0,!=4.57.4,!=4.57.5,!=5.0.0,!=5.1.0,<=5.17.0,>=4.52.4",
+    "datasets": "!=4.0.*,!=4.1.0,!=4.4.*,!=4.5.0,<5.0.0,>=3.4.1",
+    "trl": "!=0.19.0,<=1.15.0,>=0.18.2",
+    "huggingface_hub": "<2.0,>=1.5.0",
+    "fsspec": "<=2026.2.0,>=2023.1.0",
+    "peft": "!=0.11.0,>=0.18.0",
+    "bitsandbytes": "!=0.46.0,!=0.48.0,>=0.45.5",
+    "torch": "<2.15.0,>=2.4.0",
+}
+
+
+def _pins(name: str) -> tuple[dict[str, str], set[str]]:
+    text = (ROOT / name).read_text()
+    pins = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            package, _, version = line.partition("==")
+            pins[package.strip().lower().replace("-", "_")] = version.strip()
+    overrides = {w.lower() for line in text.splitlines() if line.startswith("# OVERRIDES:") for w in line.split()[2:]}
+    return pins, overrides
+
+
+def test_the_unsloth_constraints_are_the_projects_but_for_what_unsloth_needs():
+    from packaging.specifiers import SpecifierSet
+
+    ours, _ = _pins("constraints.txt")
+    unsloth, overrides = _pins("constraints-unsloth.txt")
+    assert overrides == {"transformers", "huggingface_hub", "datasets", "fsspec", "trl", "unsloth", "unsloth_zoo"}
+    same = {p: v for p, v in unsloth.items() if p not in overrides}
+    assert same == {p: v for p, v in ours.items() if p not in overrides}  # nothing else drifts
+    for package, spec in REQUIRED.items():
+        assert unsloth[package] in SpecifierSet(spec), (package, unsloth[package], spec)
+    assert unsloth["unsloth"] == unsloth["unsloth_zoo"] == "2026.10.9"
+    assert ours["transformers"] not in SpecifierSet(REQUIRED["transformers"])  # why the file exists

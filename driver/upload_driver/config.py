@@ -20,7 +20,7 @@ DEFAULTS = {
     "runtime": "auto",
     "gpus": "auto",
     "name": None,
-    "merge": {},  # base, checkpoint, dtype, max_shard_size, calibration, allow_pickle
+    "merge": {},  # base, checkpoint, dtype, max_shard_size, calibration, allow_pickle, engine
     "gguf": {},  # imatrix, calibration, eval_text, split_max_size, validate_tokens, min_top1
     "docs": {},  # license, license_link, base_model, datasets, language, system, ollama_quant, repos
     "publish": {},  # private, ollama_push

@@ -47,6 +47,7 @@ class PlannedStep:
     network: bool = False
     token: bool = False
     hf_cache: bool = False
+    variant: str = ""  # an image variant of the tool's ("unsloth-cuda": merge-tool with Unsloth)
 
     def __post_init__(self):  # read-only, and every path a Path
         object.__setattr__(self, "out", Path(self.out))
@@ -56,7 +57,7 @@ class PlannedStep:
 
     @property
     def image(self) -> str:
-        return image(self.tool)
+        return image(self.tool) + (f"-{self.variant}" if self.variant else "")
 
 
 def render(step: PlannedStep, *, inp, out, rw, device: str) -> list[str]:
@@ -150,7 +151,21 @@ def _merge_args(spec, req: Request, found: dict) -> tuple[dict, list, dict]:
                 "allow_pickle": "--allow-pickle",
             },
         )
+    if spec.name == "merged_16bit" and merge_engine(req) != "streaming":  # in merge-tool's Unsloth image
+        args += ["--engine", merge_engine(req)]
+        access["variant"] = f"{merge_engine(req)}-cuda"
     return inputs, args, {**access, "network": remote, "token": remote, "hf_cache": remote}
+
+
+ENGINES = ("streaming", "unsloth")
+
+
+def merge_engine(req: Request) -> str:
+    """``[merge] engine``: streaming (merge-tool's own merge, the default) or unsloth."""
+    engine = str(req.merge.get("engine") or "streaming")
+    if engine not in ENGINES:
+        raise UsageError(f"merge.engine {engine!r}: choose {' or '.join(ENGINES)}")
+    return engine
 
 
 def _gguf_args(spec, req: Request, found: dict) -> tuple[dict, list, dict]:
@@ -190,6 +205,8 @@ def deferred_base(formats: list[str], req: Request, found: dict) -> Path | None:
     readers = [f for f in formats if "merged_16bit" in SETS[f].consumes]
     base = req.merge.get("base") or found.get("base_model")
     if "merged_16bit" in formats or readers != ["gguf"] or not base or not Path(str(base)).is_dir():
+        return None
+    if merge_engine(req) != "streaming":  # another engine writes the merge itself: no recipe to defer
         return None
     return Path(base)
 
@@ -285,6 +302,7 @@ def plan(req: Request, found: dict) -> tuple[PlannedStep, ...]:
     one per set (registry order), docs-tool over the sets asked for, one publish step per target."""
     formats, targets = _check(req)
     naming(req)  # an ill-formed hf: target is refused before anything else
+    merge_engine(req)
     steps = _set_steps(formats, req, found)
     published = [s.name for s in steps if s.name in formats]
     return (*steps, _docs_step(published, req), *_publish_steps(targets, published, req))

@@ -17,7 +17,7 @@ class Request:
     """The trainer output and the work folder (absolute once ``config.request`` made them), the sets
     asked for, the GGUF types, the publish targets (``hf:ORG/NAME``, ``local:DIR``, ``ollama[:NAME]``),
     the runtime and GPU choices, the model name, and each config table as read (``merge``: base,
-    checkpoint, dtype, max_shard_size, calibration, allow_pickle; ``gguf``: imatrix, calibration, eval_text,
+    checkpoint, dtype, max_shard_size, calibration, allow_pickle, engine; ``gguf``: imatrix, calibration, eval_text,
     split_max_size, validate_tokens, min_top1 ({type: bar}); ``docs``: license, license_link, base_model,
     datasets, language, system, ollama_quant, repos; ``publish``: private, ollama_push)."""
 
