@@ -71,6 +71,7 @@ def checks(work: Path) -> list[dict]:
                 "install Docker (Docker Desktop on Windows, with WSL2) and start it",
             )
         )
+    out.extend(_nvidia())
     out.append(_gpu_local())
     out.append(_converter())
     probe = nearest_existing(work)
@@ -85,6 +86,37 @@ def checks(work: Path) -> list[dict]:
     )
     out.append(_token())
     return out
+
+
+def _nvidia() -> list[dict]:
+    """The NVIDIA driver (nvidia-smi) and whether each image's CUDA build runs on it."""
+    from . import nvidia
+
+    found = nvidia.probe()
+    if found.tool is None:
+        return [
+            _finding(
+                "NVIDIA driver",
+                None,
+                "no nvidia-smi here: no NVIDIA GPU to use, GPU steps run on the CPU",
+                "on a GPU machine: install the NVIDIA driver (WSL2: the Windows driver, which brings "
+                f"{nvidia.WSL_LIB}/nvidia-smi)",
+            )
+        ]
+    driver = nvidia.parse(found.query, found.table)
+    if driver is None:
+        said = found.said or next(iter((found.query + found.table).strip().splitlines()), "no output")
+        return [
+            _finding(
+                "NVIDIA driver",
+                None,
+                f"{found.tool} names no driver version ({said}): GPU steps run on the CPU",
+                "run nvidia-smi to see why; reinstall the NVIDIA driver or reboot after a driver update",
+            )
+        ]
+    wsl = nvidia.on_wsl(found.tool)
+    verdicts = [_finding(f"CUDA build {v.tool}", v.ok, v.detail, v.remedy) for v in nvidia.assess(driver, wsl)]
+    return [_finding("NVIDIA driver", True, nvidia.describe(driver, wsl)), *verdicts]
 
 
 def _gpu_local() -> dict:
