@@ -2,6 +2,7 @@
 # Build the tool images: upload-driver/<tool>:<project version> (also tagged <version>-cpu / -cuda).
 #
 #   images/build.sh [--cpu|--cuda] [--base-image NAME] [--ca-bundle FILE] [--wheelhouse DIR] [TOOL...]
+#   images/build.sh --print-versions
 #
 #   --cuda              (default) GPU steps (gguf-tool, merge-tool) on the CUDA devel/runtime bases of
 #                       images/versions.env, GGML_CUDA=on, torch from the index; the other tools on CPU_BASE
@@ -14,6 +15,11 @@
 #   --wheelhouse DIR    local wheels/sdists the builds install from (--find-links; offline when it holds
 #                       everything): fill it with images/prefill-wheelhouse.sh DIR
 #   --no-cache          passed to docker build
+#   --stage-only        stage each tool's context and write what its build needs to
+#                       images/.build/<tool>/build.outputs (GitHub step-output lines: tool, variant, default,
+#                       version, context, file, target, build-args), then stop: no docker, no image
+#                       (.github/workflows/images.yml builds from it with buildx)
+#   --print-versions    print the pinned versions (KEY=value, versions.env's keys as build.sh resolves them) and stop
 #   TOOL...             images to build (default: all four, in the order of the table below)
 #
 # Afterwards the images an earlier build of this project left untagged are removed (only those carrying
@@ -32,7 +38,7 @@ DOCKER=${DOCKER:-docker}
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
 die() { echo "build.sh: $*" >&2; exit 2; }
 
-variant=cuda base_image="" ca_bundle="" wheelhouse="" no_cache=() tools=()
+variant=cuda base_image="" ca_bundle="" wheelhouse="" no_cache=() tools=() stage_only="" print_versions=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --cpu) variant=cpu ;;
@@ -44,6 +50,8 @@ while [ $# -gt 0 ]; do
         --wheelhouse) [ $# -ge 2 ] || die "$1 needs a value"; wheelhouse=$2; shift ;;
         --wheelhouse=*) wheelhouse=${1#*=} ;;
         --no-cache) no_cache=(--no-cache) ;;
+        --stage-only) stage_only=yes ;;
+        --print-versions) print_versions=yes ;;
         -h|--help) usage; exit 0 ;;
         -*) die "unknown option $1 (see --help)" ;;
         *) tools+=("$1") ;;
@@ -64,6 +72,10 @@ while IFS= read -r line || [ -n "$line" ]; do
         eval "$key=\"${line#*=}\""
     fi
 done < "$here/versions.env"
+if [ -n "$print_versions" ]; then
+    for key in "${version_keys[@]}"; do echo "$key=${!key}"; done
+    exit 0
+fi
 
 project_version=$(sed -n 's/^version *= *"\([^"]*\)".*/\1/p' "$root/pyproject.toml" | head -n1)
 [ -n "$project_version" ] || die "no version in pyproject.toml"
@@ -157,6 +169,33 @@ stage_context() {
     fi
 }
 
+# write_outputs TOOL VARIANT KIND ARGS...: the build of TOOL as GitHub step outputs (--stage-only). `default`
+# says whether this is the variant a plain `images/build.sh` builds (the one `<version>` alone names).
+write_outputs() {
+    local tool=$1 tool_variant=$2 kind=$3 ctx=$here/.build/$1 target="" out
+    shift 3
+    out=$ctx/build.outputs
+    {
+        echo "tool=$tool"
+        echo "variant=$tool_variant"
+        echo "default=$([ "$tool_variant" = cuda ] || [ "$kind" = cpu ] && echo true || echo false)"
+        echo "version=$project_version"
+        echo "context=$ctx"
+        echo "file=$ctx/Dockerfile"
+        echo "build-args<<END_OF_BUILD_ARGS"
+        while [ $# -gt 0 ]; do
+            case "$1" in
+                --build-arg) echo "$2"; shift 2 ;;
+                --target) target=$2; shift 2 ;;
+                *) die "write_outputs: unexpected $1" ;;
+            esac
+        done
+        echo "END_OF_BUILD_ARGS"
+        echo "target=$target"
+    } > "$out"
+    echo "build.sh: staged $tool ($tool_variant) in $ctx; its build in $out"
+}
+
 declared() { grep -Eq "^ARG $2(=|\s|\$)" "$1"; }  # declared DOCKERFILE ARGNAME
 
 summary=()
@@ -204,6 +243,10 @@ for tool in "${tools[@]}"; do
     # a Dockerfile holding several tools has one final stage per tool
     if grep -Eqi "^FROM .* AS $tool\s*$" "$dockerfile"; then args+=(--target "$tool"); fi
 
+    if [ -n "$stage_only" ]; then
+        write_outputs "$tool" "$tool_variant" "$kind" "${args[@]}"
+        continue
+    fi
     image=upload-driver/$tool
     echo "build.sh: $image:$project_version ($tool_variant; extra [$extra]; build base $build_base, runtime base $runtime_base)"
     start=$SECONDS
@@ -216,6 +259,7 @@ for tool in "${tools[@]}"; do
     echo "build.sh: built $image:$project_version and $image:$project_version-$tool_variant in $took s ($size)"
     summary+=("$(printf '%-40s %5s s  %s' "$image:$project_version-$tool_variant" "$took" "$size")")
 done
+[ -z "$stage_only" ] || exit 0
 printf 'build.sh: %s\n' "${summary[@]}"
 # Each build leaves the image it replaced and its build stage untagged (gigabytes a build, and a disk
 # that fills up after a few dozen): remove the untagged ones that carry this project's stage label.
