@@ -84,7 +84,7 @@ def test_a_560_driver_under_wsl2_needs_the_cuda_12_torch_for_merge_tool():
     assert "needs driver >= 580" in merge.detail
     assert merge.remedy == (
         "update the driver, or build merge-tool with "
-        "TORCH_INDEX_URL=https://download.pytorch.org/whl/cu124 images/build.sh --cuda merge-tool"
+        "TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 images/build.sh --cuda merge-tool"
     )
     assert found["gguf-tool"].ok is True  # 560.94 >= 551.78, CUDA 12.4 Update 1 on Windows
 
@@ -140,7 +140,7 @@ def test_doctor_on_a_3090_under_wsl2(tmp_path):
         "remedy": "",
     }
     assert found["CUDA build merge-tool"]["status"] == "warning"
-    assert "TORCH_INDEX_URL=https://download.pytorch.org/whl/cu124" in found["CUDA build merge-tool"]["remedy"]
+    assert "TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126" in found["CUDA build merge-tool"]["remedy"]
     assert found["CUDA build gguf-tool"]["status"] == "ok"
 
 

@@ -195,7 +195,8 @@ def batch(sources, checkpoints, publish, config, engine, address, max_parallel, 
 @json_option
 @report_errors
 def doctor(work, as_json):
-    """Check Docker, the GPU runtime, the images, llama.cpp, disk and the token, with what to do."""
+    """Check Docker, the GPU runtime, the NVIDIA driver and the images' CUDA builds, the images, llama.cpp, disk
+    and the token, with what to do."""
     from .doctor import checks
 
     found = checks(work)

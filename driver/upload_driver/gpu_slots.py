@@ -7,17 +7,18 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import subprocess
 import threading
 from collections.abc import Callable, Iterator, Mapping
+
+from .nvidia import locate
 
 QUERY_SECONDS = 10
 
 
 def _nvidia_smi() -> str:
     """``nvidia-smi``'s GPU indexes, one per line ('' when there is no such tool or it does not answer)."""
-    tool = shutil.which("nvidia-smi")
+    tool = locate()  # on PATH, or where WSL2 puts it
     if tool is None:
         return ""
     try:

@@ -102,7 +102,9 @@ CUDA_RELEASES = {
 # images/versions.env, as the images are built by default (a test holds these equal to that file)
 BASE_CUDA = "12.4"  # CUDA_VERSION=12.4.1: the CUDA bases, llama.cpp in gguf-tool is compiled against it
 TORCH_VERSION = "2.13.0"  # TORCH_VERSION, TORCH_INDEX_URL empty: the package index's build, for CUDA 13
-TORCH_INDEX = "https://download.pytorch.org/whl/cu" + BASE_CUDA.replace(".", "")  # PyTorch's own index
+# PyTorch's own index for its oldest CUDA 12 build (2.10 and later are built for CUDA 12.6, 12.8 and 13.0): it runs on
+# the CUDA 12 drivers (525 and up, with minor-version compatibility), as the base's llama.cpp does
+TORCH_INDEX = "https://download.pytorch.org/whl/cu126"
 
 
 @dataclass(frozen=True)
