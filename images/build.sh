@@ -15,6 +15,10 @@
 #   --wheelhouse DIR    local wheels/sdists the builds install from (--find-links; offline when it holds
 #                       everything): fill it with images/prefill-wheelhouse.sh DIR
 #   --no-cache          passed to docker build
+#   --unsloth           (with --cuda, merge-tool only) merge-tool's Unsloth image, upload-driver/merge-tool:<version>-
+#                       unsloth-cuda: its extra plus merge-unsloth, installed with constraints-unsloth.txt (Unsloth pins
+#                       an older transformers); the driver runs it when a run config sets merge.engine = "unsloth".
+#                       --unsloth-cuda: the same as --cuda --unsloth (the image's variant name)
 #   --stage-only        stage each tool's context and write what its build needs to
 #                       images/.build/<tool>/build.outputs (GitHub step-output lines: tool, variant, default,
 #                       version, context, file, target, build-args), then stop: no docker, no image
@@ -38,7 +42,7 @@ DOCKER=${DOCKER:-docker}
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
 die() { echo "build.sh: $*" >&2; exit 2; }
 
-variant=cuda base_image="" ca_bundle="" wheelhouse="" no_cache=() tools=() stage_only="" print_versions=""
+variant=cuda base_image="" ca_bundle="" wheelhouse="" no_cache=() tools=() stage_only="" print_versions="" unsloth=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --cpu) variant=cpu ;;
@@ -50,6 +54,8 @@ while [ $# -gt 0 ]; do
         --wheelhouse) [ $# -ge 2 ] || die "$1 needs a value"; wheelhouse=$2; shift ;;
         --wheelhouse=*) wheelhouse=${1#*=} ;;
         --no-cache) no_cache=(--no-cache) ;;
+        --unsloth) unsloth=yes ;;
+        --unsloth-cuda) variant=cuda unsloth=yes ;;
         --stage-only) stage_only=yes ;;
         --print-versions) print_versions=yes ;;
         -h|--help) usage; exit 0 ;;
@@ -59,6 +65,13 @@ while [ $# -gt 0 ]; do
     shift
 done
 [ -z "$ca_bundle" ] || [ -f "$ca_bundle" ] || die "--ca-bundle $ca_bundle: no such file"
+if [ -n "$unsloth" ]; then
+    [ "$variant" = cuda ] || die "--unsloth: Unsloth runs on a CUDA GPU only: build it with --cuda"
+    [ ${#tools[@]} -eq 0 ] && tools=(merge-tool)
+    for tool in "${tools[@]}"; do
+        [ "$tool" = merge-tool ] || die "--unsloth: only merge-tool has an Unsloth image, not $tool"
+    done
+fi
 [ -z "$wheelhouse" ] || [ -d "$wheelhouse" ] || die "--wheelhouse $wheelhouse: no such folder"
 
 # --- pinned versions: KEY=value lines; a key already set in the environment wins ----------------
@@ -218,6 +231,12 @@ for tool in "${tools[@]}"; do
 
     stage_context "$tool" "$torch"
     cp "$dockerfile" "$here/.build/$tool/Dockerfile"
+    tags=("$project_version" "$project_version-$tool_variant")
+    if [ -n "$unsloth" ]; then  # its own constraints, under the name the Dockerfile reads; its own tag alone
+        cp "$root/constraints-unsloth.txt" "$here/.build/$tool/constraints.txt"
+        extra="$extra,merge-unsloth" tool_variant=unsloth-cuda
+        tags=("$project_version-$tool_variant")
+    fi
 
     args=()
     for key in "${version_keys[@]}"; do
@@ -237,9 +256,6 @@ for tool in "${tools[@]}"; do
     ! declared "$dockerfile" TOOL || args+=(--build-arg "TOOL=$tool")
     ! declared "$dockerfile" EXTRA || args+=(--build-arg "EXTRA=$extra")
     [ -z "$ca_bundle" ] || args+=(--build-arg "CA_BUNDLE=certs/ca.crt")
-    if [ -n "${CUDA_ARCHITECTURES:-}" ] && declared "$dockerfile" CUDA_ARCHITECTURES; then
-        args+=(--build-arg "CUDA_ARCHITECTURES=$CUDA_ARCHITECTURES")
-    fi
     # a Dockerfile holding several tools has one final stage per tool
     if grep -Eqi "^FROM .* AS $tool\s*$" "$dockerfile"; then args+=(--target "$tool"); fi
 
@@ -248,15 +264,17 @@ for tool in "${tools[@]}"; do
         continue
     fi
     image=upload-driver/$tool
-    echo "build.sh: $image:$project_version ($tool_variant; extra [$extra]; build base $build_base, runtime base $runtime_base)"
+    tag_args=()
+    for tag in "${tags[@]}"; do tag_args+=(-t "$image:$tag"); done
+    echo "build.sh: $image:${tags[0]} ($tool_variant; extra [$extra]; build base $build_base, runtime base $runtime_base)"
     start=$SECONDS
     "$DOCKER" build --network host --force-rm "${no_cache[@]}" \
         -f "$here/.build/$tool/Dockerfile" \
-        -t "$image:$project_version" -t "$image:$project_version-$tool_variant" \
+        "${tag_args[@]}" \
         "${args[@]}" "$here/.build/$tool"
     took=$((SECONDS - start))
-    size=$("$DOCKER" image inspect -f '{{.Size}}' "$image:$project_version" | awk '{ printf "%.0f MB", $1 / 1e6 }')
-    echo "build.sh: built $image:$project_version and $image:$project_version-$tool_variant in $took s ($size)"
+    size=$("$DOCKER" image inspect -f '{{.Size}}' "$image:${tags[0]}" | awk '{ printf "%.0f MB", $1 / 1e6 }')
+    echo "build.sh: built ${tags[*]/#/$image:} in $took s ($size)"
     summary+=("$(printf '%-40s %5s s  %s' "$image:$project_version-$tool_variant" "$took" "$size")")
 done
 [ -z "$stage_only" ] || exit 0

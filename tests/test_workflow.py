@@ -74,6 +74,8 @@ def test_the_schema_check_catches_a_broken_workflow(tmp_path):
 def test_the_matrix_builds_every_tool_on_cpu_and_each_gpu_step_on_cuda():
     matrix = _workflow()["jobs"]["build"]["strategy"]["matrix"]
     excluded = [(e["tool"], e["variant"]) for e in matrix.get("exclude", [])]
+    included = {(e["tool"], e["variant"]) for e in matrix.get("include", [])}
+    assert included == {("merge-tool", "unsloth-cuda")}  # merge-tool's Unsloth image, its variant a build.sh flag
     built = {(t, v) for t in matrix["tool"] for v in matrix["variant"]} - set(excluded)
     table = _tool_table()
     assert set(table) == {"gguf-tool", "merge-tool", "docs-tool", "hf-push-tool"}
@@ -136,7 +138,7 @@ def _copy_project(dest: Path) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", ".build")
     for name in ("images", "tools", "driver"):
         shutil.copytree(ROOT / name, dest / name, ignore=ignore)
-    for name in ("pyproject.toml", "constraints.txt", "README.md", ".dockerignore"):
+    for name in ("pyproject.toml", "constraints.txt", "constraints-unsloth.txt", "README.md", ".dockerignore"):
         shutil.copy(ROOT / name, dest / name)
     return dest
 
@@ -294,3 +296,25 @@ def test_the_cuda_builds_pass_buildkits_checks(tmp_path, tool):
     cmd = ["docker", "build", "--check", "-f", out["file"], *args, *target, out["context"]]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_unsloth_image_is_merge_tool_with_unsloths_extra_and_constraints(project):
+    _build_sh(project, "--unsloth-cuda", "--stage-only")  # = --cuda --unsloth; merge-tool alone
+    out = _outputs(project / "images" / ".build" / "merge-tool" / "build.outputs")
+    args = dict(arg.split("=", 1) for arg in out["build-args"].splitlines())
+    assert (out["tool"], out["variant"], out["default"]) == ("merge-tool", "unsloth-cuda", "false")
+    assert args["EXTRA"].split(",")[-1] == "merge-unsloth" and args["VARIANT"] == "unsloth-cuda"
+    staged = (Path(out["context"]) / "constraints.txt").read_text()
+    assert staged == (project / "constraints-unsloth.txt").read_text()  # what its pip installs with
+    assert args["BUILD_BASE"].startswith("nvidia/cuda:")
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [(("--cpu", "--unsloth"), "build it with --cuda"), (("--unsloth", "docs-tool"), "only merge-tool has an Unsloth")],
+)
+def test_an_unsloth_image_of_anything_else_is_refused(project, args, needle):
+    done = subprocess.run(
+        ["bash", str(project / "images" / "build.sh"), *args, "--stage-only"], capture_output=True, text=True
+    )
+    assert done.returncode == 2 and needle in done.stderr and len(done.stderr.strip().splitlines()) == 1
