@@ -164,9 +164,9 @@ def check_formats(ctx: Ctx, deadline: float) -> str:
         raise Failed(f"bench/formats.py exited {proc.returncode} without its JSON (see formats.log)") from None
     parts, bad = [], []
     for r in rows[1:]:
-        if r["rc"]:
+        if r["rc"] or not all(isinstance(r.get(k), int | float) for k in ("top1", "mean_kl")):
             bad.append(r["format"])
-            parts.append(f"{r['format']} FAILED (exit {r['rc']})")
+            parts.append(f"{r['format']} FAILED (exit {r['rc']}{'' if r['rc'] else ', no validation figures'})")
             continue
         parts.append(
             f"{r['format']} top-1 {r['top1']:.3f} (bar {bars.get(r['format'])}) KL {r['mean_kl']:.4f} "
