@@ -43,14 +43,17 @@ def fake_unsloth(monkeypatch, merges):
     """Unsloth's save as it behaves on a float32 base: float32 shards, config.json saying float32."""
     asked = []
 
-    def write(adapter_dir, folder, dtype):
-        asked.append(dtype)
+    def save_merged(adapter_dir, folder, dtype):
+        config = json.loads((adapter_dir / "adapter_config.json").read_text())
+        weights = hashlib.sha256((adapter_dir / "adapter_model.safetensors").read_bytes()).hexdigest()
+        asked.append({"dtype": dtype, "base": config["base_model_name_or_path"], "weights": weights})
+        assert sorted(p.name for p in adapter_dir.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
         for f in merges["fp32"].iterdir():
             if f.suffix == ".safetensors" or f.name in ("config.json", "model.safetensors.index.json"):
                 shutil.copy2(f, Path(folder) / f.name)
 
     monkeypatch.setattr(unsloth_engine, "check_available", lambda: "2026.10.9 (stand-in)")
-    monkeypatch.setattr(unsloth_engine, "write", write)
+    monkeypatch.setattr(unsloth_engine, "save_merged", save_merged)
     return asked
 
 
@@ -59,7 +62,11 @@ def test_float32_from_the_engine_is_converted_to_the_dtype_chosen(
 ):
     out = tmp_path / "merged"
     manifest = merge_run(sft_output, out, base=str(llama_base), dtype="bf16", engine="unsloth", max_shard_size="200KB")
-    assert fake_unsloth == ["BF16"]  # --dtype reaches the engine
+    # --dtype reaches the engine, and the adapter it reads names the base merge-tool resolved (not the Hub name
+    # the adapter config gives), with the chosen adapter's weights; that view of it is gone afterwards
+    chosen = hashlib.sha256((sft_output / "adapter_model.safetensors").read_bytes()).hexdigest()
+    assert fake_unsloth == [{"dtype": "BF16", "base": str(llama_base), "weights": chosen}]
+    assert not (out / unsloth_engine.VIEW).exists()
     shards = sorted(p.name for p in out.glob("*.safetensors"))
     assert len(shards) > 1 and floats_in(out) == floats_in(merges["bf16"]) == {"BF16": len(_tensors(out))}
     dtype = manifest["decisions"]["dtype"]

@@ -331,7 +331,7 @@ def write(plan: Plan[Merge], folder, progress) -> Written:
     if job.params.get("engine") == "unsloth":
         from ..unsloth_engine import write as unsloth_write
 
-        unsloth_write(job.adapter.dir, folder, merge.out_dtype)
+        unsloth_write(job.adapter.config, job.adapter.weights, job.base.path, folder, merge.out_dtype)
         converted = conform(folder, merge.out_dtype)  # Unsloth keeps a float32 base in float32
         return Written(decisions={"dtype": read_back(folder, merge.out_dtype, plan.decisions["dtype"], converted)})
     (folder / "config.json").write_text(json.dumps(merge.model_config, indent=2) + "\n")
