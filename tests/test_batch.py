@@ -190,6 +190,13 @@ def test_a_failed_unit_is_one_line_and_the_others_finish(sft_output, tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors == [f"error: {units['bad']['error']}"] and "bad/checkpoint-10 lora: step lora" in errors[0]
     assert "bad/checkpoint-10 lora: failed: " in result.stderr and "Traceback" not in result.stderr
+    # the units' tools write into a file per step, not onto the batch's stderr, where they would mix; the
+    # failure quotes the tool's last line and names the file
+    log = Path(units["bad"]["logs"]) / "lora.log"
+    said = "Error: Invalid value for '--dtype': 'fp12' is not one of"
+    assert said in log.read_text() and said in errors[0] and f"its output: {log}" in errors[0]
+    assert not any(line.startswith(("Usage:", "Error:")) for line in result.stderr.splitlines())  # not raw
+    assert (Path(units["good"]["logs"]) / "lora.log").is_file()
 
 
 def test_the_sweep_reports_each_checkpoints_gguf_figures(sft_output, tmp_path):

@@ -30,7 +30,7 @@ from .gpu_slots import GpuSlots, visible_gpus
 from .lock import hold
 from .plan import naming
 from .request import Request
-from .run import Hooks, Prepared, gpu_chooser, perform, prepare
+from .run import Hooks, Prepared, gpu_chooser, perform, prepare, step_log
 
 DEFAULT_WORK = "batch-work"
 
@@ -256,7 +256,8 @@ def _unit(u: Unit, prep: Prepared, gpus: _GpuChoices, slots: GpuSlots, say) -> d
     choice, decided = gpus.for_unit(prep)
     error = None
     try:
-        perform(prep, choice, decided, _quiet, Hooks(gate=gate, event=event))
+        hooks = Hooks(gate=gate, event=event, output=lambda step: step_log(prep.req.work, step))
+        perform(prep, choice, decided, _quiet, hooks)
     except (UploadError, OSError) as exc:
         known = exc if isinstance(exc, UploadError) else from_os_error(exc)
         if known is None:
@@ -277,6 +278,7 @@ def unit_result(u: Unit, rows: list[dict], error: str | None) -> dict:
         "checkpoint": u.checkpoint,
         "stage": u.stage or "export",
         "work": str(u.req.work),
+        "logs": str(u.req.work / "logs"),  # each step's messages, <step>.log
         "status": "failed" if error else "done",
         "error": error,
         "steps": rows,

@@ -24,7 +24,7 @@ from upload_common.cli import debug_enabled
 from upload_common.errors import UploadError
 
 from .config import docker_bind_path
-from .local import QUIET_ENV, failure, parse_fingerprint
+from .local import QUIET_ENV, failure, open_output, parse_fingerprint
 from .plan import PlannedStep, render
 
 LABEL = "upload-driver.work"
@@ -216,11 +216,24 @@ class _Token:
             os.rmdir(self.dir)
 
 
-def run(c, step: PlannedStep, *, device: str, gpu: bool, work: Path, log, gpu_id: str | None = None) -> None:
-    code = _container(c, step, device=device, gpu=gpu, work=work, out=sys.stderr.buffer, gpu_id=gpu_id)
+def run(
+    c,
+    step: PlannedStep,
+    *,
+    device: str,
+    gpu: bool,
+    work: Path,
+    log,
+    gpu_id: str | None = None,
+    output: Path | None = None,
+) -> None:
+    """The step in its container; its messages on our stderr, or in the file ``output``."""
+    with contextlib.ExitStack() as files:
+        out = files.enter_context(open_output(output)) if output else sys.stderr.buffer
+        code = _container(c, step, device=device, gpu=gpu, work=work, out=out, gpu_id=gpu_id)
     if code:
         killed = code - 128 if code in (137, 143) else None
-        raise UploadError(failure(step, killed, code, where=step.image), step=step.name, exit=code)
+        raise UploadError(failure(step, killed, code, where=step.image, output=output), step=step.name, exit=code)
 
 
 def fingerprint(c, step: PlannedStep, *, work: Path) -> str | None:

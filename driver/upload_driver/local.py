@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 from upload_common.cli import debug_enabled
 from upload_common.errors import UploadError
@@ -63,21 +64,32 @@ def _end_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
-def run(step: plan.PlannedStep, *, device: str, log, gpu_id: str | None = None) -> None:
+def run(step: plan.PlannedStep, *, device: str, log, gpu_id: str | None = None, output: Path | None = None) -> None:
+    """The step's tool as a process of its own; its messages on our stderr, or in the file ``output``."""
     group = sys.platform != "win32"
     env = environment(step, gpu_id=gpu_id)
-    proc = subprocess.Popen(command(step, device), stdout=subprocess.DEVNULL, env=env, start_new_session=group)
-    try:
-        code = proc.wait()
-    except BaseException:  # Ctrl-C or the driver stopping: the step and what it started end too
-        proc.kill()
-        proc.wait()
-        raise
-    finally:
-        if group:  # what the step started and left behind (a converter whose parent was killed)
-            _end_group(proc.pid)
+    with contextlib.ExitStack() as files:
+        stderr = files.enter_context(open_output(output)) if output else None
+        proc = subprocess.Popen(
+            command(step, device), stdout=subprocess.DEVNULL, stderr=stderr, env=env, start_new_session=group
+        )
+        try:
+            code = proc.wait()
+        except BaseException:  # Ctrl-C or the driver stopping: the step and what it started end too
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            if group:  # what the step started and left behind (a converter whose parent was killed)
+                _end_group(proc.pid)
     if code:
-        raise UploadError(failure(step, -code if code < 0 else None, code), step=step.name, exit=code)
+        raise UploadError(failure(step, -code if code < 0 else None, code, output=output), step=step.name, exit=code)
+
+
+def open_output(path: Path):
+    """A step's output file, made afresh for each attempt (its folder made when missing)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return open(path, "wb")  # noqa: SIM115 - the caller's ExitStack closes it
 
 
 def fingerprint(step: plan.PlannedStep, *, timeout: float = 600) -> str | None:
@@ -102,10 +114,19 @@ def parse_fingerprint(code: int, stdout: str) -> str | None:
     return text if code == 0 and len(text) == 64 and all(ch in "0123456789abcdef" for ch in text) else None
 
 
-def failure(step: plan.PlannedStep, signal_number: int | None, code: int, where: str = "") -> str:
+def failure(
+    step: plan.PlannedStep, signal_number: int | None, code: int, where: str = "", output: Path | None = None
+) -> str:
     """One line for a step that failed: killed by a signal (it could say nothing), or failed after
-    printing its own one-line error (or traceback) above."""
+    printing its own one-line error (or traceback) above, or (``output``) into that file, whose last line
+    the message quotes."""
     name = f"step {step.name} ({where or step.tool})"
+    if output is not None:
+        said = last_line(output)
+        return (
+            f"{name} failed (exit code {code}){f': {said}' if said else ''}; its output: {output}; rerun to "
+            "resume, finished steps are kept"
+        )
     if signal_number:
         why = " - often the system running out of memory" if signal_number == signal.SIGKILL else ""
         return (
@@ -113,3 +134,16 @@ def failure(step: plan.PlannedStep, signal_number: int | None, code: int, where:
             "finished steps are kept"
         )
     return f"{name} failed (exit code {code}): see its message above; rerun to resume, finished steps are kept"
+
+
+def last_line(path: Path, limit: int = 300) -> str:
+    """The last line a step wrote to its output file (its one-line error), at most ``limit`` characters."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 8192))
+            tail = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    lines = [" ".join(line.split()) for line in tail.replace("\r", "\n").splitlines()]
+    said = next((line for line in reversed(lines) if line), "")
+    return said if len(said) <= limit else said[: limit - 1] + "…"

@@ -219,7 +219,9 @@ def run_job(config: Mapping[str, Any], step_name: str, *, log) -> tuple[str, flo
         return driver_run.choose_gpu(req, runtime, client, [step], req.work)[:2]
 
     pinned = _assigned_gpus()  # the GPU Ray gave the task: its container gets that one, not every GPU
-    hooks = driver_run.Hooks(gate=lambda _step: contextlib.nullcontext(pinned))
+    hooks = driver_run.Hooks(
+        gate=lambda _step: contextlib.nullcontext(pinned), output=lambda s: driver_run.step_log(req.work, s)
+    )
     how = driver_run.Runtime(runtime, client, gpu_choice, log, hooks)
     seconds = driver_run.run_step(req, step, fp, disk_plan.step_peaks(steps)[step.name], how)
     return ("skipped", 0.0) if seconds is None else ("finished", seconds)

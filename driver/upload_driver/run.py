@@ -114,10 +114,17 @@ class Prepared:
 class Hooks:
     """What a caller running several requests at once puts around each step: ``gate(step)``, a context
     manager held while the step runs (a GPU slot: it gives the id of the GPU the step is pinned to, or
-    None), and ``event(step, what, seconds)``, told when a step is skipped, started or finished."""
+    None), ``event(step, what, seconds)``, told when a step is skipped, started or finished, and
+    ``output(step)``, the file the step's tool writes its messages into (None: our stderr)."""
 
     gate: Callable = lambda step: contextlib.nullcontext()
     event: Callable = lambda step, what, seconds=None: None
+    output: Callable = lambda step: None
+
+
+def step_log(work: Path, step: PlannedStep) -> Path:
+    """Where a batch keeps a step's messages (its units run side by side: their tools' output would mix)."""
+    return work / "logs" / f"{step.name}.log"
 
 
 def prepare(req: Request, *, force=(), log=default_log) -> Prepared:
@@ -233,10 +240,14 @@ def run_step(req: Request, step: PlannedStep, fp: str | None, need, how: Runtime
         log(f"{tag}{step.name}: {step.tool} ({where}{on})")
         hooks.event(step, "started")
         t = time.monotonic()
+        output = hooks.output(step)
         if how.name == "docker":
-            containers.run(how.client, step, device=device, gpu=gpu and step.gpu, work=work, log=log, gpu_id=gpu_id)
+            on_gpu = gpu and step.gpu
+            containers.run(
+                how.client, step, device=device, gpu=on_gpu, work=work, log=log, gpu_id=gpu_id, output=output
+            )
         else:
-            local.run(step, device=device, log=log, gpu_id=gpu_id)
+            local.run(step, device=device, log=log, gpu_id=gpu_id, output=output)
         seconds = time.monotonic() - t
     st.record(work, step, seconds)
     log(f"{tag}{step.name}: done in {seconds:.1f} s")
