@@ -309,3 +309,19 @@ def test_publish_of_a_checkpoint_not_exported_is_one_line(sft_output, tmp_path, 
     line = one_line_error(drive("batch", sft_output, "--publish", choice, "--work", tmp_path / "w"), 2)
     assert needle in line, line
     assert not (tmp_path / "w").exists()
+
+
+def test_a_failed_steps_message_quotes_its_last_line_printable_and_short(tmp_path):
+    from upload_driver.local import failure, last_line
+    from upload_driver.plan import PlannedStep
+
+    log = tmp_path / "gguf.log"
+    log.write_bytes(b"progress 10%\rprogress 100%\n" + b"x" * 20000 + b"\nerror: bad \x1b[31mred\x1b[0m input\n\n")
+    assert last_line(log) == "error: bad [31mred[0m input"
+    log.write_bytes(b"error: " + b"y" * 1000 + b"\n")
+    assert len(last_line(log)) == 300 and last_line(log).endswith("…")
+    step = PlannedStep("gguf", "gguf-tool", "gguf_tool.cli", tmp_path / "out")
+    message = failure(step, None, 1, output=log)
+    assert message.startswith("step gguf (gguf-tool) failed (exit code 1): error: yyy") and "\n" not in message
+    assert f"its output: {log}" in message
+    assert last_line(tmp_path / "missing.log") == ""

@@ -137,7 +137,8 @@ def failure(
 
 
 def last_line(path: Path, limit: int = 300) -> str:
-    """The last line a step wrote to its output file (its one-line error), at most ``limit`` characters."""
+    """The last line a step wrote to its output file (its one-line error), printable characters only, at most
+    ``limit`` of them."""
     try:
         with open(path, "rb") as f:
             f.seek(max(0, f.seek(0, os.SEEK_END) - 8192))
@@ -145,5 +146,5 @@ def last_line(path: Path, limit: int = 300) -> str:
     except OSError:
         return ""
     lines = [" ".join(line.split()) for line in tail.replace("\r", "\n").splitlines()]
-    said = next((line for line in reversed(lines) if line), "")
-    return said if len(said) <= limit else said[: limit - 1] + "…"
+    said = "".join(ch for ch in next((line for line in reversed(lines) if line), "") if ch.isprintable())
+    return said if len(said) <= limit else said[: limit - 1] + "…"  # no terminal control codes, one line
