@@ -101,7 +101,9 @@ def connect(address: str | None):
     problem = _unanswered(address)
     if not problem:
         try:
-            ray.init(address=address, logging_level="warning", log_to_driver=True)
+            # the tasks' own lines stay on their nodes: the batch tells each step's events, and each step's
+            # tool writes into its log file in the shared work folder
+            ray.init(address=address, logging_level="warning", log_to_driver=False)
             return ray
         except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
             problem = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
