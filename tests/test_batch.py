@@ -325,3 +325,21 @@ def test_a_failed_steps_message_quotes_its_last_line_printable_and_short(tmp_pat
     assert message.startswith("step gguf (gguf-tool) failed (exit code 1): error: yyy") and "\n" not in message
     assert f"its output: {log}" in message
     assert last_line(tmp_path / "missing.log") == ""
+
+
+def test_a_hostile_trainer_state_is_read_as_none(sft_output, tmp_path):
+    """A checkpoint's trainer_state.json that is a link to an endless device, a pipe, or not JSON: `best`
+    reads nothing from it (and does not hang), the others still count."""
+    import os
+
+    from upload_driver.batch import units
+
+    run = Path(shutil.copytree(sft_output, tmp_path / "run"))
+    _state(run, eval_loss={10: 1.9, 20: 1.2, 30: 1.5})
+    (run / "checkpoint-10" / "trainer_state.json").unlink()
+    os.symlink("/dev/zero", run / "checkpoint-10" / "trainer_state.json")
+    (run / "checkpoint-20" / "trainer_state.json").unlink()
+    os.mkfifo(run / "checkpoint-20" / "trainer_state.json")
+    (run / "checkpoint-30" / "trainer_state.json").write_text("[1, 2")
+    (u,) = units([run], checkpoints="best", config=None, work=tmp_path / "w")
+    assert u.checkpoint == "checkpoint-20"  # from the run's own file, the only one read

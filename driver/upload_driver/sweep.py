@@ -43,9 +43,15 @@ def _history(path: Path, step: int) -> list[dict]:
     return [e for e in _log(_state(path)) if e["step"] <= step]
 
 
+STATE_LIMIT = 64 << 20  # a trainer_state.json holds a log line per logging step: megabytes at most
+
+
 def _state(path: Path) -> dict:
-    """A trainer_state.json as a dict (untrusted: anything else, or no file, is an empty one)."""
+    """A trainer_state.json as a dict (untrusted: anything else, no file, a link, a device or pipe, or a
+    file beyond ``STATE_LIMIT``, is an empty one)."""
     try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > STATE_LIMIT:
+            return {}
         state = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
