@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from measure import print_figures
+from measure import print_figures, sample_copies
 
 FORMATS = ("lora", "merged_16bit")
 
@@ -70,16 +70,8 @@ def main() -> int:
     ap.add_argument("--copies", type=int, default=2, help="Trainer outputs (copies of the sample), 3 checkpoints each.")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    from upload_driver.demo import make_sample
-
     root = Path(args.work).absolute()
-    shutil.rmtree(root / "runs", ignore_errors=True)
-    print("making the sample (once)", file=sys.stderr)
-    sample = make_sample(root / "sample")
-    trainers = []
-    for i in range(args.copies):
-        trainers.append(root / "runs" / f"run-{i}")
-        shutil.copytree(sample, trainers[-1])
+    trainers = sample_copies(root, args.copies)
     figures = {"units": 3 * args.copies, "steps": 3 * 3 * args.copies}
     shutil.rmtree(root / "sequential", ignore_errors=True)
     figures["sequential_runs_s"] = sequential(trainers, root / "sequential")

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from measure import print_figures
+from measure import print_figures, sample_copies
 
 FORMATS = ("lora", "merged_16bit")
 SCRIPT = """
@@ -77,19 +77,13 @@ def main() -> int:
     ap.add_argument("--copies", type=int, default=3, help="Trainer outputs (copies of the sample), one unit each.")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    from upload_driver.demo import make_sample
-
     root = Path(args.work).absolute()
-    for old in ("runs", "work", "cluster"):
+    for old in ("work", "cluster"):
         shutil.rmtree(root / old, ignore_errors=True)
-    print("making the sample (once)", file=sys.stderr)
-    sample = make_sample(root / "sample")
-    configs = []
-    for i in range(args.copies):
-        shutil.copytree(sample, root / "runs" / f"run-{i}")
-        trainer, work = root / "runs" / f"run-{i}", root / "work" / f"run-{i}"
-        configs.append({"trainer_output": str(trainer), "work": str(work), "formats": list(FORMATS)})
-        configs[-1]["runtime"] = "local"
+    configs = [
+        {"trainer_output": str(t), "work": str(root / "work" / t.name), "formats": list(FORMATS), "runtime": "local"}
+        for t in sample_copies(root, args.copies)
+    ]
     figures: dict = {"units": args.copies, "steps": 3 * args.copies}
     figures["sequential_runs_s"] = sequential(configs)
     figures["sequential_rerun_s"] = sequential(configs)

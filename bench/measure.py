@@ -228,3 +228,17 @@ def print_figures(figures: dict, as_json: bool, width: int = 40) -> None:
         return
     for key, value in figures.items():
         print(f"{key:<{width}} {value:.2f}" if isinstance(value, float) else f"{key:<{width}} {value}")
+
+
+def sample_copies(root: Path, copies: int) -> list[Path]:
+    """``copies`` trainer outputs under ``root/runs`` (made afresh), each a copy of the demo's sample (made
+    once, in ``root/sample``): the batch benchmarks' runs."""
+    import shutil
+    import sys
+
+    from upload_driver.demo import make_sample
+
+    shutil.rmtree(root / "runs", ignore_errors=True)
+    print("making the sample (once)", file=sys.stderr)
+    sample = make_sample(root / "sample")
+    return [Path(shutil.copytree(sample, root / "runs" / f"run-{i}")) for i in range(copies)]

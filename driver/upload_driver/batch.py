@@ -33,6 +33,7 @@ from .request import Request
 from .run import Hooks, Prepared, gpu_chooser, perform, prepare, step_log
 
 DEFAULT_WORK = "batch-work"
+STATUS = {"finished": "done"}  # a step's end as the batch's rows say it (the engines and run say "finished")
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,8 @@ def _run_units(source: RunSource, checkpoints: str | None, config, work: Path, l
         have = inspect_trainer_output(base.trainer_output)["checkpoints"]
     except UploadError as exc:
         raise type(exc)(f"{source.origin}: {exc.message}") from None
-    default = f"{base.merge['checkpoint']}" if base.merge.get("checkpoint") else "final"
-    default = "all" if choose and have and not base.merge.get("checkpoint") else default
+    pinned = base.merge.get("checkpoint")
+    default = str(pinned) if pinned else "all" if choose and have else "final"
     steps = _checkpoints(checkpoints or source.checkpoints or default, have, source.origin)
     if "best" in steps:
         best, why = sweep.trainer_best(base.trainer_output, have, source.origin)
@@ -216,10 +217,6 @@ def execute(todo: Sequence[Unit], prepared: Sequence[Prepared], *, work, max_par
         say(f"runtime: {why}")
     gpus, slots = _GpuChoices(say), GpuSlots(visible_gpus())
     t0 = time.monotonic()
-    try:
-        work.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise from_os_error(exc, f"cannot create the work folder {work}") or exc from None
     with hold(work, "batch"), ThreadPoolExecutor(max_parallel) as pool:
         done = list(pool.map(lambda up: _unit(*up, gpus, slots, say), zip(todo, prepared, strict=True)))
     return {
@@ -247,7 +244,7 @@ def _unit(u: Unit, prep: Prepared, gpus: _GpuChoices, slots: GpuSlots, say) -> d
 
     def event(step, what, seconds=None):
         current["since"] = time.monotonic()
-        rows[step.name].update(status={"finished": "done"}.get(what, what), seconds=seconds and round(seconds, 1))
+        rows[step.name].update(status=STATUS.get(what, what), seconds=seconds and round(seconds, 1))
         say(f"{u.label} {step.name}: {f'finished in {seconds:.1f} s' if what == 'finished' else what}")
 
     def gate(step):

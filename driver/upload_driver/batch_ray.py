@@ -11,14 +11,11 @@ import time
 from collections.abc import Sequence
 
 from upload_common.cli import log as default_log
-from upload_common.errors import from_os_error
 
 from . import disk_plan, memory_plan, ray_engine
-from .batch import Unit, sweep_tables, unit_result, work_folder
+from .batch import STATUS, Unit, sweep_tables, unit_result, work_folder
 from .lock import hold
 from .run import Prepared
-
-STATUS = {"finished": "done"}  # submit's word for a step's end, as the local engine's rows say it
 
 
 def memory(prep: Prepared, gpus: bool) -> dict[str, int]:
@@ -46,10 +43,6 @@ def execute(todo: Sequence[Unit], prepared: Sequence[Prepared], *, work, address
     """Run the checked units on the Ray cluster at ``address`` (None: RAY_ADDRESS), holding WORK's lock."""
     work = work_folder(work)
     t0 = time.monotonic()
-    try:
-        work.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise from_os_error(exc, f"cannot create the work folder {work}") or exc from None
     with hold(work, "batch"):
         nodes = ray_engine.probe_work(work, address=address)
         log(f"Ray cluster: {len(nodes)} node(s) see {work}")

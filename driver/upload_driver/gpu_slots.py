@@ -7,33 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 import threading
 from collections.abc import Callable, Iterator, Mapping
 
-from .nvidia import locate
-
-QUERY_SECONDS = 10
+from .nvidia import indexes
 
 
-def _nvidia_smi() -> str:
-    """``nvidia-smi``'s GPU indexes, one per line ('' when there is no such tool or it does not answer)."""
-    tool = locate()  # on PATH, or where WSL2 puts it
-    if tool is None:
-        return ""
-    try:
-        done = subprocess.run(
-            [tool, "--query-gpu=index", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=QUERY_SECONDS,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return done.stdout if done.returncode == 0 else ""
-
-
-def visible_gpus(env: Mapping[str, str] | None = None, query: Callable[[], str] = _nvidia_smi) -> tuple[str, ...]:
+def visible_gpus(env: Mapping[str, str] | None = None, query: Callable[[], str] = indexes) -> tuple[str, ...]:
     """The GPUs steps may be given, as ``CUDA_VISIBLE_DEVICES`` names them: its own entries when it is set
     (set but empty: none), else every index ``nvidia-smi`` lists."""
     env = os.environ if env is None else env

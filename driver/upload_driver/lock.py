@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from upload_common.contract import now_iso
-from upload_common.errors import UploadError
+from upload_common.errors import UploadError, from_os_error
 
 LOCK = ".upload-driver/lock"
 
@@ -24,19 +24,37 @@ class WorkFolderBusy(UploadError, BlockingIOError):
     kind = "work_busy"
 
 
+def _lock(fd: int, *, wait: bool) -> None:
+    """Take the lock on ``fd``, waiting for it (``wait``) or OSError when another process holds it."""
+    if sys.platform == "win32":  # pragma: no cover - Windows
+        import msvcrt
+
+        msvcrt.locking(fd, msvcrt.LK_LOCK if wait else msvcrt.LK_NBLCK, 1)
+    else:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+
+
 def _try_lock(fd: int) -> bool:
     try:
-        if sys.platform == "win32":  # pragma: no cover - Windows
-            import msvcrt
-
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        else:
-            import fcntl
-
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _lock(fd, wait=False)
         return True
     except OSError:
         return False
+
+
+@contextlib.contextmanager
+def waiting(path: Path):
+    """Hold the lock on the file ``path`` for the duration, waiting for it while another process (or
+    thread) holds it: for short read-change-write turns, such as the run's state."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        _lock(fd, wait=True)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _holder(fd: int) -> dict:
@@ -60,7 +78,12 @@ def _alive(pid) -> bool:
 
 @contextlib.contextmanager
 def hold(work: Path, command: str = "run"):
-    """Hold the work folder's lock for the duration; WorkFolderBusy (one line) when another run does."""
+    """Hold the work folder's lock for the duration (the folder made when missing, one line when it cannot
+    be); WorkFolderBusy (one line) when another run does."""
+    try:
+        Path(work).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise from_os_error(exc, f"cannot create the work folder {work}") or exc from None
     path = Path(work) / LOCK
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -198,6 +198,12 @@ def probe(wsl_lib: Path = WSL_LIB) -> Probe:
     return Probe(tool, query, table, said or said_too)
 
 
+def indexes(wsl_lib: Path = WSL_LIB) -> str:
+    """The GPUs' indexes, one per line ('' when there is no nvidia-smi, or it does not answer)."""
+    tool = locate(wsl_lib)
+    return _call(tool, "--query-gpu=index", "--format=csv,noheader")[0] if tool else ""
+
+
 def _call(tool: str, *args: str) -> tuple[str, str]:
     """(stdout when it succeeded, else '', the first line it printed otherwise), bounded in time."""
     try:

@@ -125,8 +125,8 @@ def _merge_args(spec, req: Request, found: dict) -> tuple[dict, list, dict]:
         if req.gguf.get("eval_text"):
             inputs["eval_text"] = Path(req.gguf["eval_text"])
             args += ["--eval-text", ("in", "eval_text")]
-        args += ["--reference-cache", ("rw", "reference_cache", "")]
-        access["rw"] = {"reference_cache": req.work / "cache" / "reference"}
+        args += REFERENCE_ARGS
+        access["rw"] = reference_store(req)
     else:
         inputs, args = {"adapter": trainer}, ["--adapter", ("in", "adapter")]
     args += ["--out", ("out",), "--method", spec.name, "--device", ("device",)]
@@ -151,9 +151,10 @@ def _merge_args(spec, req: Request, found: dict) -> tuple[dict, list, dict]:
                 "allow_pickle": "--allow-pickle",
             },
         )
-    if spec.name == "merged_16bit" and merge_engine(req) != "streaming":  # in merge-tool's Unsloth image
-        args += ["--engine", merge_engine(req)]
-        access["variant"] = f"{merge_engine(req)}-cuda"
+    engine = merge_engine(req)
+    if spec.name == "merged_16bit" and engine != "streaming":  # in merge-tool's Unsloth image
+        args += ["--engine", engine]
+        access["variant"] = f"{engine}-cuda"
     return inputs, args, {**access, "network": remote, "token": remote, "hf_cache": remote}
 
 
@@ -190,9 +191,17 @@ def _gguf_args(spec, req: Request, found: dict) -> tuple[dict, list, dict]:
     if not isinstance(bars, dict) or not all(isinstance(v, int | float) for v in bars.values()):
         raise UsageError("gguf.min_top1: give a table of type = bar, e.g. [gguf.min_top1] Q4_K_M = 0.9")
     args += [a for q, bar in bars.items() for a in ("--min-top1", f"{q}={bar}")]
-    # the validation's reference log-probabilities, kept for a rerun with other types (content-addressed)
-    args += ["--reference-cache", ("rw", "reference_cache", "")]
-    return inputs, args, {"rw": {"reference_cache": req.work / "cache" / "reference"}}
+    args += REFERENCE_ARGS  # kept for a rerun with other types too
+    return inputs, args, {"rw": reference_store(req)}
+
+
+# the validations' reference log-probabilities, content-addressed: one store per run, which gguf-tool and the
+# quantized formats share (the 16-bit merge's reference is computed once)
+REFERENCE_ARGS = ("--reference-cache", ("rw", "reference_cache", ""))
+
+
+def reference_store(req: Request) -> dict[str, Path]:
+    return {"reference_cache": req.work / "cache" / "reference"}
 
 
 MAKERS = {"merge-tool": ("merge_tool.cli", _merge_args), "gguf-tool": ("gguf_tool.cli", _gguf_args)}

@@ -200,17 +200,11 @@ def _refuse_probe(work: Path, answers: Sequence[tuple[str, str, str]]) -> None:
 def run_job(config: Mapping[str, Any], step_name: str, *, log) -> tuple[str, float]:
     """Run (or skip, when its output is up to date) one step of the run ``config`` describes, on this
     machine, through the run's runtime; record it in the run's state. ("finished" or "skipped", seconds)."""
-    from upload_common.trainer_output import inspect_trainer_output
-
-    from . import config as cfg
     from . import disk_plan
     from . import run as driver_run
     from . import state as st
-    from .plan import plan
 
-    req = cfg.request(**config)
-    found = inspect_trainer_output(req.trainer_output, checkpoint=req.merge.get("checkpoint"))
-    steps = plan(req, found)
+    req, steps = _planned(config)
     step = next((s for s in steps if s.name == step_name), None)
     if step is None:
         raise UsageError(f"step {step_name}: not in the plan of {req.trainer_output}: {[s.name for s in steps]}")
@@ -349,13 +343,7 @@ def unit_jobs(unit: str, config: Mapping[str, Any], *, gpus: bool = True, memory
     """The jobs of one run ("<run>/<checkpoint>" = ``unit``) from its plan: each step after the steps
     whose outputs it reads, a GPU step asking for one GPU (unless ``gpus`` is False), ``memory`` a
     {step: bytes} of what the dry run predicts."""
-    from upload_common.trainer_output import inspect_trainer_output
-
-    from . import config as cfg
-    from .plan import plan
-
-    req = cfg.request(**config)
-    steps = plan(req, inspect_trainer_output(req.trainer_output, checkpoint=req.merge.get("checkpoint")))
+    _, steps = _planned(config)
     outs = {s.out: s.name for s in steps}
     return [
         StepJob(
@@ -368,3 +356,14 @@ def unit_jobs(unit: str, config: Mapping[str, Any], *, gpus: bool = True, memory
         )
         for s in steps
     ]
+
+
+def _planned(config: Mapping[str, Any]):
+    """(request, steps) of the run ``config`` describes, planned as ``upload-driver run`` plans it."""
+    from upload_common.trainer_output import inspect_trainer_output
+
+    from . import config as cfg
+    from .plan import plan
+
+    req = cfg.request(**config)
+    return req, plan(req, inspect_trainer_output(req.trainer_output, checkpoint=req.merge.get("checkpoint")))

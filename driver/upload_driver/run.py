@@ -11,7 +11,7 @@ from pathlib import Path
 
 from upload_common.cli import log as default_log
 from upload_common.contract import read_manifest
-from upload_common.errors import Unsupported, UsageError, from_os_error
+from upload_common.errors import Unsupported, UsageError
 from upload_common.trainer_output import inspect_trainer_output
 
 from . import containers, disk_plan, local, memory_plan, preflight
@@ -174,10 +174,6 @@ def execute(req: Request, *, dry_run: bool = False, force=(), log=default_log) -
 def perform(prep: Prepared, gpu_choice, decided: list, log, hooks: Hooks = Hooks()) -> dict:
     """Run a prepared request's steps in its work folder, holding the folder's lock."""
     work = prep.req.work
-    try:
-        work.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise from_os_error(exc, f"cannot create the work folder {work}") or exc from None
     with hold(work) as previous:
         if previous.get("pid"):
             log(f"the last run on this folder (pid {previous['pid']}) was interrupted: resuming")
@@ -232,20 +228,17 @@ def run_step(req: Request, step: PlannedStep, fp: str | None, need, how: Runtime
         return None
     disk_plan.check_step(step, need)  # the disk as it is now, before the step starts
     st.forget(work, step.name)
-    gpu, device = how.gpu_choice() if step.gpu else (False, "cpu")
+    gpu, device = how.gpu_choice() if step.gpu else (False, "cpu")  # gpu: this step runs on the GPU
     where = "container" if how.name == "docker" else "local process"
     with hooks.gate(step) as pinned:
-        gpu_id = pinned if gpu and step.gpu else None  # the one GPU the step may see (None: all, or none)
-        on = f", GPU {gpu_id}" if gpu_id is not None else ", GPU" if gpu and step.gpu else ""
+        gpu_id = pinned if gpu else None  # the one GPU the step may see (None: all, or none)
+        on = f", GPU {gpu_id}" if gpu_id is not None else ", GPU" if gpu else ""
         log(f"{tag}{step.name}: {step.tool} ({where}{on})")
         hooks.event(step, "started")
         t = time.monotonic()
         output = hooks.output(step)
         if how.name == "docker":
-            on_gpu = gpu and step.gpu
-            containers.run(
-                how.client, step, device=device, gpu=on_gpu, work=work, log=log, gpu_id=gpu_id, output=output
-            )
+            containers.run(how.client, step, device=device, gpu=gpu, work=work, log=log, gpu_id=gpu_id, output=output)
         else:
             local.run(step, device=device, log=log, gpu_id=gpu_id, output=output)
         seconds = time.monotonic() - t

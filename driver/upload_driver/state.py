@@ -14,9 +14,7 @@ edited file makes the step run again."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -30,6 +28,7 @@ from upload_common.contract import (
 from upload_common.errors import InvalidInput
 from upload_common.upload_manifest import UPLOAD_MANIFEST
 
+from .lock import waiting
 from .plan import PlannedStep
 
 STATE = ".upload-driver/state.json"
@@ -136,23 +135,10 @@ def up_to_date(work: Path, step: PlannedStep, fp: str | None) -> bool:
     )
 
 
-@contextlib.contextmanager
 def _locked(work: Path):
     """The state is read, changed and written whole: steps that end together (threads of a batch, tasks
-    on other nodes sharing the work folder) take turns (``flock``; ``msvcrt.locking`` on Windows)."""
-    path = Path(work) / STATE_LOCK
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as fh:
-        if sys.platform == "win32":  # pragma: no cover - Windows
-            import msvcrt
-
-            fh.seek(0)
-            msvcrt.locking(fh.fileno(), msvcrt.LK_LOCK, 1)
-        else:
-            import fcntl
-
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        yield  # closing the file releases the lock
+    on other nodes sharing the work folder) take turns (``lock.waiting``)."""
+    return waiting(Path(work) / STATE_LOCK)
 
 
 def record(work: Path, step: PlannedStep, seconds: float) -> None:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 
 from upload_common.contract import read_manifest
 from upload_common.errors import UsageError
+from upload_common.trainer_output import checkpoint_step
 
 
 def tables(done: list[dict], checkpoint_folders: dict[tuple[str, str], Path]) -> dict[str, list[dict]]:
@@ -70,10 +70,9 @@ def trainer_best(root: Path, have: list[int], origin: str) -> tuple[int, str]:
     states = [_state(root / "trainer_state.json")]
     states += [_state(root / f"checkpoint-{n}" / "trainer_state.json") for n in sorted(have, reverse=True)]
     for state in states:
-        named = state.get("best_model_checkpoint")
-        m = re.search(r"checkpoint-(\d+)$", named.replace("\\", "/").rstrip("/")) if isinstance(named, str) else None
-        if m and int(m.group(1)) in have:
-            return int(m.group(1)), "the trainer's best_model_checkpoint"
+        step = checkpoint_step(state.get("best_model_checkpoint"))
+        if step in have:
+            return step, "the trainer's best_model_checkpoint"
     losses: dict[int, float] = {}
     for state in reversed(states):  # the run's own file, read last, wins
         for e in _log(state):

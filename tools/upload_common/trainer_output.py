@@ -90,6 +90,13 @@ def _last_component(value: str) -> str:
     return re.split(r"[\\/]+", value.rstrip("\\/"))[-1]
 
 
+def checkpoint_step(value) -> int | None:
+    """The step of a checkpoint as trainer_state.json names it (``best_model_checkpoint``:
+    "outputs/checkpoint-200", Windows separators too); None for anything else."""
+    m = _CHECKPOINT.match(_last_component(value)) if isinstance(value, str) else None
+    return int(m.group(1)) if m else None
+
+
 def _choose(root: Path, candidates: list[dict], checkpoint: int | None, best: str | None, notes: list) -> dict:
     ckpts = {c["step"]: c for c in candidates if c["source"] == "checkpoint"}
     listing = ", ".join(str(s) for s in sorted(ckpts)) or "none"
@@ -104,10 +111,9 @@ def _choose(root: Path, candidates: list[dict], checkpoint: int | None, best: st
             )
         return ckpts[checkpoint] | {"reason": f"checkpoint-{checkpoint} chosen explicitly"}
     if best:
-        name = _last_component(best)
-        m = _CHECKPOINT.match(name)
-        if m and int(m.group(1)) in ckpts:
-            return ckpts[int(m.group(1))] | {
+        name, step = _last_component(best), checkpoint_step(best)
+        if step in ckpts:
+            return ckpts[step] | {
                 "reason": f"{name} is the best checkpoint named in trainer_state.json (best_model_checkpoint)"
             }
         notes.append(f"best_model_checkpoint {best!r} has no adapter here: ignored")

@@ -32,7 +32,7 @@ from .. import bnb
 from ..adapter import check_mergeable, module_scale
 from ..device import pick_device
 from ..job import Adapter, Base, Job, Plan, Written
-from ..written_dtype import conform, read_back
+from ..written_dtype import FLOATS, conform, read_back
 
 NEEDS_BASE = True
 HEAD = "lm_head.weight"
@@ -45,7 +45,6 @@ EMBEDDINGS = (
     "model.embed_in.weight",
 )
 DTYPE_CODES = {"bf16": "BF16", "fp16": "F16", "fp32": "F32"}
-_FLOATS = {"BF16", "F16", "F32", "F64"}
 
 
 @dataclass(frozen=True)
@@ -254,7 +253,7 @@ def plan(job: Job) -> Plan[Merge]:
     out_specs = {}
     for name, rec in recipes.items():
         src = adapter.specs[rec["replace"]] if "replace" in rec else specs[rec["src"]]
-        dtype = out_dtype if src["dtype"] in _FLOATS else src["dtype"]
+        dtype = out_dtype if src["dtype"] in FLOATS else src["dtype"]
         out_specs[name] = {"dtype": dtype, "shape": list(src["shape"])}
     model_config = _model_config(base, specs, out_specs, embed, untie, out_dtype, warnings)
     dtype_name = CODES[out_dtype]
